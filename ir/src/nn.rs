@@ -1,0 +1,206 @@
+//! Layers as compositions of primitives: `linear`, `mlp`, `layer_norm`, masked means and
+//! multi-head attention. Each creates its parameters under a scope of its own, so a parameter's
+//! name says which layer it belongs to (`calm/stage1/mlp_s/l1/weight`).
+//!
+//! Weights follow PyTorch's layout (`[out, in]`, applied as `x Wᵀ + b`), so weight files written
+//! by PyTorch models map onto these parameters without transposes.
+
+use crate::builder::{BuildError, BuildResult, GraphBuilder};
+use crate::graph::ValueId;
+use crate::infer::TypeError;
+use crate::op::Init;
+use crate::types::{DType, Dim};
+
+/// The epsilon of layer norm unless a model says otherwise (PyTorch's default).
+pub const LAYER_NORM_EPS: f64 = 1e-5;
+
+fn attr_error(b: &GraphBuilder, op: &'static str, msg: String) -> BuildError {
+    BuildError { scope: b.scope(), op, source: TypeError::Attribute(msg) }
+}
+
+/// The fixed size of the last axis of `x` (layers need it to size their weights).
+pub fn last_dim(b: &GraphBuilder, op: &'static str, x: ValueId) -> BuildResult<u64> {
+    match b.shape_of(x).last() {
+        Some(Dim::Fixed(n)) => Ok(*n),
+        other => Err(attr_error(b, op, format!("needs a fixed last dimension, got {other:?} in {}", b.type_of(x)))),
+    }
+}
+
+/// `x Wᵀ + b` with `W: [out, in]`, `b: [out]`, in scope `name`; PyTorch's default initialisation
+/// (uniform in ±1/√in).
+pub fn linear(b: &mut GraphBuilder, name: &str, x: ValueId, out: u64) -> BuildResult<ValueId> {
+    let fan_in = last_dim(b, "linear", x)?;
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let init = Init::Uniform { low: -bound, high: bound };
+    b.scoped(name, |b| {
+        let w = b.param("weight", vec![Dim::Fixed(out), Dim::Fixed(fan_in)], init.clone())?;
+        let bias = b.param("bias", vec![Dim::Fixed(out)], init)?;
+        let y = b.matmul(x, w, false, true)?;
+        b.add(y, bias)
+    })
+}
+
+/// The spec's `MLP(a→b→c)`: `Linear → ReLU → Dropout(p) → Linear`, layers `l1` and `l2` in scope `name`.
+pub fn mlp(b: &mut GraphBuilder, name: &str, x: ValueId, hidden: u64, out: u64, dropout: f64) -> BuildResult<ValueId> {
+    b.scoped(name, |b| {
+        let h = linear(b, "l1", x, hidden)?;
+        let h = b.relu(h)?;
+        let h = b.dropout(h, dropout)?;
+        linear(b, "l2", h, out)
+    })
+}
+
+/// Layer norm over the last axis with learned `weight` (ones) and `bias` (zeros) in scope `name`.
+pub fn layer_norm(b: &mut GraphBuilder, name: &str, x: ValueId, eps: f64) -> BuildResult<ValueId> {
+    let n = last_dim(b, "layer_norm", x)?;
+    b.scoped(name, |b| {
+        let gamma = b.param("weight", vec![Dim::Fixed(n)], Init::Ones)?;
+        let beta = b.param("bias", vec![Dim::Fixed(n)], Init::Zeros)?;
+        b.layer_norm_op(x, gamma, beta, eps)
+    })
+}
+
+/// Mean of `x: [B, T, F]` over the tokens that `mask: [B, T]` (f32, 1 for real tokens) marks;
+/// a row with no real tokens gives zeros.
+pub fn masked_mean(b: &mut GraphBuilder, x: ValueId, mask: ValueId) -> BuildResult<ValueId> {
+    let m = b.reshape(mask, [b.shape_of(mask).clone(), vec![Dim::Fixed(1)]].concat())?;
+    let xm = b.mul(x, m)?;
+    let sum = b.reduce_sum(xm, &[-2], false)?;
+    let count = b.reduce_sum(m, &[-2], false)?;
+    let one = b.scalar(1.0)?;
+    let count = b.max(count, one)?;
+    b.div(sum, count)
+}
+
+/// Splits `[B, L, h·dh]` into heads: `[B, h, L, dh]`.
+fn split_heads(b: &mut GraphBuilder, x: ValueId, heads: u64, head_dim: u64) -> BuildResult<ValueId> {
+    let s = b.shape_of(x).clone();
+    let x = b.reshape(x, vec![s[0].clone(), s[1].clone(), Dim::Fixed(heads), Dim::Fixed(head_dim)])?;
+    b.permute(x, &[0, 2, 1, 3])
+}
+
+/// Scaled dot-product attention over already projected `q: [B, Lq, m]`, `k, v: [B, Lk, m]` with
+/// `heads` heads: `softmax(q kᵀ / √dh + bias) v`, heads merged back to `[B, Lq, m]`. `bias`, if
+/// given, is added to the scores `[B, h, Lq, Lk]` after broadcasting (e.g. a key mask `[B, 1, 1, Lk]`).
+pub fn attention(
+    b: &mut GraphBuilder,
+    q: ValueId,
+    k: ValueId,
+    v: ValueId,
+    heads: u64,
+    bias: Option<ValueId>,
+) -> BuildResult<ValueId> {
+    let width = last_dim(b, "attention", q)?;
+    if b.rank_of(q) != 3 || heads == 0 || width % heads != 0 {
+        return Err(attr_error(
+            b,
+            "attention",
+            format!("needs [batch, length, width] with width divisible by {heads} heads, got {}", b.type_of(q)),
+        ));
+    }
+    let head_dim = width / heads;
+    let out_shape = b.shape_of(q).clone();
+    let (qh, kh, vh) = (split_heads(b, q, heads, head_dim)?, split_heads(b, k, heads, head_dim)?, split_heads(b, v, heads, head_dim)?);
+    let scores = b.matmul(qh, kh, false, true)?;
+    let scale = b.scalar(1.0 / (head_dim as f64).sqrt())?;
+    let mut scores = b.mul(scores, scale)?;
+    if let Some(bias) = bias {
+        scores = b.add(scores, bias)?;
+    }
+    let p = b.softmax(scores, -1)?;
+    let ctx = b.matmul(p, vh, false, false)?;
+    let ctx = b.permute(ctx, &[0, 2, 1, 3])?;
+    b.reshape(ctx, out_shape)
+}
+
+/// Multi-head attention with its four projections (`query`, `key`, `value`, `output`, each a
+/// [`linear`]) in scope `name`; no residual or norm (callers add the ones their block needs).
+pub fn multi_head_attention(
+    b: &mut GraphBuilder,
+    name: &str,
+    query_in: ValueId,
+    kv_in: ValueId,
+    heads: u64,
+    bias: Option<ValueId>,
+) -> BuildResult<ValueId> {
+    let width = last_dim(b, "multi_head_attention", query_in)?;
+    b.scoped(name, |b| {
+        let q = linear(b, "query", query_in, width)?;
+        let k = linear(b, "key", kv_in, width)?;
+        let v = linear(b, "value", kv_in, width)?;
+        let ctx = attention(b, q, k, v, heads, bias)?;
+        linear(b, "output", ctx, width)
+    })
+}
+
+/// An additive attention bias from a key mask `[B, L]` (f32, 1 = attend): 0 where attended,
+/// `-inf` where masked, shaped `[B, 1, 1, L]` to broadcast over heads and queries.
+pub fn key_mask_bias(b: &mut GraphBuilder, mask: ValueId) -> BuildResult<ValueId> {
+    let s = b.shape_of(mask).clone();
+    let cond = b.cast(mask, DType::Bool)?;
+    let zero = b.scalar(0.0)?;
+    let neg_inf = b.scalar(f64::NEG_INFINITY)?;
+    let bias = b.select(cond, zero, neg_inf)?;
+    b.reshape(bias, vec![s[0].clone(), Dim::Fixed(1), Dim::Fixed(1), s[1].clone()])
+}
+
+/// Mean cross-entropy of `logits: [B, Y]` against integer `labels: [B]`, as a scalar:
+/// `-mean_b Σ_y onehot(label)_y · log_softmax(logits)_y`.
+pub fn cross_entropy(b: &mut GraphBuilder, logits: ValueId, labels: ValueId) -> BuildResult<ValueId> {
+    let classes = last_dim(b, "cross_entropy", logits)?;
+    let logp = b.log_softmax(logits, -1)?;
+    let target = b.one_hot(labels, classes, b.type_of(logits).dtype)?;
+    let picked = b.mul(logp, target)?;
+    let per_sample = b.reduce_sum(picked, &[-1], false)?;
+    let mean = b.reduce_mean(per_sample, &[0], false)?;
+    b.neg(mean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shape;
+
+    #[test]
+    fn mlp_has_the_spec_layers_and_shapes() {
+        let mut b = GraphBuilder::new("calm");
+        let x = b.input("h", DType::F32, shape!["batch", "tokens", 384u64]).unwrap();
+        let y = mlp(&mut b, "mlp_s", x, 512, 256, 0.1).unwrap();
+        assert_eq!(b.type_of(y).to_string(), "f32[batch,tokens,256]");
+        let names: Vec<String> = b.graph().params().map(|(_, n, t)| format!("{n}:{t}")).collect();
+        assert_eq!(
+            names,
+            [
+                "calm/mlp_s/l1/weight:f32[512,384]",
+                "calm/mlp_s/l1/bias:f32[512]",
+                "calm/mlp_s/l2/weight:f32[256,512]",
+                "calm/mlp_s/l2/bias:f32[256]"
+            ]
+        );
+        assert_eq!(b.graph().param_count(), 512 * 384 + 512 + 256 * 512 + 256);
+    }
+
+    #[test]
+    fn attention_keeps_query_shape_and_checks_heads() {
+        let mut b = GraphBuilder::new("calm");
+        let q = b.input("q", DType::F32, shape!["batch", 5u64, 512u64]).unwrap();
+        let kv = b.input("kv", DType::F32, shape!["batch", 7u64, 512u64]).unwrap();
+        let y = multi_head_attention(&mut b, "xattn", q, kv, 8, None).unwrap();
+        assert_eq!(b.type_of(y), b.type_of(q));
+        assert_eq!(b.graph().param_count(), 4 * (512 * 512 + 512));
+        assert!(multi_head_attention(&mut b, "bad", q, kv, 7, None).is_err());
+    }
+
+    #[test]
+    fn masked_mean_and_mask_bias_shapes() {
+        let mut b = GraphBuilder::new("calm");
+        let x = b.input("x", DType::F32, shape!["batch", "tokens", 16u64]).unwrap();
+        let mask = b.input("mask", DType::F32, shape!["batch", "tokens"]).unwrap();
+        let m = masked_mean(&mut b, x, mask).unwrap();
+        assert_eq!(b.type_of(m).to_string(), "f32[batch,16]");
+        let bias = key_mask_bias(&mut b, mask).unwrap();
+        assert_eq!(b.type_of(bias).to_string(), "f32[batch,1,1,tokens]");
+        let ln = layer_norm(&mut b, "ln", x, LAYER_NORM_EPS).unwrap();
+        assert_eq!(b.type_of(ln), b.type_of(x));
+    }
+}

@@ -1,0 +1,13 @@
+//! `calm-passes`: passes over the CALM IR.
+//!
+//! A pass is a plain function `fn(&mut Graph) -> Result<bool, PassError>` that says whether it
+//! changed the graph ([`Pass`]); a [`Pipeline`] is a named list of passes that verifies the graph
+//! before it starts and after every pass, and can keep the graph as it stood after a named pass.
+//!
+//! Passes so far: [`dce`] (dead-code elimination).
+
+pub mod dce;
+pub mod pipeline;
+
+pub use dce::dce;
+pub use pipeline::{Pass, PassError, Pipeline, PipelineReport};

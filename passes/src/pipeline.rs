@@ -1,0 +1,97 @@
+//! Passes and pipelines.
+
+use calm_ir::{verify, Graph, VerifyErrors};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PassError {
+    #[error("input graph is invalid: {0}")]
+    InvalidInput(VerifyErrors),
+    /// A pass broke an invariant: a bug in that pass, reported with its name.
+    #[error("pass `{pass}` left an invalid graph: {errors}")]
+    Broken { pass: &'static str, errors: VerifyErrors },
+    #[error("pass `{pass}`: {message}")]
+    Failed { pass: &'static str, message: String },
+}
+
+/// A named graph transformation; `run` says whether it changed the graph.
+#[derive(Clone, Copy)]
+pub struct Pass {
+    pub name: &'static str,
+    pub run: fn(&mut Graph) -> Result<bool, PassError>,
+}
+
+/// What a pipeline run did.
+#[derive(Debug, Default)]
+pub struct PipelineReport {
+    /// Each pass in order, and whether it changed the graph.
+    pub passes: Vec<(&'static str, bool)>,
+    /// The graph right after the pass named by [`Pipeline::dump_after`], if it ran.
+    pub dumped: Option<Graph>,
+}
+
+/// A named list of passes, with the verifier before the first and after each one.
+pub struct Pipeline {
+    pub passes: Vec<Pass>,
+    /// Keep a copy of the graph after the pass of this name (`--dump-after PASS`).
+    pub dump_after: Option<String>,
+}
+
+impl Pipeline {
+    pub fn new(passes: Vec<Pass>) -> Self {
+        Pipeline { passes, dump_after: None }
+    }
+
+    pub fn run(&self, g: &mut Graph) -> Result<PipelineReport, PassError> {
+        verify(g).map_err(PassError::InvalidInput)?;
+        let mut report = PipelineReport::default();
+        for pass in &self.passes {
+            let changed = (pass.run)(g)?;
+            verify(g).map_err(|errors| PassError::Broken { pass: pass.name, errors })?;
+            report.passes.push((pass.name, changed));
+            if self.dump_after.as_deref() == Some(pass.name) {
+                report.dumped = Some(g.clone());
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use calm_ir::sample::tiny_classifier;
+
+    fn drop_loss(g: &mut Graph) -> Result<bool, PassError> {
+        let before = g.outputs.len();
+        g.outputs.retain(|o| o.name != "loss");
+        Ok(g.outputs.len() != before)
+    }
+
+    fn break_graph(g: &mut Graph) -> Result<bool, PassError> {
+        g.outputs.clear();
+        Ok(true)
+    }
+
+    #[test]
+    fn runs_passes_in_order_and_dumps_after_the_named_one() {
+        let mut g = tiny_classifier();
+        let mut p = Pipeline::new(vec![Pass { name: "drop_loss", run: drop_loss }, Pass { name: "dce", run: crate::dce }]);
+        p.dump_after = Some("drop_loss".into());
+        let report = p.run(&mut g).unwrap();
+        assert_eq!(report.passes, [("drop_loss", true), ("dce", true)]);
+        let dumped = report.dumped.unwrap();
+        assert!(dumped.nodes.len() > g.nodes.len(), "the dump predates dce");
+    }
+
+    #[test]
+    fn a_pass_that_breaks_the_graph_is_named() {
+        let mut g = tiny_classifier();
+        let p = Pipeline::new(vec![Pass { name: "break_graph", run: break_graph }]);
+        let e = p.run(&mut g).unwrap_err();
+        assert!(matches!(e, PassError::Broken { pass: "break_graph", .. }), "{e}");
+        let mut bad = tiny_classifier();
+        bad.outputs.clear();
+        assert!(matches!(Pipeline::new(vec![]).run(&mut bad), Err(PassError::InvalidInput(_))));
+    }
+}

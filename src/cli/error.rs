@@ -1,0 +1,27 @@
+//! The command line's error: every failure of every subcommand, printed on one line.
+
+use std::path::PathBuf;
+
+use calm_ir::cost::CostError;
+use calm_ir::json::ReadError;
+use calm_ir::types::ShapeError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: ReadError },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Bindings(#[from] ShapeError),
+    #[error("{what} unbound: {names} (give sizes with --bind {example})")]
+    Unbound { what: &'static str, names: String, example: String },
+    #[error("{0}")]
+    Cost(#[from] CostError),
+}
+
+/// Reads and verifies a graph file, naming the file in any error.
+pub fn read_graph(path: &std::path::Path) -> Result<calm_ir::Graph, CliError> {
+    calm_ir::json::read_file(path).map_err(|source| CliError::Read { path: path.to_path_buf(), source })
+}
