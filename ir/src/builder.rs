@@ -43,6 +43,35 @@ impl GraphBuilder {
         GraphBuilder { graph: Graph::new(name), scopes: vec![name.to_string()], random_key: None, next_stream: 0 }
     }
 
+    /// A builder that adds to an existing graph under `scope` (a `/` path), for passes that
+    /// insert layers. Random ops it adds reuse the graph's `seed` and `offset` inputs, if it has
+    /// them, on streams after the graph's last.
+    pub fn edit(graph: Graph, scope: &str) -> Self {
+        let input = |name: &str| graph.inputs().find(|(_, n, _)| *n == name).map(|(id, _, _)| graph.result(id));
+        let random_key = input("seed").zip(input("offset")).map(|(seed, offset)| RandomKey { seed, offset });
+        let next_stream = graph
+            .nodes
+            .values()
+            .filter_map(|n| match n.op {
+                Op::RandomUniform { stream, .. } | Op::Dropout { stream, .. } => Some(stream + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let scopes = scope.split('/').map(str::to_string).collect();
+        GraphBuilder { graph, scopes, random_key, next_stream }
+    }
+
+    /// The graph, unverified (an editing pass verifies after its clean-up).
+    pub fn into_graph(self) -> Graph {
+        self.graph
+    }
+
+    /// Mutable access to the graph, for rewiring between additions.
+    pub fn graph_mut(&mut self) -> &mut Graph {
+        &mut self.graph
+    }
+
     /// The graph so far, for inspection.
     pub fn graph(&self) -> &Graph {
         &self.graph
@@ -198,6 +227,12 @@ impl GraphBuilder {
     }
     pub fn max(&mut self, a: ValueId, b: ValueId) -> BuildResult<ValueId> {
         self.op(Op::Max, &[a, b])
+    }
+    pub fn equal(&mut self, a: ValueId, b: ValueId) -> BuildResult<ValueId> {
+        self.op(Op::Equal, &[a, b])
+    }
+    pub fn less(&mut self, a: ValueId, b: ValueId) -> BuildResult<ValueId> {
+        self.op(Op::Less, &[a, b])
     }
     pub fn neg(&mut self, x: ValueId) -> BuildResult<ValueId> {
         self.op(Op::Neg, &[x])
@@ -356,6 +391,23 @@ mod tests {
         assert!(b.softmax(x, 2).is_err());
         let s = b.softmax(x, -1).unwrap();
         assert_eq!(b.type_of(s), b.type_of(x));
+    }
+
+    #[test]
+    fn editing_resumes_scopes_and_random_streams() {
+        let mut b = GraphBuilder::new("m");
+        b.enable_randomness().unwrap();
+        let x = b.input("x", DType::F32, shape![3u64]).unwrap();
+        let d = b.dropout(x, 0.5).unwrap();
+        b.output("d", d);
+        let g = b.finish().unwrap();
+        let mut e = GraphBuilder::edit(g, "m/extra");
+        let d2 = e.dropout(d, 0.5).unwrap();
+        let node = &e.graph().nodes[e.graph().producer(d2)];
+        assert_eq!(node.scope, "m/extra");
+        assert!(matches!(node.op, Op::Dropout { stream: 1, .. }));
+        e.output("d", d2);
+        verify(&e.into_graph()).unwrap();
     }
 
     #[test]

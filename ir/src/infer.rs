@@ -183,6 +183,14 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<Vec<TensorType>, TypeError
             want_dtype(a, a.dtype != DType::Bool, "arithmetic argument", "a numeric type")?;
             one(TensorType::new(a.dtype, broadcast_shapes(&[&a.shape, &b.shape])?))
         }
+        Op::Equal | Op::Less => {
+            let (a, b) = (args[0], args[1]);
+            same_dtype(a, b)?;
+            if matches!(op, Op::Less) {
+                want_dtype(a, a.dtype != DType::Bool, "comparison argument", "a numeric type")?;
+            }
+            one(TensorType::new(DType::Bool, broadcast_shapes(&[&a.shape, &b.shape])?))
+        }
         Op::Select => {
             let (c, a, b) = (args[0], args[1], args[2]);
             want_dtype(c, c.dtype == DType::Bool, "condition", "bool")?;
@@ -477,6 +485,18 @@ mod tests {
         assert!(matches!(err(Op::Add, &[a.clone(), t(DType::F16, shape![512u64])]), TypeError::DType(_)));
         assert!(matches!(err(Op::Add, &[t(DType::Bool, shape![1u64]), t(DType::Bool, shape![1u64])]), TypeError::DType(_)));
         assert!(matches!(err(Op::Add, &[a.clone()]), TypeError::Arity { .. }));
+    }
+
+    #[test]
+    fn comparisons_broadcast_to_bool() {
+        let a = t(DType::I32, shape!["batch", 1u64]);
+        let b = t(DType::I32, shape![1u64, "batch"]);
+        assert_eq!(ok(Op::Equal, &[a.clone(), b.clone()]), [t(DType::Bool, shape!["batch", "batch"])]);
+        assert_eq!(ok(Op::Less, &[f32t(shape![3u64]), f32t(shape![])]), [t(DType::Bool, shape![3u64])]);
+        assert!(matches!(err(Op::Less, &[a.clone(), f32t(shape![])]), TypeError::DType(_)));
+        let flags = t(DType::Bool, shape![2u64]);
+        assert_eq!(ok(Op::Equal, &[flags.clone(), flags.clone()]), [flags.clone()]);
+        assert!(matches!(err(Op::Less, &[flags.clone(), flags]), TypeError::DType(_)));
     }
 
     #[test]

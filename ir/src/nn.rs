@@ -26,38 +26,99 @@ pub fn last_dim(b: &GraphBuilder, op: &'static str, x: ValueId) -> BuildResult<u
     }
 }
 
-/// `x Wᵀ + b` with `W: [out, in]`, `b: [out]`, in scope `name`; PyTorch's default initialisation
-/// (uniform in ±1/√in).
+/// A linear layer `x Wᵀ + b`, `W: [out, in]`, `b: [out]`, with PyTorch's default
+/// initialisation (uniform in ±1/√in). Its parameters live in the scope it was created in; it can
+/// be applied anywhere, any number of times (weights shared across reflective rounds, say).
+#[derive(Copy, Clone, Debug)]
+pub struct Linear {
+    pub weight: ValueId,
+    pub bias: Option<ValueId>,
+}
+
+impl Linear {
+    pub fn new(b: &mut GraphBuilder, name: &str, in_dim: u64, out_dim: u64, bias: bool) -> BuildResult<Self> {
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let init = Init::Uniform { low: -bound, high: bound };
+        b.scoped(name, |b| {
+            let weight = b.param("weight", vec![Dim::Fixed(out_dim), Dim::Fixed(in_dim)], init.clone())?;
+            let bias = if bias { Some(b.param("bias", vec![Dim::Fixed(out_dim)], init)?) } else { None };
+            Ok(Linear { weight, bias })
+        })
+    }
+
+    pub fn apply(&self, b: &mut GraphBuilder, x: ValueId) -> BuildResult<ValueId> {
+        let y = b.matmul(x, self.weight, false, true)?;
+        match self.bias {
+            Some(bias) => b.add(y, bias),
+            None => Ok(y),
+        }
+    }
+}
+
+/// A [`Linear`] with bias, created in scope `name` and applied to `x` there.
 pub fn linear(b: &mut GraphBuilder, name: &str, x: ValueId, out: u64) -> BuildResult<ValueId> {
     let fan_in = last_dim(b, "linear", x)?;
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    let init = Init::Uniform { low: -bound, high: bound };
-    b.scoped(name, |b| {
-        let w = b.param("weight", vec![Dim::Fixed(out), Dim::Fixed(fan_in)], init.clone())?;
-        let bias = b.param("bias", vec![Dim::Fixed(out)], init)?;
-        let y = b.matmul(x, w, false, true)?;
-        b.add(y, bias)
-    })
+    let layer = Linear::new(b, name, fan_in, out, true)?;
+    b.scoped(name, |b| layer.apply(b, x))
 }
 
-/// The spec's `MLP(a→b→c)`: `Linear → ReLU → Dropout(p) → Linear`, layers `l1` and `l2` in scope `name`.
-pub fn mlp(b: &mut GraphBuilder, name: &str, x: ValueId, hidden: u64, out: u64, dropout: f64) -> BuildResult<ValueId> {
-    b.scoped(name, |b| {
-        let h = linear(b, "l1", x, hidden)?;
+/// The spec's `MLP(a→b→c)`: `Linear → ReLU → Dropout(p) → Linear`, layers `l1` and `l2`.
+#[derive(Copy, Clone, Debug)]
+pub struct Mlp {
+    pub l1: Linear,
+    pub l2: Linear,
+    pub dropout: f64,
+}
+
+impl Mlp {
+    pub fn new(b: &mut GraphBuilder, name: &str, in_dim: u64, hidden: u64, out: u64, dropout: f64) -> BuildResult<Self> {
+        b.scoped(name, |b| {
+            Ok(Mlp { l1: Linear::new(b, "l1", in_dim, hidden, true)?, l2: Linear::new(b, "l2", hidden, out, true)?, dropout })
+        })
+    }
+
+    pub fn apply(&self, b: &mut GraphBuilder, x: ValueId) -> BuildResult<ValueId> {
+        let h = self.l1.apply(b, x)?;
         let h = b.relu(h)?;
-        let h = b.dropout(h, dropout)?;
-        linear(b, "l2", h, out)
-    })
+        let h = b.dropout(h, self.dropout)?;
+        self.l2.apply(b, h)
+    }
 }
 
-/// Layer norm over the last axis with learned `weight` (ones) and `bias` (zeros) in scope `name`.
+/// An [`Mlp`] created in scope `name` and applied to `x` there.
+pub fn mlp(b: &mut GraphBuilder, name: &str, x: ValueId, hidden: u64, out: u64, dropout: f64) -> BuildResult<ValueId> {
+    let in_dim = last_dim(b, "mlp", x)?;
+    let layer = Mlp::new(b, name, in_dim, hidden, out, dropout)?;
+    b.scoped(name, |b| layer.apply(b, x))
+}
+
+/// Layer norm over the last axis with learned `weight` (ones) and `bias` (zeros).
+#[derive(Copy, Clone, Debug)]
+pub struct LayerNorm {
+    pub gamma: ValueId,
+    pub beta: ValueId,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(b: &mut GraphBuilder, name: &str, dim: u64, eps: f64) -> BuildResult<Self> {
+        b.scoped(name, |b| {
+            let gamma = b.param("weight", vec![Dim::Fixed(dim)], Init::Ones)?;
+            let beta = b.param("bias", vec![Dim::Fixed(dim)], Init::Zeros)?;
+            Ok(LayerNorm { gamma, beta, eps })
+        })
+    }
+
+    pub fn apply(&self, b: &mut GraphBuilder, x: ValueId) -> BuildResult<ValueId> {
+        b.layer_norm_op(x, self.gamma, self.beta, self.eps)
+    }
+}
+
+/// A [`LayerNorm`] created in scope `name` and applied to `x` there.
 pub fn layer_norm(b: &mut GraphBuilder, name: &str, x: ValueId, eps: f64) -> BuildResult<ValueId> {
     let n = last_dim(b, "layer_norm", x)?;
-    b.scoped(name, |b| {
-        let gamma = b.param("weight", vec![Dim::Fixed(n)], Init::Ones)?;
-        let beta = b.param("bias", vec![Dim::Fixed(n)], Init::Zeros)?;
-        b.layer_norm_op(x, gamma, beta, eps)
-    })
+    let layer = LayerNorm::new(b, name, n, eps)?;
+    b.scoped(name, |b| layer.apply(b, x))
 }
 
 /// Mean of `x: [B, T, F]` over the tokens that `mask: [B, T]` (f32, 1 for real tokens) marks;
@@ -114,7 +175,40 @@ pub fn attention(
 }
 
 /// Multi-head attention with its four projections (`query`, `key`, `value`, `output`, each a
-/// [`linear`]) in scope `name`; no residual or norm (callers add the ones their block needs).
+/// [`Linear`] of width `width`); no residual or norm (callers add the ones their block needs).
+#[derive(Copy, Clone, Debug)]
+pub struct MultiHeadAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub output: Linear,
+    pub heads: u64,
+}
+
+impl MultiHeadAttention {
+    pub fn new(b: &mut GraphBuilder, name: &str, width: u64, heads: u64) -> BuildResult<Self> {
+        b.scoped(name, |b| {
+            Ok(MultiHeadAttention {
+                query: Linear::new(b, "query", width, width, true)?,
+                key: Linear::new(b, "key", width, width, true)?,
+                value: Linear::new(b, "value", width, width, true)?,
+                output: Linear::new(b, "output", width, width, true)?,
+                heads,
+            })
+        })
+    }
+
+    /// Queries from `query_in: [B, Lq, m]`, keys and values from `kv_in: [B, Lk, m]`.
+    pub fn apply(&self, b: &mut GraphBuilder, query_in: ValueId, kv_in: ValueId, bias: Option<ValueId>) -> BuildResult<ValueId> {
+        let q = self.query.apply(b, query_in)?;
+        let k = self.key.apply(b, kv_in)?;
+        let v = self.value.apply(b, kv_in)?;
+        let ctx = attention(b, q, k, v, self.heads, bias)?;
+        self.output.apply(b, ctx)
+    }
+}
+
+/// A [`MultiHeadAttention`] created in scope `name` and applied there.
 pub fn multi_head_attention(
     b: &mut GraphBuilder,
     name: &str,
@@ -124,23 +218,19 @@ pub fn multi_head_attention(
     bias: Option<ValueId>,
 ) -> BuildResult<ValueId> {
     let width = last_dim(b, "multi_head_attention", query_in)?;
-    b.scoped(name, |b| {
-        let q = linear(b, "query", query_in, width)?;
-        let k = linear(b, "key", kv_in, width)?;
-        let v = linear(b, "value", kv_in, width)?;
-        let ctx = attention(b, q, k, v, heads, bias)?;
-        linear(b, "output", ctx, width)
-    })
+    let layer = MultiHeadAttention::new(b, name, width, heads)?;
+    b.scoped(name, |b| layer.apply(b, query_in, kv_in, bias))
 }
 
 /// An additive attention bias from a key mask `[B, L]` (f32, 1 = attend): 0 where attended,
-/// `-inf` where masked, shaped `[B, 1, 1, L]` to broadcast over heads and queries.
-pub fn key_mask_bias(b: &mut GraphBuilder, mask: ValueId) -> BuildResult<ValueId> {
+/// `masked` where not (BERT uses -10000, which keeps a fully padded row finite; `-inf` masks
+/// exactly), shaped `[B, 1, 1, L]` to broadcast over heads and queries.
+pub fn key_mask_bias(b: &mut GraphBuilder, mask: ValueId, masked: f64) -> BuildResult<ValueId> {
     let s = b.shape_of(mask).clone();
     let cond = b.cast(mask, DType::Bool)?;
     let zero = b.scalar(0.0)?;
-    let neg_inf = b.scalar(f64::NEG_INFINITY)?;
-    let bias = b.select(cond, zero, neg_inf)?;
+    let fill = b.scalar(masked)?;
+    let bias = b.select(cond, zero, fill)?;
     b.reshape(bias, vec![s[0].clone(), Dim::Fixed(1), Dim::Fixed(1), s[1].clone()])
 }
 
@@ -198,7 +288,7 @@ mod tests {
         let mask = b.input("mask", DType::F32, shape!["batch", "tokens"]).unwrap();
         let m = masked_mean(&mut b, x, mask).unwrap();
         assert_eq!(b.type_of(m).to_string(), "f32[batch,16]");
-        let bias = key_mask_bias(&mut b, mask).unwrap();
+        let bias = key_mask_bias(&mut b, mask, f64::NEG_INFINITY).unwrap();
         assert_eq!(b.type_of(bias).to_string(), "f32[batch,1,1,tokens]");
         let ln = layer_norm(&mut b, "ln", x, LAYER_NORM_EPS).unwrap();
         assert_eq!(b.type_of(ln), b.type_of(x));

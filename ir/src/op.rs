@@ -49,6 +49,10 @@ pub enum Op {
     Mul,
     Div,
     Max,
+    /// `a == b`, broadcasting, as bool.
+    Equal,
+    /// `a < b`, broadcasting, as bool.
+    Less,
     /// `select(cond, a, b)`: `a` where `cond`, else `b`; all three broadcast.
     Select,
     /// Training-only dropout with drop probability `p`; arguments `(x, seed, offset)`. Its mask
@@ -209,6 +213,8 @@ impl Op {
             Op::Mul => "mul",
             Op::Div => "div",
             Op::Max => "max",
+            Op::Equal => "equal",
+            Op::Less => "less",
             Op::Select => "select",
             Op::Dropout { .. } => "dropout",
             Op::MatMul { .. } => "matmul",
@@ -253,6 +259,8 @@ impl Op {
             | Op::Mul
             | Op::Div
             | Op::Max
+            | Op::Equal
+            | Op::Less
             | Op::Select
             | Op::Dropout { .. } => OpClass::Elementwise,
             Op::MatMul { .. } => OpClass::MatMul,
@@ -285,7 +293,15 @@ impl Op {
         match self {
             Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } | Op::Iota { .. } => Arity::Exact(0),
             Op::RandomUniform { .. } => Arity::Exact(2),
-            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::MatMul { .. } | Op::Gather { .. } => {
+            Op::Add
+            | Op::Sub
+            | Op::Mul
+            | Op::Div
+            | Op::Max
+            | Op::Equal
+            | Op::Less
+            | Op::MatMul { .. }
+            | Op::Gather { .. } => {
                 Arity::Exact(2)
             }
             Op::Select | Op::Dropout { .. } | Op::LayerNorm { .. } | Op::ScatterAdd { .. } => Arity::Exact(3),

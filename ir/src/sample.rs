@@ -27,7 +27,7 @@ fn build() -> BuildResult<GraphBuilder> {
     let h = b.scoped("block", |b| {
         let h = nn::linear(b, "proj", x, 32)?;
         let h = b.gelu(h)?;
-        let bias = nn::key_mask_bias(b, mask)?;
+        let bias = nn::key_mask_bias(b, mask, f64::NEG_INFINITY)?;
         let a = nn::multi_head_attention(b, "attn", h, h, 4, Some(bias))?;
         let h = b.add(h, a)?;
         nn::layer_norm(b, "ln", h, nn::LAYER_NORM_EPS)
