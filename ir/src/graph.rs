@@ -60,6 +60,8 @@ pub enum RetainError {
     ReadsRemoved { node: NodeId, value: ValueId },
     #[error("output `{0}` would lose its value")]
     OutputRemoved(String),
+    #[error("{0} is on a cycle")]
+    Cycle(NodeId),
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -209,13 +211,16 @@ impl Graph {
             .sum()
     }
 
-    /// Keeps only the nodes for which `keep` holds, in their order, renumbering nodes and values
-    /// densely. Fails, changing nothing, with the first kept node (or the output) that reads a
-    /// value of a removed node.
+    /// Keeps only the nodes for which `keep` holds, renumbering nodes and values densely in
+    /// topological order (arena order where the dependencies allow, so nodes a pass appended
+    /// move up to just before their first reader). Fails, changing nothing, if a kept node or
+    /// output reads a value of a removed node, or the graph has a cycle.
     pub fn retain_nodes(&mut self, keep: impl Fn(NodeId) -> bool) -> Result<(), RetainError> {
+        let order = self.topo_order().map_err(|stuck| RetainError::Cycle(stuck[0]))?;
         let mut value_map: SecondaryMap<ValueId, Option<ValueId>> = SecondaryMap::new();
         let mut out = Graph::new(&self.name);
-        for (n, node) in self.nodes.iter().filter(|(n, _)| keep(*n)) {
+        for n in order.into_iter().filter(|&n| keep(n)) {
+            let node = &self.nodes[n];
             let mut args = Vec::with_capacity(node.args.len());
             for &a in &node.args {
                 args.push(value_map[a].ok_or(RetainError::ReadsRemoved { node: n, value: a })?);
@@ -255,6 +260,22 @@ mod tests {
         assert_eq!(g, before, "a refused retain changes nothing");
         g.retain_nodes(|_| true).unwrap();
         assert_eq!(g, before);
+    }
+
+    #[test]
+    fn retain_moves_appended_nodes_before_their_readers() {
+        let mut g = tiny_classifier();
+        // Append a node computing a new value and make the first gelu's reader... read it.
+        let gelu = g.nodes.iter().find(|(_, n)| n.op.name() == "gelu").map(|(id, _)| id).unwrap();
+        let x = g.nodes[gelu].args[0];
+        let ty = g.value_type(x).clone();
+        let relu = g.add_node(Op::Relu, vec![x], vec![ty], "tiny/extra");
+        let relu_v = g.result(relu);
+        g.nodes[gelu].args[0] = relu_v;
+        g.retain_nodes(|_| true).unwrap();
+        crate::verify(&g).unwrap();
+        let pos = |name: &str| g.nodes.iter().position(|(_, n)| n.op.name() == name).unwrap();
+        assert_eq!(pos("relu") + 1, pos("gelu"));
     }
 
     #[test]

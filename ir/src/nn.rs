@@ -234,6 +234,35 @@ pub fn key_mask_bias(b: &mut GraphBuilder, mask: ValueId, masked: f64) -> BuildR
     b.reshape(bias, vec![s[0].clone(), Dim::Fixed(1), Dim::Fixed(1), s[1].clone()])
 }
 
+/// Smallest squared norm the normalisations divide by (PyTorch's `F.normalize` uses 1e-12 on
+/// the norm, i.e. 1e-24 on its square).
+pub const NORM_EPS_SQUARED: f64 = 1e-24;
+
+/// `x / max(‖x‖, 1e-12)` along the last axis.
+pub fn l2_normalize(b: &mut GraphBuilder, x: ValueId) -> BuildResult<ValueId> {
+    let sq = b.mul(x, x)?;
+    let norm2 = b.reduce_sum(sq, &[-1], true)?;
+    let eps = b.scalar(NORM_EPS_SQUARED)?;
+    let norm2 = b.max(norm2, eps)?;
+    let inv = b.rsqrt(norm2)?;
+    b.mul(x, inv)
+}
+
+/// `cos²(a, c) = (a·c)² / max(‖a‖²‖c‖², 1e-24)` along the last axis (the axis is removed).
+pub fn cos_squared(b: &mut GraphBuilder, a: ValueId, c: ValueId) -> BuildResult<ValueId> {
+    let ac = b.mul(a, c)?;
+    let dot = b.reduce_sum(ac, &[-1], false)?;
+    let aa = b.mul(a, a)?;
+    let na = b.reduce_sum(aa, &[-1], false)?;
+    let cc = b.mul(c, c)?;
+    let nc = b.reduce_sum(cc, &[-1], false)?;
+    let den = b.mul(na, nc)?;
+    let eps = b.scalar(NORM_EPS_SQUARED)?;
+    let den = b.max(den, eps)?;
+    let num = b.mul(dot, dot)?;
+    b.div(num, den)
+}
+
 /// Mean cross-entropy of `logits: [B, Y]` against integer `labels: [B]`, as a scalar:
 /// `-mean_b Σ_y onehot(label)_y · log_softmax(logits)_y`.
 pub fn cross_entropy(b: &mut GraphBuilder, logits: ValueId, labels: ValueId) -> BuildResult<ValueId> {

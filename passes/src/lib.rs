@@ -4,10 +4,12 @@
 //! changed the graph ([`Pass`]); a [`Pipeline`] is a named list of passes that verifies the graph
 //! before it starts and after every pass, and can keep the graph as it stood after a named pass.
 //!
-//! Passes so far: [`dce`] (dead-code elimination).
+//! Passes so far: [`dce`] (dead-code elimination) and the named [`ablate`] edits.
 
+pub mod ablate;
 pub mod dce;
 pub mod pipeline;
 
+pub use ablate::{ablate, ablate_all, AblateError, Ablation};
 pub use dce::dce;
 pub use pipeline::{Pass, PassError, Pipeline, PipelineReport};
