@@ -43,8 +43,10 @@ fn check(g: &Graph, a: Ablation, prefixes: &[&str], added: &[&str], outputs_gone
     h
 }
 
-const MOE_MLP: [&str; 4] = ["calm/moe/mlp/l1/weight", "calm/moe/mlp/l1/bias", "calm/moe/mlp/l2/weight", "calm/moe/mlp/l2/bias"];
-const REFLECTION_ROUNDS: [&str; 3] = ["calm/reflection/calibrate/", "calm/reflection/cal_mlp/", "calm/reflection/norm/"];
+const MOE_MLP: [&str; 4] =
+    ["calm/moe/mlp/l1/weight", "calm/moe/mlp/l1/bias", "calm/moe/mlp/l2/weight", "calm/moe/mlp/l2/bias"];
+const REFLECTION_ROUNDS: [&str; 3] =
+    ["calm/reflection/calibrate/", "calm/reflection/cal_mlp/", "calm/reflection/norm/"];
 
 #[test]
 fn each_ablation_removes_exactly_its_module_from_the_training_graph() {
@@ -55,7 +57,13 @@ fn each_ablation_removes_exactly_its_module_from_the_training_graph() {
     assert_eq!(count_ops(&g, |op| matches!(op, Op::RandomUniform { .. })), 2);
     assert_eq!(count_ops(&h, |op| matches!(op, Op::RandomUniform { .. })), 0, "no Gumbel noise left");
     check(&g, Ablation::NoIdentityPool, &["calm/identity_pool/"], &[], &[]);
-    check(&g, Ablation::NoCrossAttention, &["calm/identity_pool/cross_attention/", "calm/identity_pool/cluster_e/"], &[], &[]);
+    check(
+        &g,
+        Ablation::NoCrossAttention,
+        &["calm/identity_pool/cross_attention/", "calm/identity_pool/cluster_e/"],
+        &[],
+        &[],
+    );
     let h = check(&g, Ablation::DenseMoe, &[], &[], &[]);
     assert_eq!(count_ops(&g, |op| matches!(op, Op::TopK { .. })), 4);
     assert_eq!(count_ops(&h, |op| matches!(op, Op::TopK { .. })), 0, "no routing left");
@@ -74,7 +82,13 @@ fn each_ablation_removes_exactly_its_module_from_the_inference_graph() {
     let e = ablate(&mut g.clone(), Ablation::NoContrastive).unwrap_err();
     assert!(matches!(e, AblateError::NotApplicable { .. }), "{e}");
     check(&g, Ablation::NoGumbel, &[], &[], &[]);
-    check(&g, Ablation::NoIdentityPool, &[&["calm/identity_pool/"][..], &explicit_stream].concat(), &[], &["assign_e", "assign_l"]);
+    check(
+        &g,
+        Ablation::NoIdentityPool,
+        &[&["calm/identity_pool/"][..], &explicit_stream].concat(),
+        &[],
+        &["assign_e", "assign_l"],
+    );
     check(
         &g,
         Ablation::NoCrossAttention,
@@ -122,7 +136,8 @@ fn every_pair_of_ablations_composes() {
                 }
                 first.unwrap();
                 let second = ablate(&mut h, b);
-                let expect_gone = a == b || SUBSUMED.contains(&(a, b)) || (mode == Mode::Inference && b == Ablation::NoContrastive);
+                let expect_gone =
+                    a == b || SUBSUMED.contains(&(a, b)) || (mode == Mode::Inference && b == Ablation::NoContrastive);
                 match second {
                     Ok(()) => assert!(!expect_gone, "{} after {} should not apply", b.name(), a.name()),
                     Err(AblateError::NotApplicable { ablation, reason }) => {

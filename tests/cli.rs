@@ -78,7 +78,9 @@ fn check_show_and_stats_on_a_graph_written_by_the_test() {
     assert!(lines[2].starts_with("tiny ") && lines[2].contains("4,931"), "{stats}");
     assert!(stats.contains("  block"), "{stats}");
 
-    let json: Value = serde_json::from_str(&ok(&["stats", s(&path), "--bind", "batch=2,tokens=3", "--json", "--depth", "1"])).unwrap();
+    let json: Value =
+        serde_json::from_str(&ok(&["stats", s(&path), "--bind", "batch=2,tokens=3", "--json", "--depth", "1"]))
+            .unwrap();
     let rows = json["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["params"], g.param_count());
@@ -184,4 +186,78 @@ fn check_fails_cleanly_on_each_bad_file() {
         p["results"][0]["shape"][1] = "width".into();
     });
     assert!(err.contains("symbol `width`") && err.contains("fixed sizes"), "{err}");
+}
+
+#[test]
+fn build_ablate_diff_and_render_calm() {
+    let dir = Scratch::new();
+    let full = dir.path("calm.json");
+    let out = ok(&["build", "--preset", "paper", "-o", s(&full)]);
+    assert!(out.contains("inference graph") && out.contains("106,933,788 parameters"), "{out}");
+    assert!(ok(&["check", s(&full)]).starts_with("ok: "));
+
+    // A variant built directly equals the full graph ablated afterwards.
+    let direct = dir.path("no-moe-direct.json");
+    ok(&["build", "--variant", "no-moe", "-o", s(&direct)]);
+    let ablated = dir.path("no-moe.json");
+    let out = ok(&["ablate", s(&full), "--drop", "no-moe", "-o", s(&ablated)]);
+    assert!(out.contains("dropped no-moe"), "{out}");
+    assert_eq!(std::fs::read_to_string(&direct).unwrap(), std::fs::read_to_string(&ablated).unwrap());
+
+    let diff = ok(&["diff", s(&full), s(&ablated), "--depth", "2", "--params"]);
+    assert!(diff.starts_with("parameters 106,933,788 -> "), "{diff}");
+    assert!(diff.contains("calm/moe") && diff.contains("- calm/moe/dim0/router/weight f32[4,512]"), "{diff}");
+    assert!(diff.contains("+ calm/moe/mlp/l1/weight f32[512,512]"), "{diff}");
+    assert_eq!(ok(&["diff", s(&full), s(&full)]), "no differences\n");
+
+    // Dropping it again is a clear error, and no output file is written.
+    let again = dir.path("again.json");
+    let err = fails(&["ablate", s(&ablated), "--drop", "no-moe", "-o", s(&again)]);
+    assert!(err.contains("`no-moe` does not apply"), "{err}");
+    assert!(!again.exists());
+    let err = fails(&["ablate", s(&full), "--drop", "no-everything", "-o", s(&again)]);
+    assert!(err.contains("unknown ablation `no-everything`"), "{err}");
+
+    let dot = ok(&["show", s(&ablated), "--format", "dot"]);
+    assert!(dot.contains("cluster_calm/identity_pool/cross_attention"), "DOT clusters by scope");
+}
+
+#[test]
+fn build_options_and_their_errors() {
+    let dir = Scratch::new();
+    let train = dir.path("train.json");
+    let out = ok(&["build", "--preset", "tiny", "--train", "--variant", "no-gumbel,no-reflection", "-o", s(&train)]);
+    assert!(out.contains("training graph without no-gumbel, no-reflection"), "{out}");
+    let summary = ok(&["show", s(&train)]);
+    assert!(summary.contains("loss_con") && !summary.contains("loss_ref"), "{summary}");
+
+    // A training-only ablation on an inference build is noted on stderr, not fatal.
+    let o = calm(&["build", "--variant", "no-contrastive", "-o", s(&dir.path("inf.json"))]);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("changes only the training graph"), "{}", stderr(&o));
+
+    let minilm = dir.path("minilm.json");
+    ok(&["build", "--backbone", "minilm-l6", "-o", s(&minilm)]);
+    let summary = ok(&["show", s(&minilm)]);
+    assert!(summary.contains("input_ids") && summary.contains("i32[batch,tokens]"), "{summary}");
+
+    let err = fails(&["build", "--backbone", "gpt", "-o", s(&dir.path("x.json"))]);
+    assert!(err.contains("unknown backbone `gpt`"), "{err}");
+    let err = fails(&["build", "--preset", "huge", "-o", s(&dir.path("x.json"))]);
+    assert!(err.contains("unknown preset `huge`"), "{err}");
+
+    // A config file: the preset printed as TOML, edited, read back.
+    let toml = ok(&["preset", "tiny"]);
+    let cfg = dir.path("cfg.toml");
+    std::fs::write(&cfg, toml.replace("clusters = 3", "clusters = 4")).unwrap();
+    let g = dir.path("cfg.json");
+    ok(&["build", "--config", s(&cfg), "-o", s(&g)]);
+    assert!(ok(&["show", s(&g)]).contains("assign_e                 f32[batch,tokens,4]"));
+    std::fs::write(&cfg, "clusters = 0\n").unwrap();
+    let err = fails(&["build", "--config", s(&cfg), "-o", s(&g)]);
+    assert!(err.contains("config field `clusters`"), "{err}");
+
+    let list = ok(&["ablations"]);
+    assert_eq!(list.lines().count(), 9);
+    assert!(list.lines().all(|l| l.starts_with("no-") || l.starts_with("dense-moe")), "{list}");
 }

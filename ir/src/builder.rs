@@ -183,7 +183,10 @@ impl GraphBuilder {
 
     fn random_key(&self, op: &Op) -> BuildResult<RandomKey> {
         self.random_key.ok_or_else(|| {
-            self.error(op, TypeError::Attribute("random op in a graph without a seed input (call enable_randomness)".into()))
+            self.error(
+                op,
+                TypeError::Attribute("random op in a graph without a seed input (call enable_randomness)".into()),
+            )
         })
     }
 
@@ -339,7 +342,13 @@ impl GraphBuilder {
         self.op(Op::Gather { axis }, &[table, indices])
     }
 
-    pub fn scatter_add(&mut self, base: ValueId, indices: ValueId, updates: ValueId, axis: isize) -> BuildResult<ValueId> {
+    pub fn scatter_add(
+        &mut self,
+        base: ValueId,
+        indices: ValueId,
+        updates: ValueId,
+        axis: isize,
+    ) -> BuildResult<ValueId> {
         let axis = self.axis("scatter_add", self.rank_of(base), axis)?;
         self.op(Op::ScatterAdd { axis }, &[base, indices, updates])
     }

@@ -64,12 +64,16 @@ pub fn to_dot(g: &Graph) -> String {
     }
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", escape(&g.name));
-    let _ = writeln!(out, "  rankdir=TB;\n  node [fontname=\"monospace\", fontsize=10];\n  edge [fontname=\"monospace\", fontsize=8];");
+    let _ = writeln!(
+        out,
+        "  rankdir=TB;\n  node [fontname=\"monospace\", fontsize=10];\n  edge [fontname=\"monospace\", fontsize=8];"
+    );
     write_tree(&mut out, g, &tree, "", 1);
     for (n, node) in g.nodes.iter() {
         for &a in &node.args {
             let Some(data) = g.values.get(a) else { continue };
-            let _ = writeln!(out, "  \"{}\" -> \"{n}\" [label=\"{a}: {}\"];", data.def.node, escape(&data.ty.to_string()));
+            let _ =
+                writeln!(out, "  \"{}\" -> \"{n}\" [label=\"{a}: {}\"];", data.def.node, escape(&data.ty.to_string()));
         }
     }
     for o in &g.outputs {

@@ -206,9 +206,7 @@ impl Graph {
 
     /// Total number of parameter elements (all parameter shapes are fixed).
     pub fn param_count(&self) -> u64 {
-        self.params()
-            .map(|(_, _, t)| t.shape.iter().map(|d| d.fixed().unwrap_or(0)).product::<u64>())
-            .sum()
+        self.params().map(|(_, _, t)| t.shape.iter().map(|d| d.fixed().unwrap_or(0)).product::<u64>()).sum()
     }
 
     /// Keeps only the nodes for which `keep` holds, renumbering nodes and values densely in

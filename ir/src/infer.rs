@@ -218,8 +218,10 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<Vec<TensorType>, TypeError
                 )));
             }
             let (ra, rb) = (a.rank(), b.rank());
-            let (m, ka) = if *transpose_a { (&a.shape[ra - 1], &a.shape[ra - 2]) } else { (&a.shape[ra - 2], &a.shape[ra - 1]) };
-            let (kb, n) = if *transpose_b { (&b.shape[rb - 1], &b.shape[rb - 2]) } else { (&b.shape[rb - 2], &b.shape[rb - 1]) };
+            let (m, ka) =
+                if *transpose_a { (&a.shape[ra - 1], &a.shape[ra - 2]) } else { (&a.shape[ra - 2], &a.shape[ra - 1]) };
+            let (kb, n) =
+                if *transpose_b { (&b.shape[rb - 1], &b.shape[rb - 2]) } else { (&b.shape[rb - 2], &b.shape[rb - 1]) };
             if ka != kb {
                 return Err(shape_err(format!(
                     "contracted dimensions differ: {} x {} (transpose_a={transpose_a}, transpose_b={transpose_b})",
@@ -239,7 +241,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<Vec<TensorType>, TypeError
         }
         Op::LayerNorm { eps } => {
             let (x, gamma, beta) = (args[0], args[1], args[2]);
-            if !(*eps > 0.0) {
+            if eps.is_nan() || *eps <= 0.0 {
                 return Err(attr_err(format!("eps {eps} must be positive")));
             }
             want_float(x, "input")?;
@@ -302,11 +304,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<Vec<TensorType>, TypeError
             let fits = x.rank() <= shape.len()
                 && x.shape.iter().zip(&shape[shape.len() - x.rank()..]).all(|(d, t)| d == t || d.is_one());
             if !fits {
-                return Err(shape_err(format!(
-                    "cannot broadcast {} to {}",
-                    shape_text(&x.shape),
-                    shape_text(shape)
-                )));
+                return Err(shape_err(format!("cannot broadcast {} to {}", shape_text(&x.shape), shape_text(shape))));
             }
             one(TensorType::new(x.dtype, shape.clone()))
         }
@@ -397,6 +395,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<Vec<TensorType>, TypeError
 }
 
 #[cfg(test)]
+#[allow(clippy::cloned_ref_to_slice_refs, clippy::useless_vec)] // explicit clones and shapes read better here
 mod tests {
     use super::*;
     use crate::op::{ConstValue, Init};
@@ -427,17 +426,32 @@ mod tests {
     #[test]
     fn sources_declare_their_type() {
         let s = shape!["batch", 4u64];
-        assert_eq!(ok(Op::Input { name: "x".into(), dtype: DType::I32, shape: s.clone() }, &[]), [t(DType::I32, s.clone())]);
+        assert_eq!(
+            ok(Op::Input { name: "x".into(), dtype: DType::I32, shape: s.clone() }, &[]),
+            [t(DType::I32, s.clone())]
+        );
         let p = Op::Param { name: "w".into(), dtype: DType::F32, shape: shape![3u64, 4u64], init: Init::Zeros };
         assert_eq!(ok(p, &[]), [f32t(shape![3u64, 4u64])]);
         let p = Op::Param { name: "w".into(), dtype: DType::F32, shape: shape!["batch"], init: Init::Zeros };
         assert!(matches!(err(p, &[]), TypeError::Attribute(_)));
         let p = Op::Param { name: "w".into(), dtype: DType::I32, shape: shape![2u64], init: Init::Zeros };
         assert!(matches!(err(p, &[]), TypeError::DType(_)));
-        assert_eq!(ok(Op::Constant { value: ConstValue(2.0), dtype: DType::I32 }, &[]), [TensorType::scalar(DType::I32)]);
-        assert!(matches!(err(Op::Constant { value: ConstValue(0.5), dtype: DType::I32 }, &[]), TypeError::Attribute(_)));
-        assert!(matches!(err(Op::Constant { value: ConstValue(2.0), dtype: DType::Bool }, &[]), TypeError::Attribute(_)));
-        assert!(matches!(err(Op::Constant { value: ConstValue(-1.0), dtype: DType::U32 }, &[]), TypeError::Attribute(_)));
+        assert_eq!(
+            ok(Op::Constant { value: ConstValue(2.0), dtype: DType::I32 }, &[]),
+            [TensorType::scalar(DType::I32)]
+        );
+        assert!(matches!(
+            err(Op::Constant { value: ConstValue(0.5), dtype: DType::I32 }, &[]),
+            TypeError::Attribute(_)
+        ));
+        assert!(matches!(
+            err(Op::Constant { value: ConstValue(2.0), dtype: DType::Bool }, &[]),
+            TypeError::Attribute(_)
+        ));
+        assert!(matches!(
+            err(Op::Constant { value: ConstValue(-1.0), dtype: DType::U32 }, &[]),
+            TypeError::Attribute(_)
+        ));
         assert_eq!(ok(Op::Iota { shape: s.clone(), axis: 1 }, &[]), [t(DType::I32, s.clone())]);
         assert!(matches!(err(Op::Iota { shape: s.clone(), axis: 2 }, &[]), TypeError::Attribute(_)));
     }
@@ -451,7 +465,10 @@ mod tests {
         assert!(matches!(err(op, &[u32s()]), TypeError::Arity { .. }));
         let x = f32t(shape![3u64]);
         assert_eq!(ok(Op::Dropout { p: 0.1, stream: 0 }, &[x.clone(), u32s(), u32s()]), [x.clone()]);
-        assert!(matches!(err(Op::Dropout { p: 1.0, stream: 0 }, &[x.clone(), u32s(), u32s()]), TypeError::Attribute(_)));
+        assert!(matches!(
+            err(Op::Dropout { p: 1.0, stream: 0 }, &[x.clone(), u32s(), u32s()]),
+            TypeError::Attribute(_)
+        ));
         assert!(matches!(
             err(Op::Dropout { p: 0.1, stream: 0 }, &[t(DType::I32, shape![3u64]), u32s(), u32s()]),
             TypeError::DType(_)
@@ -483,7 +500,10 @@ mod tests {
         assert!(matches!(err(Op::Add, &[a.clone(), f32t(shape![256u64])]), TypeError::Shape(_)));
         assert!(matches!(err(Op::Add, &[a.clone(), f32t(shape!["tokens", 1u64, 512u64])]), TypeError::Shape(_)));
         assert!(matches!(err(Op::Add, &[a.clone(), t(DType::F16, shape![512u64])]), TypeError::DType(_)));
-        assert!(matches!(err(Op::Add, &[t(DType::Bool, shape![1u64]), t(DType::Bool, shape![1u64])]), TypeError::DType(_)));
+        assert!(matches!(
+            err(Op::Add, &[t(DType::Bool, shape![1u64]), t(DType::Bool, shape![1u64])]),
+            TypeError::DType(_)
+        ));
         assert!(matches!(err(Op::Add, &[a.clone()]), TypeError::Arity { .. }));
     }
 
@@ -535,7 +555,10 @@ mod tests {
         assert!(matches!(err(Op::Softmax { axis: 3 }, &[x.clone()]), TypeError::Attribute(_)));
         let g = f32t(shape![512u64]);
         assert_eq!(ok(Op::LayerNorm { eps: 1e-5 }, &[x.clone(), g.clone(), g.clone()]), [x.clone()]);
-        assert!(matches!(err(Op::LayerNorm { eps: 1e-5 }, &[x.clone(), f32t(shape![5u64]), g.clone()]), TypeError::Shape(_)));
+        assert!(matches!(
+            err(Op::LayerNorm { eps: 1e-5 }, &[x.clone(), f32t(shape![5u64]), g.clone()]),
+            TypeError::Shape(_)
+        ));
         assert!(matches!(err(Op::LayerNorm { eps: 0.0 }, &[x.clone(), g.clone(), g]), TypeError::Attribute(_)));
     }
 
@@ -544,12 +567,18 @@ mod tests {
         let x = f32t(shape!["batch", "tokens", 512u64]);
         let r = |axes: Vec<usize>, keep_dims| Op::ReduceSum { axes, keep_dims };
         assert_eq!(ok(r(vec![1], false), &[x.clone()]), [f32t(shape!["batch", 512u64])]);
-        assert_eq!(ok(Op::ReduceMean { axes: vec![1, 2], keep_dims: true }, &[x.clone()]), [f32t(shape!["batch", 1u64, 1u64])]);
+        assert_eq!(
+            ok(Op::ReduceMean { axes: vec![1, 2], keep_dims: true }, &[x.clone()]),
+            [f32t(shape!["batch", 1u64, 1u64])]
+        );
         assert_eq!(ok(Op::ReduceMax { axes: vec![0, 1, 2], keep_dims: false }, &[x.clone()]), [f32t(shape![])]);
         assert!(matches!(err(r(vec![], false), &[x.clone()]), TypeError::Attribute(_)));
         assert!(matches!(err(r(vec![1, 1], false), &[x.clone()]), TypeError::Attribute(_)));
         assert!(matches!(err(r(vec![3], false), &[x.clone()]), TypeError::Attribute(_)));
-        assert!(matches!(err(Op::ReduceMean { axes: vec![0], keep_dims: false }, &[t(DType::I32, shape![2u64])]), TypeError::DType(_)));
+        assert!(matches!(
+            err(Op::ReduceMean { axes: vec![0], keep_dims: false }, &[t(DType::I32, shape![2u64])]),
+            TypeError::DType(_)
+        ));
     }
 
     #[test]
@@ -557,8 +586,14 @@ mod tests {
         let x = f32t(shape!["batch", 5u64, 512u64]);
         let split = shape!["batch", 5u64, 8u64, 64u64];
         assert_eq!(ok(Op::Reshape { shape: split.clone() }, &[x.clone()]), [f32t(split.clone())]);
-        assert!(matches!(err(Op::Reshape { shape: shape!["batch", 5u64, 8u64, 65u64] }, &[x.clone()]), TypeError::Shape(_)));
-        assert!(matches!(err(Op::Reshape { shape: shape!["tokens", 5u64, 512u64] }, &[x.clone()]), TypeError::Shape(_)));
+        assert!(matches!(
+            err(Op::Reshape { shape: shape!["batch", 5u64, 8u64, 65u64] }, &[x.clone()]),
+            TypeError::Shape(_)
+        ));
+        assert!(matches!(
+            err(Op::Reshape { shape: shape!["tokens", 5u64, 512u64] }, &[x.clone()]),
+            TypeError::Shape(_)
+        ));
         assert_eq!(
             ok(Op::Permute { perm: vec![0, 2, 1, 3] }, &[f32t(split.clone())]),
             [f32t(shape!["batch", 8u64, 5u64, 64u64])]
@@ -570,7 +605,10 @@ mod tests {
         assert_eq!(ok(Op::Broadcast { shape: x.shape.clone() }, &[b.clone()]), [x.clone()]);
         assert_eq!(ok(Op::Broadcast { shape: x.shape.clone() }, &[f32t(shape![512u64])]), [x.clone()]);
         assert!(matches!(err(Op::Broadcast { shape: shape![512u64] }, &[b.clone()]), TypeError::Shape(_)));
-        assert!(matches!(err(Op::Broadcast { shape: x.shape.clone() }, &[f32t(shape![2u64, 512u64])]), TypeError::Shape(_)));
+        assert!(matches!(
+            err(Op::Broadcast { shape: x.shape.clone() }, &[f32t(shape![2u64, 512u64])]),
+            TypeError::Shape(_)
+        ));
         let y = f32t(shape!["batch", 5u64, 128u64]);
         assert_eq!(ok(Op::Concat { axis: 2 }, &[x.clone(), y.clone()]), [f32t(shape!["batch", 5u64, 640u64])]);
         assert!(matches!(err(Op::Concat { axis: 1 }, &[x.clone(), y.clone()]), TypeError::Shape(_)));
@@ -586,14 +624,23 @@ mod tests {
     fn indexing_ops() {
         let table = f32t(shape![30522u64, 384u64]);
         let ids = t(DType::I32, shape!["batch", "tokens"]);
-        assert_eq!(ok(Op::Gather { axis: 0 }, &[table.clone(), ids.clone()]), [f32t(shape!["batch", "tokens", 384u64])]);
+        assert_eq!(
+            ok(Op::Gather { axis: 0 }, &[table.clone(), ids.clone()]),
+            [f32t(shape!["batch", "tokens", 384u64])]
+        );
         assert!(matches!(err(Op::Gather { axis: 0 }, &[table.clone(), table.clone()]), TypeError::DType(_)));
         assert!(matches!(err(Op::Gather { axis: 2 }, &[table.clone(), ids.clone()]), TypeError::Attribute(_)));
         let upd = f32t(shape!["batch", "tokens", 384u64]);
         assert_eq!(ok(Op::ScatterAdd { axis: 0 }, &[table.clone(), ids.clone(), upd.clone()]), [table.clone()]);
-        assert!(matches!(err(Op::ScatterAdd { axis: 0 }, &[table.clone(), ids.clone(), table.clone()]), TypeError::Shape(_)));
+        assert!(matches!(
+            err(Op::ScatterAdd { axis: 0 }, &[table.clone(), ids.clone(), table.clone()]),
+            TypeError::Shape(_)
+        ));
         let x = f32t(shape!["batch", 4u64]);
-        assert_eq!(ok(Op::TopK { k: 2 }, &[x.clone()]), [f32t(shape!["batch", 2u64]), t(DType::I32, shape!["batch", 2u64])]);
+        assert_eq!(
+            ok(Op::TopK { k: 2 }, &[x.clone()]),
+            [f32t(shape!["batch", 2u64]), t(DType::I32, shape!["batch", 2u64])]
+        );
         assert!(matches!(err(Op::TopK { k: 5 }, &[x.clone()]), TypeError::Attribute(_)));
         assert!(matches!(err(Op::TopK { k: 0 }, &[x.clone()]), TypeError::Attribute(_)));
         let labels = t(DType::I32, shape!["batch"]);

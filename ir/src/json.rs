@@ -111,11 +111,8 @@ pub fn to_json(g: &Graph) -> String {
             line(&file)
         })
         .collect();
-    let outputs: Vec<String> = g
-        .outputs
-        .iter()
-        .map(|o| line(&FileOutput { name: o.name.clone(), value: o.value.to_string() }))
-        .collect();
+    let outputs: Vec<String> =
+        g.outputs.iter().map(|o| line(&FileOutput { name: o.name.clone(), value: o.value.to_string() })).collect();
     let list = |items: &[String]| {
         if items.is_empty() {
             "[]".to_string()
@@ -206,10 +203,10 @@ pub fn from_json(text: &str) -> Result<Graph, ReadError> {
             .args
             .iter()
             .map(|a| {
-                value_ids.get(a).copied().ok_or_else(|| ReadError::DanglingValue {
-                    at: format!("node {}", node.id),
-                    value: a.clone(),
-                })
+                value_ids
+                    .get(a)
+                    .copied()
+                    .ok_or_else(|| ReadError::DanglingValue { at: format!("node {}", node.id), value: a.clone() })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let types = node.results.into_iter().map(|r| TensorType::new(r.dtype, r.shape)).collect();
@@ -240,9 +237,9 @@ pub fn write_file(g: &Graph, path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infer::TypeError;
     use crate::sample::tiny_classifier;
     use crate::verify::VerifyErrorKind;
-    use crate::infer::TypeError;
 
     fn sample_doc() -> Value {
         serde_json::from_str(&to_json(&tiny_classifier())).unwrap()
@@ -327,7 +324,10 @@ mod tests {
         let mut doc = sample_doc();
         node_mut(&mut doc, "gelu").as_object_mut().unwrap().remove("scope");
         let e = read_doc(&doc).unwrap_err();
-        assert!(matches!(&e, ReadError::Field { at, message } if at.starts_with("nodes[") && message.contains("scope")), "{e}");
+        assert!(
+            matches!(&e, ReadError::Field { at, message } if at.starts_with("nodes[") && message.contains("scope")),
+            "{e}"
+        );
 
         let mut doc = sample_doc();
         doc["extra"] = Value::from(1);
@@ -397,7 +397,12 @@ mod tests {
 
     #[test]
     fn negative_zero_and_fractional_dimensions_are_refused() {
-        for (bad, says) in [(Value::from(-3), "-3 is not positive"), (Value::from(0), "0 is not positive"), (Value::from(2.5), "not a positive integer"), (Value::from("9x"), "not a valid symbol")] {
+        for (bad, says) in [
+            (Value::from(-3), "-3 is not positive"),
+            (Value::from(0), "0 is not positive"),
+            (Value::from(2.5), "not a positive integer"),
+            (Value::from("9x"), "not a valid symbol"),
+        ] {
             let mut doc = sample_doc();
             node_mut(&mut doc, "input")["results"][0]["shape"][0] = bad.clone();
             let e = read_doc(&doc).unwrap_err();
@@ -415,7 +420,10 @@ mod tests {
         p["attrs"]["shape"][0] = Value::from("batch");
         p["results"][0]["shape"][0] = Value::from("batch");
         let k = verify_kinds(read_doc(&doc).unwrap_err());
-        assert!(k.iter().any(|k| matches!(k, VerifyErrorKind::Type(TypeError::Attribute(m)) if m.contains("`batch`"))), "{k:?}");
+        assert!(
+            k.iter().any(|k| matches!(k, VerifyErrorKind::Type(TypeError::Attribute(m)) if m.contains("`batch`"))),
+            "{k:?}"
+        );
     }
 
     #[test]

@@ -4,13 +4,14 @@
 //! - [`op`]: the closed set of primitive ops, and [`fused`] for the ops fusion passes add;
 //! - [`infer`]: one shape/dtype rule per op, shared by the [`builder`] and the [`verify`]er;
 //! - [`nn`]: layers composed from primitives; [`sample`]: a small model for tests and docs;
-//! - [`cost`]: FLOPs, bytes and parameter counts by scope;
+//! - [`cost`]: FLOPs, bytes and parameter counts by scope; [`diff`]: two graphs compared by scope;
 //! - [`json`], [`dot`], [`text`]: the file, Graphviz and human-readable forms.
 //!
 //! `docs/ir.md` describes the IR in one page.
 
 pub mod builder;
 pub mod cost;
+pub mod diff;
 pub mod dot;
 pub mod entity;
 pub mod files;

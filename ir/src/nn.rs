@@ -71,9 +71,20 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(b: &mut GraphBuilder, name: &str, in_dim: u64, hidden: u64, out: u64, dropout: f64) -> BuildResult<Self> {
+    pub fn new(
+        b: &mut GraphBuilder,
+        name: &str,
+        in_dim: u64,
+        hidden: u64,
+        out: u64,
+        dropout: f64,
+    ) -> BuildResult<Self> {
         b.scoped(name, |b| {
-            Ok(Mlp { l1: Linear::new(b, "l1", in_dim, hidden, true)?, l2: Linear::new(b, "l2", hidden, out, true)?, dropout })
+            Ok(Mlp {
+                l1: Linear::new(b, "l1", in_dim, hidden, true)?,
+                l2: Linear::new(b, "l2", hidden, out, true)?,
+                dropout,
+            })
         })
     }
 
@@ -161,7 +172,8 @@ pub fn attention(
     }
     let head_dim = width / heads;
     let out_shape = b.shape_of(q).clone();
-    let (qh, kh, vh) = (split_heads(b, q, heads, head_dim)?, split_heads(b, k, heads, head_dim)?, split_heads(b, v, heads, head_dim)?);
+    let (qh, kh, vh) =
+        (split_heads(b, q, heads, head_dim)?, split_heads(b, k, heads, head_dim)?, split_heads(b, v, heads, head_dim)?);
     let scores = b.matmul(qh, kh, false, true)?;
     let scale = b.scalar(1.0 / (head_dim as f64).sqrt())?;
     let mut scores = b.mul(scores, scale)?;
@@ -199,7 +211,13 @@ impl MultiHeadAttention {
     }
 
     /// Queries from `query_in: [B, Lq, m]`, keys and values from `kv_in: [B, Lk, m]`.
-    pub fn apply(&self, b: &mut GraphBuilder, query_in: ValueId, kv_in: ValueId, bias: Option<ValueId>) -> BuildResult<ValueId> {
+    pub fn apply(
+        &self,
+        b: &mut GraphBuilder,
+        query_in: ValueId,
+        kv_in: ValueId,
+        bias: Option<ValueId>,
+    ) -> BuildResult<ValueId> {
         let q = self.query.apply(b, query_in)?;
         let k = self.key.apply(b, kv_in)?;
         let v = self.value.apply(b, kv_in)?;

@@ -21,16 +21,34 @@ use crate::types::{DType, Shape};
 pub enum Op {
     // --- sources: no tensor arguments (random ops take only their key scalars) ---
     /// A named graph input, bound by the caller.
-    Input { name: String, dtype: DType, shape: Shape },
+    Input {
+        name: String,
+        dtype: DType,
+        shape: Shape,
+    },
     /// A named, trainable parameter; `name` is its key in weight files.
-    Param { name: String, dtype: DType, shape: Shape, init: Init },
+    Param {
+        name: String,
+        dtype: DType,
+        shape: Shape,
+        init: Init,
+    },
     /// A scalar constant.
-    Constant { value: ConstValue, dtype: DType },
+    Constant {
+        value: ConstValue,
+        dtype: DType,
+    },
     /// `out[i_0, .., i_n] = i_axis`, as i32.
-    Iota { shape: Shape, axis: usize },
+    Iota {
+        shape: Shape,
+        axis: usize,
+    },
     /// Uniform numbers in (0, 1) from the counter-based generator, keyed by the `(seed, offset)`
     /// u32 scalars given as arguments, the op's `stream` and each element's linear index.
-    RandomUniform { shape: Shape, stream: u32 },
+    RandomUniform {
+        shape: Shape,
+        stream: u32,
+    },
 
     // --- elementwise ---
     Neg,
@@ -43,7 +61,9 @@ pub enum Op {
     Relu,
     /// The exact (erf) GELU, as BERT uses.
     Gelu,
-    Cast { to: DType },
+    Cast {
+        to: DType,
+    },
     Add,
     Sub,
     Mul,
@@ -57,40 +77,82 @@ pub enum Op {
     Select,
     /// Training-only dropout with drop probability `p`; arguments `(x, seed, offset)`. Its mask
     /// comes from the same generator as `RandomUniform` (keep where `u >= p`, scale `1/(1-p)`).
-    Dropout { p: f64, stream: u32 },
+    Dropout {
+        p: f64,
+        stream: u32,
+    },
 
     // --- contractions and normalisations ---
     /// Batched matmul `[.., M, K] x [.., K, N]`; batch dimensions broadcast.
     #[serde(rename = "matmul")]
-    MatMul { transpose_a: bool, transpose_b: bool },
-    Softmax { axis: usize },
-    LogSoftmax { axis: usize },
+    MatMul {
+        transpose_a: bool,
+        transpose_b: bool,
+    },
+    Softmax {
+        axis: usize,
+    },
+    LogSoftmax {
+        axis: usize,
+    },
     /// Layer norm over the last axis; arguments `(x, gamma, beta)`.
-    LayerNorm { eps: f64 },
+    LayerNorm {
+        eps: f64,
+    },
 
     // --- reductions ---
-    ReduceSum { axes: Vec<usize>, keep_dims: bool },
-    ReduceMean { axes: Vec<usize>, keep_dims: bool },
-    ReduceMax { axes: Vec<usize>, keep_dims: bool },
+    ReduceSum {
+        axes: Vec<usize>,
+        keep_dims: bool,
+    },
+    ReduceMean {
+        axes: Vec<usize>,
+        keep_dims: bool,
+    },
+    ReduceMax {
+        axes: Vec<usize>,
+        keep_dims: bool,
+    },
 
     // --- movement ---
-    Reshape { shape: Shape },
-    Permute { perm: Vec<usize> },
+    Reshape {
+        shape: Shape,
+    },
+    Permute {
+        perm: Vec<usize>,
+    },
     /// Numpy-style broadcast to `shape`.
-    Broadcast { shape: Shape },
-    Concat { axis: usize },
-    Slice { axis: usize, start: u64, end: u64 },
+    Broadcast {
+        shape: Shape,
+    },
+    Concat {
+        axis: usize,
+    },
+    Slice {
+        axis: usize,
+        start: u64,
+        end: u64,
+    },
 
     // --- indexing ---
     /// `take`: `out = table[.., indices[..], ..]` along `axis`; arguments `(table, indices)`.
-    Gather { axis: usize },
+    Gather {
+        axis: usize,
+    },
     /// The adjoint of `Gather`: `out = base; out[.., indices[i], ..] += updates[.., i, ..]`;
     /// arguments `(base, indices, updates)`.
-    ScatterAdd { axis: usize },
+    ScatterAdd {
+        axis: usize,
+    },
     /// The `k` largest along the last axis: results `(values, indices)`; ties go to the lower index.
-    TopK { k: u64 },
+    TopK {
+        k: u64,
+    },
     /// Integer indices to one-hot vectors of length `depth` on a new last axis.
-    OneHot { depth: u64, dtype: DType },
+    OneHot {
+        depth: u64,
+        dtype: DType,
+    },
 
     /// An op made by a fusion pass.
     Fused(FusedOp),
@@ -239,11 +301,9 @@ impl Op {
 
     pub fn class(&self) -> OpClass {
         match self {
-            Op::Input { .. }
-            | Op::Param { .. }
-            | Op::Constant { .. }
-            | Op::Iota { .. }
-            | Op::RandomUniform { .. } => OpClass::Source,
+            Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } | Op::Iota { .. } | Op::RandomUniform { .. } => {
+                OpClass::Source
+            }
             Op::Neg
             | Op::Exp
             | Op::Log
@@ -266,11 +326,9 @@ impl Op {
             Op::MatMul { .. } => OpClass::MatMul,
             Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::LayerNorm { .. } => OpClass::Normalize,
             Op::ReduceSum { .. } | Op::ReduceMean { .. } | Op::ReduceMax { .. } => OpClass::Reduce,
-            Op::Reshape { .. }
-            | Op::Permute { .. }
-            | Op::Broadcast { .. }
-            | Op::Concat { .. }
-            | Op::Slice { .. } => OpClass::Movement,
+            Op::Reshape { .. } | Op::Permute { .. } | Op::Broadcast { .. } | Op::Concat { .. } | Op::Slice { .. } => {
+                OpClass::Movement
+            }
             Op::Gather { .. } | Op::ScatterAdd { .. } | Op::TopK { .. } | Op::OneHot { .. } => OpClass::Index,
             Op::Fused(_) => OpClass::Fused,
         }
@@ -301,9 +359,7 @@ impl Op {
             | Op::Equal
             | Op::Less
             | Op::MatMul { .. }
-            | Op::Gather { .. } => {
-                Arity::Exact(2)
-            }
+            | Op::Gather { .. } => Arity::Exact(2),
             Op::Select | Op::Dropout { .. } | Op::LayerNorm { .. } | Op::ScatterAdd { .. } => Arity::Exact(3),
             Op::Concat { .. } => Arity::AtLeast(1),
             Op::Fused(f) => f.arity(),

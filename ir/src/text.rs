@@ -13,7 +13,7 @@ pub fn group_digits(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -56,7 +56,14 @@ pub fn human_bytes(n: u64) -> String {
 /// Inputs, outputs, parameter totals, op histogram and node counts per scope.
 pub fn summary(g: &Graph, scope_depth: usize) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "graph {} ({FORMAT}): {} nodes, {} values, {} outputs", g.name, g.nodes.len(), g.values.len(), g.outputs.len());
+    let _ = writeln!(
+        out,
+        "graph {} ({FORMAT}): {} nodes, {} values, {} outputs",
+        g.name,
+        g.nodes.len(),
+        g.values.len(),
+        g.outputs.len()
+    );
     let symbols: Vec<String> = g.symbols().into_iter().collect();
     let _ = writeln!(out, "symbols: {}", if symbols.is_empty() { "none".to_string() } else { symbols.join(", ") });
     let _ = writeln!(out, "inputs:");

@@ -238,9 +238,7 @@ impl TensorType {
 
     /// Size in bytes under `bindings`, checked for overflow.
     pub fn size_bytes(&self, bindings: &Bindings) -> Result<u64, ShapeError> {
-        self.numel(bindings)?
-            .checked_mul(self.dtype.size_bytes())
-            .ok_or_else(|| ShapeError::Overflow(self.to_string()))
+        self.numel(bindings)?.checked_mul(self.dtype.size_bytes()).ok_or_else(|| ShapeError::Overflow(self.to_string()))
     }
 }
 

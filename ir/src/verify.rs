@@ -166,7 +166,12 @@ pub fn verify(g: &Graph) -> Result<(), VerifyErrors> {
                     results_ok = false;
                 }
                 Some(data) if data.def.node != n || data.def.index != index => {
-                    fail(VerifyErrorKind::Redefined { value: v, index, def_node: data.def.node, def_index: data.def.index });
+                    fail(VerifyErrorKind::Redefined {
+                        value: v,
+                        index,
+                        def_node: data.def.node,
+                        def_index: data.def.index,
+                    });
                     results_ok = false;
                 }
                 Some(data) => check_type_well_formed(v, &data.ty, &mut fail),
@@ -310,12 +315,20 @@ mod tests {
         let xv = g.result(x);
         // A second node claims x's value as its result.
         let ty = g.value_type(xv).clone();
-        g.nodes.push(crate::graph::Node { op: Op::Input { name: "again".into(), dtype: ty.dtype, shape: ty.shape }, args: vec![], results: vec![xv], scope: "tiny".into() });
+        g.nodes.push(crate::graph::Node {
+            op: Op::Input { name: "again".into(), dtype: ty.dtype, shape: ty.shape },
+            args: vec![],
+            results: vec![xv],
+            scope: "tiny".into(),
+        });
         assert!(kinds(&g).iter().any(|k| matches!(k, VerifyErrorKind::Redefined { .. })));
 
         let mut g = tiny_classifier();
         let owner = find(&g, "gelu");
-        g.values.push(ValueData { ty: crate::types::TensorType::scalar(DType::F32), def: crate::graph::ValueDef { node: owner, index: 0 } });
+        g.values.push(ValueData {
+            ty: crate::types::TensorType::scalar(DType::F32),
+            def: crate::graph::ValueDef { node: owner, index: 0 },
+        });
         assert!(kinds(&g).iter().any(|k| matches!(k, VerifyErrorKind::Orphan(_))));
     }
 
@@ -352,7 +365,8 @@ mod tests {
         let v = g.result(x);
         g.values[v].ty.dtype = DType::F16;
         let errs = verify(&g).unwrap_err();
-        let e = errs.0.iter().find(|e| matches!(e.kind, VerifyErrorKind::Type(crate::infer::TypeError::DType(_)))).unwrap();
+        let e =
+            errs.0.iter().find(|e| matches!(e.kind, VerifyErrorKind::Type(crate::infer::TypeError::DType(_)))).unwrap();
         assert!(matches!(&e.location, Location::Node { op: "matmul", scope, .. } if scope == "tiny/block/proj"), "{e}");
     }
 
@@ -431,7 +445,9 @@ mod tests {
     #[test]
     fn parameters_need_fixed_shapes() {
         let mut b = crate::GraphBuilder::new("m");
-        let p = b.op(Op::Param { name: "m/w".into(), dtype: DType::F32, shape: vec![3u64.into()], init: Init::Zeros }, &[]).unwrap();
+        let p = b
+            .op(Op::Param { name: "m/w".into(), dtype: DType::F32, shape: vec![3u64.into()], init: Init::Zeros }, &[])
+            .unwrap();
         b.output("p", p);
         let mut g = b.graph().clone();
         let node = g.producer(p);
@@ -440,7 +456,10 @@ mod tests {
         }
         g.values[p].ty.shape[0] = "batch".into();
         let k = kinds(&g);
-        assert!(matches!(&k[..], [VerifyErrorKind::Type(crate::infer::TypeError::Attribute(m))] if m.contains("symbol `batch`")), "{k:?}");
+        assert!(
+            matches!(&k[..], [VerifyErrorKind::Type(crate::infer::TypeError::Attribute(m))] if m.contains("symbol `batch`")),
+            "{k:?}"
+        );
     }
 
     #[test]

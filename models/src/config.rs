@@ -221,7 +221,8 @@ impl CalmConfig {
         } else {
             toml::from_str(&text).map_err(|e| e.to_string())
         };
-        let config = parsed.map_err(|message| ConfigError::Parse { path: shown, message: message.trim().to_string() })?;
+        let config =
+            parsed.map_err(|message| ConfigError::Parse { path: shown, message: message.trim().to_string() })?;
         config.validate()?;
         Ok(config)
     }
@@ -272,7 +273,7 @@ impl CalmConfig {
                 return fail(field, format!("{v} is absurdly large (limit {})", 1u64 << 24));
             }
         }
-        if self.width % self.heads != 0 {
+        if !self.width.is_multiple_of(self.heads) {
             return fail("heads", format!("{} heads do not divide width {}", self.heads, self.width));
         }
         if self.top_k > self.experts {
@@ -351,7 +352,8 @@ mod tests {
     #[test]
     fn files_override_only_what_they_name() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(&dir, "c.toml", "clusters = 3\nbackbone = \"qwen3-32b-states\"\n[loss_weights]\ncontrastive = 0.5\n");
+        let path =
+            write(&dir, "c.toml", "clusters = 3\nbackbone = \"qwen3-32b-states\"\n[loss_weights]\ncontrastive = 0.5\n");
         let c = CalmConfig::from_file(&path).unwrap();
         assert_eq!(c.clusters, 3);
         assert_eq!(c.backbone_width(), 5120);

@@ -9,7 +9,13 @@ use calm_ir::{BuildResult, DType, GraphBuilder, ValueId};
 use crate::config::CalmConfig;
 
 /// `L_con = mean_i ℓ_i(e) + mean_i ℓ_i(l)` over anchors that have a positive.
-pub fn build(b: &mut GraphBuilder, cfg: &CalmConfig, e_bar: ValueId, l_bar: ValueId, culture: ValueId) -> BuildResult<ValueId> {
+pub fn build(
+    b: &mut GraphBuilder,
+    cfg: &CalmConfig,
+    e_bar: ValueId,
+    l_bar: ValueId,
+    culture: ValueId,
+) -> BuildResult<ValueId> {
     let (m, out) = (cfg.width, cfg.contrastive_dim);
     b.scoped("contrastive", |b| {
         let pe = nn::mlp(b, "proj_e", e_bar, m, out, cfg.dropout)?;

@@ -37,7 +37,8 @@ pub fn build(
         let l = nn::mlp(b, "mlp_l", states, m, m, cfg.dropout)?;
         // E = MLP_e(H) + U[c], the culture embedding broadcast over tokens.
         let e = b.scoped("culture_embedding", |b| {
-            let table = b.param("weight", vec![Dim::Fixed(cfg.cultures), Dim::Fixed(m)], Init::Normal { mean: 0.0, std: 1.0 })?;
+            let table =
+                b.param("weight", vec![Dim::Fixed(cfg.cultures), Dim::Fixed(m)], Init::Normal { mean: 0.0, std: 1.0 })?;
             let u = b.gather(table, culture, 0)?;
             let batch = b.shape_of(culture)[0].clone();
             let u = b.reshape(u, vec![batch, Dim::Fixed(1), Dim::Fixed(m)])?;

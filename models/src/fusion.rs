@@ -9,7 +9,13 @@ use calm_ir::{BuildResult, GraphBuilder, ValueId};
 use crate::config::CalmConfig;
 
 /// `h̄ = mean_t(H) W_h`, `γ = σ([h̄ ; M] W_γ)`, `I = LayerNorm(h̄ + γ ⊙ M)`.
-pub fn build(b: &mut GraphBuilder, cfg: &CalmConfig, states: ValueId, mask: ValueId, m: ValueId) -> BuildResult<ValueId> {
+pub fn build(
+    b: &mut GraphBuilder,
+    cfg: &CalmConfig,
+    states: ValueId,
+    mask: ValueId,
+    m: ValueId,
+) -> BuildResult<ValueId> {
     b.scoped("fusion", |b| {
         let mean = nn::masked_mean(b, states, mask)?;
         let h = nn::linear(b, "states_proj", mean, cfg.width)?;

@@ -4,18 +4,18 @@
 //! training graph (every loss term of the spec and the load-balance statistics). One file per
 //! stage of `calm-spec.md`; `docs/model.md` maps scopes to the spec.
 
-pub mod model;
 pub mod config;
 pub mod contrastive;
 pub mod disentangle;
 pub mod fusion;
 pub mod identity_pool;
 pub mod minilm;
+pub mod model;
 pub mod moe;
 pub mod reflection;
 
-pub use model::{build, Mode};
 pub use config::{Backbone, CalmConfig, ConfigError};
+pub use model::{build, Mode};
 
 use thiserror::Error;
 

@@ -40,7 +40,16 @@ impl BertConfig {
 
     /// A tiny random BERT of the same structure, for tests that must not download the model.
     pub fn tiny() -> Self {
-        BertConfig { vocab: 97, hidden: 24, layers: 2, heads: 4, intermediate: 40, max_positions: 64, type_vocab: 2, layer_norm_eps: 1e-12 }
+        BertConfig {
+            vocab: 97,
+            hidden: 24,
+            layers: 2,
+            heads: 4,
+            intermediate: 40,
+            max_positions: 64,
+            type_vocab: 2,
+            layer_norm_eps: 1e-12,
+        }
     }
 
     /// Every tensor name and shape of this encoder's safetensors file (as the Hugging Face
@@ -57,7 +66,8 @@ impl BertConfig {
         ];
         for l in 0..self.layers {
             let p = format!("encoder.layer.{l}");
-            for name in ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"] {
+            for name in ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"]
+            {
                 t.push((format!("{p}.{name}.weight"), vec![h, h]));
                 t.push((format!("{p}.{name}.bias"), vec![h]));
             }
@@ -88,7 +98,9 @@ pub fn weight_key(param_name: &str) -> Option<String> {
 }
 
 fn embedding(b: &mut GraphBuilder, name: &str, rows: u64, width: u64) -> BuildResult<ValueId> {
-    b.scoped(name, |b| b.param("weight", vec![Dim::Fixed(rows), Dim::Fixed(width)], Init::Normal { mean: 0.0, std: 0.02 }))
+    b.scoped(name, |b| {
+        b.param("weight", vec![Dim::Fixed(rows), Dim::Fixed(width)], Init::Normal { mean: 0.0, std: 0.02 })
+    })
 }
 
 /// The encoder's last hidden states `[B, T, hidden]` for token ids `[B, T]` (i32) and a mask

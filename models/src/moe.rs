@@ -43,23 +43,25 @@ pub fn build(b: &mut GraphBuilder, cfg: &CalmConfig, z: ValueId, training: bool)
             dims.push(b.scoped(&format!("dim{c}"), |b| dimension(b, cfg, z, summary, training))?);
         }
         let outs: Vec<ValueId> = dims.iter().map(|d| d.m).collect();
-        let m = b.scoped("mix", |b| {
-            let cat = if outs.len() == 1 { outs[0] } else { b.concat(&outs, -1)? };
-            nn::linear(b, "proj", cat, cfg.width)
-        })?;
+        let cat = if outs.len() == 1 { outs[0] } else { b.scoped("mix", |b| b.concat(&outs, -1))? };
+        let m = nn::linear(b, "mix", cat, cfg.width)?;
         let balance = if training { Some(b.scoped("balance", |b| balance(b, cfg, &dims))?) } else { None };
         Ok(Mixture { m, balance })
     })
 }
 
-fn dimension(b: &mut GraphBuilder, cfg: &CalmConfig, z: ValueId, summary: ValueId, training: bool) -> BuildResult<Routed> {
+fn dimension(
+    b: &mut GraphBuilder,
+    cfg: &CalmConfig,
+    z: ValueId,
+    summary: ValueId,
+    training: bool,
+) -> BuildResult<Routed> {
     let (experts, k) = (cfg.experts, cfg.top_k);
     let batch = b.shape_of(z)[0].clone();
     // p = softmax(mean_j Z · W_r)
-    let prob = b.scoped("router", |b| {
-        let logits = nn::linear(b, "proj", summary, experts)?;
-        b.softmax(logits, -1)
-    })?;
+    let logits = nn::linear(b, "router", summary, experts)?;
+    let prob = b.scoped("router", |b| b.softmax(logits, -1))?;
     // Top-k, gates renormalised over the chosen experts, scattered into a [B, E] gate matrix.
     let (gate_matrix, chosen) = b.scoped("gates", |b| {
         let (values, indices) = b.top_k(prob, k)?;
@@ -125,7 +127,11 @@ fn balance(b: &mut GraphBuilder, cfg: &CalmConfig, dims: &[Routed]) -> BuildResu
                 b.reshape(pick(stats), vec![Dim::Fixed(1), e.clone()])
             })
             .collect::<BuildResult<Vec<_>>>()?;
-        if rows.len() == 1 { Ok(rows[0]) } else { b.concat(&rows, 0) }
+        if rows.len() == 1 {
+            Ok(rows[0])
+        } else {
+            b.concat(&rows, 0)
+        }
     };
     let fraction = stack(b, |(f, _)| f)?;
     let prob = stack(b, |(_, p)| p)?;

@@ -19,7 +19,13 @@ pub struct Reflected {
     pub ref_loss: Option<ValueId>,
 }
 
-pub fn build(b: &mut GraphBuilder, cfg: &CalmConfig, s_bar: ValueId, identity: ValueId, training: bool) -> BuildResult<Reflected> {
+pub fn build(
+    b: &mut GraphBuilder,
+    cfg: &CalmConfig,
+    s_bar: ValueId,
+    identity: ValueId,
+    training: bool,
+) -> BuildResult<Reflected> {
     let (m, y, rounds) = (cfg.width, cfg.classes, cfg.reflective_rounds);
     b.scoped("reflection", |b| {
         let prompt = Linear::new(b, "prompt", m, m, true)?;

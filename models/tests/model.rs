@@ -39,7 +39,14 @@ fn odd_configs() -> Vec<CalmConfig> {
     let base = CalmConfig::preset("tiny").unwrap();
     let mut out = Vec::new();
     for rounds in [0, 1, 3] {
-        out.push(CalmConfig { clusters: 3, experts: 3, top_k: 1, reflective_rounds: rounds, dimensions: 3, ..base.clone() });
+        out.push(CalmConfig {
+            clusters: 3,
+            experts: 3,
+            top_k: 1,
+            reflective_rounds: rounds,
+            dimensions: 3,
+            ..base.clone()
+        });
     }
     out.push(CalmConfig { clusters: 1, experts: 1, dimensions: 1, cultures: 1, ..base.clone() });
     out.push(CalmConfig { classes: 7, cultures: 4, top_k: 3, ..base });
@@ -77,7 +84,10 @@ fn inputs_are_named_and_typed() {
     );
     let g = build(&c, Mode::Inference).unwrap();
     assert_eq!(g.inputs().count(), 3, "inference takes states, mask and culture only");
-    let noisy = CalmConfig { gumbel: calm_models::config::GumbelConfig { noise_at_inference: true, ..Default::default() }, ..c.clone() };
+    let noisy = CalmConfig {
+        gumbel: calm_models::config::GumbelConfig { noise_at_inference: true, ..Default::default() },
+        ..c.clone()
+    };
     assert!(build(&noisy, Mode::Inference).unwrap().inputs().any(|(_, n, _)| n == "seed"));
     let qwen = CalmConfig { backbone: Backbone::Qwen3_32bStates, ..c.clone() };
     assert_eq!(build(&qwen, Mode::Inference).unwrap().inputs().next().unwrap().2.to_string(), "f32[batch,tokens,5120]");
@@ -113,7 +123,10 @@ fn spec_counts(c: &CalmConfig, training: bool) -> BTreeMap<String, u64> {
     // Stage 4: per dimension a router (m→E) and E experts of pre-LN layers (2 LN, attention,
     // FFN m→ffn→m); the mix W_m (D·m→m).
     let layer = 2 * ln(m) + attention + lin(m, ffn) + lin(ffn, m);
-    counts.insert("calm/moe".to_string(), dims * (lin(m, experts) + experts * c.expert_layers * layer) + lin(dims * m, m));
+    counts.insert(
+        "calm/moe".to_string(),
+        dims * (lin(m, experts) + experts * c.expert_layers * layer) + lin(dims * m, m),
+    );
     // Stage 5: W_h (d→m), W_γ (2m→m), LayerNorm.
     counts.insert("calm/fusion".to_string(), lin(d, m) + lin(2 * m, m) + ln(m));
     // Stage 6: W_p (m→m), Head MLP(2m→m→Y); with rounds also W_y (Y→m), MLP_cal(2m→m→m), LayerNorm.
@@ -171,7 +184,11 @@ fn minilm_backbone_maps_one_to_one_onto_the_checkpoint() {
         u.sort();
         u
     });
-    let backbone: u64 = g.params().filter(|(_, n, _)| minilm::weight_key(n).is_some()).map(|(_, _, t)| t.shape.iter().map(|d| d.fixed().unwrap()).product::<u64>()).sum();
+    let backbone: u64 = g
+        .params()
+        .filter(|(_, n, _)| minilm::weight_key(n).is_some())
+        .map(|(_, _, t)| t.shape.iter().map(|d| d.fixed().unwrap()).product::<u64>())
+        .sum();
     assert_eq!(backbone, bert_params(&bert));
     assert_eq!(backbone, 22_565_376, "all-MiniLM-L6-v2 without its pooler");
     // The CALM head on top has the spec's counts for d = 384.
@@ -191,7 +208,12 @@ fn a_tiny_bert_of_the_same_structure_builds() {
     let g = b.finish().unwrap();
     assert_eq!(g.param_count(), bert_params(&tiny));
     let keys: Vec<String> = g.params().filter_map(|(_, n, _)| minilm::weight_key(n)).collect();
-    let header: Vec<String> = tiny.checkpoint_tensors().into_iter().map(|(k, _)| k).filter(|k| !minilm::UNUSED_TENSORS.contains(&k.as_str())).collect();
+    let header: Vec<String> = tiny
+        .checkpoint_tensors()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !minilm::UNUSED_TENSORS.contains(&k.as_str()))
+        .collect();
     let (mut a, mut b) = (keys, header);
     a.sort();
     b.sort();

@@ -76,7 +76,8 @@ mod tests {
     #[test]
     fn runs_passes_in_order_and_dumps_after_the_named_one() {
         let mut g = tiny_classifier();
-        let mut p = Pipeline::new(vec![Pass { name: "drop_loss", run: drop_loss }, Pass { name: "dce", run: crate::dce }]);
+        let mut p =
+            Pipeline::new(vec![Pass { name: "drop_loss", run: drop_loss }, Pass { name: "dce", run: crate::dce }]);
         p.dump_after = Some("drop_loss".into());
         let report = p.run(&mut g).unwrap();
         assert_eq!(report.passes, [("drop_loss", true), ("dce", true)]);

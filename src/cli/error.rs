@@ -19,6 +19,17 @@ pub enum CliError {
     Unbound { what: &'static str, names: String, example: String },
     #[error("{0}")]
     Cost(#[from] CostError),
+    #[error("{0}")]
+    Config(#[from] calm_models::ConfigError),
+    #[error("{0}")]
+    Model(#[from] calm_models::ModelError),
+    #[error("{0}")]
+    Ablate(#[from] calm_passes::AblateError),
+}
+
+/// Writes a graph file atomically, naming the file in any error.
+pub fn write_graph(g: &calm_ir::Graph, path: &std::path::Path) -> Result<(), CliError> {
+    calm_ir::json::write_file(g, path).map_err(|source| CliError::Write { path: path.to_path_buf(), source })
 }
 
 /// Reads and verifies a graph file, naming the file in any error.

@@ -1,6 +1,9 @@
 //! Subcommands of `calm`, one file each; [`run`] dispatches.
 
+mod ablate;
+mod build;
 mod check;
+mod diff;
 mod error;
 mod sample;
 mod show;
@@ -56,6 +59,60 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build the CALM graph from a preset or config file (inference graph, or --train).
+    Build {
+        /// Built-in config: `paper` (the spec's defaults) or `tiny` (small sizes for quick runs).
+        #[arg(long, conflicts_with = "config", default_value = "paper")]
+        preset: String,
+        /// Config file (TOML, or JSON by extension); fields it omits keep the paper defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Backbone: `states` (hidden states are an input), `minilm-l6` (token ids in, the encoder
+        /// in the graph) or `qwen3-32b-states` (states input of width 5120).
+        #[arg(long)]
+        backbone: Option<String>,
+        /// Build the training graph: labels, temperature and random keys in; every loss term out.
+        #[arg(long)]
+        train: bool,
+        /// Ablations to apply after building, comma-separated (see `calm ablations`).
+        #[arg(long)]
+        variant: Option<String>,
+        /// Where to write the graph.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Apply named ablations to a graph file (as graph edits, then dead-code elimination).
+    Ablate {
+        /// Graph file (calm-ir/1 JSON).
+        file: PathBuf,
+        /// Ablations to apply, comma-separated, in order (see `calm ablations`).
+        #[arg(long, required = true)]
+        drop: String,
+        /// Where to write the ablated graph.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// List the named ablations with what each one removes.
+    Ablations,
+    /// Compare two graphs: inputs, outputs, and nodes and parameters by scope.
+    Diff {
+        /// The graph before.
+        a: PathBuf,
+        /// The graph after.
+        b: PathBuf,
+        /// Roll scopes up to this many path segments (0: full paths).
+        #[arg(long, default_value_t = 3)]
+        depth: usize,
+        /// List every added, removed or changed parameter under its scope.
+        #[arg(long)]
+        params: bool,
+    },
+    /// Print a preset config as TOML, to start a config file from.
+    Preset {
+        /// `paper` or `tiny`.
+        #[arg(default_value = "paper")]
+        name: String,
+    },
     /// Write a small sample graph (a one-block attention classifier) to try the other commands on.
     Sample {
         /// Where to write the graph.
@@ -70,6 +127,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Check { file } => check::run(&file),
         Command::Show { file, format, depth } => show::run(&file, format, depth),
         Command::Stats { file, bind, depth, json } => stats::run(&file, bind.as_deref().unwrap_or(""), depth, json),
+        Command::Build { preset, config, backbone, train, variant, output } => {
+            build::run(build::Args { preset, config, backbone, train, variant, output })
+        }
+        Command::Ablate { file, drop, output } => ablate::run(&file, &drop, &output),
+        Command::Ablations => ablate::list(),
+        Command::Diff { a, b, depth, params } => diff::run(&a, &b, depth, params),
+        Command::Preset { name } => build::preset(&name),
         Command::Sample { output } => sample::run(&output),
     }
 }

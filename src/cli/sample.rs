@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
-use super::error::CliError;
+use super::error::{write_graph, CliError};
 
 pub fn run(output: &Path) -> Result<(), CliError> {
     let g = calm_ir::sample::tiny_classifier();
-    calm_ir::json::write_file(&g, output).map_err(|source| CliError::Write { path: output.to_path_buf(), source })?;
+    write_graph(&g, output)?;
     println!("wrote {} ({} nodes)", output.display(), g.nodes.len());
     Ok(())
 }

@@ -34,18 +34,26 @@ pub fn run(file: &Path, bind: &str, depth: usize, json: bool) -> Result<(), CliE
                 })
             })
             .collect();
-        let doc = serde_json::json!({ "graph": g.name, "bindings": bindings.to_string(), "depth": depth, "rows": rows });
+        let doc =
+            serde_json::json!({ "graph": g.name, "bindings": bindings.to_string(), "depth": depth, "rows": rows });
         println!("{}", serde_json::to_string_pretty(&doc).expect("JSON values serialise"));
         return Ok(());
     }
-    println!("graph `{}` with {}", g.name, if bindings.is_empty() { "no symbols".to_string() } else { bindings.to_string() });
+    println!(
+        "graph `{}` with {}",
+        g.name,
+        if bindings.is_empty() { "no symbols".to_string() } else { bindings.to_string() }
+    );
     // Children are indented under their parent and named by their last segment.
     let label = |r: &calm_ir::cost::ScopeStats| {
         let leaf = r.scope.rsplit('/').next().unwrap_or(&r.scope);
         format!("{}{}", "  ".repeat(r.level - 1), if r.level == 1 { r.scope.as_str() } else { leaf })
     };
     let width = rows.iter().map(|r| label(r).len()).max().unwrap_or(5).max(5);
-    println!("{:<width$}  {:>6}  {:>12}  {:>11}  {:>11}  {:>11}", "scope", "nodes", "params", "FLOPs", "read", "written");
+    println!(
+        "{:<width$}  {:>6}  {:>12}  {:>11}  {:>11}  {:>11}",
+        "scope", "nodes", "params", "FLOPs", "read", "written"
+    );
     for r in &rows {
         println!(
             "{:<width$}  {:>6}  {:>12}  {:>11}  {:>11}  {:>11}",

@@ -13,7 +13,11 @@ fn missing(ablation: &'static str, scope: &str) -> AblateError {
 }
 
 fn require(g: &Graph, ablation: &'static str, scope: &str) -> Result<(), AblateError> {
-    if has_scope(g, scope) { Ok(()) } else { Err(missing(ablation, scope)) }
+    if has_scope(g, scope) {
+        Ok(())
+    } else {
+        Err(missing(ablation, scope))
+    }
 }
 
 /// `no-disentangle`: one MLP feeds S, E and L (E keeps its culture embedding). In an inference
@@ -21,7 +25,8 @@ fn require(g: &Graph, ablation: &'static str, scope: &str) -> Result<(), AblateE
 pub fn no_disentangle(g: &mut Graph) -> Result<(), AblateError> {
     const A: &str = "no-disentangle";
     require(g, A, "calm/disentangle/mlp_s")?;
-    let others: Vec<&str> = ["calm/disentangle/mlp_e", "calm/disentangle/mlp_l"].into_iter().filter(|s| has_scope(g, s)).collect();
+    let others: Vec<&str> =
+        ["calm/disentangle/mlp_e", "calm/disentangle/mlp_l"].into_iter().filter(|s| has_scope(g, s)).collect();
     if others.is_empty() {
         return Err(missing(A, "calm/disentangle/mlp_e or mlp_l"));
     }
@@ -48,7 +53,8 @@ pub fn no_gumbel(g: &mut Graph) -> Result<(), AblateError> {
     }
     for stream in streams {
         let assign = format!("{stream}/assign");
-        let softmax = find_node(g, &assign, |op| matches!(op, Op::Softmax { .. })).ok_or_else(|| missing(A, &assign))?;
+        let softmax =
+            find_node(g, &assign, |op| matches!(op, Op::Softmax { .. })).ok_or_else(|| missing(A, &assign))?;
         // softmax((π + g) / τ): its argument must still be the division by the temperature.
         let scaled = g.nodes[softmax].args[0];
         let div = g.producer(scaled);
@@ -76,7 +82,12 @@ pub fn no_identity_pool(g: &mut Graph) -> Result<(), AblateError> {
     let z = single_result(g, "calm/identity_pool", A)?;
     let l = match entries(g, "calm/identity_pool/cluster_l")[..] {
         [l] => l,
-        ref other => return Err(AblateError::not_applicable(A, format!("expected the latent stream to be cluster_l's one entry, found {}", other.len()))),
+        ref other => {
+            return Err(AblateError::not_applicable(
+                A,
+                format!("expected the latent stream to be cluster_l's one entry, found {}", other.len()),
+            ))
+        }
     };
     let mask = input(g, "mask", A)?;
     let z_shape = g.value_type(z).shape.clone();
@@ -125,9 +136,8 @@ pub fn dense_moe(g: &mut Graph) -> Result<(), AblateError> {
             .ok_or_else(|| AblateError::not_applicable(A, format!("nothing in `{combine}` reads the gates")))?;
         rewire(g, gate_matrix, prob, A)?;
         let balance = format!("{dim}/balance");
-        let fraction = results(g, &balance)
-            .into_iter()
-            .find(|&v| computed_from(g, v, &dim, |op| matches!(op, Op::TopK { .. })));
+        let fraction =
+            results(g, &balance).into_iter().find(|&v| computed_from(g, v, &dim, |op| matches!(op, Op::TopK { .. })));
         if let Some(fraction) = fraction {
             let ty = g.value_type(fraction).clone();
             let experts = g.value_type(prob).shape.last().and_then(Dim::fixed).unwrap_or(1);
@@ -150,11 +160,17 @@ pub fn no_moe(g: &mut Graph) -> Result<(), AblateError> {
     let m = single_result(g, "calm/moe", A)?;
     let z = match entries(g, "calm/moe")[..] {
         [z] => z,
-        ref other => return Err(AblateError::not_applicable(A, format!("expected the mixture to read one value, found {}", other.len()))),
+        ref other => {
+            return Err(AblateError::not_applicable(
+                A,
+                format!("expected the mixture to read one value, found {}", other.len()),
+            ))
+        }
     };
     let width = g.value_type(m).shape.last().and_then(Dim::fixed).unwrap_or(0);
     // The spec's MLP with the graph's own dropout (the first dropout node's, 0 if it has none).
-    let dropout = g.nodes.values().find_map(|n| if let Op::Dropout { p, .. } = n.op { Some(p) } else { None }).unwrap_or(0.0);
+    let dropout =
+        g.nodes.values().find_map(|n| if let Op::Dropout { p, .. } = n.op { Some(p) } else { None }).unwrap_or(0.0);
     let m_new = build_in(g, "calm/moe", |b| {
         let mean = b.scoped("summary", |b| b.reduce_mean(z, &[1], false))?;
         let mlp = Mlp::new(b, "mlp", width, width, width, dropout)?;
@@ -184,7 +200,8 @@ pub fn no_fusion_gate(g: &mut Graph) -> Result<(), AblateError> {
             _ => None,
         }
     });
-    let (mul, m) = gated.ok_or_else(|| AblateError::not_applicable(A, "`calm/fusion` has no gate (γ ⊙ M) any more".into()))?;
+    let (mul, m) =
+        gated.ok_or_else(|| AblateError::not_applicable(A, "`calm/fusion` has no gate (γ ⊙ M) any more".into()))?;
     let out = g.result(mul);
     rewire(g, out, m, A)
 }

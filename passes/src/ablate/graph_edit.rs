@@ -65,7 +65,11 @@ pub fn entries(g: &Graph, scope: &str) -> Vec<ValueId> {
 }
 
 /// Adds nodes to `g` with a builder working in `scope` (new layers, replacement values).
-pub fn build_in<T>(g: &mut Graph, scope: &str, f: impl FnOnce(&mut GraphBuilder) -> BuildResult<T>) -> Result<T, AblateError> {
+pub fn build_in<T>(
+    g: &mut Graph,
+    scope: &str,
+    f: impl FnOnce(&mut GraphBuilder) -> BuildResult<T>,
+) -> Result<T, AblateError> {
     let mut b = GraphBuilder::edit(std::mem::take(g), scope);
     let built = f(&mut b);
     *g = b.into_graph();
@@ -105,12 +109,12 @@ pub fn drop_loss_term(g: &mut Graph, output_name: &str, ablation: &'static str) 
         .copied()
         .find(|&n| matches!(g.nodes[n].op, Op::Mul) && in_scope(&g.nodes[n].scope, "calm/loss"))
         .map(|n| g.result(n))
-        .ok_or_else(|| AblateError::not_applicable(ablation, format!("`{output_name}` is not a weighted term of the loss")))?;
-    let add = users[summand]
-        .iter()
-        .copied()
-        .find(|&n| matches!(g.nodes[n].op, Op::Add))
-        .ok_or_else(|| AblateError::not_applicable(ablation, format!("`{output_name}` is the only term of the loss")))?;
+        .ok_or_else(|| {
+            AblateError::not_applicable(ablation, format!("`{output_name}` is not a weighted term of the loss"))
+        })?;
+    let add = users[summand].iter().copied().find(|&n| matches!(g.nodes[n].op, Op::Add)).ok_or_else(|| {
+        AblateError::not_applicable(ablation, format!("`{output_name}` is the only term of the loss"))
+    })?;
     let args = &g.nodes[add].args;
     let other = if args[0] == summand { args[1] } else { args[0] };
     let sum = g.result(add);

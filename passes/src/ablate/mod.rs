@@ -83,11 +83,15 @@ impl Ablation {
             Ablation::NoContrastive => "drop the contrastive loss L_con and its projection heads (training graphs)",
             Ablation::NoGumbel => "plain softmax cluster assignment: no Gumbel noise, temperature 1",
             Ablation::NoIdentityPool => "Z = mean_t L broadcast over the K slots: no clustering, no cross-attention",
-            Ablation::NoCrossAttention => "Z = C_L: latent clusters go to the experts without attending to explicit ones",
+            Ablation::NoCrossAttention => {
+                "Z = C_L: latent clusters go to the experts without attending to explicit ones"
+            }
             Ablation::DenseMoe => "every expert on every unit with softmax gates (k = E)",
             Ablation::NoMoe => "M = MLP(mean_j Z): no routers, experts or load-balance loss",
             Ablation::NoFusionGate => "I = LayerNorm(h + M): no gate on the mixture's output",
-            Ablation::NoReflection => "R = 0: the output head reads the identity state; no reflective rounds or their losses",
+            Ablation::NoReflection => {
+                "R = 0: the output head reads the identity state; no reflective rounds or their losses"
+            }
         }
     }
 
