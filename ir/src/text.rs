@@ -21,36 +21,30 @@ pub fn group_digits(n: u64) -> String {
     out
 }
 
-/// A count with a decimal prefix: `1234567` → `1.23 M`.
-pub fn human_count(n: u64) -> String {
-    const PREFIXES: [&str; 7] = ["", "k", "M", "G", "T", "P", "E"];
+/// `n` scaled by powers of `base` with the matching prefix: `1.23 M`, `1.50 KiB`; below `base`,
+/// the plain number and `unit`.
+fn scaled(n: u64, base: f64, prefixes: [&str; 7], unit: &str) -> String {
     let mut v = n as f64;
     let mut i = 0;
-    while v >= 1000.0 && i + 1 < PREFIXES.len() {
-        v /= 1000.0;
+    while v >= base && i + 1 < prefixes.len() {
+        v /= base;
         i += 1;
     }
     if i == 0 {
-        format!("{n}")
+        format!("{n}{unit}")
     } else {
-        format!("{v:.2} {}", PREFIXES[i])
+        format!("{v:.2} {}", prefixes[i])
     }
+}
+
+/// A count with a decimal prefix: `1234567` → `1.23 M`.
+pub fn human_count(n: u64) -> String {
+    scaled(n, 1000.0, ["", "k", "M", "G", "T", "P", "E"], "")
 }
 
 /// A byte count with a binary prefix: `1536` → `1.50 KiB`.
 pub fn human_bytes(n: u64) -> String {
-    const PREFIXES: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < PREFIXES.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", PREFIXES[i])
-    }
+    scaled(n, 1024.0, ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"], " B")
 }
 
 /// Inputs, outputs, parameter totals, op histogram and node counts per scope.

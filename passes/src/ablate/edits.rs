@@ -80,15 +80,7 @@ pub fn no_identity_pool(g: &mut Graph) -> Result<(), AblateError> {
     const A: &str = "no-identity-pool";
     require(g, A, "calm/identity_pool/cluster_l")?;
     let z = single_result(g, "calm/identity_pool", A)?;
-    let l = match entries(g, "calm/identity_pool/cluster_l")[..] {
-        [l] => l,
-        ref other => {
-            return Err(AblateError::not_applicable(
-                A,
-                format!("expected the latent stream to be cluster_l's one entry, found {}", other.len()),
-            ))
-        }
-    };
+    let l = single_entry(g, "calm/identity_pool/cluster_l", A)?;
     let mask = input(g, "mask", A)?;
     let z_shape = g.value_type(z).shape.clone();
     let z_new = build_in(g, "calm/identity_pool/mean_l", |b| {
@@ -158,15 +150,7 @@ pub fn no_moe(g: &mut Graph) -> Result<(), AblateError> {
         return Err(missing(A, "calm/moe/dim*"));
     }
     let m = single_result(g, "calm/moe", A)?;
-    let z = match entries(g, "calm/moe")[..] {
-        [z] => z,
-        ref other => {
-            return Err(AblateError::not_applicable(
-                A,
-                format!("expected the mixture to read one value, found {}", other.len()),
-            ))
-        }
-    };
+    let z = single_entry(g, "calm/moe", A)?;
     let width = g.value_type(m).shape.last().and_then(Dim::fixed).unwrap_or(0);
     // The spec's MLP with the graph's own dropout (the first dropout node's, 0 if it has none).
     let dropout =

@@ -76,6 +76,17 @@ pub fn build_in<T>(
     Ok(built?)
 }
 
+/// The one computed value `scope` reads from the rest of the model.
+pub fn single_entry(g: &Graph, scope: &str, ablation: &'static str) -> Result<ValueId, AblateError> {
+    match entries(g, scope)[..] {
+        [v] => Ok(v),
+        ref other => Err(AblateError::not_applicable(
+            ablation,
+            format!("expected `{scope}` to read one value from the rest of the graph, found {}", other.len()),
+        )),
+    }
+}
+
 /// Makes every reader of `old` read `new`.
 pub fn rewire(g: &mut Graph, old: ValueId, new: ValueId, ablation: &'static str) -> Result<(), AblateError> {
     g.replace_all_uses(old, new).map(|_| ()).map_err(|e| AblateError::not_applicable(ablation, e.to_string()))
