@@ -25,6 +25,14 @@ pub enum CliError {
     Model(#[from] calm_models::ModelError),
     #[error("{0}")]
     Ablate(#[from] calm_passes::AblateError),
+    #[error("{0}")]
+    Weights(#[from] calm_runtime::params::LoadError),
+    #[error("{0}")]
+    File(#[from] calm_runtime::safetensors::SafetensorsError),
+    #[error("{0}")]
+    RandomInputs(#[from] calm_runtime::inputs::RandomInputError),
+    #[error("{0}")]
+    Run(#[from] calm_runtime::reference::RunError),
 }
 
 /// Writes a graph file atomically, naming the file in any error.

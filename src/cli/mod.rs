@@ -5,6 +5,7 @@ mod build;
 mod check;
 mod diff;
 mod error;
+mod run;
 mod sample;
 mod show;
 mod stats;
@@ -107,6 +108,32 @@ pub enum Command {
         #[arg(long)]
         params: bool,
     },
+    /// Run a graph on the reference executor and summarise each output.
+    ///
+    /// Without --inputs, inputs are random (shaped by --bind, drawn from --seed); without
+    /// --weights, parameters are initialised from --seed.
+    Run {
+        /// Graph file (calm-ir/1 JSON).
+        file: PathBuf,
+        /// Weights (safetensors), keyed by parameter name.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Inputs (safetensors), keyed by input name; their shapes bind the symbols.
+        #[arg(long, conflicts_with = "bind")]
+        inputs: Option<PathBuf>,
+        /// Sizes of the graph's symbols for random inputs, e.g. `batch=4,tokens=16`.
+        #[arg(long)]
+        bind: Option<String>,
+        /// Seed of random inputs and initial weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write every output to this safetensors file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// `flex`: Burn's CPU backend, in f64 (the reference); `wgpu`: Burn on Vulkan, in f32.
+        #[arg(long, value_enum, default_value_t = run::Backend::Flex)]
+        backend: run::Backend,
+    },
     /// Print a preset config as TOML, to start a config file from.
     Preset {
         /// `paper` or `tiny`.
@@ -134,6 +161,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ablations => ablate::list(),
         Command::Diff { a, b, depth, params } => diff::run(&a, &b, depth, params),
         Command::Preset { name } => build::preset(&name),
+        Command::Run { file, weights, inputs, bind, seed, output, backend } => {
+            run::run(run::Args { file, weights, inputs, bind, seed, output, backend })
+        }
         Command::Sample { output } => sample::run(&output),
     }
 }

@@ -1,0 +1,74 @@
+//! Gradients of a scalar output with respect to every parameter, by running the graph on
+//! `Autodiff<B>`.
+
+use std::collections::BTreeMap;
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::FloatDType;
+use calm_ir::{Graph, Op};
+
+use super::value::{Ctx, Data, Value};
+use super::{bind_inputs, evaluate, feed, RunError};
+use crate::host::HostTensor;
+use crate::params::ParamStore;
+
+/// A loss value, its gradients by parameter name, and every output of the same forward pass.
+pub struct Gradients {
+    pub loss: f64,
+    pub grads: BTreeMap<String, HostTensor>,
+    pub outputs: BTreeMap<String, HostTensor>,
+}
+
+/// Runs `g` on `Autodiff<B>` and differentiates the scalar output `loss` with respect to every
+/// parameter. Parameters the loss does not depend on get zero gradients.
+pub fn gradients<B: Backend>(
+    device: B::Device,
+    float: FloatDType,
+    g: &Graph,
+    params: &ParamStore,
+    inputs: &BTreeMap<String, HostTensor>,
+    loss: &str,
+) -> Result<Gradients, RunError> {
+    type Ad<B> = Autodiff<B>;
+    let ctx: Ctx<Ad<B>> = Ctx::new(device, float);
+    let loss_value = g.output(loss).ok_or_else(|| RunError::UnknownOutput(loss.to_string()))?;
+    if !g.value_type(loss_value).shape.is_empty() {
+        return Err(RunError::Input { name: loss.to_string(), reason: "the loss must be a scalar output".into() });
+    }
+    let bindings = bind_inputs(g, inputs)?;
+    let mut tracked: BTreeMap<String, (Vec<usize>, FloatTensor<Ad<B>>)> = BTreeMap::new();
+    let outputs = evaluate(&ctx, g, &bindings, &mut |node, op| {
+        let value = feed(&ctx, node, op, params, inputs)?;
+        let Op::Param { name, .. } = op else { return Ok(value) };
+        let Data::Float(t) = value.data else { unreachable!("parameters are floats") };
+        let t = Ad::<B>::float_set_require_grad(t, true);
+        tracked.insert(name.clone(), (value.shape.clone(), t.clone()));
+        Ok(Value::float(value.shape, t))
+    })?;
+    let mut host_outputs = BTreeMap::new();
+    let mut loss_tensor = None;
+    for (name, v) in outputs {
+        host_outputs.insert(name.clone(), v.to_host()?);
+        if name == loss {
+            loss_tensor = match v.data {
+                Data::Float(t) => Some(t),
+                _ => return Err(RunError::Input { name, reason: "the loss must be a float".into() }),
+            };
+        }
+    }
+    let loss_f64 = host_outputs[loss].data.to_f64()[0];
+    let grads = Ad::<B>::backward(loss_tensor.expect("the loss is an output"));
+    let inner = Ctx::<B>::new(ctx.device.clone(), float);
+    let mut out = BTreeMap::new();
+    for (name, (shape, t)) in tracked {
+        let grad = match Ad::<B>::grad(&t, &grads) {
+            Some(grad) => Value::<B>::float(shape, grad).to_host()?,
+            None => Value::<B>::from_f64(&inner, shape.clone(), vec![0.0; shape.iter().product()]).to_host()?,
+        };
+        out.insert(name, grad);
+    }
+    Ok(Gradients { loss: loss_f64, grads: out, outputs: host_outputs })
+}

@@ -1,0 +1,220 @@
+//! The reference executor: interprets any verified graph op by op on a Burn backend.
+//!
+//! It is the correctness oracle for the kernels and the engine for training, so it favours
+//! precision: on CPU (Burn's Flex backend) it computes in f64; on devices without f64 (Wgpu) in
+//! f32. Every graph float type (f32, f16, bf16) is computed in that one type. Symbols are bound
+//! from the inputs' shapes. Values are freed after their last reader.
+
+mod grad;
+mod ops;
+mod value;
+
+use std::collections::BTreeMap;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::FloatDType;
+use calm_ir::entity::SecondaryMap;
+use calm_ir::types::ShapeError;
+use calm_ir::{verify, Bindings, Dim, Graph, NodeId, Op, ValueId, VerifyErrors};
+use thiserror::Error;
+
+use crate::host::HostTensor;
+use crate::params::ParamStore;
+
+pub use grad::{gradients, Gradients};
+pub use ops::OpError;
+pub use value::{Ctx, DeviceError, Value};
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("invalid graph: {0}")]
+    Invalid(#[from] VerifyErrors),
+    #[error("missing input{}: {}", if .0.len() == 1 { "" } else { "s" }, .0.join(", "))]
+    MissingInputs(Vec<String>),
+    #[error("unknown input{}: {} (the graph's inputs are {expected})", if .names.len() == 1 { "" } else { "s" }, .names.join(", "))]
+    UnknownInputs { names: Vec<String>, expected: String },
+    #[error("input `{name}`: {reason}")]
+    Input { name: String, reason: String },
+    #[error("symbol `{symbol}` is {first} from input `{first_input}` but {second} from input `{second_input}`")]
+    SymbolConflict { symbol: String, first: u64, first_input: String, second: u64, second_input: String },
+    #[error("{0}")]
+    Shape(#[from] ShapeError),
+    #[error("parameter `{name}`: {reason}")]
+    Param { name: String, reason: String },
+    #[error("{node} ({op} @ {scope}): {source}")]
+    Op { node: NodeId, op: &'static str, scope: String, source: OpError },
+    #[error("output `{0}` does not exist")]
+    UnknownOutput(String),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+/// Binds the graph's symbols from the shapes of `inputs`, checking every input against its type.
+pub fn bind_inputs(g: &Graph, inputs: &BTreeMap<String, HostTensor>) -> Result<Bindings, RunError> {
+    let mut bindings = Bindings::new();
+    let mut bound_by: BTreeMap<String, String> = BTreeMap::new();
+    let missing: Vec<String> =
+        g.inputs().filter(|(_, n, _)| !inputs.contains_key(*n)).map(|(_, n, _)| n.to_string()).collect();
+    if !missing.is_empty() {
+        return Err(RunError::MissingInputs(missing));
+    }
+    let unknown: Vec<String> =
+        inputs.keys().filter(|k| !g.inputs().any(|(_, n, _)| n == k.as_str())).cloned().collect();
+    if !unknown.is_empty() {
+        let expected = g.inputs().map(|(_, n, _)| n).collect::<Vec<_>>().join(", ");
+        return Err(RunError::UnknownInputs { names: unknown, expected });
+    }
+    for (_, name, ty) in g.inputs() {
+        let t = &inputs[name];
+        let fail = |reason: String| RunError::Input { name: name.to_string(), reason };
+        if !t.data.fits(ty.dtype) {
+            return Err(fail(format!("holds {} values, the graph wants {}", t.data.type_name(), ty.dtype)));
+        }
+        if t.shape.len() != ty.rank() {
+            return Err(fail(format!("has shape {:?}, the graph wants {ty}", t.shape)));
+        }
+        for (&size, dim) in t.shape.iter().zip(&ty.shape) {
+            match dim {
+                Dim::Fixed(n) if *n as usize != size => {
+                    return Err(fail(format!("has shape {:?}, the graph wants {ty}", t.shape)));
+                }
+                Dim::Sym(s) => match bindings.get(s) {
+                    Some(bound) if bound as usize != size => {
+                        return Err(RunError::SymbolConflict {
+                            symbol: s.clone(),
+                            first: bound,
+                            first_input: bound_by[s].clone(),
+                            second: size as u64,
+                            second_input: name.to_string(),
+                        });
+                    }
+                    Some(_) => {}
+                    None if size == 0 => return Err(fail(format!("binds `{s}` to 0; sizes must be positive"))),
+                    None => {
+                        bindings.insert(s, size as u64);
+                        bound_by.insert(s.clone(), name.to_string());
+                    }
+                },
+                Dim::Fixed(_) => {}
+            }
+        }
+    }
+    Ok(bindings)
+}
+
+/// Runs graphs on backend `B`.
+pub struct Reference<B: Backend> {
+    ctx: Ctx<B>,
+}
+
+impl<B: Backend> Reference<B> {
+    /// An executor on `device` computing in `float` (F64 or F32).
+    pub fn new(device: B::Device, float: FloatDType) -> Self {
+        Reference { ctx: Ctx::new(device, float) }
+    }
+
+    pub fn ctx(&self) -> &Ctx<B> {
+        &self.ctx
+    }
+
+    /// Every named output of `g` for these parameters and inputs.
+    pub fn run(
+        &self,
+        g: &Graph,
+        params: &ParamStore,
+        inputs: &BTreeMap<String, HostTensor>,
+    ) -> Result<BTreeMap<String, HostTensor>, RunError> {
+        let bindings = bind_inputs(g, inputs)?;
+        let outputs = evaluate(&self.ctx, g, &bindings, &mut |node, op| feed(&self.ctx, node, op, params, inputs))?;
+        outputs.into_iter().map(|(name, v)| Ok((name, v.to_host()?))).collect()
+    }
+}
+
+/// The value of an input or parameter node, from the host.
+pub(crate) fn feed<B: Backend>(
+    ctx: &Ctx<B>,
+    _node: NodeId,
+    op: &Op,
+    params: &ParamStore,
+    inputs: &BTreeMap<String, HostTensor>,
+) -> Result<Value<B>, RunError> {
+    match op {
+        Op::Input { name, .. } => Ok(Value::from_host(ctx, &inputs[name])),
+        Op::Param { name, shape, .. } => {
+            let t = params
+                .get(name)
+                .ok_or_else(|| RunError::Param { name: name.clone(), reason: "not in the weights".into() })?;
+            let expected: Vec<usize> = shape.iter().map(|d| d.fixed().unwrap_or(0) as usize).collect();
+            if t.shape != expected {
+                let reason = format!("weights have shape {:?}, the graph wants {expected:?}", t.shape);
+                return Err(RunError::Param { name: name.clone(), reason });
+            }
+            Ok(Value::from_host(ctx, t))
+        }
+        _ => unreachable!("only inputs and parameters are fed"),
+    }
+}
+
+/// Supplies the value of an input or parameter node.
+pub(crate) type Feed<'a, B> = dyn FnMut(NodeId, &Op) -> Result<Value<B>, RunError> + 'a;
+
+/// Evaluates every node in topological order and returns the named outputs. `feed` supplies the
+/// values of input and parameter nodes.
+pub(crate) fn evaluate<B: Backend>(
+    ctx: &Ctx<B>,
+    g: &Graph,
+    bindings: &Bindings,
+    feed: &mut Feed<'_, B>,
+) -> Result<Vec<(String, Value<B>)>, RunError> {
+    verify(g)?;
+    let order = g.topo_order().expect("verified graphs are acyclic");
+    // Position of each value's last reader (None: never read); outputs live to the end.
+    let mut last_use: SecondaryMap<ValueId, Option<usize>> = SecondaryMap::with_default(None);
+    for (pos, &n) in order.iter().enumerate() {
+        for &a in &g.nodes[n].args {
+            last_use[a] = Some(pos);
+        }
+    }
+    for o in &g.outputs {
+        last_use[o.value] = Some(usize::MAX);
+    }
+    let mut values: SecondaryMap<ValueId, Option<Value<B>>> = SecondaryMap::with_default(None);
+    for (pos, &n) in order.iter().enumerate() {
+        let node = &g.nodes[n];
+        let results = match &node.op {
+            Op::Input { .. } | Op::Param { .. } => vec![feed(n, &node.op)?],
+            op => {
+                let out = node
+                    .results
+                    .iter()
+                    .map(|&v| {
+                        let dims = g.value_type(v).dims(bindings)?;
+                        Ok(dims.into_iter().map(|d| d as usize).collect())
+                    })
+                    .collect::<Result<Vec<_>, RunError>>()?;
+                let args: Vec<&Value<B>> = node
+                    .args
+                    .iter()
+                    .map(|&a| values[a].as_ref().expect("arguments are computed before their readers"))
+                    .collect();
+                ops::apply(ctx, op, &args, &out).map_err(|source| RunError::Op {
+                    node: n,
+                    op: node.op.name(),
+                    scope: node.scope.clone(),
+                    source,
+                })?
+            }
+        };
+        for (&v, value) in node.results.iter().zip(results) {
+            if last_use[v].is_some() {
+                values[v] = Some(value);
+            }
+        }
+        for &a in &node.args {
+            if last_use[a] == Some(pos) {
+                values[a] = None;
+            }
+        }
+    }
+    Ok(g.outputs.iter().map(|o| (o.name.clone(), values[o.value].clone().expect("outputs are computed"))).collect())
+}

@@ -1,0 +1,445 @@
+//! One function per primitive op, on Burn tensor primitives.
+//!
+//! Composite ops are written from Burn's basic ops (exp, erf, sums, ...) rather than its fused
+//! activations, so that autodiff differentiates exactly what the forward pass computes (Burn's
+//! own `gelu_backward` uses the tanh approximation, and its `sigmoid` goes through f32).
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{BoolTensor, FloatTensor, IntTensor};
+use burn::tensor::{Shape, Slice};
+use calm_ir::{DType, Op};
+use calm_kernels::philox;
+
+use super::value::{physical, Ctx, Data, DeviceError, Value};
+
+/// Why an op could not run on these values.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+type OpResult<T> = Result<T, OpError>;
+
+fn invalid<T>(msg: impl Into<String>) -> OpResult<T> {
+    Err(OpError::Invalid(msg.into()))
+}
+
+fn float<B: Backend>(v: &Value<B>) -> OpResult<FloatTensor<B>> {
+    match &v.data {
+        Data::Float(t) => Ok(t.clone()),
+        _ => invalid("expected a float tensor"),
+    }
+}
+
+fn int<B: Backend>(v: &Value<B>) -> OpResult<IntTensor<B>> {
+    match &v.data {
+        Data::Int(t) => Ok(t.clone()),
+        _ => invalid("expected an integer tensor"),
+    }
+}
+
+fn boolean<B: Backend>(v: &Value<B>) -> OpResult<BoolTensor<B>> {
+    match &v.data {
+        Data::Bool(t) => Ok(t.clone()),
+        _ => invalid("expected a bool tensor"),
+    }
+}
+
+/// `shape` with ones prepended up to `rank` (numpy alignment).
+fn aligned_shape(shape: &[usize], rank: usize) -> Vec<usize> {
+    let mut s = vec![1; rank - shape.len()];
+    s.extend_from_slice(shape);
+    s
+}
+
+/// The value reshaped to `rank` dimensions (ones prepended), as a tensor of the same kind.
+fn align<B: Backend>(v: &Value<B>, rank: usize) -> Data<B> {
+    let target = physical(&aligned_shape(&v.shape, rank));
+    match &v.data {
+        Data::Float(t) => Data::Float(B::float_reshape(t.clone(), target)),
+        Data::Int(t) => Data::Int(B::int_reshape(t.clone(), target)),
+        Data::Bool(t) => Data::Bool(B::bool_reshape(t.clone(), target)),
+    }
+}
+
+/// The value aligned to `shape`'s rank and expanded to it.
+fn expand<B: Backend>(v: &Value<B>, shape: &[usize]) -> Data<B> {
+    let target = physical(shape);
+    match align(v, shape.len()) {
+        Data::Float(t) => Data::Float(B::float_expand(t, target)),
+        Data::Int(t) => Data::Int(B::int_expand(t, target)),
+        Data::Bool(t) => Data::Bool(B::bool_expand(t, target)),
+    }
+}
+
+/// Applies `op` to `args`; `out` gives each result's concrete shape.
+pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<usize>]) -> OpResult<Vec<Value<B>>> {
+    let shape = out.first().cloned().unwrap_or_default();
+    let rank = shape.len();
+    let one = |data: Data<B>| Ok(vec![Value { shape: shape.clone(), data }]);
+    let f = |i: usize| float(args[i]);
+    // Binary float op on operands aligned to the result's rank (Burn broadcasts ones).
+    let binary = |g: fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>| -> OpResult<FloatTensor<B>> {
+        match (align(args[0], rank), align(args[1], rank)) {
+            (Data::Float(a), Data::Float(b)) => Ok(g(a, b)),
+            _ => invalid("expected float tensors"),
+        }
+    };
+    match op {
+        Op::Input { .. } | Op::Param { .. } => invalid("inputs and parameters are fed by the executor"),
+        Op::Constant { value, dtype } => one(constant(ctx, value.0, *dtype)),
+        Op::Iota { axis, .. } => {
+            let (before, n, after) = split_at_axis(&shape, *axis);
+            let mut values = Vec::with_capacity(before * n * after);
+            for _ in 0..before {
+                for i in 0..n {
+                    values.extend(std::iter::repeat_n(i as i32, after));
+                }
+            }
+            Ok(vec![Value::from_i32(ctx, shape.clone(), values)])
+        }
+        Op::RandomUniform { stream, .. } => {
+            let (seed, offset) = key(args[0], args[1])?;
+            let u = philox::uniform(seed, offset, *stream, shape.iter().product());
+            Ok(vec![Value::from_f64(ctx, shape.clone(), u.into_iter().map(f64::from).collect())])
+        }
+        Op::Dropout { p, stream } => {
+            let (seed, offset) = key(args[1], args[2])?;
+            let u = philox::uniform(seed, offset, *stream, shape.iter().product());
+            // keep where u >= p, scaled by 1/(1-p): the mask is a constant, so gradients flow.
+            let scale = 1.0 / (1.0 - p);
+            let keep: Vec<f64> = u.into_iter().map(|u| if (u as f64) >= *p { scale } else { 0.0 }).collect();
+            let mask = Value::<B>::from_f64(ctx, shape.clone(), keep);
+            one(Data::Float(B::float_mul(f(0)?, float(&mask)?)))
+        }
+        Op::Neg => one(match &args[0].data {
+            Data::Float(t) => Data::Float(B::float_neg(t.clone())),
+            Data::Int(t) => Data::Int(B::int_neg(t.clone())),
+            Data::Bool(_) => return invalid("cannot negate bools"),
+        }),
+        Op::Exp => one(Data::Float(B::float_exp(f(0)?))),
+        Op::Log => one(Data::Float(B::float_log(f(0)?))),
+        Op::Sqrt => one(Data::Float(B::float_sqrt(f(0)?))),
+        Op::Rsqrt => one(Data::Float(B::float_recip(B::float_sqrt(f(0)?)))),
+        Op::Tanh => one(Data::Float(B::float_tanh(f(0)?))),
+        Op::Sigmoid => {
+            // 1 / (1 + exp(-x)): exp overflows to inf for very negative x, giving exactly 0.
+            let e = B::float_exp(B::float_neg(f(0)?));
+            one(Data::Float(B::float_recip(B::float_add_scalar(e, 1.0.into()))))
+        }
+        Op::Relu => one(Data::Float(B::relu(f(0)?))),
+        Op::Gelu => {
+            // x/2 · (1 + erf(x/√2)), the exact GELU.
+            let x = f(0)?;
+            let e = B::float_erf(B::float_div_scalar(x.clone(), std::f64::consts::SQRT_2.into()));
+            let e = B::float_add_scalar(e, 1.0.into());
+            one(Data::Float(B::float_mul(B::float_mul_scalar(x, 0.5.into()), e)))
+        }
+        Op::Cast { to } => one(cast(ctx, args[0], *to)),
+        Op::Add => one(match (&args[0].data, &args[1].data) {
+            (Data::Int(_), Data::Int(_)) => int_binary(args, rank, B::int_add)?,
+            _ => Data::Float(binary(B::float_add)?),
+        }),
+        Op::Sub => one(match (&args[0].data, &args[1].data) {
+            (Data::Int(_), Data::Int(_)) => int_binary(args, rank, B::int_sub)?,
+            _ => Data::Float(binary(B::float_sub)?),
+        }),
+        Op::Mul => one(match (&args[0].data, &args[1].data) {
+            (Data::Int(_), Data::Int(_)) => int_binary(args, rank, B::int_mul)?,
+            _ => Data::Float(binary(B::float_mul)?),
+        }),
+        Op::Div => one(match (&args[0].data, &args[1].data) {
+            (Data::Int(_), Data::Int(_)) => int_binary(args, rank, B::int_div)?,
+            _ => Data::Float(binary(B::float_div)?),
+        }),
+        Op::Max => {
+            // max(a, b) = where(a < b, b, a), on operands expanded to the result's shape.
+            let (a, b) = (expand(args[0], &shape), expand(args[1], &shape));
+            one(match (a, b) {
+                (Data::Float(a), Data::Float(b)) => {
+                    let lower = B::float_lower(a.clone(), b.clone(), ctx.bool);
+                    Data::Float(B::float_mask_where(a, lower, b))
+                }
+                (Data::Int(a), Data::Int(b)) => {
+                    let lower = B::int_lower(a.clone(), b.clone(), ctx.bool);
+                    Data::Int(B::int_mask_where(a, lower, b))
+                }
+                _ => return invalid("max of bools"),
+            })
+        }
+        Op::Equal | Op::Less => {
+            let (a, b) = (expand(args[0], &shape), expand(args[1], &shape));
+            let less = matches!(op, Op::Less);
+            one(Data::Bool(match (a, b) {
+                (Data::Float(a), Data::Float(b)) if less => B::float_lower(a, b, ctx.bool),
+                (Data::Float(a), Data::Float(b)) => B::float_equal(a, b, ctx.bool),
+                (Data::Int(a), Data::Int(b)) if less => B::int_lower(a, b, ctx.bool),
+                (Data::Int(a), Data::Int(b)) => B::int_equal(a, b, ctx.bool),
+                (Data::Bool(a), Data::Bool(b)) if !less => B::bool_equal(a, b),
+                _ => return invalid("comparison of mismatched kinds"),
+            }))
+        }
+        Op::Select => {
+            let cond = match expand(args[0], &shape) {
+                Data::Bool(c) => c,
+                _ => return invalid("select needs a bool condition"),
+            };
+            one(match (expand(args[1], &shape), expand(args[2], &shape)) {
+                (Data::Float(a), Data::Float(b)) => Data::Float(B::float_mask_where(b, cond, a)),
+                (Data::Int(a), Data::Int(b)) => Data::Int(B::int_mask_where(b, cond, a)),
+                (Data::Bool(a), Data::Bool(b)) => {
+                    let (a, b) = (B::bool_into_int(a, ctx.int), B::bool_into_int(b, ctx.int));
+                    let picked = B::int_mask_where(b, cond, a);
+                    Data::Bool(B::int_not_equal_elem(picked, 0.into(), ctx.bool))
+                }
+                _ => return invalid("select branches of different kinds"),
+            })
+        }
+        Op::MatMul { transpose_a, transpose_b } => {
+            one(Data::Float(matmul::<B>(args, *transpose_a, *transpose_b, &shape)?))
+        }
+        Op::Softmax { axis } => {
+            let x = f(0)?;
+            let m = B::float_detach(B::float_max_dim(x.clone(), *axis));
+            let e = B::float_exp(B::float_sub(x, m));
+            let s = B::float_sum_dim(e.clone(), *axis);
+            one(Data::Float(B::float_div(e, s)))
+        }
+        Op::LogSoftmax { axis } => {
+            let x = f(0)?;
+            let m = B::float_detach(B::float_max_dim(x.clone(), *axis));
+            let shifted = B::float_sub(x, m);
+            let s = B::float_sum_dim(B::float_exp(shifted.clone()), *axis);
+            one(Data::Float(B::float_sub(shifted, B::float_log(s))))
+        }
+        Op::LayerNorm { eps } => {
+            let last = rank - 1;
+            let x = f(0)?;
+            let mean = B::float_mean_dim(x.clone(), last);
+            let centred = B::float_sub(x, mean);
+            let var = B::float_mean_dim(B::float_mul(centred.clone(), centred.clone()), last);
+            let inv = B::float_recip(B::float_sqrt(B::float_add_scalar(var, (*eps).into())));
+            let y = B::float_mul(centred, inv);
+            let gamma = B::float_reshape(f(1)?, physical(&aligned_shape(&args[1].shape, rank)));
+            let beta = B::float_reshape(f(2)?, physical(&aligned_shape(&args[2].shape, rank)));
+            one(Data::Float(B::float_add(B::float_mul(y, gamma), beta)))
+        }
+        Op::ReduceSum { axes, .. } | Op::ReduceMean { axes, .. } | Op::ReduceMax { axes, .. } => {
+            one(reduce(op, args[0], axes, &shape)?)
+        }
+        Op::Reshape { .. } => one(match &args[0].data {
+            Data::Float(t) => Data::Float(B::float_reshape(t.clone(), physical(&shape))),
+            Data::Int(t) => Data::Int(B::int_reshape(t.clone(), physical(&shape))),
+            Data::Bool(t) => Data::Bool(B::bool_reshape(t.clone(), physical(&shape))),
+        }),
+        Op::Permute { perm } => one(match &args[0].data {
+            Data::Float(t) => Data::Float(B::float_permute(t.clone(), perm)),
+            Data::Int(t) => Data::Int(B::int_permute(t.clone(), perm)),
+            Data::Bool(t) => Data::Bool(B::bool_permute(t.clone(), perm)),
+        }),
+        Op::Broadcast { .. } => one(expand(args[0], &shape)),
+        Op::Concat { axis } => one(match &args[0].data {
+            Data::Float(_) => Data::Float(B::float_cat(args.iter().map(|a| float(a)).collect::<OpResult<_>>()?, *axis)),
+            Data::Int(_) => Data::Int(B::int_cat(args.iter().map(|a| int(a)).collect::<OpResult<_>>()?, *axis)),
+            Data::Bool(_) => Data::Bool(B::bool_cat(args.iter().map(|a| boolean(a)).collect::<OpResult<_>>()?, *axis)),
+        }),
+        Op::Slice { axis, start, end } => {
+            let ranges: Vec<Slice> = args[0]
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| if i == *axis { Slice::from(*start as usize..*end as usize) } else { Slice::from(0..d) })
+                .collect();
+            one(match &args[0].data {
+                Data::Float(t) => Data::Float(B::float_slice(t.clone(), &ranges)),
+                Data::Int(t) => Data::Int(B::int_slice(t.clone(), &ranges)),
+                Data::Bool(t) => Data::Bool(B::bool_slice(t.clone(), &ranges)),
+            })
+        }
+        Op::Gather { axis } => {
+            let rows = args[0].shape[*axis];
+            let idx = flat_indices(ctx, args[1], rows)?;
+            one(match &args[0].data {
+                Data::Float(t) => {
+                    Data::Float(B::float_reshape(B::float_select(t.clone(), *axis, idx), physical(&shape)))
+                }
+                Data::Int(t) => Data::Int(B::int_reshape(B::int_select(t.clone(), *axis, idx), physical(&shape))),
+                Data::Bool(_) => return invalid("gather from a bool table"),
+            })
+        }
+        Op::ScatterAdd { axis } => {
+            let base = &args[0];
+            let idx = flat_indices(ctx, args[1], base.shape[*axis])?;
+            let n = args[1].shape.iter().product::<usize>();
+            let mut upd_shape = base.shape.clone();
+            upd_shape[*axis] = n;
+            one(match (&base.data, &args[2].data) {
+                (Data::Float(b), Data::Float(u)) => Data::Float(B::float_select_add(
+                    b.clone(),
+                    *axis,
+                    idx,
+                    B::float_reshape(u.clone(), physical(&upd_shape)),
+                )),
+                (Data::Int(b), Data::Int(u)) => {
+                    Data::Int(B::int_select_add(b.clone(), *axis, idx, B::int_reshape(u.clone(), physical(&upd_shape))))
+                }
+                _ => return invalid("scatter-add of mismatched kinds"),
+            })
+        }
+        Op::TopK { k } => top_k(ctx, args[0], *k as usize, &shape),
+        Op::OneHot { depth, dtype } => {
+            let depth = *depth as usize;
+            let idx = args[0].host_ints()?;
+            let mut values = vec![0.0; idx.len() * depth];
+            for (row, &i) in idx.iter().enumerate() {
+                if i < 0 || i as usize >= depth {
+                    return invalid(format!("index {i} is out of range for one-hot depth {depth}"));
+                }
+                values[row * depth + i as usize] = 1.0;
+            }
+            let v = Value::<B>::from_f64(ctx, shape.clone(), values);
+            Ok(vec![Value { shape: shape.clone(), data: cast(ctx, &v, *dtype) }])
+        }
+        Op::Fused(f) => match *f {},
+    }
+}
+
+fn int_binary<B: Backend>(
+    args: &[&Value<B>],
+    rank: usize,
+    g: fn(IntTensor<B>, IntTensor<B>) -> IntTensor<B>,
+) -> OpResult<Data<B>> {
+    match (align(args[0], rank), align(args[1], rank)) {
+        (Data::Int(a), Data::Int(b)) => Ok(Data::Int(g(a, b))),
+        _ => invalid("expected integer tensors"),
+    }
+}
+
+fn constant<B: Backend>(ctx: &Ctx<B>, value: f64, dtype: DType) -> Data<B> {
+    match dtype {
+        DType::I32 | DType::U32 => Value::<B>::from_i32(ctx, vec![], vec![value as i64 as i32]).data,
+        DType::Bool => Value::<B>::from_bool(ctx, vec![], vec![value != 0.0]).data,
+        _ => Value::<B>::from_f64(ctx, vec![], vec![value]).data,
+    }
+}
+
+fn cast<B: Backend>(ctx: &Ctx<B>, v: &Value<B>, to: DType) -> Data<B> {
+    match (&v.data, to.is_float(), to.is_int()) {
+        // Floats of every width compute in the executor's float type.
+        (Data::Float(t), true, _) => Data::Float(t.clone()),
+        (Data::Float(t), _, true) => Data::Int(B::float_into_int(t.clone(), ctx.int)),
+        (Data::Float(t), _, _) => Data::Bool(B::float_not_equal_elem(t.clone(), 0.0.into(), ctx.bool)),
+        (Data::Int(t), true, _) => Data::Float(B::int_into_float(t.clone(), ctx.float)),
+        (Data::Int(t), _, true) => Data::Int(t.clone()),
+        (Data::Int(t), _, _) => Data::Bool(B::int_not_equal_elem(t.clone(), 0.into(), ctx.bool)),
+        (Data::Bool(t), true, _) => Data::Float(B::bool_into_float(t.clone(), ctx.float)),
+        (Data::Bool(t), _, true) => Data::Int(B::bool_into_int(t.clone(), ctx.int)),
+        (Data::Bool(t), _, _) => Data::Bool(t.clone()),
+    }
+}
+
+/// The `(seed, offset)` scalars of a random op, as u32.
+fn key<B: Backend>(seed: &Value<B>, offset: &Value<B>) -> OpResult<(u32, u32)> {
+    let s = seed.host_ints()?;
+    let o = offset.host_ints()?;
+    Ok((s[0] as u32, o[0] as u32))
+}
+
+fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
+}
+
+/// Indices flattened to one dimension, checked to lie in `0..rows`.
+fn flat_indices<B: Backend>(ctx: &Ctx<B>, idx: &Value<B>, rows: usize) -> OpResult<IntTensor<B>> {
+    let values = idx.host_ints()?;
+    if let Some(&bad) = values.iter().find(|&&i| i < 0 || i as usize >= rows) {
+        return invalid(format!("index {bad} is out of range for {rows} rows"));
+    }
+    let n = values.len();
+    int(&Value::<B>::from_i32(ctx, vec![n], values.into_iter().map(|i| i as i32).collect()))
+}
+
+fn matmul<B: Backend>(args: &[&Value<B>], ta: bool, tb: bool, out: &[usize]) -> OpResult<FloatTensor<B>> {
+    let (a, b) = (args[0], args[1]);
+    let (ra, rb) = (a.rank(), b.rank());
+    let mut ta_t = float(a)?;
+    let mut tb_t = float(b)?;
+    if ta {
+        ta_t = B::float_swap_dims(ta_t, ra - 2, ra - 1);
+    }
+    if tb {
+        tb_t = B::float_swap_dims(tb_t, rb - 2, rb - 1);
+    }
+    let (m, k) = if ta { (a.shape[ra - 1], a.shape[ra - 2]) } else { (a.shape[ra - 2], a.shape[ra - 1]) };
+    let n = out[out.len() - 1];
+    if rb == 2 && ra > 2 {
+        // [.., M, K] x [K, N]: one 2-D matmul over the flattened leading dimensions.
+        let rows: usize = a.shape[..ra - 2].iter().product::<usize>() * m;
+        let lhs = B::float_reshape(ta_t, Shape::new([rows, k]));
+        return Ok(B::float_reshape(B::float_matmul(lhs, tb_t), physical(out)));
+    }
+    // General case: both operands expanded to the broadcast batch shape.
+    let rank = out.len();
+    let batch = &out[..rank - 2];
+    let lhs_shape: Vec<usize> = aligned_shape(&a.shape[..ra - 2], rank - 2).into_iter().chain([m, k]).collect();
+    let rhs_shape: Vec<usize> = aligned_shape(&b.shape[..rb - 2], rank - 2).into_iter().chain([k, n]).collect();
+    let lhs = B::float_expand(B::float_reshape(ta_t, physical(&lhs_shape)), physical(&[batch, &[m, k]].concat()));
+    let rhs = B::float_expand(B::float_reshape(tb_t, physical(&rhs_shape)), physical(&[batch, &[k, n]].concat()));
+    Ok(B::float_matmul(lhs, rhs))
+}
+
+fn reduce<B: Backend>(op: &Op, x: &Value<B>, axes: &[usize], out: &[usize]) -> OpResult<Data<B>> {
+    let mut sorted = axes.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let data: Data<B> = match (&x.data, op) {
+        (Data::Float(t), Op::ReduceSum { .. }) => {
+            Data::Float(sorted.iter().fold(t.clone(), |t, &a| B::float_sum_dim(t, a)))
+        }
+        (Data::Float(t), Op::ReduceMean { .. }) => {
+            Data::Float(sorted.iter().fold(t.clone(), |t, &a| B::float_mean_dim(t, a)))
+        }
+        (Data::Float(t), _) => Data::Float(sorted.iter().fold(t.clone(), |t, &a| B::float_max_dim(t, a))),
+        (Data::Int(t), Op::ReduceSum { .. }) => Data::Int(sorted.iter().fold(t.clone(), |t, &a| B::int_sum_dim(t, a))),
+        (Data::Int(t), Op::ReduceMax { .. }) => Data::Int(sorted.iter().fold(t.clone(), |t, &a| B::int_max_dim(t, a))),
+        _ => return invalid("reduction of an unsupported kind"),
+    };
+    // Burn keeps reduced dimensions; the IR's result shape says whether they stay.
+    Ok(match data {
+        Data::Float(t) => Data::Float(B::float_reshape(t, physical(out))),
+        Data::Int(t) => Data::Int(B::int_reshape(t, physical(out))),
+        Data::Bool(_) => unreachable!("reductions of bools are refused above"),
+    })
+}
+
+/// The `k` largest along the last axis, ties to the lower index (NaN counts as largest). The
+/// indices are chosen on the host; the values are gathered on the device, so gradients flow.
+fn top_k<B: Backend>(ctx: &Ctx<B>, x: &Value<B>, k: usize, out: &[usize]) -> OpResult<Vec<Value<B>>> {
+    let n = *x.shape.last().expect("top-k of a scalar is refused by the verifier");
+    if k > n {
+        return invalid(format!("k = {k} exceeds the {n} entries of the last axis"));
+    }
+    let values = x.host_f64()?;
+    let mut indices = Vec::with_capacity(values.len() / n * k);
+    for row in values.chunks_exact(n) {
+        let mut order: Vec<usize> = (0..n).collect();
+        // Stable sort, descending, NaN first: equal values keep their index order.
+        order.sort_by(|&i, &j| match (row[i].is_nan(), row[j].is_nan()) {
+            (true, true) => std::cmp::Ordering::Equal,
+            (true, false) => std::cmp::Ordering::Less,
+            (false, true) => std::cmp::Ordering::Greater,
+            _ => row[j].partial_cmp(&row[i]).expect("no NaN here"),
+        });
+        indices.extend(order[..k].iter().map(|&i| i as i32));
+    }
+    let idx = Value::<B>::from_i32(ctx, out.to_vec(), indices);
+    let last = x.rank() - 1;
+    let picked = match &x.data {
+        Data::Float(t) => Data::Float(B::float_gather(last, t.clone(), int(&idx)?)),
+        Data::Int(t) => Data::Int(B::int_gather(last, t.clone(), int(&idx)?)),
+        Data::Bool(_) => return invalid("top-k of bools"),
+    };
+    Ok(vec![Value { shape: out.to_vec(), data: picked }, idx])
+}

@@ -1,0 +1,164 @@
+//! Values of the reference executor: Burn tensor primitives of any rank with their logical
+//! shape, and the conversions to and from host tensors.
+//!
+//! Burn tensors have rank ≥ 1, so a scalar (logical shape `[]`) is stored with shape `[1]`.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{BoolTensor, FloatTensor, IntTensor};
+use burn::tensor::{get_device_settings, read_sync, BoolDType, DType, FloatDType, IntDType, Shape, TensorData};
+
+use crate::host::{HostData, HostTensor};
+
+/// A device read that failed (device lost, out of memory).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("reading from the device failed: {0}")]
+pub struct DeviceError(pub String);
+
+fn read<F: std::future::Future<Output = Result<TensorData, E>>, E: std::fmt::Debug>(
+    f: F,
+) -> Result<TensorData, DeviceError> {
+    read_sync(f).map_err(|e| DeviceError(format!("{e:?}")))
+}
+
+/// Device, and the element types the executor computes in.
+pub struct Ctx<B: Backend> {
+    pub device: B::Device,
+    /// f64 on CPU backends (the oracle), f32 where the device has no f64.
+    pub float: FloatDType,
+    pub int: IntDType,
+    pub bool: BoolDType,
+}
+
+impl<B: Backend> Ctx<B> {
+    pub fn new(device: B::Device, float: FloatDType) -> Self {
+        let settings = get_device_settings::<B>(&device);
+        Ctx { device, float, int: settings.int_dtype, bool: settings.bool_dtype }
+    }
+
+    fn float_dtype(&self) -> DType {
+        match self.float {
+            FloatDType::F64 => DType::F64,
+            _ => DType::F32,
+        }
+    }
+}
+
+/// A tensor primitive of one of the three kinds.
+pub enum Data<B: Backend> {
+    Float(FloatTensor<B>),
+    Int(IntTensor<B>),
+    Bool(BoolTensor<B>),
+}
+
+impl<B: Backend> Clone for Data<B> {
+    fn clone(&self) -> Self {
+        match self {
+            Data::Float(t) => Data::Float(t.clone()),
+            Data::Int(t) => Data::Int(t.clone()),
+            Data::Bool(t) => Data::Bool(t.clone()),
+        }
+    }
+}
+
+/// A value: its logical shape and its data.
+pub struct Value<B: Backend> {
+    pub shape: Vec<usize>,
+    pub data: Data<B>,
+}
+
+impl<B: Backend> Clone for Value<B> {
+    fn clone(&self) -> Self {
+        Value { shape: self.shape.clone(), data: self.data.clone() }
+    }
+}
+
+/// The shape Burn stores a logical shape with (scalars as `[1]`).
+pub fn physical(shape: &[usize]) -> Shape {
+    if shape.is_empty() {
+        Shape::new([1])
+    } else {
+        Shape::from(shape.to_vec())
+    }
+}
+
+impl<B: Backend> Value<B> {
+    pub fn float(shape: Vec<usize>, t: FloatTensor<B>) -> Self {
+        Value { shape, data: Data::Float(t) }
+    }
+
+    pub fn int(shape: Vec<usize>, t: IntTensor<B>) -> Self {
+        Value { shape, data: Data::Int(t) }
+    }
+
+    pub fn bool(shape: Vec<usize>, t: BoolTensor<B>) -> Self {
+        Value { shape, data: Data::Bool(t) }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Host f64 values → a float tensor in the executor's float type.
+    pub fn from_f64(ctx: &Ctx<B>, shape: Vec<usize>, values: Vec<f64>) -> Self {
+        let data = TensorData::new(values, physical(&shape)).convert_dtype(ctx.float_dtype());
+        Value::float(shape, B::float_from_data(data, &ctx.device))
+    }
+
+    pub fn from_i32(ctx: &Ctx<B>, shape: Vec<usize>, values: Vec<i32>) -> Self {
+        let data = TensorData::new(values, physical(&shape)).convert_dtype(DType::from(ctx.int));
+        Value::int(shape, B::int_from_data(data, &ctx.device))
+    }
+
+    /// Bools go through integers, because devices store them differently (bytes, u32 words).
+    pub fn from_bool(ctx: &Ctx<B>, shape: Vec<usize>, values: Vec<bool>) -> Self {
+        let ints = Value::<B>::from_i32(ctx, shape.clone(), values.into_iter().map(i32::from).collect());
+        let Data::Int(t) = ints.data else { unreachable!("from_i32 makes ints") };
+        Value::bool(shape, B::int_not_equal_elem(t, 0.into(), ctx.bool))
+    }
+
+    /// A host tensor as a value: floats in the executor's float type, integers as its ints
+    /// (u32 bit-cast to i32, so seeds survive the round trip).
+    pub fn from_host(ctx: &Ctx<B>, t: &HostTensor) -> Self {
+        match &t.data {
+            HostData::F32(_) | HostData::F64(_) => Value::from_f64(ctx, t.shape.clone(), t.data.to_f64()),
+            HostData::I32(v) => Value::from_i32(ctx, t.shape.clone(), v.clone()),
+            HostData::U32(v) => Value::from_i32(ctx, t.shape.clone(), v.iter().map(|&x| x as i32).collect()),
+            HostData::Bool(v) => Value::from_bool(ctx, t.shape.clone(), v.clone()),
+        }
+    }
+
+    /// Reads the value back to the host: floats as f64 (or f32 when computed in f32), ints as
+    /// i32, bools as bools.
+    pub fn to_host(&self) -> Result<HostTensor, DeviceError> {
+        let host = match &self.data {
+            Data::Float(t) => {
+                let data = read(B::float_into_data(t.clone()))?;
+                if data.dtype == DType::F64 {
+                    HostData::F64(data.iter::<f64>().collect())
+                } else {
+                    HostData::F32(data.iter::<f32>().collect())
+                }
+            }
+            Data::Int(t) => HostData::I32(read(B::int_into_data(t.clone()))?.iter::<i64>().map(|x| x as i32).collect()),
+            // Through integers, as for `from_bool`: devices store bools differently.
+            Data::Bool(t) => {
+                let ints = read(B::int_into_data(B::bool_into_int(t.clone(), IntDType::I32)))?;
+                HostData::Bool(ints.iter::<i64>().map(|x| x != 0).collect())
+            }
+        };
+        Ok(HostTensor::new(self.shape.clone(), host))
+    }
+
+    /// Integer values on the host (for indices the executor must check or transform).
+    pub fn host_ints(&self) -> Result<Vec<i64>, DeviceError> {
+        match &self.data {
+            Data::Int(t) => Ok(read(B::int_into_data(t.clone()))?.iter::<i64>().collect()),
+            Data::Float(_) | Data::Bool(_) => Ok(self.to_host()?.data.to_f64().into_iter().map(|x| x as i64).collect()),
+        }
+    }
+
+    /// Float values on the host, as f64.
+    pub fn host_f64(&self) -> Result<Vec<f64>, DeviceError> {
+        Ok(self.to_host()?.data.to_f64())
+    }
+}

@@ -1,0 +1,371 @@
+//! Every op of the reference executor against values computed by hand or in f64 here.
+
+use std::collections::BTreeMap;
+
+use burn::backend::flex::{Flex, FlexDevice};
+use burn::tensor::FloatDType;
+use calm_ir::{nn, shape, BuildResult, DType, GraphBuilder, Op, ValueId};
+use calm_kernels::philox;
+use calm_runtime::host::{HostData, HostTensor};
+use calm_runtime::params::ParamStore;
+use calm_runtime::reference::{Reference, RunError};
+
+fn exec() -> Reference<Flex> {
+    Reference::new(FlexDevice, FloatDType::F64)
+}
+
+/// Builds a graph whose inputs are `inputs` (f32 unless integer data), runs it, and returns
+/// the outputs in the order `build` returned them.
+fn eval(
+    inputs: &[(&str, HostTensor)],
+    build: impl FnOnce(&mut GraphBuilder, &[ValueId]) -> BuildResult<Vec<ValueId>>,
+) -> Result<Vec<HostTensor>, RunError> {
+    let mut b = GraphBuilder::new("t");
+    let mut ids = Vec::new();
+    for (name, t) in inputs {
+        let dtype = match t.data {
+            HostData::I32(_) => DType::I32,
+            HostData::U32(_) => DType::U32,
+            HostData::Bool(_) => DType::Bool,
+            _ => DType::F32,
+        };
+        ids.push(b.input(name, dtype, t.shape.iter().map(|&d| calm_ir::Dim::Fixed(d as u64)).collect()).unwrap());
+    }
+    let outs = build(&mut b, &ids).unwrap();
+    for (i, &o) in outs.iter().enumerate() {
+        b.output(&format!("out{i}"), o);
+    }
+    let g = b.finish().unwrap();
+    let params = ParamStore::init(&g, 0);
+    let feeds: BTreeMap<String, HostTensor> = inputs.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+    let mut out = exec().run(&g, &params, &feeds)?;
+    Ok((0..outs.len()).map(|i| out.remove(&format!("out{i}")).unwrap()).collect())
+}
+
+fn one(
+    inputs: &[(&str, HostTensor)],
+    build: impl FnOnce(&mut GraphBuilder, &[ValueId]) -> BuildResult<ValueId>,
+) -> HostTensor {
+    eval(inputs, |b, ids| Ok(vec![build(b, ids)?])).unwrap().remove(0)
+}
+
+fn f(shape: &[usize], v: &[f64]) -> HostTensor {
+    HostTensor::f32(shape.to_vec(), v.iter().map(|&x| x as f32).collect())
+}
+
+fn i(shape: &[usize], v: &[i32]) -> HostTensor {
+    HostTensor::i32(shape.to_vec(), v.to_vec())
+}
+
+fn close(t: &HostTensor, shape: &[usize], want: &[f64]) {
+    assert_eq!(t.shape, shape, "shape");
+    let got = t.data.to_f64();
+    assert_eq!(got.len(), want.len());
+    for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= 1e-6 * (1.0 + w.abs());
+        assert!(ok, "element {k}: got {g}, want {w} (all: {got:?})");
+    }
+}
+
+#[test]
+fn binary_ops_broadcast_across_ranks() {
+    let a = f(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let row = f(&[3], &[10.0, 20.0, 30.0]);
+    let outs = eval(&[("a", a), ("row", row)], |b, x| {
+        let two = b.scalar(2.0)?;
+        Ok(vec![b.add(x[0], x[1])?, b.sub(x[1], x[0])?, b.mul(x[0], two)?, b.div(x[0], x[1])?, b.max(x[0], two)?])
+    })
+    .unwrap();
+    close(&outs[0], &[2, 3], &[11.0, 22.0, 33.0, 14.0, 25.0, 36.0]);
+    close(&outs[1], &[2, 3], &[9.0, 18.0, 27.0, 6.0, 15.0, 24.0]);
+    close(&outs[2], &[2, 3], &[2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
+    close(&outs[3], &[2, 3], &[0.1, 0.1, 0.1, 0.4, 0.25, 0.2]);
+    close(&outs[4], &[2, 3], &[2.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let ints = eval(&[("p", i(&[2, 1], &[1, 2])), ("q", i(&[3], &[10, 20, 30]))], |b, x| {
+        Ok(vec![b.add(x[0], x[1])?, b.max(x[0], x[1])?, b.neg(x[0])?])
+    })
+    .unwrap();
+    assert_eq!(ints[0].data, HostData::I32(vec![11, 21, 31, 12, 22, 32]));
+    assert_eq!(ints[1].data, HostData::I32(vec![10, 20, 30, 10, 20, 30]));
+    assert_eq!(ints[2].data, HostData::I32(vec![-1, -2]));
+}
+
+#[test]
+fn unary_ops() {
+    let x = [-1.0, 0.5, 1.0, 2.0];
+    let t = f(&[4], &x);
+    let outs = eval(&[("x", t)], |b, v| {
+        let x = v[0];
+        Ok(vec![b.neg(x)?, b.exp(x)?, b.tanh(x)?, b.sigmoid(x)?, b.relu(x)?, b.gelu(x)?])
+    })
+    .unwrap();
+    close(&outs[0], &[4], &x.map(|v| -v));
+    close(&outs[1], &[4], &x.map(f64::exp));
+    close(&outs[2], &[4], &x.map(f64::tanh));
+    close(&outs[3], &[4], &x.map(|v| 1.0 / (1.0 + (-v).exp())));
+    close(&outs[4], &[4], &[0.0, 0.5, 1.0, 2.0]);
+    // GELU(x) = x Φ(x) with the standard normal CDF Φ(-1), Φ(0.5), Φ(1), Φ(2).
+    let phi = [0.15865525393145707, 0.6914624612740131, 0.8413447460685429, 0.9772498680518208];
+    close(&outs[5], &[4], &[-phi[0], 0.5 * phi[1], phi[2], 2.0 * phi[3]]);
+    let pos = f(&[3], &[0.25, 1.0, 4.0]);
+    let outs = eval(&[("x", pos)], |b, v| Ok(vec![b.log(v[0])?, b.sqrt(v[0])?, b.rsqrt(v[0])?])).unwrap();
+    close(&outs[0], &[3], &[0.25f64.ln(), 0.0, 4.0f64.ln()]);
+    close(&outs[1], &[3], &[0.5, 1.0, 2.0]);
+    close(&outs[2], &[3], &[2.0, 1.0, 0.5]);
+    // Sigmoid stays finite and exact at the extremes.
+    let big = eval(&[("x", f(&[2], &[-800.0, 800.0]))], |b, v| Ok(vec![b.sigmoid(v[0])?])).unwrap();
+    close(&big[0], &[2], &[0.0, 1.0]);
+}
+
+#[test]
+fn casts_comparisons_and_select() {
+    let x = f(&[4], &[-1.5, 0.0, 2.7, 3.0]);
+    let outs = eval(&[("x", x)], |b, v| {
+        let three = b.scalar(3.0)?;
+        let lt = b.less(v[0], three)?;
+        let eq = b.equal(v[0], three)?;
+        let zero = b.scalar(0.0)?;
+        let picked = b.select(lt, v[0], zero)?;
+        Ok(vec![b.cast(v[0], DType::I32)?, b.cast(v[0], DType::Bool)?, lt, eq, picked, b.cast(lt, DType::F32)?])
+    })
+    .unwrap();
+    assert_eq!(outs[0].data, HostData::I32(vec![-1, 0, 2, 3]), "float to int truncates");
+    assert_eq!(outs[1].data, HostData::Bool(vec![true, false, true, true]));
+    assert_eq!(outs[2].data, HostData::Bool(vec![true, true, true, false]));
+    assert_eq!(outs[3].data, HostData::Bool(vec![false, false, false, true]));
+    close(&outs[4], &[4], &[-1.5, 0.0, 2.7, 0.0]);
+    close(&outs[5], &[4], &[1.0, 1.0, 1.0, 0.0]);
+    // Select broadcasts the condition over rows and a scalar branch.
+    let c = HostTensor::new(vec![2, 1], HostData::Bool(vec![true, false]));
+    let a = f(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let out = one(&[("c", c), ("a", a)], |b, v| {
+        let m = b.scalar(-9.0)?;
+        b.select(v[0], v[1], m)
+    });
+    close(&out, &[2, 3], &[1.0, 2.0, 3.0, -9.0, -9.0, -9.0]);
+}
+
+#[test]
+fn random_numbers_are_the_shared_generator() {
+    let seed = HostTensor::new(vec![], HostData::U32(vec![0xDEAD_BEEF]));
+    let offset = HostTensor::new(vec![], HostData::U32(vec![3]));
+    let x = f(&[2, 5], &[1.0; 10]);
+    let outs = eval(&[("seed", seed), ("offset", offset), ("x", x)], |b, v| {
+        let u = b.op(Op::RandomUniform { shape: shape![2u64, 5u64], stream: 4 }, &[v[0], v[1]])?;
+        let d = b.op(Op::Dropout { p: 0.5, stream: 9 }, &[v[2], v[0], v[1]])?;
+        Ok(vec![u, d])
+    })
+    .unwrap();
+    let want = philox::uniform(0xDEAD_BEEF, 3, 4, 10);
+    close(&outs[0], &[2, 5], &want.iter().map(|&u| u as f64).collect::<Vec<_>>());
+    let keep = philox::uniform(0xDEAD_BEEF, 3, 9, 10);
+    close(&outs[1], &[2, 5], &keep.iter().map(|&u| if u >= 0.5 { 2.0 } else { 0.0 }).collect::<Vec<_>>());
+}
+
+fn matmul_ref(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut out = vec![0.0; m * n];
+    for r in 0..m {
+        for c in 0..n {
+            out[r * n + c] = (0..k).map(|j| a[r * k + j] * b[j * n + c]).sum();
+        }
+    }
+    out
+}
+
+fn transpose(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    (0..cols * rows).map(|i| a[(i % rows) * cols + i / rows]).collect()
+}
+
+#[test]
+fn matmul_with_transposes_and_batch_broadcast() {
+    let seq = |n: usize, s: f64| (0..n).map(|i| (i as f64 * 0.37 + s).sin()).collect::<Vec<f64>>();
+    let (a, w) = (seq(2 * 3 * 4, 0.1), seq(5 * 4, 0.7));
+    // [2,3,4] x [5,4]ᵀ: the linear layer's form.
+    let out = one(&[("a", f(&[2, 3, 4], &a)), ("w", f(&[5, 4], &w))], |b, v| b.matmul(v[0], v[1], false, true));
+    let a32: Vec<f64> = a.iter().map(|&x| x as f32 as f64).collect();
+    let w32: Vec<f64> = w.iter().map(|&x| x as f32 as f64).collect();
+    let wt = transpose(&w32, 5, 4);
+    let want: Vec<f64> = (0..2).flat_map(|bi| matmul_ref(&a32[bi * 12..bi * 12 + 12], &wt, 3, 4, 5)).collect();
+    close(&out, &[2, 3, 5], &want);
+    // [2,1,4,3]ᵀ x [3,4,2]: transposed lhs, batch dims broadcast to [2,3].
+    let (p, q) = (seq(2 * 4 * 3, 0.3), seq(3 * 4 * 2, 0.9));
+    let out = one(&[("p", f(&[2, 1, 4, 3], &p)), ("q", f(&[3, 4, 2], &q))], |b, v| b.matmul(v[0], v[1], true, false));
+    assert_eq!(out.shape, [2, 3, 3, 2]);
+    let p32: Vec<f64> = p.iter().map(|&x| x as f32 as f64).collect();
+    let q32: Vec<f64> = q.iter().map(|&x| x as f32 as f64).collect();
+    let mut want = Vec::new();
+    for bi in 0..2 {
+        for bj in 0..3 {
+            let pt = transpose(&p32[bi * 12..bi * 12 + 12], 4, 3);
+            want.extend(matmul_ref(&pt, &q32[bj * 8..bj * 8 + 8], 3, 4, 2));
+        }
+    }
+    close(&out, &[2, 3, 3, 2], &want);
+}
+
+#[test]
+fn softmax_log_softmax_and_masking() {
+    let x = f(&[2, 3], &[1.0, 2.0, 3.0, 0.0, f64::NEG_INFINITY, 0.0]);
+    let outs = eval(&[("x", x)], |b, v| Ok(vec![b.softmax(v[0], -1)?, b.log_softmax(v[0], -1)?, b.softmax(v[0], 0)?]))
+        .unwrap();
+    let e: Vec<f64> = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).collect();
+    let s: f64 = e.iter().sum();
+    close(&outs[0], &[2, 3], &[e[0] / s, e[1] / s, e[2] / s, 0.5, 0.0, 0.5]);
+    close(
+        &outs[1],
+        &[2, 3],
+        &[e[0].ln() - s.ln(), e[1].ln() - s.ln(), e[2].ln() - s.ln(), -2f64.ln(), f64::NEG_INFINITY, -2f64.ln()],
+    );
+    let c0 = 1.0f64.exp() + 1.0;
+    close(
+        &outs[2],
+        &[2, 3],
+        &[1.0f64.exp() / c0, 1.0, 3.0f64.exp() / (3.0f64.exp() + 1.0), 1.0 / c0, 0.0, 1.0 / (3.0f64.exp() + 1.0)],
+    );
+}
+
+#[test]
+fn layer_norm_matches_f64() {
+    let x = [1.0, 2.0, 4.0, -1.0, 0.0, 3.0];
+    let out =
+        one(&[("x", f(&[2, 3], &x)), ("g", f(&[3], &[1.0, 2.0, 0.5])), ("bt", f(&[3], &[0.0, 1.0, -1.0]))], |b, v| {
+            b.layer_norm_op(v[0], v[1], v[2], 1e-5)
+        });
+    let mut want = Vec::new();
+    for row in x.chunks(3) {
+        let mean = row.iter().sum::<f64>() / 3.0;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 3.0;
+        for (j, v) in row.iter().enumerate() {
+            let y = (v - mean) / (var + 1e-5).sqrt();
+            want.push(y * [1.0, 2.0, 0.5][j] + [0.0, 1.0, -1.0][j]);
+        }
+    }
+    close(&out, &[2, 3], &want);
+}
+
+#[test]
+fn reductions_over_several_axes() {
+    let x: Vec<f64> = (0..24).map(|v| v as f64).collect();
+    let outs = eval(&[("x", f(&[2, 3, 4], &x))], |b, v| {
+        Ok(vec![
+            b.reduce_sum(v[0], &[0, 2], false)?,
+            b.reduce_mean(v[0], &[1], true)?,
+            b.reduce_max(v[0], &[2], false)?,
+            b.reduce_sum(v[0], &[0, 1, 2], false)?,
+        ])
+    })
+    .unwrap();
+    // sum over axes 0 and 2 for each middle index j: Σ_{i,k} (12 i + 4 j + k).
+    close(&outs[0], &[3], &[60.0, 92.0, 124.0]);
+    close(&outs[1], &[2, 1, 4], &[4.0, 5.0, 6.0, 7.0, 16.0, 17.0, 18.0, 19.0]);
+    close(&outs[2], &[2, 3], &[3.0, 7.0, 11.0, 15.0, 19.0, 23.0]);
+    close(&outs[3], &[], &[276.0]);
+}
+
+#[test]
+fn movement_ops() {
+    let x: Vec<f64> = (0..6).map(|v| v as f64).collect();
+    let outs = eval(&[("x", f(&[2, 3], &x)), ("y", f(&[2, 1], &[7.0, 8.0]))], |b, v| {
+        Ok(vec![
+            b.reshape(v[0], shape![3u64, 2u64])?,
+            b.permute(v[0], &[1, 0])?,
+            b.broadcast(v[1], shape![2u64, 2u64, 3u64])?,
+            b.concat(&[v[0], v[1]], 1)?,
+            b.slice(v[0], 1, 1, 3)?,
+        ])
+    })
+    .unwrap();
+    close(&outs[0], &[3, 2], &x);
+    close(&outs[1], &[3, 2], &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    close(&outs[2], &[2, 2, 3], &[7.0, 7.0, 7.0, 8.0, 8.0, 8.0, 7.0, 7.0, 7.0, 8.0, 8.0, 8.0]);
+    close(&outs[3], &[2, 4], &[0.0, 1.0, 2.0, 7.0, 3.0, 4.0, 5.0, 8.0]);
+    close(&outs[4], &[2, 2], &[1.0, 2.0, 4.0, 5.0]);
+}
+
+#[test]
+fn gather_scatter_and_their_errors() {
+    let table = f(&[4, 2], &[0.0, 1.0, 10.0, 11.0, 20.0, 21.0, 30.0, 31.0]);
+    let idx = i(&[2, 2], &[3, 0, 0, 2]);
+    let outs = eval(&[("t", table.clone()), ("i", idx)], |b, v| {
+        let zero = b.constant(1.0, DType::I32)?;
+        Ok(vec![b.gather(v[0], v[1], 0)?, b.gather(v[0], zero, 0)?, b.gather(v[0], v[1], 1)?])
+    });
+    // Axis 1 has only 2 entries: index 3 is out of range, a clear error, not a panic.
+    let e = outs.unwrap_err();
+    assert!(e.to_string().contains("index 3 is out of range for 2 rows") && e.to_string().contains("gather"), "{e}");
+    let outs = eval(&[("t", table.clone()), ("i", i(&[2, 2], &[3, 0, 0, 2]))], |b, v| {
+        let one = b.constant(1.0, DType::I32)?;
+        Ok(vec![b.gather(v[0], v[1], 0)?, b.gather(v[0], one, 0)?])
+    })
+    .unwrap();
+    close(&outs[0], &[2, 2, 2], &[30.0, 31.0, 0.0, 1.0, 0.0, 1.0, 20.0, 21.0]);
+    close(&outs[1], &[2], &[10.0, 11.0]);
+    // Scatter-add: repeated indices accumulate; rows nobody selects keep their value.
+    let base = f(&[4, 2], &[1.0; 8]);
+    let upd = f(&[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let out = one(&[("base", base), ("i", i(&[3], &[2, 0, 2])), ("u", upd)], |b, v| b.scatter_add(v[0], v[1], v[2], 0));
+    close(&out, &[4, 2], &[4.0, 5.0, 1.0, 1.0, 7.0, 9.0, 1.0, 1.0]);
+}
+
+#[test]
+fn top_k_breaks_ties_towards_the_lower_index() {
+    let x = f(&[2, 5], &[1.0, 3.0, 3.0, 0.0, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0]);
+    let outs = eval(&[("x", x)], |b, v| {
+        let (values, indices) = b.top_k(v[0], 3)?;
+        Ok(vec![values, indices])
+    })
+    .unwrap();
+    close(&outs[0], &[2, 3], &[3.0, 3.0, 3.0, 5.0, 5.0, 5.0]);
+    assert_eq!(outs[1].data, HostData::I32(vec![1, 2, 4, 0, 1, 2]));
+}
+
+#[test]
+fn one_hot_iota_and_constants() {
+    let outs = eval(&[("l", i(&[3], &[2, 0, 1]))], |b, v| {
+        Ok(vec![
+            b.one_hot(v[0], 3, DType::F32)?,
+            b.iota(shape![2u64, 3u64], 1)?,
+            b.constant(f64::NEG_INFINITY, DType::F32)?,
+        ])
+    })
+    .unwrap();
+    close(&outs[0], &[3, 3], &[0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+    assert_eq!(outs[1].data, HostData::I32(vec![0, 1, 2, 0, 1, 2]));
+    close(&outs[2], &[], &[f64::NEG_INFINITY]);
+    let e = eval(&[("l", i(&[2], &[0, 3]))], |b, v| Ok(vec![b.one_hot(v[0], 3, DType::F32)?])).unwrap_err();
+    assert!(e.to_string().contains("out of range for one-hot depth 3"), "{e}");
+}
+
+#[test]
+fn masked_mean_of_an_empty_selection_is_zero() {
+    let x = f(&[2, 3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]);
+    let mask = f(&[2, 3], &[1.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+    let out = one(&[("x", x), ("m", mask)], |b, v| nn::masked_mean(b, v[0], v[1]));
+    close(&out, &[2, 2], &[3.0, 4.0, 0.0, 0.0]);
+}
+
+#[test]
+fn inputs_are_checked_against_the_graph() {
+    let mut b = GraphBuilder::new("t");
+    let x = b.input("x", DType::F32, shape!["batch", 3u64]).unwrap();
+    let m = b.input("m", DType::F32, shape!["batch"]).unwrap();
+    let y = b.reduce_sum(x, &[1], false).unwrap();
+    let y = b.add(y, m).unwrap();
+    b.output("y", y);
+    let g = b.finish().unwrap();
+    let p = ParamStore::init(&g, 0);
+    let run = |inputs: Vec<(&str, HostTensor)>| {
+        exec()
+            .run(&g, &p, &inputs.into_iter().map(|(n, t)| (n.to_string(), t)).collect())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(run(vec![("x", f(&[2, 3], &[0.0; 6]))]).contains("missing input: m"));
+    assert!(run(vec![("x", f(&[2, 3], &[0.0; 6])), ("m", f(&[2], &[0.0; 2])), ("z", f(&[1], &[0.0]))])
+        .contains("unknown input: z"));
+    assert!(run(vec![("x", f(&[2, 4], &[0.0; 8])), ("m", f(&[2], &[0.0; 2]))]).contains("the graph wants f32[batch,3]"));
+    let conflict = run(vec![("x", f(&[2, 3], &[0.0; 6])), ("m", f(&[5], &[0.0; 5]))]);
+    assert!(conflict.contains("symbol `batch` is 2 from input `x` but 5 from input `m`"), "{conflict}");
+    assert!(run(vec![("x", i(&[2, 3], &[0; 6])), ("m", f(&[2], &[0.0; 2]))]).contains("holds i32 values"));
+}

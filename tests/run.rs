@@ -1,0 +1,90 @@
+//! `calm run` end to end: random and file inputs, weights, outputs written and read back.
+
+use std::path::Path;
+use std::process::Command;
+
+use burn::backend::flex::{Flex, FlexDevice};
+use burn::tensor::FloatDType;
+use calm::ir::{json, Bindings};
+use calm::models::{build, CalmConfig, Mode};
+use calm::runtime::inputs::random_inputs;
+use calm::runtime::params::ParamStore;
+use calm::runtime::reference::Reference;
+use calm::runtime::safetensors;
+
+fn calm(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_calm")).args(args).output().expect("calm runs");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn run_summarises_every_output_and_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = build(&CalmConfig::preset("tiny").unwrap(), Mode::Training).unwrap();
+    let graph = dir.path().join("g.json");
+    json::write_file(&g, &graph).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let (ok, stdout, stderr) = calm(&["run", s(&graph), "--bind", "batch=6,tokens=5", "--seed", "2", "-o", s(&out)]);
+    assert!(ok, "{stderr}");
+    for o in &g.outputs {
+        let line = stdout.lines().find(|l| l.split_whitespace().next() == Some(o.name.as_str()));
+        let line = line.unwrap_or_else(|| panic!("no summary line for `{}`: {stdout}", o.name));
+        assert!(line.ends_with("    0     0"), "finite: {line}");
+    }
+    let written = safetensors::read(&out).unwrap();
+    assert_eq!(written.len(), g.outputs.len());
+    assert_eq!(written["logits"].shape, [6, 2]);
+    // Same seed, same numbers; the library gives them too.
+    let params = ParamStore::init(&g, 2);
+    let inputs = random_inputs(&g, &Bindings::new().with("batch", 6).with("tokens", 5), 2).unwrap();
+    let direct = Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(&g, &params, &inputs).unwrap();
+    assert_eq!(direct, written);
+}
+
+#[test]
+fn run_takes_weights_and_inputs_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = build(&CalmConfig::preset("tiny").unwrap(), Mode::Inference).unwrap();
+    let graph = dir.path().join("g.json");
+    json::write_file(&g, &graph).unwrap();
+    let weights = dir.path().join("w.safetensors");
+    ParamStore::init(&g, 7).save(&weights).unwrap();
+    let inputs = dir.path().join("in.safetensors");
+    let feeds = random_inputs(&g, &Bindings::new().with("batch", 3).with("tokens", 4), 3).unwrap();
+    safetensors::write(&inputs, &feeds).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let (ok, stdout, stderr) =
+        calm(&["run", s(&graph), "--weights", s(&weights), "--inputs", s(&inputs), "-o", s(&out)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("w.safetensors") && stdout.contains("in.safetensors"), "{stdout}");
+    let direct = Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(&g, &ParamStore::init(&g, 7), &feeds).unwrap();
+    assert_eq!(safetensors::read(&out).unwrap(), direct);
+
+    // Weights of another graph: one line naming the file and what is wrong; no output written.
+    let other = build(&CalmConfig { clusters: 4, ..CalmConfig::preset("tiny").unwrap() }, Mode::Inference).unwrap();
+    let wrong = dir.path().join("wrong.safetensors");
+    ParamStore::init(&other, 0).save(&wrong).unwrap();
+    let out2 = dir.path().join("out2.safetensors");
+    let (ok, _, stderr) = calm(&["run", s(&graph), "--weights", s(&wrong), "--inputs", s(&inputs), "-o", s(&out2)]);
+    assert!(!ok && stderr.lines().count() == 1, "{stderr}");
+    assert!(
+        stderr.contains("wrong.safetensors") && stderr.contains("has shape [4, 16], the graph wants [3, 16]"),
+        "{stderr}"
+    );
+    assert!(!out2.exists());
+
+    // Inputs missing one tensor.
+    let mut partial = feeds.clone();
+    partial.remove("culture");
+    safetensors::write(&inputs, &partial).unwrap();
+    let (ok, _, stderr) = calm(&["run", s(&graph), "--inputs", s(&inputs)]);
+    assert!(!ok && stderr.contains("missing input: culture"), "{stderr}");
+}
