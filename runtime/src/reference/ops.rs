@@ -81,13 +81,6 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
     let rank = shape.len();
     let one = |data: Data<B>| Ok(vec![Value { shape: shape.clone(), data }]);
     let f = |i: usize| float(args[i]);
-    // Binary float op on operands aligned to the result's rank (Burn broadcasts ones).
-    let binary = |g: fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>| -> OpResult<FloatTensor<B>> {
-        match (align(args[0], rank), align(args[1], rank)) {
-            (Data::Float(a), Data::Float(b)) => Ok(g(a, b)),
-            _ => invalid("expected float tensors"),
-        }
-    };
     match op {
         Op::Input { .. } | Op::Param { .. } => invalid("inputs and parameters are fed by the executor"),
         Op::Constant { value, dtype } => one(constant(ctx, value.0, *dtype)),
@@ -139,22 +132,10 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             one(Data::Float(B::float_mul(B::float_mul_scalar(x, 0.5.into()), e)))
         }
         Op::Cast { to } => one(cast(ctx, args[0], *to)),
-        Op::Add => one(match (&args[0].data, &args[1].data) {
-            (Data::Int(_), Data::Int(_)) => int_binary(args, rank, B::int_add)?,
-            _ => Data::Float(binary(B::float_add)?),
-        }),
-        Op::Sub => one(match (&args[0].data, &args[1].data) {
-            (Data::Int(_), Data::Int(_)) => int_binary(args, rank, B::int_sub)?,
-            _ => Data::Float(binary(B::float_sub)?),
-        }),
-        Op::Mul => one(match (&args[0].data, &args[1].data) {
-            (Data::Int(_), Data::Int(_)) => int_binary(args, rank, B::int_mul)?,
-            _ => Data::Float(binary(B::float_mul)?),
-        }),
-        Op::Div => one(match (&args[0].data, &args[1].data) {
-            (Data::Int(_), Data::Int(_)) => int_binary(args, rank, B::int_div)?,
-            _ => Data::Float(binary(B::float_div)?),
-        }),
+        Op::Add => one(arithmetic(args, rank, B::int_add, B::float_add)?),
+        Op::Sub => one(arithmetic(args, rank, B::int_sub, B::float_sub)?),
+        Op::Mul => one(arithmetic(args, rank, B::int_mul, B::float_mul)?),
+        Op::Div => one(arithmetic(args, rank, B::int_div, B::float_div)?),
         Op::Max => {
             // max(a, b) = where(a < b, b, a), on operands expanded to the result's shape.
             let (a, b) = (expand(args[0], &shape), expand(args[1], &shape));
@@ -307,14 +288,17 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
     }
 }
 
-fn int_binary<B: Backend>(
+/// A binary arithmetic op on operands aligned to the result's rank (Burn broadcasts the ones).
+fn arithmetic<B: Backend>(
     args: &[&Value<B>],
     rank: usize,
-    g: fn(IntTensor<B>, IntTensor<B>) -> IntTensor<B>,
+    on_ints: fn(IntTensor<B>, IntTensor<B>) -> IntTensor<B>,
+    on_floats: fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
 ) -> OpResult<Data<B>> {
     match (align(args[0], rank), align(args[1], rank)) {
-        (Data::Int(a), Data::Int(b)) => Ok(Data::Int(g(a, b))),
-        _ => invalid("expected integer tensors"),
+        (Data::Int(a), Data::Int(b)) => Ok(Data::Int(on_ints(a, b))),
+        (Data::Float(a), Data::Float(b)) => Ok(Data::Float(on_floats(a, b))),
+        _ => invalid("arithmetic on mismatched kinds"),
     }
 }
 
