@@ -349,6 +349,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<Vec<TensorType>, TypeError
             let (table, idx) = (args[0], args[1]);
             check_axis(*axis, table.rank(), "axis")?;
             want_int(idx, "indices")?;
+            want_dtype(table, table.dtype != DType::Bool, "table", "a numeric type")?;
             let shape = [&table.shape[..*axis], &idx.shape[..], &table.shape[axis + 1..]].concat();
             one(TensorType::new(table.dtype, shape))
         }

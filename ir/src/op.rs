@@ -67,7 +67,9 @@ pub enum Op {
     Add,
     Sub,
     Mul,
+    /// Float division; integer division truncates toward zero and a zero divisor is an error.
     Div,
+    /// Elementwise maximum; NaN in either argument gives NaN.
     Max,
     /// `a == b`, broadcasting, as bool.
     Equal,
@@ -76,7 +78,8 @@ pub enum Op {
     /// `select(cond, a, b)`: `a` where `cond`, else `b`; all three broadcast.
     Select,
     /// Training-only dropout with drop probability `p`; arguments `(x, seed, offset)`. Its mask
-    /// comes from the same generator as `RandomUniform` (keep where `u >= p`, scale `1/(1-p)`).
+    /// comes from the same generator as `RandomUniform`: keep where `u >= p` (compared in f32),
+    /// scaled by `1/(1-p)`; dropped elements are 0 whatever `x` holds.
     Dropout {
         p: f64,
         stream: u32,
@@ -135,7 +138,8 @@ pub enum Op {
     },
 
     // --- indexing ---
-    /// `take`: `out = table[.., indices[..], ..]` along `axis`; arguments `(table, indices)`.
+    /// `take`: `out = table[.., indices[..], ..]` along `axis`; arguments `(table, indices)`;
+    /// the table is numeric and an index outside the axis is an error.
     Gather {
         axis: usize,
     },
@@ -148,7 +152,8 @@ pub enum Op {
     TopK {
         k: u64,
     },
-    /// Integer indices to one-hot vectors of length `depth` on a new last axis.
+    /// Integer indices to one-hot vectors of length `depth` on a new last axis; an index outside
+    /// `0..depth` is an error.
     OneHot {
         depth: u64,
         dtype: DType,

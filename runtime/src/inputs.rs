@@ -19,8 +19,8 @@ use crate::host::{HostData, HostTensor};
 pub struct RandomInputError(pub String);
 
 /// The largest index value `v` may hold: the smallest size it indexes, following it through
-/// shape-only ops. `None` if nothing indexes with it.
-fn index_bound(g: &Graph, v: ValueId) -> Option<u64> {
+/// shape-only ops and casts. `None` if nothing indexes with it.
+fn index_bound(g: &Graph, v: ValueId, bindings: &Bindings) -> Option<u64> {
     let users = g.users();
     let mut bound: Option<u64> = None;
     let mut stack = vec![v];
@@ -33,10 +33,11 @@ fn index_bound(g: &Graph, v: ValueId) -> Option<u64> {
         for &n in &users[v] {
             let node = &g.nodes[n];
             let size = match &node.op {
-                Op::Gather { axis } if node.args[1] == v => g.value_type(node.args[0]).shape[*axis].fixed(),
-                Op::ScatterAdd { axis } if node.args[1] == v => g.value_type(node.args[0]).shape[*axis].fixed(),
+                Op::Gather { axis } | Op::ScatterAdd { axis } if node.args[1] == v => {
+                    g.value_type(node.args[0]).shape[*axis].resolve(bindings).ok()
+                }
                 Op::OneHot { depth, .. } => Some(*depth),
-                Op::Reshape { .. } | Op::Broadcast { .. } | Op::Permute { .. } | Op::Slice { .. } => {
+                Op::Reshape { .. } | Op::Broadcast { .. } | Op::Permute { .. } | Op::Slice { .. } | Op::Cast { .. } => {
                     stack.push(node.results[0]);
                     None
                 }
@@ -63,6 +64,8 @@ pub fn random_inputs(
     }
     let mut out = BTreeMap::new();
     for (n, name, ty) in g.inputs() {
+        // Checked first: sizes whose product overflows are an error, not a wrap.
+        ty.size_bytes(bindings).map_err(|e| RandomInputError(format!("input `{name}`: {e}")))?;
         let dims = ty.dims(bindings).map_err(|e| RandomInputError(e.to_string()))?;
         let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
         let len: usize = shape.iter().product();
@@ -70,7 +73,7 @@ pub fn random_inputs(
         let data = match ty.dtype {
             DType::U32 if shape.is_empty() => HostData::U32(vec![if name == "seed" { seed as u32 } else { 0 }]),
             DType::I32 | DType::U32 => {
-                let bound = index_bound(g, g.result(n)).unwrap_or(8).min(i32::MAX as u64);
+                let bound = index_bound(g, g.result(n), bindings).unwrap_or(8).min(i32::MAX as u64);
                 let values = u[..len].iter().map(|&x| ((x as f64 * bound as f64) as i64).min(bound as i64 - 1) as i32);
                 if ty.dtype == DType::I32 {
                     HostData::I32(values.collect())

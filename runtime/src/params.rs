@@ -135,6 +135,10 @@ impl ParamStore {
                 continue;
             };
             let expected = fixed_shape(ty);
+            if t.data.len() != t.shape.iter().product::<usize>() {
+                mismatches.push(Mismatch::Shape { name: name.to_string(), expected, found: vec![t.data.len()] });
+                continue;
+            }
             if t.shape != expected {
                 mismatches.push(Mismatch::Shape { name: name.to_string(), expected, found: t.shape });
                 continue;

@@ -71,6 +71,33 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, HostTensor>, SafetensorsErro
     })
 }
 
+/// A JSON object whose keys must be unique (serde_json would keep the last of two silently).
+struct UniqueMap(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for UniqueMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueMap, A::Error> {
+                let mut seen = std::collections::BTreeSet::new();
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    if !seen.insert(k.clone()) {
+                        return Err(serde::de::Error::custom(format!("`{k}` appears twice")));
+                    }
+                    out.push((k, v));
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
 enum ParseError {
     Corrupt(String),
     Tensor(String, String),
@@ -87,13 +114,16 @@ fn parse(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>, ParseError> {
         .and_then(|n| n.checked_add(8))
         .filter(|&end| end <= bytes.len())
         .ok_or_else(|| corrupt(format!("header length {header_len} exceeds the file ({} bytes)", bytes.len())))?;
-    let header: Map<String, Value> = serde_json::from_slice(&bytes[8..data_start])
-        .map_err(|e| corrupt(format!("header is not a JSON object: {e}")))?;
+    let header: UniqueMap = serde_json::from_slice(&bytes[8..data_start])
+        .map_err(|e| corrupt(format!("header is not a JSON object of unique names: {e}")))?;
     let data = &bytes[data_start..];
     let mut ranges: Vec<(usize, usize, String)> = Vec::new();
     let mut out = BTreeMap::new();
-    for (name, entry) in header {
+    for (name, entry) in header.0 {
         if name == "__metadata__" {
+            if !entry.as_object().is_some_and(|m| m.values().all(Value::is_string)) {
+                return Err(corrupt("__metadata__ is not an object of strings".into()));
+            }
             continue;
         }
         let bad = |reason: String| ParseError::Tensor(name.clone(), reason);
@@ -170,6 +200,10 @@ pub fn to_bytes(tensors: &BTreeMap<String, HostTensor>) -> Vec<u8> {
 
 /// Writes `tensors` to `path` atomically (temporary file, then rename).
 pub fn write(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<(), SafetensorsError> {
+    if tensors.contains_key("__metadata__") {
+        let reason = "the name is reserved by the format".to_string();
+        return Err(SafetensorsError::Tensor { path: path.to_path_buf(), name: "__metadata__".into(), reason });
+    }
     calm_ir::files::write_atomic(path, &to_bytes(tensors))
         .map_err(|source| SafetensorsError::Write { path: path.to_path_buf(), source })
 }
@@ -245,5 +279,10 @@ mod tests {
         assert!(reason(&file(&x, &[0; 8])).contains("overlap"));
         let x = serde_json::json!({"x": {"dtype": "F32", "shape": "two", "data_offsets": [0, 4]}});
         assert!(reason(&file(&x, &[0; 4])).contains("shape"));
+        // The same name twice: refused rather than silently keeping the last.
+        let entry = r#"{"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}"#;
+        let twice = format!(r#"{{"x": {entry}, "x": {entry}}}"#);
+        let bytes = [&(twice.len() as u64).to_le_bytes()[..], twice.as_bytes(), &[0; 4]].concat();
+        assert!(reason(&bytes).contains("`x` appears twice"));
     }
 }

@@ -369,3 +369,63 @@ fn inputs_are_checked_against_the_graph() {
     assert!(conflict.contains("symbol `batch` is 2 from input `x` but 5 from input `m`"), "{conflict}");
     assert!(run(vec![("x", i(&[2, 3], &[0; 6])), ("m", f(&[2], &[0.0; 2]))]).contains("holds i32 values"));
 }
+
+#[test]
+fn integer_division_truncates_and_refuses_zero() {
+    let out = one(&[("a", i(&[4], &[7, -7, 6, 0])), ("b", i(&[4], &[2, 2, -4, 5]))], |b, v| b.div(v[0], v[1]));
+    assert_eq!(out.data, HostData::I32(vec![3, -3, -1, 0]));
+    let e = eval(&[("a", i(&[2], &[1, 2])), ("b", i(&[2], &[1, 0]))], |b, v| Ok(vec![b.div(v[0], v[1])?])).unwrap_err();
+    assert!(e.to_string().contains("integer division by zero") && e.to_string().contains("div @ t"), "{e}");
+}
+
+#[test]
+fn unsigned_values_above_two_to_the_31_stay_exact() {
+    let big = HostTensor::new(vec![2], HostData::U32(vec![3_000_000_000, 5]));
+    let outs = eval(&[("u", big)], |b, v| {
+        let c = b.constant(4_000_000_000.0, DType::U32)?;
+        Ok(vec![b.less(v[0], c)?, b.max(v[0], c)?, b.cast(v[0], DType::F32)?])
+    })
+    .unwrap();
+    assert_eq!(outs[0].data, HostData::Bool(vec![true, true]));
+    assert_eq!(outs[1].data, HostData::U32(vec![4_000_000_000, 4_000_000_000]));
+    close(&outs[2], &[2], &[3e9, 5.0]);
+}
+
+#[test]
+fn non_finite_values_follow_the_ir_rules() {
+    // max propagates NaN from either side; dropout writes 0 for dropped elements, even inf.
+    let x = f(&[3], &[f64::NAN, 1.0, 2.0]);
+    let y = f(&[3], &[1.0, f64::NAN, 1.0]);
+    let out = one(&[("x", x), ("y", y)], |b, v| b.max(v[0], v[1]));
+    close(&out, &[3], &[f64::NAN, f64::NAN, 2.0]);
+    let seed = HostTensor::new(vec![], HostData::U32(vec![1]));
+    let offset = HostTensor::new(vec![], HostData::U32(vec![0]));
+    let inf = f(&[64], &[f64::INFINITY; 64]);
+    let out = one(&[("x", inf), ("s", seed), ("o", offset)], |b, v| {
+        b.op(Op::Dropout { p: 0.5, stream: 0 }, &[v[0], v[1], v[2]])
+    });
+    let values = out.data.to_f64();
+    assert!(values.iter().all(|&v| v == 0.0 || v == f64::INFINITY), "{values:?}");
+    assert!(values.contains(&0.0) && values.contains(&f64::INFINITY));
+    // Permuting a scalar or a vector moves nothing.
+    let out = one(&[("x", f(&[], &[3.0]))], |b, v| b.permute(v[0], &[]));
+    close(&out, &[], &[3.0]);
+}
+
+#[test]
+fn sigmoid_has_finite_gradients_at_the_extremes() {
+    use calm_runtime::reference::gradients;
+    let mut b = GraphBuilder::new("t");
+    let x = b.input("x", DType::F32, shape![3u64]).unwrap();
+    let w = b.scoped("w", |b| b.param("w", shape![3u64], calm_ir::Init::Ones)).unwrap();
+    let z = b.mul(x, w).unwrap();
+    let s = b.sigmoid(z).unwrap();
+    let loss = b.reduce_sum(s, &[0], false).unwrap();
+    b.output("loss", loss);
+    let g = b.finish().unwrap();
+    let inputs: BTreeMap<String, HostTensor> = [("x".to_string(), f(&[3], &[-1000.0, 0.0, 1000.0]))].into();
+    let grads = gradients::<Flex>(FlexDevice, FloatDType::F64, &g, &ParamStore::init(&g, 0), &inputs, "loss").unwrap();
+    // d/dw σ(w x) = x σ'(w x): 0 at both extremes, 0 at x = 0.
+    close(&grads.grads["t/w/w"], &[3], &[0.0, 0.0, 0.0]);
+    assert!((grads.loss - 1.5).abs() < 1e-12);
+}

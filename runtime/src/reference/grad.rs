@@ -11,7 +11,7 @@ use burn::tensor::FloatDType;
 use calm_ir::{Graph, Op};
 
 use super::value::{Ctx, Data, Value};
-use super::{bind_inputs, evaluate, feed, RunError};
+use super::{bind_inputs, evaluate, feed, to_host, RunError};
 use crate::host::HostTensor;
 use crate::params::ParamStore;
 
@@ -34,11 +34,12 @@ pub fn gradients<B: Backend>(
 ) -> Result<Gradients, RunError> {
     type Ad<B> = Autodiff<B>;
     let ctx: Ctx<Ad<B>> = Ctx::new(device, float);
-    let loss_value = g.output(loss).ok_or_else(|| RunError::UnknownOutput(loss.to_string()))?;
-    if !g.value_type(loss_value).shape.is_empty() {
-        return Err(RunError::Input { name: loss.to_string(), reason: "the loss must be a scalar output".into() });
-    }
     let bindings = bind_inputs(g, inputs)?;
+    let loss_value = g.output(loss).ok_or_else(|| RunError::UnknownOutput(loss.to_string()))?;
+    let loss_type = g.value_type(loss_value);
+    if !loss_type.shape.is_empty() || !loss_type.dtype.is_float() {
+        return Err(RunError::Loss { name: loss.to_string(), found: loss_type.to_string() });
+    }
     let mut tracked: BTreeMap<String, (Vec<usize>, FloatTensor<Ad<B>>)> = BTreeMap::new();
     let outputs = evaluate(&ctx, g, &bindings, &mut |node, op| {
         let value = feed(&ctx, node, op, params, inputs)?;
@@ -48,19 +49,16 @@ pub fn gradients<B: Backend>(
         tracked.insert(name.clone(), (value.shape.clone(), t.clone()));
         Ok(Value::float(value.shape, t))
     })?;
-    let mut host_outputs = BTreeMap::new();
-    let mut loss_tensor = None;
-    for (name, v) in outputs {
-        host_outputs.insert(name.clone(), v.to_host()?);
-        if name == loss {
-            loss_tensor = match v.data {
-                Data::Float(t) => Some(t),
-                _ => return Err(RunError::Input { name, reason: "the loss must be a float".into() }),
-            };
-        }
-    }
+    let loss_tensor = outputs
+        .iter()
+        .find_map(|(name, v)| match &v.data {
+            Data::Float(t) if name == loss => Some(t.clone()),
+            _ => None,
+        })
+        .expect("the loss is a float output, checked above");
+    let host_outputs = to_host(g, outputs)?;
     let loss_f64 = host_outputs[loss].data.to_f64()[0];
-    let grads = Ad::<B>::backward(loss_tensor.expect("the loss is an output"));
+    let grads = Ad::<B>::backward(loss_tensor);
     let inner = Ctx::<B>::new(ctx.device.clone(), float);
     let mut out = BTreeMap::new();
     for (name, (shape, t)) in tracked {

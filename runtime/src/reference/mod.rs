@@ -45,12 +45,16 @@ pub enum RunError {
     Op { node: NodeId, op: &'static str, scope: String, source: OpError },
     #[error("output `{0}` does not exist")]
     UnknownOutput(String),
+    #[error("output `{name}` is {found}; a loss must be a float scalar")]
+    Loss { name: String, found: String },
     #[error(transparent)]
     Device(#[from] DeviceError),
 }
 
-/// Binds the graph's symbols from the shapes of `inputs`, checking every input against its type.
+/// Binds the graph's symbols from the shapes of `inputs`, checking the graph and every input
+/// against its type.
 pub fn bind_inputs(g: &Graph, inputs: &BTreeMap<String, HostTensor>) -> Result<Bindings, RunError> {
+    verify(g)?;
     let mut bindings = Bindings::new();
     let mut bound_by: BTreeMap<String, String> = BTreeMap::new();
     let missing: Vec<String> =
@@ -67,6 +71,9 @@ pub fn bind_inputs(g: &Graph, inputs: &BTreeMap<String, HostTensor>) -> Result<B
     for (_, name, ty) in g.inputs() {
         let t = &inputs[name];
         let fail = |reason: String| RunError::Input { name: name.to_string(), reason };
+        if t.data.len() != t.shape.iter().product::<usize>() {
+            return Err(fail(format!("holds {} values for shape {:?}", t.data.len(), t.shape)));
+        }
         if !t.data.fits(ty.dtype) {
             return Err(fail(format!("holds {} values, the graph wants {}", t.data.type_name(), ty.dtype)));
         }
@@ -126,8 +133,22 @@ impl<B: Backend> Reference<B> {
     ) -> Result<BTreeMap<String, HostTensor>, RunError> {
         let bindings = bind_inputs(g, inputs)?;
         let outputs = evaluate(&self.ctx, g, &bindings, &mut |node, op| feed(&self.ctx, node, op, params, inputs))?;
-        outputs.into_iter().map(|(name, v)| Ok((name, v.to_host()?))).collect()
+        to_host(g, outputs)
     }
+}
+
+/// Outputs read back to the host, typed as the graph declares them.
+pub(crate) fn to_host<B: Backend>(
+    g: &Graph,
+    outputs: Vec<(String, Value<B>)>,
+) -> Result<BTreeMap<String, HostTensor>, RunError> {
+    outputs
+        .into_iter()
+        .map(|(name, v)| {
+            let dtype = g.value_type(g.output(&name).expect("outputs of the graph")).dtype;
+            Ok((name, v.to_host_as(dtype)?))
+        })
+        .collect()
 }
 
 /// The value of an input or parameter node, from the host.
@@ -188,8 +209,10 @@ pub(crate) fn evaluate<B: Backend>(
                     .results
                     .iter()
                     .map(|&v| {
-                        let dims = g.value_type(v).dims(bindings)?;
-                        Ok(dims.into_iter().map(|d| d as usize).collect())
+                        // Checked: a graph file can declare sizes whose product overflows.
+                        let ty = g.value_type(v);
+                        ty.size_bytes(bindings)?;
+                        Ok(ty.dims(bindings)?.into_iter().map(|d| d as usize).collect())
                     })
                     .collect::<Result<Vec<_>, RunError>>()?;
                 let args: Vec<&Value<B>> = node

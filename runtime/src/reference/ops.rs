@@ -89,10 +89,10 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             let mut values = Vec::with_capacity(before * n * after);
             for _ in 0..before {
                 for i in 0..n {
-                    values.extend(std::iter::repeat_n(i as i32, after));
+                    values.extend(std::iter::repeat_n(i as i64, after));
                 }
             }
-            Ok(vec![Value::from_i32(ctx, shape.clone(), values)])
+            Ok(vec![Value::from_ints(ctx, shape.clone(), values)])
         }
         Op::RandomUniform { stream, .. } => {
             let (seed, offset) = key(args[0], args[1])?;
@@ -102,11 +102,13 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
         Op::Dropout { p, stream } => {
             let (seed, offset) = key(args[1], args[2])?;
             let u = philox::uniform(seed, offset, *stream, shape.iter().product());
-            // keep where u >= p, scaled by 1/(1-p): the mask is a constant, so gradients flow.
-            let scale = 1.0 / (1.0 - p);
-            let keep: Vec<f64> = u.into_iter().map(|u| if (u as f64) >= *p { scale } else { 0.0 }).collect();
-            let mask = Value::<B>::from_f64(ctx, shape.clone(), keep);
-            one(Data::Float(B::float_mul(f(0)?, float(&mask)?)))
+            // Keep where u >= p (compared in f32, as kernels do), scaled by 1/(1-p); dropped
+            // elements are 0 even where x is not finite.
+            let p32 = *p as f32;
+            let dropped = Value::<B>::from_bool(ctx, shape.clone(), u.into_iter().map(|u| u < p32).collect());
+            let scaled = B::float_mul_scalar(f(0)?, (1.0 / (1.0 - p)).into());
+            let zeros = B::float_zeros(physical(&shape), &ctx.device, ctx.float);
+            one(Data::Float(B::float_mask_where(scaled, boolean(&dropped)?, zeros)))
         }
         Op::Neg => one(match &args[0].data {
             Data::Float(t) => Data::Float(B::float_neg(t.clone())),
@@ -119,9 +121,10 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
         Op::Rsqrt => one(Data::Float(B::float_recip(B::float_sqrt(f(0)?)))),
         Op::Tanh => one(Data::Float(B::float_tanh(f(0)?))),
         Op::Sigmoid => {
-            // 1 / (1 + exp(-x)): exp overflows to inf for very negative x, giving exactly 0.
-            let e = B::float_exp(B::float_neg(f(0)?));
-            one(Data::Float(B::float_recip(B::float_add_scalar(e, 1.0.into()))))
+            // ½ + ½ tanh(x/2): stable in value and gradient at both extremes (1/(1+e^-x) gives
+            // a NaN gradient where e^-x overflows).
+            let t = B::float_tanh(B::float_mul_scalar(f(0)?, 0.5.into()));
+            one(Data::Float(B::float_add_scalar(B::float_mul_scalar(t, 0.5.into()), 0.5.into())))
         }
         Op::Relu => one(Data::Float(B::relu(f(0)?))),
         Op::Gelu => {
@@ -135,14 +138,20 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
         Op::Add => one(arithmetic(args, rank, B::int_add, B::float_add)?),
         Op::Sub => one(arithmetic(args, rank, B::int_sub, B::float_sub)?),
         Op::Mul => one(arithmetic(args, rank, B::int_mul, B::float_mul)?),
-        Op::Div => one(arithmetic(args, rank, B::int_div, B::float_div)?),
+        Op::Div => {
+            if matches!(args[1].data, Data::Int(_)) && args[1].host_ints()?.contains(&0) {
+                return invalid("integer division by zero");
+            }
+            one(arithmetic(args, rank, B::int_div, B::float_div)?)
+        }
         Op::Max => {
-            // max(a, b) = where(a < b, b, a), on operands expanded to the result's shape.
+            // max(a, b) = where(a < b or b is NaN, b, a): NaN propagates from either side.
             let (a, b) = (expand(args[0], &shape), expand(args[1], &shape));
             one(match (a, b) {
                 (Data::Float(a), Data::Float(b)) => {
                     let lower = B::float_lower(a.clone(), b.clone(), ctx.bool);
-                    Data::Float(B::float_mask_where(a, lower, b))
+                    let b_nan = B::float_not_equal(b.clone(), b.clone(), ctx.bool);
+                    Data::Float(B::float_mask_where(a, B::bool_or(lower, b_nan), b))
                 }
                 (Data::Int(a), Data::Int(b)) => {
                     let lower = B::int_lower(a.clone(), b.clone(), ctx.bool);
@@ -216,6 +225,8 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             Data::Int(t) => Data::Int(B::int_reshape(t.clone(), physical(&shape))),
             Data::Bool(t) => Data::Bool(B::bool_reshape(t.clone(), physical(&shape))),
         }),
+        // A permutation of at most one axis moves nothing (and Burn refuses rank-0 permutes).
+        Op::Permute { .. } if args[0].rank() <= 1 => one(args[0].data.clone()),
         Op::Permute { perm } => one(match &args[0].data {
             Data::Float(t) => Data::Float(B::float_permute(t.clone(), perm)),
             Data::Int(t) => Data::Int(B::int_permute(t.clone(), perm)),
@@ -304,7 +315,7 @@ fn arithmetic<B: Backend>(
 
 fn constant<B: Backend>(ctx: &Ctx<B>, value: f64, dtype: DType) -> Data<B> {
     match dtype {
-        DType::I32 | DType::U32 => Value::<B>::from_i32(ctx, vec![], vec![value as i64 as i32]).data,
+        DType::I32 | DType::U32 => Value::<B>::from_ints(ctx, vec![], vec![value as i64]).data,
         DType::Bool => Value::<B>::from_bool(ctx, vec![], vec![value != 0.0]).data,
         _ => Value::<B>::from_f64(ctx, vec![], vec![value]).data,
     }
@@ -343,7 +354,7 @@ fn flat_indices<B: Backend>(ctx: &Ctx<B>, idx: &Value<B>, rows: usize) -> OpResu
         return invalid(format!("index {bad} is out of range for {rows} rows"));
     }
     let n = values.len();
-    int(&Value::<B>::from_i32(ctx, vec![n], values.into_iter().map(|i| i as i32).collect()))
+    int(&Value::<B>::from_ints(ctx, vec![n], values))
 }
 
 fn matmul<B: Backend>(args: &[&Value<B>], ta: bool, tb: bool, out: &[usize]) -> OpResult<FloatTensor<B>> {
@@ -416,9 +427,9 @@ fn top_k<B: Backend>(ctx: &Ctx<B>, x: &Value<B>, k: usize, out: &[usize]) -> OpR
             (false, true) => std::cmp::Ordering::Greater,
             _ => row[j].partial_cmp(&row[i]).expect("no NaN here"),
         });
-        indices.extend(order[..k].iter().map(|&i| i as i32));
+        indices.extend(order[..k].iter().map(|&i| i as i64));
     }
-    let idx = Value::<B>::from_i32(ctx, out.to_vec(), indices);
+    let idx = Value::<B>::from_ints(ctx, out.to_vec(), indices);
     let last = x.rank() - 1;
     let picked = match &x.data {
         Data::Float(t) => Data::Float(B::float_gather(last, t.clone(), int(&idx)?)),

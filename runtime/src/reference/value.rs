@@ -30,9 +30,15 @@ pub struct Ctx<B: Backend> {
 }
 
 impl<B: Backend> Ctx<B> {
+    /// `float` is normalised to F64 or F32. Computing in f64 (the CPU oracle), integers are i64,
+    /// so every u32 and i32 value is exact; otherwise they use the device's integer type.
     pub fn new(device: B::Device, float: FloatDType) -> Self {
         let settings = get_device_settings::<B>(&device);
-        Ctx { device, float, int: settings.int_dtype, bool: settings.bool_dtype }
+        let (float, int) = match float {
+            FloatDType::F64 => (FloatDType::F64, IntDType::I64),
+            _ => (FloatDType::F32, settings.int_dtype),
+        };
+        Ctx { device, float, int, bool: settings.bool_dtype }
     }
 
     fn float_dtype(&self) -> DType {
@@ -104,15 +110,16 @@ impl<B: Backend> Value<B> {
         Value::float(shape, B::float_from_data(data, &ctx.device))
     }
 
-    pub fn from_i32(ctx: &Ctx<B>, shape: Vec<usize>, values: Vec<i32>) -> Self {
+    /// Integers in the executor's integer type (values beyond it wrap, so u32 seeds keep their bits).
+    pub fn from_ints(ctx: &Ctx<B>, shape: Vec<usize>, values: Vec<i64>) -> Self {
         let data = TensorData::new(values, physical(&shape)).convert_dtype(DType::from(ctx.int));
         Value::int(shape, B::int_from_data(data, &ctx.device))
     }
 
     /// Bools go through integers, because devices store them differently (bytes, u32 words).
     pub fn from_bool(ctx: &Ctx<B>, shape: Vec<usize>, values: Vec<bool>) -> Self {
-        let ints = Value::<B>::from_i32(ctx, shape.clone(), values.into_iter().map(i32::from).collect());
-        let Data::Int(t) = ints.data else { unreachable!("from_i32 makes ints") };
+        let ints = Value::<B>::from_ints(ctx, shape.clone(), values.into_iter().map(i64::from).collect());
+        let Data::Int(t) = ints.data else { unreachable!("from_ints makes ints") };
         Value::bool(shape, B::int_not_equal_elem(t, 0.into(), ctx.bool))
     }
 
@@ -121,10 +128,23 @@ impl<B: Backend> Value<B> {
     pub fn from_host(ctx: &Ctx<B>, t: &HostTensor) -> Self {
         match &t.data {
             HostData::F32(_) | HostData::F64(_) => Value::from_f64(ctx, t.shape.clone(), t.data.to_f64()),
-            HostData::I32(v) => Value::from_i32(ctx, t.shape.clone(), v.clone()),
-            HostData::U32(v) => Value::from_i32(ctx, t.shape.clone(), v.iter().map(|&x| x as i32).collect()),
+            HostData::I32(v) => Value::from_ints(ctx, t.shape.clone(), v.iter().map(|&x| x as i64).collect()),
+            HostData::U32(v) => Value::from_ints(ctx, t.shape.clone(), v.iter().map(|&x| x as i64).collect()),
             HostData::Bool(v) => Value::from_bool(ctx, t.shape.clone(), v.clone()),
         }
+    }
+
+    /// Reads the value back to the host as the IR type `dtype` says: floats as f64 (or f32 when
+    /// computed in f32), u32 and i32 as such, bools as bools.
+    pub fn to_host_as(&self, dtype: calm_ir::DType) -> Result<HostTensor, DeviceError> {
+        let t = self.to_host()?;
+        Ok(match (dtype, &t.data) {
+            (calm_ir::DType::U32, HostData::I32(_)) => {
+                let v = self.host_ints()?.into_iter().map(|x| x as u32).collect();
+                HostTensor::new(t.shape, HostData::U32(v))
+            }
+            _ => t,
+        })
     }
 
     /// Reads the value back to the host: floats as f64 (or f32 when computed in f32), ints as
