@@ -35,17 +35,28 @@ pub struct GraphBuilder {
     scopes: Vec<String>,
     random_key: Option<RandomKey>,
     next_stream: u32,
+    /// Dropout is on (training graphs); random ops need only a key.
+    training: bool,
+    /// Parameters created now are frozen (a pretrained backbone's).
+    frozen: bool,
 }
 
 impl GraphBuilder {
     /// A builder whose root scope is `name`.
     pub fn new(name: &str) -> Self {
-        GraphBuilder { graph: Graph::new(name), scopes: vec![name.to_string()], random_key: None, next_stream: 0 }
+        GraphBuilder {
+            graph: Graph::new(name),
+            scopes: vec![name.to_string()],
+            random_key: None,
+            next_stream: 0,
+            training: false,
+            frozen: false,
+        }
     }
 
     /// A builder that adds to an existing graph under `scope` (a `/` path), for passes that
     /// insert layers. Random ops it adds reuse the graph's `seed` and `offset` inputs, if it has
-    /// them, on streams after the graph's last.
+    /// them, on streams after the graph's last; dropout is on if the graph already has some.
     pub fn edit(graph: Graph, scope: &str) -> Self {
         let input = |name: &str| graph.inputs().find(|(_, n, _)| *n == name).map(|(id, _, _)| graph.result(id));
         let random_key = input("seed").zip(input("offset")).map(|(seed, offset)| RandomKey { seed, offset });
@@ -53,13 +64,15 @@ impl GraphBuilder {
             .nodes
             .values()
             .filter_map(|n| match n.op {
-                Op::RandomUniform { stream, .. } | Op::Dropout { stream, .. } => Some(stream + 1),
+                // Saturating: the verifier refuses a second op on the last stream.
+                Op::RandomUniform { stream, .. } | Op::Dropout { stream, .. } => Some(stream.saturating_add(1)),
                 _ => None,
             })
             .max()
             .unwrap_or(0);
+        let training = graph.nodes.values().any(|n| matches!(n.op, Op::Dropout { .. }));
         let scopes = scope.split('/').map(str::to_string).collect();
-        GraphBuilder { graph, scopes, random_key, next_stream }
+        GraphBuilder { graph, scopes, random_key, next_stream, training, frozen: false }
     }
 
     /// The graph, unverified (an editing pass verifies after its clean-up).
@@ -153,10 +166,23 @@ impl GraphBuilder {
         self.op(Op::Input { name: name.to_string(), dtype, shape }, &[])
     }
 
-    /// A parameter named `{scope}/{leaf}`.
+    /// A parameter named `{scope}/{leaf}` (frozen inside [`frozen`](Self::frozen)).
     pub fn param(&mut self, leaf: &str, shape: Shape, init: Init) -> BuildResult<ValueId> {
         let name = format!("{}/{leaf}", self.scope());
-        self.op(Op::Param { name, dtype: DType::F32, shape, init }, &[])
+        self.op(Op::Param { name, dtype: DType::F32, shape, init, frozen: self.frozen }, &[])
+    }
+
+    /// Runs `f` with every parameter it creates frozen.
+    pub fn frozen<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let before = std::mem::replace(&mut self.frozen, true);
+        let r = f(self);
+        self.frozen = before;
+        r
+    }
+
+    /// Turns dropout on (training graphs) or off.
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
     }
 
     pub fn constant(&mut self, value: f64, dtype: DType) -> BuildResult<ValueId> {
@@ -173,7 +199,7 @@ impl GraphBuilder {
     }
 
     /// Declares the `seed` and `offset` u32 inputs that key every random op built after this
-    /// call (each op gets its own stream), and turns dropout on.
+    /// call (each op gets its own stream). Dropout also needs [`set_training`](Self::set_training).
     pub fn enable_randomness(&mut self) -> BuildResult<(ValueId, ValueId)> {
         let seed = self.input("seed", DType::U32, Vec::new())?;
         let offset = self.input("offset", DType::U32, Vec::new())?;
@@ -203,10 +229,10 @@ impl GraphBuilder {
         self.op(op, &[key.seed, key.offset])
     }
 
-    /// Dropout with probability `p`: the identity where randomness is off (inference graphs) or `p` is 0.
+    /// Dropout with probability `p`: the identity unless training with a random key and `p > 0`.
     pub fn dropout(&mut self, x: ValueId, p: f64) -> BuildResult<ValueId> {
         match self.random_key {
-            Some(key) if p > 0.0 => {
+            Some(key) if p > 0.0 && self.training => {
                 let stream = self.take_stream();
                 self.op(Op::Dropout { p, stream }, &[x, key.seed, key.offset])
             }
@@ -406,6 +432,7 @@ mod tests {
     fn editing_resumes_scopes_and_random_streams() {
         let mut b = GraphBuilder::new("m");
         b.enable_randomness().unwrap();
+        b.set_training(true);
         let x = b.input("x", DType::F32, shape![3u64]).unwrap();
         let d = b.dropout(x, 0.5).unwrap();
         b.output("d", d);
@@ -426,6 +453,8 @@ mod tests {
         let x = b.input("x", DType::F32, shape![3u64]).unwrap();
         assert_eq!(b.dropout(x, 0.1).unwrap(), x, "dropout is the identity without randomness");
         b.enable_randomness().unwrap();
+        assert_eq!(b.dropout(x, 0.1).unwrap(), x, "and outside training");
+        b.set_training(true);
         let u = b.random_uniform(shape![3u64]).unwrap();
         let d = b.dropout(x, 0.1).unwrap();
         let g = b.graph();

@@ -130,7 +130,7 @@ pub fn stats_by_scope(g: &Graph, bindings: &Bindings, depth: usize) -> Result<Ve
     for (n, cost) in graph_costs(g, bindings)? {
         let node = &g.nodes[n];
         let params = match &node.op {
-            Op::Param { shape, .. } => shape.iter().map(|d| d.fixed().unwrap_or(0)).product(),
+            Op::Param { .. } => crate::types::fixed_numel(g.value_type(node.results[0])),
             _ => 0,
         };
         let scope = truncate_scope(&node.scope, depth);
@@ -152,7 +152,7 @@ pub fn stats_by_scope(g: &Graph, bindings: &Bindings, depth: usize) -> Result<Ve
                 }
             };
             rows[row].nodes += 1;
-            rows[row].params += params;
+            rows[row].params = rows[row].params.saturating_add(params);
             rows[row].cost += cost;
             parent = Some(row);
         }

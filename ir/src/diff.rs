@@ -10,7 +10,7 @@ use std::fmt::Write;
 use crate::cost::truncate_scope;
 use crate::graph::Graph;
 use crate::text::group_digits;
-use crate::types::TensorType;
+use crate::types::{fixed_numel, TensorType};
 
 /// A named parameter, input or output present in one graph only, or in both with another type
 /// (or, for a parameter, another initialiser).
@@ -62,10 +62,6 @@ impl GraphDiff {
     pub fn is_empty(&self) -> bool {
         self.scopes.is_empty() && self.inputs.is_empty() && self.outputs.is_empty()
     }
-}
-
-fn numel(t: &TensorType) -> u64 {
-    t.shape.iter().map(|d| d.fixed().unwrap_or(0)).product()
 }
 
 /// Per scope (truncated to `depth` segments): signature counts, node count, params by name.
@@ -128,10 +124,12 @@ pub fn diff(a: &Graph, b: &Graph, depth: usize) -> GraphDiff {
         scopes.insert(scope.clone(), d);
     }
     for (scope, ty, _) in sa.params.values() {
-        scopes.get_mut(scope).expect("scope of a node").params_before += numel(ty);
+        let d = scopes.get_mut(scope).expect("scope of a node");
+        d.params_before = d.params_before.saturating_add(fixed_numel(ty));
     }
     for (scope, ty, _) in sb.params.values() {
-        scopes.get_mut(scope).expect("scope of a node").params_after += numel(ty);
+        let d = scopes.get_mut(scope).expect("scope of a node");
+        d.params_after = d.params_after.saturating_add(fixed_numel(ty));
     }
     let names: BTreeSet<&String> = sa.params.keys().chain(sb.params.keys()).collect();
     for name in names {

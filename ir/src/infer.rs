@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::op::Op;
+use crate::op::{Init, Op};
 use crate::types::{DType, Dim, Shape, TensorType};
 
 /// Why an op cannot take the given arguments. The verifier and builder add the node, op and scope.
@@ -61,20 +61,22 @@ pub fn broadcast_shapes(shapes: &[&[Dim]]) -> Result<Shape, TypeError> {
 /// Whether two shapes hold the same number of elements for every binding of their symbols:
 /// equal products of fixed dimensions and the same multiset of symbols.
 pub fn same_element_count(a: &[Dim], b: &[Dim]) -> bool {
-    fn split(s: &[Dim]) -> (u128, Vec<&str>) {
+    /// Product of the fixed dimensions (`None` on overflow) and the sorted symbols.
+    fn split(s: &[Dim]) -> (Option<u128>, Vec<&str>) {
         let mut syms: Vec<&str> = Vec::new();
-        let mut prod: u128 = 1;
+        let mut prod: Option<u128> = Some(1);
         for d in s {
             match d {
-                // Saturating at u128::MAX only for absurd shapes, which later size checks refuse anyway.
-                Dim::Fixed(n) => prod = prod.saturating_mul(*n as u128),
+                Dim::Fixed(n) => prod = prod.and_then(|p| p.checked_mul(*n as u128)),
                 Dim::Sym(name) => syms.push(name),
             }
         }
         syms.sort_unstable();
         (prod, syms)
     }
-    split(a) == split(b)
+    let (a, b) = (split(a), split(b));
+    // Shapes too large to count are never the same size.
+    a.0.is_some() && a == b
 }
 
 fn check_axis(axis: usize, rank: usize, what: &str) -> Result<(), TypeError> {
@@ -136,7 +138,15 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<Vec<TensorType>, TypeError
     let one = |t: TensorType| Ok(vec![t]);
     match op {
         Op::Input { dtype, shape, .. } => one(TensorType::new(*dtype, shape.clone())),
-        Op::Param { dtype, shape, .. } => {
+        Op::Param { dtype, shape, init, .. } => {
+            let sane = match init {
+                Init::Zeros | Init::Ones => true,
+                Init::Normal { mean, std } => mean.is_finite() && std.is_finite() && *std >= 0.0,
+                Init::Uniform { low, high } => low.is_finite() && high.is_finite() && low <= high,
+            };
+            if !sane {
+                return Err(attr_err(format!("initialiser {init:?} needs finite bounds (std >= 0, low <= high)")));
+            }
             if !dtype.is_float() {
                 return Err(TypeError::DType(format!("parameters must be float, not {dtype}")));
             }
@@ -241,8 +251,8 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<Vec<TensorType>, TypeError
         }
         Op::LayerNorm { eps } => {
             let (x, gamma, beta) = (args[0], args[1], args[2]);
-            if eps.is_nan() || *eps <= 0.0 {
-                return Err(attr_err(format!("eps {eps} must be positive")));
+            if !(eps.is_finite() && *eps > 0.0) {
+                return Err(attr_err(format!("eps {eps} must be positive and finite")));
             }
             want_float(x, "input")?;
             same_dtype(x, gamma)?;
@@ -431,11 +441,19 @@ mod tests {
             ok(Op::Input { name: "x".into(), dtype: DType::I32, shape: s.clone() }, &[]),
             [t(DType::I32, s.clone())]
         );
-        let p = Op::Param { name: "w".into(), dtype: DType::F32, shape: shape![3u64, 4u64], init: Init::Zeros };
+        let p = Op::Param {
+            name: "w".into(),
+            dtype: DType::F32,
+            shape: shape![3u64, 4u64],
+            init: Init::Zeros,
+            frozen: false,
+        };
         assert_eq!(ok(p, &[]), [f32t(shape![3u64, 4u64])]);
-        let p = Op::Param { name: "w".into(), dtype: DType::F32, shape: shape!["batch"], init: Init::Zeros };
+        let p =
+            Op::Param { name: "w".into(), dtype: DType::F32, shape: shape!["batch"], init: Init::Zeros, frozen: false };
         assert!(matches!(err(p, &[]), TypeError::Attribute(_)));
-        let p = Op::Param { name: "w".into(), dtype: DType::I32, shape: shape![2u64], init: Init::Zeros };
+        let p =
+            Op::Param { name: "w".into(), dtype: DType::I32, shape: shape![2u64], init: Init::Zeros, frozen: false };
         assert!(matches!(err(p, &[]), TypeError::DType(_)));
         assert_eq!(
             ok(Op::Constant { value: ConstValue(2.0), dtype: DType::I32 }, &[]),

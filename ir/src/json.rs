@@ -138,6 +138,34 @@ fn field<T: serde::de::DeserializeOwned>(value: Value, at: &str) -> Result<T, Re
     serde_json::from_value(value).map_err(|e| ReadError::Field { at: at.to_string(), message: e.to_string() })
 }
 
+/// A node's op from its name and attributes. The name is checked on its own first, so a bad
+/// attribute value is not mistaken for an unknown op; attributes the op does not have are
+/// refused (serde cannot refuse them on attribute-less ops).
+fn parse_op(node: &FileNode, at: &str) -> Result<Op, ReadError> {
+    let tag_only = serde_json::json!({ "op": node.op });
+    if let Err(e) = serde_json::from_value::<Op>(tag_only) {
+        if e.to_string().starts_with("unknown variant") {
+            return Err(ReadError::UnknownOp { node: node.id.clone(), op: node.op.clone() });
+        }
+    }
+    let mut op_value = node.attrs.clone();
+    op_value.insert("op".into(), Value::String(node.op.clone()));
+    let op: Op = serde_json::from_value(Value::Object(op_value))
+        .map_err(|e| ReadError::Field { at: format!("{at}.attrs"), message: e.to_string() })?;
+    let known = match serde_json::to_value(&op).expect("ops serialise") {
+        Value::Object(map) => map,
+        other => unreachable!("op serialised to {other}"),
+    };
+    let optional = ["frozen"];
+    if let Some(extra) = node.attrs.keys().find(|k| !known.contains_key(*k) && !optional.contains(&k.as_str())) {
+        return Err(ReadError::Field {
+            at: format!("{at}.attrs"),
+            message: format!("`{}` has no attribute `{extra}`", node.op),
+        });
+    }
+    Ok(op)
+}
+
 /// Parses and verifies a graph from its JSON text.
 pub fn from_json(text: &str) -> Result<Graph, ReadError> {
     let doc: Value = serde_json::from_str(text).map_err(|e| ReadError::Syntax {
@@ -177,16 +205,7 @@ pub fn from_json(text: &str) -> Result<Graph, ReadError> {
         if node_ids.insert(node.id.clone(), i).is_some() {
             return Err(ReadError::DuplicateId { at, id: node.id });
         }
-        let mut op_value = node.attrs.clone();
-        op_value.insert("op".into(), Value::String(node.op.clone()));
-        let op: Op = serde_json::from_value(Value::Object(op_value)).map_err(|e| {
-            let message = e.to_string();
-            if message.starts_with("unknown variant") {
-                ReadError::UnknownOp { node: node.id.clone(), op: node.op.clone() }
-            } else {
-                ReadError::Field { at: format!("{at}.attrs"), message }
-            }
-        })?;
+        let op = parse_op(&node, &at)?;
         for r in &node.results {
             if value_ids.insert(r.id.clone(), crate::entity::EntityId::new(next_value)).is_some() {
                 return Err(ReadError::DuplicateId { at: at.clone(), id: r.id.clone() });
@@ -312,6 +331,19 @@ mod tests {
         node_mut(&mut doc, "gelu")["op"] = Value::from("swish");
         let e = read_doc(&doc).unwrap_err();
         assert!(matches!(&e, ReadError::UnknownOp { op, node } if op == "swish" && node.starts_with('n')), "{e}");
+    }
+
+    #[test]
+    fn attributes_an_op_does_not_have_are_refused() {
+        let mut doc = sample_doc();
+        node_mut(&mut doc, "gelu")["attrs"] = serde_json::json!({"approximate": "tanh"});
+        let e = read_doc(&doc).unwrap_err();
+        assert!(e.to_string().contains("`gelu` has no attribute `approximate`"), "{e}");
+        // A bad value of a known op is an attribute error, not an unknown op.
+        let mut doc = sample_doc();
+        node_mut(&mut doc, "cast")["attrs"]["to"] = Value::from("f64");
+        let e = read_doc(&doc).unwrap_err();
+        assert!(matches!(&e, ReadError::Field { message, .. } if message.contains("f64")), "{e}");
     }
 
     #[test]

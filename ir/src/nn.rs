@@ -163,11 +163,17 @@ pub fn attention(
     bias: Option<ValueId>,
 ) -> BuildResult<ValueId> {
     let width = last_dim(b, "attention", q)?;
-    if b.rank_of(q) != 3 || heads == 0 || width % heads != 0 {
+    let ranks_ok = [q, k, v].iter().all(|&x| b.rank_of(x) == 3);
+    if !ranks_ok || heads == 0 || !width.is_multiple_of(heads) {
         return Err(attr_error(
             b,
             "attention",
-            format!("needs [batch, length, width] with width divisible by {heads} heads, got {}", b.type_of(q)),
+            format!(
+                "needs q, k, v as [batch, length, width] with width divisible by {heads} heads, got {}, {}, {}",
+                b.type_of(q),
+                b.type_of(k),
+                b.type_of(v)
+            ),
         ));
     }
     let head_dim = width / heads;
@@ -245,6 +251,9 @@ pub fn multi_head_attention(
 /// exactly), shaped `[B, 1, 1, L]` to broadcast over heads and queries.
 pub fn key_mask_bias(b: &mut GraphBuilder, mask: ValueId, masked: f64) -> BuildResult<ValueId> {
     let s = b.shape_of(mask).clone();
+    if s.len() != 2 {
+        return Err(attr_error(b, "key_mask_bias", format!("needs a [batch, length] mask, got {}", b.type_of(mask))));
+    }
     let cond = b.cast(mask, DType::Bool)?;
     let zero = b.scalar(0.0)?;
     let fill = b.scalar(masked)?;

@@ -26,12 +26,15 @@ pub enum Op {
         dtype: DType,
         shape: Shape,
     },
-    /// A named, trainable parameter; `name` is its key in weight files.
+    /// A named parameter; `name` is its key in weight files. A `frozen` parameter (a pretrained
+    /// backbone's) is loaded but never trained.
     Param {
         name: String,
         dtype: DType,
         shape: Shape,
         init: Init,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        frozen: bool,
     },
     /// A scalar constant.
     Constant {
@@ -409,7 +412,9 @@ impl Op {
         };
         match self {
             Op::Input { name, .. } => format!("\"{name}\""),
-            Op::Param { name, init, .. } => format!("\"{name}\" {}", init_text(init)),
+            Op::Param { name, init, frozen, .. } => {
+                format!("\"{name}\" {}{}", init_text(init), if *frozen { " frozen" } else { "" })
+            }
             Op::Constant { value, dtype } => format!("{}:{dtype}", value.0),
             Op::Iota { shape, axis } => format!("{} axis={axis}", dims(shape)),
             Op::RandomUniform { shape, stream } => format!("{} stream={stream}", dims(shape)),
@@ -470,7 +475,13 @@ mod tests {
             Op::MatMul { transpose_a: false, transpose_b: true },
             Op::ReduceSum { axes: vec![1], keep_dims: true },
             Op::Constant { value: ConstValue(f64::NEG_INFINITY), dtype: DType::F32 },
-            Op::Param { name: "a/w".into(), dtype: DType::F32, shape: vec![3u64.into()], init: Init::Zeros },
+            Op::Param {
+                name: "a/w".into(),
+                dtype: DType::F32,
+                shape: vec![3u64.into()],
+                init: Init::Zeros,
+                frozen: true,
+            },
         ];
         for op in ops {
             let json = serde_json::to_value(&op).unwrap();

@@ -255,6 +255,12 @@ impl fmt::Display for TensorType {
     }
 }
 
+/// Elements of a type's fixed dimensions (symbols count as 1), saturating: for parameter counts,
+/// whose shapes are fixed and verified to fit.
+pub fn fixed_numel(t: &TensorType) -> u64 {
+    t.shape.iter().map(|d| d.fixed().unwrap_or(1)).fold(1u64, u64::saturating_mul)
+}
+
 /// Values for the symbols of a graph, e.g. `batch=64,tokens=128`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bindings(BTreeMap<String, u64>);

@@ -7,12 +7,14 @@
 //! 3. every op gets the number of arguments and defines the number of results it takes;
 //! 4. result types equal the types the op's shape rule infers from its arguments (shapes, dtypes
 //!    and attributes agree);
-//! 5. every type is well formed: fixed dimensions are positive, symbols are identifiers;
+//! 5. every type is well formed: fixed dimensions are positive, symbols are identifiers, and a
+//!    fully fixed type's size in bytes fits in 64 bits;
 //! 6. the graph is acyclic;
 //! 7. scopes are `/`-separated paths of non-empty segments; a parameter is named by its scope
 //!    path (`{scope}/{leaf}`), and parameter names are unique, as are input names;
 //! 8. there is at least one output, output names are unique, every output is a value some node
-//!    defines (so it can be computed).
+//!    defines (so it can be computed);
+//! 9. random ops draw from distinct streams (two ops on one stream would draw the same numbers).
 //!
 //! Errors are data: each names the node (id, op, scope) or output at fault.
 
@@ -23,7 +25,8 @@ use thiserror::Error;
 
 use crate::graph::{Graph, NodeId, ValueId};
 use crate::infer::{infer, TypeError};
-use crate::types::{is_valid_symbol, Dim, TensorType};
+use crate::op::Op;
+use crate::types::{is_valid_symbol, Bindings, Dim, TensorType};
 
 /// What is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -46,6 +49,10 @@ pub enum VerifyErrorKind {
     ZeroDim { value: ValueId, axis: usize },
     #[error("{value}: `{symbol}` is not a valid symbol name")]
     BadSymbol { value: ValueId, symbol: String },
+    #[error("{value}: the size of {ty} overflows 64 bits")]
+    TooLarge { value: ValueId, ty: TensorType },
+    #[error("random stream {stream} is already used by {first}")]
+    DuplicateStream { stream: u32, first: NodeId },
     #[error("is on a cycle: {}", cycle_text(.0))]
     Cycle(Vec<NodeId>),
     #[error("scope `{0}` is not a `/`-separated path of non-empty segments")]
@@ -118,12 +125,17 @@ fn cycle_text(nodes: &[NodeId]) -> String {
     names.join(" -> ")
 }
 
-/// One cycle among `stuck` (nodes the topological sort could not order): follow arguments
-/// backwards from a stuck node through stuck producers until a node repeats.
+/// One cycle among `stuck` (nodes the topological sort could not order): from each stuck node
+/// in turn, follow arguments backwards through stuck producers until a node repeats. (A stuck
+/// node may only read a dangling value; the walk from it ends without a cycle.)
 fn find_cycle(g: &Graph, stuck: &[NodeId]) -> Option<Vec<NodeId>> {
+    stuck.iter().find_map(|&start| cycle_from(g, stuck, start))
+}
+
+fn cycle_from(g: &Graph, stuck: &[NodeId], start: NodeId) -> Option<Vec<NodeId>> {
     let is_stuck = |n: NodeId| stuck.binary_search(&n).is_ok();
     let mut path: Vec<NodeId> = Vec::new();
-    let mut cur = *stuck.first()?;
+    let mut cur = start;
     loop {
         if let Some(i) = path.iter().position(|&p| p == cur) {
             let mut cycle = path.split_off(i);
@@ -147,6 +159,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifyErrors> {
     let mut errors = Vec::new();
     let mut params: HashMap<&str, NodeId> = HashMap::new();
     let mut inputs: HashMap<&str, NodeId> = HashMap::new();
+    let mut streams: HashMap<u32, NodeId> = HashMap::new();
 
     for (n, node) in g.nodes.iter() {
         let mut fail = |kind: VerifyErrorKind| {
@@ -213,6 +226,14 @@ pub fn verify(g: &Graph) -> Result<(), VerifyErrors> {
                 params.insert(name, n);
             }
         }
+        // 9: random streams.
+        if let Op::RandomUniform { stream, .. } | Op::Dropout { stream, .. } = node.op {
+            if let Some(&first) = streams.get(&stream) {
+                fail(VerifyErrorKind::DuplicateStream { stream, first });
+            } else {
+                streams.insert(stream, n);
+            }
+        }
         if let Some(name) = node.op.input_name() {
             if let Some(&first) = inputs.get(name) {
                 fail(VerifyErrorKind::DuplicateInput { name: name.to_string(), first });
@@ -270,6 +291,9 @@ fn check_type_well_formed(v: ValueId, ty: &TensorType, fail: &mut impl FnMut(Ver
             Dim::Sym(s) if !is_valid_symbol(s) => fail(VerifyErrorKind::BadSymbol { value: v, symbol: s.clone() }),
             _ => {}
         }
+    }
+    if ty.is_fully_fixed() && ty.size_bytes(&Bindings::new()).is_err() {
+        fail(VerifyErrorKind::TooLarge { value: v, ty: ty.clone() });
     }
 }
 
@@ -371,6 +395,40 @@ mod tests {
     }
 
     #[test]
+    fn oversized_types_and_shared_random_streams() {
+        let mut b = crate::GraphBuilder::new("m");
+        let x = b.input("x", DType::F32, shape![1u64 << 40, 1u64 << 40]).unwrap();
+        b.output("x", x);
+        assert!(kinds(b.graph()).iter().any(|k| matches!(k, VerifyErrorKind::TooLarge { .. })));
+        let mut b = crate::GraphBuilder::new("m");
+        b.enable_randomness().unwrap();
+        let u = b.random_uniform(shape![3u64]).unwrap();
+        let w = b.random_uniform(shape![3u64]).unwrap();
+        let s = b.add(u, w).unwrap();
+        b.output("s", s);
+        let mut g = b.graph().clone();
+        verify(&g).unwrap();
+        let second = g.producer(w);
+        if let Op::RandomUniform { stream, .. } = &mut g.nodes[second].op {
+            *stream = 0;
+        }
+        assert!(kinds(&g).iter().any(|k| matches!(k, VerifyErrorKind::DuplicateStream { stream: 0, .. })));
+    }
+
+    #[test]
+    fn a_cycle_is_found_beside_a_dangling_argument() {
+        let mut g = tiny_classifier();
+        let gelu = find(&g, "gelu");
+        let ln = g.result(find(&g, "layer_norm"));
+        g.nodes[gelu].args[0] = ln;
+        // A lower node reads a value that does not exist.
+        let first_add = find(&g, "add");
+        g.nodes[first_add].args[1] = ValueId::new(50_000);
+        let k = kinds(&g);
+        assert!(k.iter().any(|k| matches!(k, VerifyErrorKind::Cycle(_))), "{k:?}");
+    }
+
+    #[test]
     fn zero_dimensions_and_bad_symbols() {
         let mut b = crate::GraphBuilder::new("m");
         let x = b.input("x", DType::F32, shape![0u64, "bad sym"]).unwrap();
@@ -446,7 +504,16 @@ mod tests {
     fn parameters_need_fixed_shapes() {
         let mut b = crate::GraphBuilder::new("m");
         let p = b
-            .op(Op::Param { name: "m/w".into(), dtype: DType::F32, shape: vec![3u64.into()], init: Init::Zeros }, &[])
+            .op(
+                Op::Param {
+                    name: "m/w".into(),
+                    dtype: DType::F32,
+                    shape: vec![3u64.into()],
+                    init: Init::Zeros,
+                    frozen: false,
+                },
+                &[],
+            )
             .unwrap();
         b.output("p", p);
         let mut g = b.graph().clone();

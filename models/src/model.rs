@@ -60,6 +60,7 @@ fn inputs(b: &mut GraphBuilder, cfg: &CalmConfig, training: bool) -> BuildResult
         if training || cfg.gumbel.noise_at_inference {
             b.enable_randomness()?;
         }
+        b.set_training(training);
         Ok(Inputs { states, mask, culture, labels, temperature })
     })
 }
@@ -68,7 +69,10 @@ fn build_into(b: &mut GraphBuilder, cfg: &CalmConfig, training: bool) -> BuildRe
     let inp = inputs(b, cfg, training)?;
     let states = match cfg.backbone {
         Backbone::MiniLmL6 => {
-            b.scoped("backbone", |b| minilm::encoder(b, &minilm::BertConfig::minilm_l6(), inp.states, inp.mask))?
+            // The spec freezes the backbone: its parameters are loaded, never trained.
+            b.scoped("backbone", |b| {
+                b.frozen(|b| minilm::encoder(b, &minilm::BertConfig::minilm_l6(), inp.states, inp.mask))
+            })?
         }
         Backbone::States | Backbone::Qwen3_32bStates => inp.states,
     };

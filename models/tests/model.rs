@@ -92,7 +92,14 @@ fn inputs_are_named_and_typed() {
     let qwen = CalmConfig { backbone: Backbone::Qwen3_32bStates, ..c.clone() };
     assert_eq!(build(&qwen, Mode::Inference).unwrap().inputs().next().unwrap().2.to_string(), "f32[batch,tokens,5120]");
     let minilm = CalmConfig { backbone: Backbone::MiniLmL6, ..c };
-    assert_eq!(build(&minilm, Mode::Inference).unwrap().inputs().next().unwrap().2.to_string(), "i32[batch,tokens]");
+    let g = build(&minilm, Mode::Training).unwrap();
+    assert_eq!(g.inputs().next().unwrap().2.to_string(), "i32[batch,tokens]");
+    // The backbone is frozen (spec: "The backbone is frozen"); CALM's own parameters are not.
+    for n in g.nodes.values() {
+        if let calm_ir::Op::Param { name, frozen, .. } = &n.op {
+            assert_eq!(*frozen, name.starts_with("calm/backbone/"), "{name}");
+        }
+    }
 }
 
 // The spec's layers: Linear(a, b) has a·b + b parameters; MLP(a→b→c) two of them; LayerNorm 2n.

@@ -83,6 +83,12 @@ pub fn no_identity_pool(g: &mut Graph) -> Result<(), AblateError> {
     let l = single_entry(g, "calm/identity_pool/cluster_l", A)?;
     let mask = input(g, "mask", A)?;
     let z_shape = g.value_type(z).shape.clone();
+    if z_shape.len() != 3 || g.value_type(l).rank() != 3 {
+        return Err(AblateError::not_applicable(
+            A,
+            format!("expected Z and L of rank 3, found {} and {}", g.value_type(z), g.value_type(l)),
+        ));
+    }
     let z_new = build_in(g, "calm/identity_pool/mean_l", |b| {
         let mean = nn::masked_mean(b, l, mask)?;
         let row = b.reshape(mean, vec![z_shape[0].clone(), Dim::Fixed(1), z_shape[2].clone()])?;

@@ -23,7 +23,7 @@ pub struct Gradients {
 }
 
 /// Runs `g` on `Autodiff<B>` and differentiates the scalar output `loss` with respect to every
-/// parameter. Parameters the loss does not depend on get zero gradients.
+/// trainable (not frozen) parameter. Parameters the loss does not depend on get zero gradients.
 pub fn gradients<B: Backend>(
     device: B::Device,
     float: FloatDType,
@@ -43,7 +43,8 @@ pub fn gradients<B: Backend>(
     let mut tracked: BTreeMap<String, (Vec<usize>, FloatTensor<Ad<B>>)> = BTreeMap::new();
     let outputs = evaluate(&ctx, g, &bindings, &mut |node, op| {
         let value = feed(&ctx, node, op, params, inputs)?;
-        let Op::Param { name, .. } = op else { return Ok(value) };
+        // Frozen parameters (a pretrained backbone) are constants here.
+        let Op::Param { name, frozen: false, .. } = op else { return Ok(value) };
         let Data::Float(t) = value.data else { unreachable!("parameters are floats") };
         let t = Ad::<B>::float_set_require_grad(t, true);
         tracked.insert(name.clone(), (value.shape.clone(), t.clone()));
