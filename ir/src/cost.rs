@@ -17,7 +17,7 @@ use crate::graph::{Graph, NodeId};
 use crate::op::{Op, OpClass};
 use crate::types::{Bindings, ShapeError, TensorType};
 
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cost {
     pub flops: u64,
     pub bytes_read: u64,

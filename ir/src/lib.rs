@@ -2,6 +2,7 @@
 //!
 //! - [`graph`]: nodes and values in arenas addressed by typed ids ([`entity`]);
 //! - [`op`]: the closed set of primitive ops, and [`fused`] for the ops fusion passes add;
+//! - [`program`]: elementwise programs, what fused elementwise kernels evaluate;
 //! - [`infer`]: one shape/dtype rule per op, shared by the [`builder`] and the [`verify`]er;
 //! - [`nn`]: layers composed from primitives; [`sample`]: a small model for tests and docs;
 //! - [`cost`]: FLOPs, bytes and parameter counts by scope; [`diff`]: two graphs compared by scope;
@@ -21,6 +22,7 @@ pub mod infer;
 pub mod json;
 pub mod nn;
 pub mod op;
+pub mod program;
 pub mod sample;
 pub mod text;
 pub mod types;

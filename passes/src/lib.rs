@@ -4,11 +4,16 @@
 //! changed the graph ([`Pass`]); a [`Pipeline`] is a named list of passes that verifies the graph
 //! before it starts and after every pass, and can keep the graph as it stood after a named pass.
 //!
-//! Passes so far: [`dce`] (dead-code elimination) and the named [`ablate`] edits.
+//! Passes so far: [`dce`] (dead-code elimination) and the named [`ablate`] edits. [`lower`]
+//! turns a graph into a [`plan::KernelPlan`]; [`memory`] assigns its buffers to device memory
+//! and checks the assignment.
 
 pub mod ablate;
 pub mod dce;
+pub mod lower;
+pub mod memory;
 pub mod pipeline;
+pub mod plan;
 
 pub use ablate::{ablate, ablate_all, AblateError, Ablation};
 pub use dce::dce;

@@ -1,0 +1,423 @@
+//! Lowering: a verified graph (with or without fused ops) and concrete symbol sizes to a
+//! [`KernelPlan`]. One launch per op (fusion passes run before, on the graph); reshapes are free
+//! (the result aliases its argument's buffer); every other op maps to one kernel, or for
+//! reductions over several axes, one per axis.
+
+use calm_ir::cost::node_cost;
+use calm_ir::entity::SecondaryMap;
+use calm_ir::program::{BinaryFn, Instr, Program, UnaryFn};
+use calm_ir::types::ShapeError;
+use calm_ir::{verify, Bindings, DType, Graph, NodeId, Op, ValueId, VerifyErrors};
+use thiserror::Error;
+
+use crate::memory::plan_memory;
+use crate::plan::*;
+
+/// Compile options.
+#[derive(Clone, Debug)]
+pub struct LowerOptions {
+    pub float: FloatType,
+    pub tile: GemmTile,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        LowerOptions { float: FloatType::F32, tile: GemmTile::DEFAULT }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum LowerError {
+    #[error("invalid graph: {0}")]
+    Invalid(#[from] VerifyErrors),
+    #[error("{0}")]
+    Shape(#[from] ShapeError),
+    #[error("{node} ({op} @ {scope}): {reason}")]
+    Unsupported { node: NodeId, op: &'static str, scope: String, reason: String },
+}
+
+/// Row-major strides of a contiguous tensor.
+pub fn contiguous_strides(shape: &[u64]) -> Vec<u64> {
+    let mut strides = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    strides
+}
+
+/// Strides reading a contiguous `arg` at each coordinate of `out` under numpy broadcasting
+/// (0 along broadcast dimensions).
+pub fn broadcast_strides(arg: &[u64], out: &[u64]) -> Vec<u64> {
+    let own = contiguous_strides(arg);
+    let offset = out.len() - arg.len();
+    (0..out.len())
+        .map(|d| if d < offset || arg[d - offset] != out[d] || arg[d - offset] == 1 { 0 } else { own[d - offset] })
+        .collect()
+}
+
+/// A program that loads `n` arguments and applies `last` to them.
+fn single(n: u32, last: Instr, out: DType) -> Program {
+    let mut instrs: Vec<Instr> = (0..n).map(|index| Instr::Arg { index }).collect();
+    instrs.push(last);
+    Program { outputs: vec![(n, out)], instrs }
+}
+
+fn unary_fn(op: &Op) -> Option<UnaryFn> {
+    Some(match op {
+        Op::Neg => UnaryFn::Neg,
+        Op::Exp => UnaryFn::Exp,
+        Op::Log => UnaryFn::Log,
+        Op::Sqrt => UnaryFn::Sqrt,
+        Op::Rsqrt => UnaryFn::Rsqrt,
+        Op::Tanh => UnaryFn::Tanh,
+        Op::Sigmoid => UnaryFn::Sigmoid,
+        Op::Relu => UnaryFn::Relu,
+        Op::Gelu => UnaryFn::Gelu,
+        _ => return None,
+    })
+}
+
+fn binary_fn(op: &Op) -> Option<BinaryFn> {
+    Some(match op {
+        Op::Add => BinaryFn::Add,
+        Op::Sub => BinaryFn::Sub,
+        Op::Mul => BinaryFn::Mul,
+        Op::Div => BinaryFn::Div,
+        Op::Max => BinaryFn::Max,
+        Op::Equal => BinaryFn::Equal,
+        Op::Less => BinaryFn::Less,
+        _ => return None,
+    })
+}
+
+/// The elementwise program of a primitive, or `None` if the op is not elementwise.
+pub fn primitive_program(op: &Op, arg_types: &[DType], out: DType) -> Option<Program> {
+    let n = arg_types.len() as u32;
+    if let Some(f) = unary_fn(op) {
+        return Some(single(n, Instr::Unary { f, x: 0 }, out));
+    }
+    if let Some(f) = binary_fn(op) {
+        return Some(single(n, Instr::Binary { f, a: 0, b: 1 }, out));
+    }
+    Some(match op {
+        Op::Cast { to } => single(n, Instr::Cast { to: *to, x: 0 }, out),
+        Op::Select => single(n, Instr::Select { cond: 0, a: 1, b: 2 }, out),
+        Op::Constant { value, .. } => single(0, Instr::constant(value.0), out),
+        Op::Iota { axis, .. } => single(0, Instr::Index { axis: *axis as u32 }, out),
+        Op::RandomUniform { stream, .. } => {
+            Program { instrs: vec![Instr::Uniform { stream: *stream, seed: 0, offset: 1 }], outputs: vec![(0, out)] }
+        }
+        Op::Dropout { p, stream } => {
+            // drop where u < p (in f32, as the reference), else x / (1 - p).
+            let instrs = vec![
+                Instr::Arg { index: 0 },
+                Instr::Uniform { stream: *stream, seed: 1, offset: 2 },
+                Instr::constant(*p as f32 as f64),
+                Instr::Binary { f: BinaryFn::Less, a: 1, b: 2 },
+                Instr::constant(1.0 / (1.0 - p)),
+                Instr::Binary { f: BinaryFn::Mul, a: 0, b: 4 },
+                Instr::constant(0.0),
+                Instr::Select { cond: 3, a: 6, b: 5 },
+            ];
+            Program { instrs, outputs: vec![(7, out)] }
+        }
+        _ => return None,
+    })
+}
+
+/// `[outer, len, inner]` around `axis`.
+fn around(shape: &[u64], axis: usize) -> (u64, u64, u64) {
+    (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
+}
+
+struct Lowering<'a> {
+    g: &'a Graph,
+    bindings: &'a Bindings,
+    opts: &'a LowerOptions,
+    plan: KernelPlan,
+    buffer_of: SecondaryMap<ValueId, Option<u32>>,
+}
+
+impl Lowering<'_> {
+    fn shape(&self, v: ValueId) -> Result<Vec<u64>, LowerError> {
+        let ty = self.g.value_type(v);
+        ty.size_bytes(self.bindings)?;
+        Ok(ty.dims(self.bindings)?)
+    }
+
+    fn new_buffer(&mut self, v: ValueId, role: Role) -> Result<u32, LowerError> {
+        let len = self.shape(v)?.iter().product::<u64>().max(1);
+        let id = self.plan.buffers.len() as u32;
+        self.plan.buffers.push(Buffer { storage: Storage::of(self.g.value_type(v).dtype), len, role, value: v.to_string() });
+        self.buffer_of[v] = Some(id);
+        Ok(id)
+    }
+
+    fn buf(&self, v: ValueId) -> u32 {
+        self.buffer_of[v].expect("arguments are lowered before their readers")
+    }
+
+    fn emit(&mut self, n: NodeId, kernel: Kernel, reads: Vec<u32>, writes: Vec<u32>) -> Result<(), LowerError> {
+        let node = &self.g.nodes[n];
+        let cost = node_cost(self.g, n, self.bindings).map_err(|e| e.source)?;
+        let (cube_count, cube_dim) = kernel.launch_dims();
+        self.plan.launches.push(Launch {
+            kernel,
+            reads,
+            writes,
+            cube_count,
+            cube_dim,
+            nodes: vec![n.to_string()],
+            scope: node.scope.clone(),
+            cost,
+        });
+        Ok(())
+    }
+
+    fn unsupported(&self, n: NodeId, reason: &str) -> LowerError {
+        let node = &self.g.nodes[n];
+        LowerError::Unsupported { node: n, op: node.op.name(), scope: node.scope.clone(), reason: reason.to_string() }
+    }
+
+    fn lower_node(&mut self, n: NodeId) -> Result<(), LowerError> {
+        let g = self.g;
+        let node = &g.nodes[n];
+        let args: Vec<ValueId> = node.args.clone();
+        let out = node.results[0];
+        let out_shape = self.shape(out)?;
+        match &node.op {
+            Op::Input { name, .. } => {
+                let b = self.new_buffer(out, Role::Input)?;
+                self.plan.inputs.push(Port { name: name.clone(), buffer: b, shape: out_shape });
+            }
+            Op::Param { name, .. } => {
+                let b = self.new_buffer(out, Role::Param)?;
+                self.plan.params.push(Port { name: name.clone(), buffer: b, shape: out_shape });
+            }
+            // Contiguous data reshaped is the same data.
+            Op::Reshape { .. } => self.buffer_of[out] = Some(self.buf(args[0])),
+            Op::MatMul { transpose_a, transpose_b } => {
+                let (a, b) = (self.shape(args[0])?, self.shape(args[1])?);
+                let rank = out_shape.len();
+                let (m, n_, k) = (out_shape[rank - 2], out_shape[rank - 1], if *transpose_a { a[a.len() - 2] } else { a[a.len() - 1] });
+                let batch = out_shape[..rank - 2].to_vec();
+                let batch_strides = |x: &[u64]| {
+                    let rows_cols = x[x.len() - 2] * x[x.len() - 1];
+                    let own: Vec<u64> = contiguous_strides(&x[..x.len() - 2]).iter().map(|s| s * rows_cols).collect();
+                    let offset = batch.len() - (x.len() - 2);
+                    (0..batch.len())
+                        .map(|d| if d < offset || x[d - offset] == 1 { 0 } else { own[d - offset] })
+                        .collect::<Vec<u64>>()
+                };
+                let kernel = Kernel::MatMul {
+                    a_batch_strides: batch_strides(&a),
+                    b_batch_strides: batch_strides(&b),
+                    batch,
+                    m,
+                    n: n_,
+                    k,
+                    // op(A)[i, kk] and op(B)[kk, j] in contiguous A and B.
+                    a_strides: if *transpose_a { [1, m] } else { [k, 1] },
+                    b_strides: if *transpose_b { [1, k] } else { [n_, 1] },
+                    tile: self.opts.tile,
+                    epilogue: None,
+                };
+                let reads = vec![self.buf(args[0]), self.buf(args[1])];
+                let w = self.new_buffer(out, Role::Temp)?;
+                self.emit(n, kernel, reads, vec![w])?;
+            }
+            Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+                let (outer, len, inner) = around(&out_shape, *axis);
+                let kernel = Kernel::Softmax { outer, len, inner, log: matches!(node.op, Op::LogSoftmax { .. }) };
+                let reads = vec![self.buf(args[0])];
+                let w = self.new_buffer(out, Role::Temp)?;
+                self.emit(n, kernel, reads, vec![w])?;
+            }
+            Op::LayerNorm { eps } => {
+                let cols = *out_shape.last().expect("layer norm has rank >= 1");
+                let rows = out_shape.iter().product::<u64>() / cols;
+                let reads = args.iter().map(|&a| self.buf(a)).collect();
+                let w = self.new_buffer(out, Role::Temp)?;
+                self.emit(n, Kernel::LayerNorm { rows, cols, eps: *eps }, reads, vec![w])?;
+            }
+            Op::ReduceSum { axes, .. } | Op::ReduceMean { axes, .. } | Op::ReduceMax { axes, .. } => {
+                let op = match node.op {
+                    Op::ReduceSum { .. } => ReduceOp::Sum,
+                    Op::ReduceMean { .. } => ReduceOp::Mean,
+                    _ => ReduceOp::Max,
+                };
+                if g.value_type(out).dtype.is_int() {
+                    return Err(self.unsupported(n, "integer reductions run on the reference executor only"));
+                }
+                let mut sorted = axes.clone();
+                sorted.sort_unstable_by(|a, b| b.cmp(a));
+                let mut shape = self.shape(args[0])?;
+                let mut src = self.buf(args[0]);
+                for (i, &axis) in sorted.iter().enumerate() {
+                    let (outer, len, inner) = around(&shape, axis);
+                    shape[axis] = 1;
+                    // Intermediate results get buffers of their own; the last is the output.
+                    let w = if i + 1 == sorted.len() {
+                        self.new_buffer(out, Role::Temp)?
+                    } else {
+                        let id = self.plan.buffers.len() as u32;
+                        self.plan.buffers.push(Buffer { storage: Storage::Float, len: outer * inner, role: Role::Temp, value: format!("{out}.{i}") });
+                        id
+                    };
+                    self.emit(n, Kernel::Reduce { op, outer, len, inner }, vec![src], vec![w])?;
+                    src = w;
+                }
+            }
+            Op::Permute { perm } => {
+                let src_shape = self.shape(args[0])?;
+                let own = contiguous_strides(&src_shape);
+                let kernel = Kernel::Copy {
+                    src_strides: perm.iter().map(|&p| own[p]).collect(),
+                    dst_strides: contiguous_strides(&out_shape),
+                    shape: out_shape.clone(),
+                    src_offset: 0,
+                    dst_offset: 0,
+                };
+                let reads = vec![self.buf(args[0])];
+                let w = self.new_buffer(out, Role::Temp)?;
+                self.emit(n, kernel, reads, vec![w])?;
+            }
+            Op::Broadcast { .. } => {
+                let kernel = Kernel::Copy {
+                    src_strides: broadcast_strides(&self.shape(args[0])?, &out_shape),
+                    dst_strides: contiguous_strides(&out_shape),
+                    shape: out_shape.clone(),
+                    src_offset: 0,
+                    dst_offset: 0,
+                };
+                let reads = vec![self.buf(args[0])];
+                let w = self.new_buffer(out, Role::Temp)?;
+                self.emit(n, kernel, reads, vec![w])?;
+            }
+            Op::Slice { axis, start, .. } => {
+                let own = contiguous_strides(&self.shape(args[0])?);
+                let kernel = Kernel::Copy {
+                    src_strides: own.clone(),
+                    src_offset: start * own[*axis],
+                    dst_strides: contiguous_strides(&out_shape),
+                    shape: out_shape.clone(),
+                    dst_offset: 0,
+                };
+                let reads = vec![self.buf(args[0])];
+                let w = self.new_buffer(out, Role::Temp)?;
+                self.emit(n, kernel, reads, vec![w])?;
+            }
+            Op::Concat { axis } => {
+                let w = self.new_buffer(out, Role::Temp)?;
+                let dst = contiguous_strides(&out_shape);
+                let mut at = 0;
+                for &a in &args {
+                    let shape = self.shape(a)?;
+                    let kernel = Kernel::Copy {
+                        src_strides: contiguous_strides(&shape),
+                        src_offset: 0,
+                        dst_strides: dst.clone(),
+                        dst_offset: at * dst[*axis],
+                        shape: shape.clone(),
+                    };
+                    at += shape[*axis];
+                    let reads = vec![self.buf(a)];
+                    self.emit(n, kernel, reads, vec![w])?;
+                }
+            }
+            Op::Gather { axis } => {
+                let (outer, rows, inner) = around(&self.shape(args[0])?, *axis);
+                let count = self.shape(args[1])?.iter().product();
+                let reads = vec![self.buf(args[0]), self.buf(args[1])];
+                let w = self.new_buffer(out, Role::Temp)?;
+                self.emit(n, Kernel::Gather { outer, rows, inner, count }, reads, vec![w])?;
+            }
+            Op::ScatterAdd { axis } => {
+                let (outer, rows, inner) = around(&out_shape, *axis);
+                let count = self.shape(args[1])?.iter().product();
+                let reads = args.iter().map(|&a| self.buf(a)).collect();
+                let w = self.new_buffer(out, Role::Temp)?;
+                self.emit(n, Kernel::ScatterAdd { outer, rows, inner, count }, reads, vec![w])?;
+            }
+            Op::TopK { k } => {
+                let src = self.shape(args[0])?;
+                let cols = *src.last().expect("top-k has rank >= 1");
+                let rows = src.iter().product::<u64>() / cols;
+                let reads = vec![self.buf(args[0])];
+                let values = self.new_buffer(node.results[0], Role::Temp)?;
+                let indices = self.new_buffer(node.results[1], Role::Temp)?;
+                self.emit(n, Kernel::TopK { rows, cols, k: *k }, reads, vec![values, indices])?;
+            }
+            Op::OneHot { depth, .. } => {
+                let count = self.shape(args[0])?.iter().product();
+                let reads = vec![self.buf(args[0])];
+                let w = self.new_buffer(out, Role::Temp)?;
+                self.emit(n, Kernel::OneHot { count, depth: *depth }, reads, vec![w])?;
+            }
+            Op::Fused(f) => match *f {},
+            op => {
+                let arg_types: Vec<DType> = args.iter().map(|&a| g.value_type(a).dtype).collect();
+                let program = primitive_program(op, &arg_types, g.value_type(out).dtype)
+                    .ok_or_else(|| self.unsupported(n, "no kernel lowers this op"))?;
+                let integer_math = arg_types.iter().any(|t| t.is_int()) && (unary_fn(op).is_some() || binary_fn(op).is_some_and(|f| !f.is_comparison()));
+                if integer_math {
+                    return Err(self.unsupported(n, "integer arithmetic runs on the reference executor only"));
+                }
+                let strides = args.iter().map(|&a| Ok(broadcast_strides(&self.shape(a)?, &out_shape))).collect::<Result<_, LowerError>>()?;
+                let reads = args.iter().map(|&a| self.buf(a)).collect();
+                let w = self.new_buffer(out, Role::Temp)?;
+                self.emit(n, Kernel::Elementwise { shape: out_shape, strides, program }, reads, vec![w])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lowers `g` for the symbol sizes `bindings`.
+pub fn lower(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> Result<KernelPlan, LowerError> {
+    verify(g)?;
+    let mut l = Lowering {
+        g,
+        bindings,
+        opts,
+        plan: KernelPlan {
+            format: PLAN_FORMAT.to_string(),
+            graph: g.name.clone(),
+            bindings: bindings.iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            float: opts.float,
+            buffers: Vec::new(),
+            launches: Vec::new(),
+            inputs: Vec::new(),
+            params: Vec::new(),
+            outputs: Vec::new(),
+            memory: MemoryPlan::default(),
+        },
+        buffer_of: SecondaryMap::with_default(None),
+    };
+    for n in g.topo_order().expect("verified graphs are acyclic") {
+        l.lower_node(n)?;
+    }
+    for o in &g.outputs {
+        let shape = l.shape(o.value)?;
+        let buffer = l.buf(o.value);
+        l.plan.outputs.push(Port { name: o.name.clone(), buffer, shape });
+    }
+    let mut plan = l.plan;
+    plan.memory = plan_memory(&plan);
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strides_for_contiguous_and_broadcast_reads() {
+        assert_eq!(contiguous_strides(&[2, 3, 4]), [12, 4, 1]);
+        assert_eq!(contiguous_strides(&[]), Vec::<u64>::new());
+        assert_eq!(broadcast_strides(&[3, 1], &[2, 3, 4]), [0, 1, 0]);
+        assert_eq!(broadcast_strides(&[4], &[2, 3, 4]), [0, 0, 1]);
+        assert_eq!(broadcast_strides(&[], &[5]), [0]);
+        assert_eq!(broadcast_strides(&[1, 1], &[1, 1]), [0, 0]);
+    }
+}

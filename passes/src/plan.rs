@@ -1,0 +1,290 @@
+//! The kernel plan: what the device executor runs. Buffers (flat, typed), an ordered list of
+//! launches (kernel, compile-time configuration, buffer arguments, launch dimensions), the
+//! graph's inputs, parameters and outputs as buffers, and the memory plan.
+//!
+//! A plan is for concrete symbol bindings: every size in it is a number.
+
+use std::collections::BTreeMap;
+
+use calm_ir::cost::Cost;
+use calm_ir::program::Program;
+use serde::{Deserialize, Serialize};
+
+/// The format tag of serialised plans.
+pub const PLAN_FORMAT: &str = "calm-plan/1";
+
+/// Threads per cube of the one-dimensional kernels.
+pub const BLOCK: u32 = 256;
+
+/// The most cubes along one grid dimension (WebGPU's and Vulkan's common limit).
+pub const MAX_GRID: u32 = 65_535;
+
+/// The floating-point type device buffers and kernels compute in (a compile option).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FloatType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FloatType {
+    pub fn size_bytes(self) -> u64 {
+        match self {
+            FloatType::F32 => 4,
+            FloatType::F16 | FloatType::Bf16 => 2,
+        }
+    }
+}
+
+/// How a buffer's elements are stored on the device. Bools are u32 0/1.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    Float,
+    I32,
+    U32,
+    Bool,
+}
+
+impl Storage {
+    pub fn of(dtype: calm_ir::DType) -> Storage {
+        use calm_ir::DType::*;
+        match dtype {
+            F32 | F16 | Bf16 => Storage::Float,
+            I32 => Storage::I32,
+            U32 => Storage::U32,
+            Bool => Storage::Bool,
+        }
+    }
+
+    pub fn size_bytes(self, float: FloatType) -> u64 {
+        match self {
+            Storage::Float => float.size_bytes(),
+            _ => 4,
+        }
+    }
+}
+
+/// What a buffer holds.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Uploaded from a graph input.
+    Input,
+    /// Uploaded from the weights.
+    Param,
+    /// Computed by a launch (graph outputs are computed buffers too, listed in `outputs`).
+    Temp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Buffer {
+    pub storage: Storage,
+    /// Elements.
+    pub len: u64,
+    pub role: Role,
+    /// The graph value it holds first (`v12`); reshapes alias it under other values.
+    pub value: String,
+}
+
+/// A named input, parameter or output and its buffer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Port {
+    pub name: String,
+    pub buffer: u32,
+    /// The value's concrete shape.
+    pub shape: Vec<u64>,
+}
+
+/// Reductions along one axis.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+}
+
+/// An elementwise program applied after a matmul's accumulation: argument 0 is the accumulator,
+/// arguments 1.. are extra buffers read at strides over the output `[batch.., m, n]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Epilogue {
+    pub program: Program,
+    pub strides: Vec<Vec<u64>>,
+}
+
+/// A kernel and its compile-time configuration. Buffer arguments (`Launch::reads`) come in the
+/// order each variant's documentation gives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kernel", rename_all = "snake_case")]
+pub enum Kernel {
+    /// `program` evaluated over `shape`; reads one buffer per program argument, argument `i` at
+    /// `Σ coord[d] · strides[i][d]` (0 strides broadcast); writes one buffer per program output.
+    Elementwise { shape: Vec<u64>, strides: Vec<Vec<u64>>, program: Program },
+    /// `C[b] = A[b] · B[b]` over `batch`, `A: m × k` at `a_strides` (row, column), `B: k × n` at
+    /// `b_strides`, batch offsets `a_batch_strides`, `b_batch_strides`; `C` contiguous
+    /// `[batch.., m, n]`; reads `a, b, epilogue args..`; tiles of `tile_m × tile_n`, each thread
+    /// computing `thread_m × thread_n` outputs over `tile_k`-deep shared-memory tiles.
+    MatMul {
+        batch: Vec<u64>,
+        a_batch_strides: Vec<u64>,
+        b_batch_strides: Vec<u64>,
+        m: u64,
+        n: u64,
+        k: u64,
+        a_strides: [u64; 2],
+        b_strides: [u64; 2],
+        tile: GemmTile,
+        epilogue: Option<Epilogue>,
+    },
+    /// Softmax (or log-softmax) along the middle axis of `[outer, len, inner]`; reads `x`.
+    Softmax { outer: u64, len: u64, inner: u64, log: bool },
+    /// Layer norm of `rows × cols`; reads `x, gamma, beta`.
+    LayerNorm { rows: u64, cols: u64, eps: f64 },
+    /// `[outer, len, inner] → [outer, inner]`; reads `x`.
+    Reduce { op: ReduceOp, outer: u64, len: u64, inner: u64 },
+    /// `out[o, c, i] = table[o, idx[c], i]`; reads `table, idx`.
+    Gather { outer: u64, rows: u64, inner: u64, count: u64 },
+    /// `out[o, r, i] = base[o, r, i] + Σ_{c: idx[c] = r} upd[o, c, i]`, in index order (so the
+    /// result is the same on every run); reads `base, idx, upd`.
+    ScatterAdd { outer: u64, rows: u64, inner: u64, count: u64 },
+    /// The `k` largest of each row of `rows × cols`, ties to the lower index; reads `x`, writes
+    /// `values, indices`.
+    TopK { rows: u64, cols: u64, k: u64 },
+    /// `out[c, d] = (idx[c] == d)`; reads `idx`.
+    OneHot { count: u64, depth: u64 },
+    /// `dst[dst_offset + Σ coord·dst_strides] = src[src_offset + Σ coord·src_strides]` over
+    /// `shape`; reads `src`, writes `dst` (permutes, broadcasts, slices, concatenation parts).
+    Copy { shape: Vec<u64>, src_strides: Vec<u64>, src_offset: u64, dst_strides: Vec<u64>, dst_offset: u64 },
+}
+
+/// Work per cube and per thread of the tiled GEMM.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GemmTile {
+    pub tile_m: u32,
+    pub tile_n: u32,
+    pub tile_k: u32,
+    pub thread_m: u32,
+    pub thread_n: u32,
+}
+
+impl GemmTile {
+    /// The default tiling: 64 × 64 outputs per cube, 4 × 4 per thread (256 threads), k in 16s.
+    pub const DEFAULT: GemmTile = GemmTile { tile_m: 64, tile_n: 64, tile_k: 16, thread_m: 4, thread_n: 4 };
+
+    pub fn threads(&self) -> u32 {
+        (self.tile_m / self.thread_m) * (self.tile_n / self.thread_n)
+    }
+}
+
+impl Kernel {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kernel::Elementwise { .. } => "elementwise",
+            Kernel::MatMul { epilogue: None, .. } => "matmul",
+            Kernel::MatMul { epilogue: Some(_), .. } => "matmul+epilogue",
+            Kernel::Softmax { log: false, .. } => "softmax",
+            Kernel::Softmax { log: true, .. } => "log_softmax",
+            Kernel::LayerNorm { .. } => "layer_norm",
+            Kernel::Reduce { op: ReduceOp::Sum, .. } => "reduce_sum",
+            Kernel::Reduce { op: ReduceOp::Mean, .. } => "reduce_mean",
+            Kernel::Reduce { op: ReduceOp::Max, .. } => "reduce_max",
+            Kernel::Gather { .. } => "gather",
+            Kernel::ScatterAdd { .. } => "scatter_add",
+            Kernel::TopK { .. } => "top_k",
+            Kernel::OneHot { .. } => "one_hot",
+            Kernel::Copy { .. } => "copy",
+        }
+    }
+
+    /// How many independent units of work the kernel's launch covers: output elements for
+    /// elementwise kernels and copies, rows for row kernels, output tiles for the GEMM.
+    pub fn work_items(&self) -> u64 {
+        match self {
+            Kernel::Elementwise { shape, .. } | Kernel::Copy { shape, .. } => shape.iter().product(),
+            Kernel::MatMul { batch, m, n, tile, .. } => {
+                let tiles = m.div_ceil(tile.tile_m as u64) * n.div_ceil(tile.tile_n as u64);
+                batch.iter().product::<u64>() * tiles
+            }
+            Kernel::Softmax { outer, inner, .. } | Kernel::Reduce { outer, inner, .. } => outer * inner,
+            Kernel::LayerNorm { rows, .. } | Kernel::TopK { rows, .. } => *rows,
+            Kernel::Gather { outer, count, inner, .. } => outer * count * inner,
+            Kernel::ScatterAdd { outer, rows, inner, .. } => outer * rows * inner,
+            Kernel::OneHot { count, depth } => count * depth,
+        }
+    }
+
+    /// Cube count and cube dimensions: the GEMM one cube per output tile (batch on z), every
+    /// other kernel one thread per work item in cubes of [`BLOCK`], the cube count tiled over
+    /// x and y so that no dimension exceeds [`MAX_GRID`].
+    pub fn launch_dims(&self) -> ([u32; 3], [u32; 3]) {
+        match self {
+            Kernel::MatMul { batch, m, n, tile, .. } => {
+                let x = n.div_ceil(tile.tile_n as u64) as u32;
+                let y = m.div_ceil(tile.tile_m as u64) as u32;
+                let z = batch.iter().product::<u64>().max(1) as u32;
+                ([x, y, z], [tile.threads(), 1, 1])
+            }
+            other => {
+                let cubes = other.work_items().div_ceil(BLOCK as u64).max(1);
+                let x = cubes.min(MAX_GRID as u64);
+                let y = cubes.div_ceil(x);
+                ([x as u32, y as u32, 1], [BLOCK, 1, 1])
+            }
+        }
+    }
+}
+
+/// One kernel launch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Launch {
+    pub kernel: Kernel,
+    pub reads: Vec<u32>,
+    pub writes: Vec<u32>,
+    pub cube_count: [u32; 3],
+    pub cube_dim: [u32; 3],
+    /// The graph nodes this launch computes (`n12`), and the scope of the first.
+    pub nodes: Vec<String>,
+    pub scope: String,
+    /// Modelled FLOPs and bytes of the nodes it computes.
+    pub cost: Cost,
+}
+
+/// Where each buffer lives: buffers of disjoint lifetimes share a slot (one device allocation).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryPlan {
+    /// Storage and size in elements of each slot.
+    pub slots: Vec<(Storage, u64)>,
+    /// The slot of each buffer.
+    pub slot_of: Vec<u32>,
+    /// Bytes of all slots, and of one allocation per buffer.
+    pub peak_bytes: u64,
+    pub naive_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelPlan {
+    pub format: String,
+    pub graph: String,
+    pub bindings: BTreeMap<String, u64>,
+    pub float: FloatType,
+    pub buffers: Vec<Buffer>,
+    pub launches: Vec<Launch>,
+    pub inputs: Vec<Port>,
+    pub params: Vec<Port>,
+    pub outputs: Vec<Port>,
+    pub memory: MemoryPlan,
+}
+
+impl KernelPlan {
+    /// Bytes of buffer `b`.
+    pub fn buffer_bytes(&self, b: u32) -> u64 {
+        let buf = &self.buffers[b as usize];
+        buf.len * buf.storage.size_bytes(self.float)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plans serialise")
+    }
+}

@@ -1,0 +1,97 @@
+//! Lowering CALM graphs to kernel plans, and the memory planner's guarantees on each.
+
+use calm_ir::{Bindings, DType, GraphBuilder, Op};
+use calm_models::{build, CalmConfig, Mode};
+use calm_passes::ablate::{ablate, Ablation};
+use calm_passes::lower::{lower, LowerError, LowerOptions};
+use calm_passes::memory::check_memory;
+use calm_passes::plan::{Kernel, KernelPlan, Role};
+
+fn bind(batch: u64, tokens: u64) -> Bindings {
+    Bindings::new().with("batch", batch).with("tokens", tokens)
+}
+
+/// Every computing node of the graph appears in exactly the launches that compute it, and the
+/// memory plan passes the checker.
+fn check(g: &calm_ir::Graph, plan: &KernelPlan) {
+    check_memory(plan).unwrap_or_else(|e| panic!("{}: {e:?}", g.name));
+    for (n, node) in g.nodes.iter() {
+        let free = matches!(node.op, Op::Input { .. } | Op::Param { .. } | Op::Reshape { .. });
+        let launched = plan.launches.iter().any(|l| l.nodes.contains(&n.to_string()));
+        assert_eq!(launched, !free, "{n} ({})", node.op.name());
+    }
+    assert_eq!(plan.outputs.len(), g.outputs.len());
+    assert!(plan.memory.peak_bytes <= plan.memory.naive_bytes);
+    for l in &plan.launches {
+        assert!(l.cube_count.iter().all(|&c| (1..=65_535).contains(&c)), "{:?}", l.cube_count);
+    }
+}
+
+#[test]
+fn calm_graphs_and_every_ablation_lower_with_a_safe_memory_plan() {
+    let opts = LowerOptions::default();
+    for preset in ["tiny", "paper"] {
+        let c = CalmConfig::preset(preset).unwrap();
+        for mode in [Mode::Inference, Mode::Training] {
+            let g = build(&c, mode).unwrap();
+            let plan = lower(&g, &bind(4, 7), &opts).unwrap();
+            check(&g, &plan);
+            // Activations (not weights or inputs) take less than half their naive memory.
+            let temps: Vec<usize> = (0..plan.buffers.len()).filter(|&b| plan.buffers[b].role == Role::Temp).collect();
+            let naive: u64 = temps.iter().map(|&b| plan.buffer_bytes(b as u32)).sum();
+            let slots: std::collections::BTreeSet<u32> = temps.iter().map(|&b| plan.memory.slot_of[b]).collect();
+            let used: u64 = slots.iter().map(|&s| plan.memory.slots[s as usize].1 * 4).sum();
+            assert!(used * 2 < naive, "{preset} {mode:?}: activations {used} of naive {naive} bytes");
+            if preset == "tiny" {
+                for a in Ablation::ALL {
+                    let mut h = g.clone();
+                    if ablate(&mut h, a).is_ok() {
+                        check(&h, &lower(&h, &bind(3, 5), &opts).unwrap());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_chains_run_in_place() {
+    let mut b = GraphBuilder::new("t");
+    let x = b.input("x", DType::F32, calm_ir::shape![1000u64]).unwrap();
+    let y = b.exp(x).unwrap();
+    let y = b.tanh(y).unwrap();
+    let y = b.relu(y).unwrap();
+    b.output("y", y);
+    let g = b.finish().unwrap();
+    let plan = lower(&g, &Bindings::new(), &LowerOptions::default()).unwrap();
+    check(&g, &plan);
+    // The input keeps its own slot; the three results share one.
+    assert_eq!(plan.memory.slots.len(), 2, "{:?}", plan.memory);
+    let temps: Vec<u32> = (0..plan.buffers.len()).filter(|&b| plan.buffers[b].role == Role::Temp).map(|b| plan.memory.slot_of[b]).collect();
+    assert!(temps.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn the_checker_catches_buffers_that_overlap() {
+    let g = build(&CalmConfig::preset("tiny").unwrap(), Mode::Inference).unwrap();
+    let mut plan = lower(&g, &bind(2, 3), &LowerOptions::default()).unwrap();
+    // Put a matmul's inputs and output in one slot: all live at that launch.
+    let l = plan.launches.iter().position(|l| matches!(l.kernel, Kernel::MatMul { .. })).unwrap();
+    let (a, out) = (plan.launches[l].reads[0] as usize, plan.launches[l].writes[0] as usize);
+    let slot = plan.memory.slot_of[out];
+    plan.memory.slot_of[a] = slot;
+    plan.memory.slots[slot as usize].1 = plan.memory.slots[slot as usize].1.max(plan.buffers[a].len);
+    let errors = check_memory(&plan).unwrap_err();
+    assert!(errors.iter().any(|e| e.contains("while both are live")), "{errors:?}");
+}
+
+#[test]
+fn integer_arithmetic_is_refused_with_the_node() {
+    let mut b = GraphBuilder::new("t");
+    let x = b.input("x", DType::I32, calm_ir::shape![4u64]).unwrap();
+    let y = b.add(x, x).unwrap();
+    b.output("y", y);
+    let g = b.finish().unwrap();
+    let e = lower(&g, &Bindings::new(), &LowerOptions::default()).unwrap_err();
+    assert!(matches!(e, LowerError::Unsupported { op: "add", .. }), "{e}");
+}
