@@ -50,19 +50,43 @@ impl BinaryFn {
 #[serde(tag = "i", rename_all = "snake_case")]
 pub enum Instr {
     /// Argument `index` of the op, at this element (broadcast).
-    Arg { index: u32 },
+    Arg {
+        index: u32,
+    },
     /// A constant, as the bits of an f64 (so programs can be hashed and compared).
-    Const { bits: u64 },
-    Unary { f: UnaryFn, x: u32 },
-    Binary { f: BinaryFn, a: u32, b: u32 },
+    Const {
+        bits: u64,
+    },
+    Unary {
+        f: UnaryFn,
+        x: u32,
+    },
+    Binary {
+        f: BinaryFn,
+        a: u32,
+        b: u32,
+    },
     /// `cond ? a : b`.
-    Select { cond: u32, a: u32, b: u32 },
-    Cast { to: DType, x: u32 },
+    Select {
+        cond: u32,
+        a: u32,
+        b: u32,
+    },
+    Cast {
+        to: DType,
+        x: u32,
+    },
     /// A uniform number in (0, 1) from the shared generator: the element's linear index in the
     /// output, this `stream`, and the `seed` and `offset` (u32 scalar arguments).
-    Uniform { stream: u32, seed: u32, offset: u32 },
+    Uniform {
+        stream: u32,
+        seed: u32,
+        offset: u32,
+    },
     /// The element's coordinate along `axis` of the output.
-    Index { axis: u32 },
+    Index {
+        axis: u32,
+    },
 }
 
 impl Instr {
@@ -115,7 +139,12 @@ impl Program {
 
     /// Scalar FLOPs per element (one per arithmetic instruction).
     pub fn flops_per_element(&self) -> u64 {
-        self.instrs.iter().filter(|i| matches!(i, Instr::Unary { .. } | Instr::Binary { .. } | Instr::Select { .. } | Instr::Uniform { .. })).count() as u64
+        self.instrs
+            .iter()
+            .filter(|i| {
+                matches!(i, Instr::Unary { .. } | Instr::Binary { .. } | Instr::Select { .. } | Instr::Uniform { .. })
+            })
+            .count() as u64
     }
 }
 

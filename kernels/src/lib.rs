@@ -1,4 +1,11 @@
 //! `calm-kernels`: the CubeCL kernels of CALM, and the arithmetic they share with the reference
 //! executor ([`philox`], the counter-based random generator).
+//!
+//! Every kernel has a path without plane (warp) operations, because CPU Vulkan drivers have none.
 
+pub mod elementwise;
+pub mod index;
+pub mod matmul;
 pub mod philox;
+mod philox_cube;
+pub mod rows;

@@ -148,7 +148,12 @@ impl Lowering<'_> {
     fn new_buffer(&mut self, v: ValueId, role: Role) -> Result<u32, LowerError> {
         let len = self.shape(v)?.iter().product::<u64>().max(1);
         let id = self.plan.buffers.len() as u32;
-        self.plan.buffers.push(Buffer { storage: Storage::of(self.g.value_type(v).dtype), len, role, value: v.to_string() });
+        self.plan.buffers.push(Buffer {
+            storage: Storage::of(self.g.value_type(v).dtype),
+            len,
+            role,
+            value: v.to_string(),
+        });
         self.buffer_of[v] = Some(id);
         Ok(id)
     }
@@ -199,7 +204,11 @@ impl Lowering<'_> {
             Op::MatMul { transpose_a, transpose_b } => {
                 let (a, b) = (self.shape(args[0])?, self.shape(args[1])?);
                 let rank = out_shape.len();
-                let (m, n_, k) = (out_shape[rank - 2], out_shape[rank - 1], if *transpose_a { a[a.len() - 2] } else { a[a.len() - 1] });
+                let (m, n_, k) = (
+                    out_shape[rank - 2],
+                    out_shape[rank - 1],
+                    if *transpose_a { a[a.len() - 2] } else { a[a.len() - 1] },
+                );
                 let batch = out_shape[..rank - 2].to_vec();
                 let batch_strides = |x: &[u64]| {
                     let rows_cols = x[x.len() - 2] * x[x.len() - 1];
@@ -261,7 +270,12 @@ impl Lowering<'_> {
                         self.new_buffer(out, Role::Temp)?
                     } else {
                         let id = self.plan.buffers.len() as u32;
-                        self.plan.buffers.push(Buffer { storage: Storage::Float, len: outer * inner, role: Role::Temp, value: format!("{out}.{i}") });
+                        self.plan.buffers.push(Buffer {
+                            storage: Storage::Float,
+                            len: outer * inner,
+                            role: Role::Temp,
+                            value: format!("{out}.{i}"),
+                        });
                         id
                     };
                     self.emit(n, Kernel::Reduce { op, outer, len, inner }, vec![src], vec![w])?;
@@ -359,11 +373,15 @@ impl Lowering<'_> {
                 let arg_types: Vec<DType> = args.iter().map(|&a| g.value_type(a).dtype).collect();
                 let program = primitive_program(op, &arg_types, g.value_type(out).dtype)
                     .ok_or_else(|| self.unsupported(n, "no kernel lowers this op"))?;
-                let integer_math = arg_types.iter().any(|t| t.is_int()) && (unary_fn(op).is_some() || binary_fn(op).is_some_and(|f| !f.is_comparison()));
+                let integer_math = arg_types.iter().any(|t| t.is_int())
+                    && (unary_fn(op).is_some() || binary_fn(op).is_some_and(|f| !f.is_comparison()));
                 if integer_math {
                     return Err(self.unsupported(n, "integer arithmetic runs on the reference executor only"));
                 }
-                let strides = args.iter().map(|&a| Ok(broadcast_strides(&self.shape(a)?, &out_shape))).collect::<Result<_, LowerError>>()?;
+                let strides = args
+                    .iter()
+                    .map(|&a| Ok(broadcast_strides(&self.shape(a)?, &out_shape)))
+                    .collect::<Result<_, LowerError>>()?;
                 let reads = args.iter().map(|&a| self.buf(a)).collect();
                 let w = self.new_buffer(out, Role::Temp)?;
                 self.emit(n, Kernel::Elementwise { shape: out_shape, strides, program }, reads, vec![w])?;

@@ -59,7 +59,10 @@ fn compatible(plan: &KernelPlan, life: &[(usize, usize)], a: u32, b: u32) -> boo
     if pinned(a) || pinned(b) {
         return false;
     }
-    la.1 < lb.0 || lb.1 < la.0 || (la.1 == lb.0 && in_place(plan, la.1, a, b)) || (lb.1 == la.0 && in_place(plan, lb.1, b, a))
+    la.1 < lb.0
+        || lb.1 < la.0
+        || (la.1 == lb.0 && in_place(plan, la.1, a, b))
+        || (lb.1 == la.0 && in_place(plan, lb.1, b, a))
 }
 
 /// Assigns every buffer to a slot.
@@ -121,7 +124,10 @@ pub fn check_memory(plan: &KernelPlan) -> Result<(), Vec<String>> {
         };
         let buf = &plan.buffers[b];
         if storage != buf.storage || len < buf.len {
-            errors.push(format!("buffer {b} ({:?}, {} elements) does not fit slot {s} ({storage:?}, {len})", buf.storage, buf.len));
+            errors.push(format!(
+                "buffer {b} ({:?}, {} elements) does not fit slot {s} ({storage:?}, {len})",
+                buf.storage, buf.len
+            ));
         }
         by_slot[s as usize].push(b as u32);
     }

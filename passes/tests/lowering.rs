@@ -67,7 +67,10 @@ fn elementwise_chains_run_in_place() {
     check(&g, &plan);
     // The input keeps its own slot; the three results share one.
     assert_eq!(plan.memory.slots.len(), 2, "{:?}", plan.memory);
-    let temps: Vec<u32> = (0..plan.buffers.len()).filter(|&b| plan.buffers[b].role == Role::Temp).map(|b| plan.memory.slot_of[b]).collect();
+    let temps: Vec<u32> = (0..plan.buffers.len())
+        .filter(|&b| plan.buffers[b].role == Role::Temp)
+        .map(|b| plan.memory.slot_of[b])
+        .collect();
     assert!(temps.windows(2).all(|w| w[0] == w[1]));
 }
 

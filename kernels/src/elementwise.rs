@@ -1,0 +1,307 @@
+//! The generated elementwise kernel: one kernel per [`Program`], which the CubeCL compiler
+//! expands instruction by instruction (the program is a compile-time argument), so a fused chain
+//! of elementwise ops becomes one straight-line kernel.
+//!
+//! Registers are f32 whatever the storage type (f16 buffers compute in f32; integers are exact
+//! below 2²⁴). Arguments come in three sequences by storage (floats, i32, u32 — bools are u32
+//! 0/1), read at `Σ coord[d] · strides[d]` from a metadata array; the output shape and strides
+//! are runtime values, so programs that differ only in shape share one compiled kernel.
+//! No plane (warp) operations: it runs on CPU Vulkan drivers.
+
+use cubecl::prelude::*;
+
+use crate::philox_cube::uniform_at;
+
+/// How an argument or output is stored.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Float,
+    Int,
+    /// u32, and bools as 0/1.
+    UInt,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Unary {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Sigmoid,
+    Relu,
+    Gelu,
+    /// The value itself (casts between float types).
+    Identity,
+    /// Truncation toward zero (casts to integers).
+    Trunc,
+    /// `x != 0` as 0/1 (casts to bool).
+    NonZero,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// NaN in either argument gives NaN.
+    Max,
+    Equal,
+    Less,
+}
+
+/// One instruction; operands are earlier registers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Argument `arg` (its position in [`Program::args`]).
+    Arg(usize),
+    /// A constant, as f32 bits.
+    Const(u32),
+    Unary(Unary, usize),
+    Binary(Binary, usize, usize),
+    Select(usize, usize, usize),
+    /// A uniform number from the shared generator for this element, `stream`, and the u32
+    /// scalars of arguments `seed` and `offset`.
+    Uniform {
+        stream: u32,
+        seed: usize,
+        offset: usize,
+    },
+    /// The element's coordinate along `axis`.
+    Index(usize),
+}
+
+/// A compiled program: argument kinds (each with its index within its kind's sequence),
+/// instructions, and outputs (register, kind, index within its kind's output sequence).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Program {
+    pub rank: usize,
+    pub args: Vec<(Kind, usize)>,
+    pub ops: Vec<Op>,
+    pub outputs: Vec<(usize, Kind, usize)>,
+}
+
+/// Coordinates of linear index `pos` in `shape` (meta[0..rank]), and the offset of argument
+/// `arg` at those coordinates (its strides follow the shape in `meta`).
+#[cube]
+fn arg_offset(pos: u32, meta: &Array<u32>, #[comptime] rank: usize, #[comptime] arg: usize) -> u32 {
+    let mut rem = pos;
+    let mut offset = 0u32;
+    #[unroll]
+    for r in 0..rank {
+        let d = rank - 1 - r;
+        let size = meta[d];
+        let coord = rem % size;
+        rem /= size;
+        offset += coord * meta[rank * (arg + 1) + d];
+    }
+    offset
+}
+
+#[cube]
+fn coordinate(pos: u32, meta: &Array<u32>, #[comptime] rank: usize, #[comptime] axis: usize) -> u32 {
+    let mut rem = pos;
+    let mut out = 0u32;
+    #[unroll]
+    for r in 0..rank {
+        let d = rank - 1 - r;
+        let size = meta[d];
+        if comptime![d == axis] {
+            out = rem % size;
+        }
+        rem /= size;
+    }
+    out
+}
+
+/// −∞ (WGSL has no literal for it).
+#[cube]
+pub fn neg_infinity() -> f32 {
+    f32::reinterpret(0xFF80_0000u32)
+}
+
+#[cube]
+pub(crate) fn constant(#[comptime] bits: u32) -> f32 {
+    if comptime![f32::from_bits(bits).is_finite()] {
+        f32::new(comptime![f32::from_bits(bits)])
+    } else {
+        f32::reinterpret(bits)
+    }
+}
+
+#[cube]
+pub(crate) fn unary(#[comptime] f: Unary, x: f32) -> f32 {
+    match f {
+        Unary::Neg => -x,
+        Unary::Exp => f32::exp(x),
+        Unary::Log => f32::ln(x),
+        Unary::Sqrt => f32::sqrt(x),
+        Unary::Rsqrt => 1.0 / f32::sqrt(x),
+        Unary::Tanh => f32::tanh(x),
+        Unary::Sigmoid => 0.5 + 0.5 * f32::tanh(0.5 * x),
+        Unary::Relu => select(x > 0.0, x, 0.0),
+        Unary::Gelu => 0.5 * x * (1.0 + Erf::erf(x * 0.70710677)),
+        Unary::Identity => x,
+        Unary::Trunc => f32::trunc(x),
+        Unary::NonZero => select(x != 0.0, 1.0, 0.0),
+    }
+}
+
+#[cube]
+pub(crate) fn binary(#[comptime] f: Binary, a: f32, b: f32) -> f32 {
+    match f {
+        Binary::Add => a + b,
+        Binary::Sub => a - b,
+        Binary::Mul => a * b,
+        Binary::Div => a / b,
+        Binary::Max => select(a < b || b.is_nan(), b, a),
+        Binary::Equal => select(a == b, 1.0, 0.0),
+        Binary::Less => select(a < b, 1.0, 0.0),
+    }
+}
+
+/// Linear position of this thread over a grid tiled in x and y.
+#[cube]
+pub fn linear_pos() -> u32 {
+    (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_X + UNIT_POS_X
+}
+
+#[cube(launch)]
+pub fn elementwise<F: Float>(
+    floats: &Sequence<Array<F>>,
+    ints: &Sequence<Array<i32>>,
+    uints: &Sequence<Array<u32>>,
+    float_out: &mut Sequence<Array<F>>,
+    int_out: &mut Sequence<Array<i32>>,
+    uint_out: &mut Sequence<Array<u32>>,
+    meta: &Array<u32>,
+    len: u32,
+    #[comptime] program: Program,
+) {
+    let pos = linear_pos();
+    if pos >= len {
+        terminate!();
+    }
+    let rank = comptime![program.rank];
+    let mut regs = Sequence::<f32>::new();
+    #[unroll]
+    for i in 0..program.ops.len() {
+        let op = comptime![program.ops[i].clone()];
+        let value = match op {
+            Op::Arg(a) => {
+                let (kind, slot) = comptime![program.args[a]];
+                let at = arg_offset(pos, meta, rank, a) as usize;
+                match kind {
+                    Kind::Float => f32::cast_from(floats[slot][at]),
+                    Kind::Int => f32::cast_from(ints[slot][at]),
+                    Kind::UInt => f32::cast_from(uints[slot][at]),
+                }
+            }
+            // WGSL has no literals for infinities or NaN: those go in as bits.
+            Op::Const(bits) => constant(bits),
+            Op::Unary(f, x) => unary(f, *regs.index(x)),
+            Op::Binary(f, a, b) => binary(f, *regs.index(a), *regs.index(b)),
+            Op::Select(c, a, b) => select(*regs.index(c) != 0.0, *regs.index(a), *regs.index(b)),
+            Op::Uniform { stream, seed, offset } => {
+                let (_, seed_slot) = comptime![program.args[seed]];
+                let (_, offset_slot) = comptime![program.args[offset]];
+                uniform_at(uints[seed_slot][0], uints[offset_slot][0], stream, pos)
+            }
+            Op::Index(axis) => f32::cast_from(coordinate(pos, meta, rank, axis)),
+        };
+        regs.push(value);
+    }
+    #[unroll]
+    for o in 0..program.outputs.len() {
+        let (reg, kind, slot) = comptime![program.outputs[o]];
+        let value = *regs.index(reg);
+        let at = pos as usize;
+        match kind {
+            Kind::Float => {
+                let out = float_out.index_mut(slot);
+                out[at] = F::cast_from(value);
+            }
+            Kind::Int => {
+                let out = int_out.index_mut(slot);
+                out[at] = i32::cast_from(value);
+            }
+            Kind::UInt => {
+                let out = uint_out.index_mut(slot);
+                out[at] = u32::cast_from(value);
+            }
+        }
+    }
+}
+
+/// A device buffer argument: its handle and length in elements.
+pub struct Buf {
+    pub handle: cubecl::server::Handle,
+    pub len: usize,
+}
+
+/// The metadata array of a launch: the output shape, then each argument's strides.
+pub fn meta(shape: &[u32], strides: &[Vec<u32>]) -> Vec<u32> {
+    let mut m = shape.to_vec();
+    for s in strides {
+        m.extend_from_slice(s);
+    }
+    // Scalars (rank 0) still need a non-empty array.
+    if m.is_empty() {
+        m.push(1);
+    }
+    m
+}
+
+/// Launches `program` over `len` elements; `args` and `outs` in the program's order, each
+/// with its kind; `meta` from [`meta`], already on the device.
+#[allow(clippy::too_many_arguments)]
+pub fn launch<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    program: &Program,
+    args: &[(Kind, &Buf)],
+    outs: &[(Kind, &Buf)],
+    meta: &Buf,
+    len: u32,
+    cube_count: CubeCount,
+    cube_dim: CubeDim,
+) {
+    let mut floats = SequenceArg::new();
+    let mut ints = SequenceArg::new();
+    let mut uints = SequenceArg::new();
+    for (kind, b) in args {
+        let arg = unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) };
+        match kind {
+            Kind::Float => floats.push(arg),
+            Kind::Int => ints.push(arg),
+            Kind::UInt => uints.push(arg),
+        }
+    }
+    let mut float_out = SequenceArg::new();
+    let mut int_out = SequenceArg::new();
+    let mut uint_out = SequenceArg::new();
+    for (kind, b) in outs {
+        let arg = unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) };
+        match kind {
+            Kind::Float => float_out.push(arg),
+            Kind::Int => int_out.push(arg),
+            Kind::UInt => uint_out.push(arg),
+        }
+    }
+    let meta = unsafe { ArrayArg::from_raw_parts(meta.handle.clone(), meta.len) };
+    elementwise::launch::<F, R>(
+        client,
+        cube_count,
+        cube_dim,
+        floats,
+        ints,
+        uints,
+        float_out,
+        int_out,
+        uint_out,
+        meta,
+        len,
+        program.clone(),
+    );
+}

@@ -1,0 +1,227 @@
+//! Tiled GEMM with shared-memory tiles and register blocking, batched over a broadcast batch,
+//! with transposes expressed as strides and a fused elementwise epilogue.
+//!
+//! Each cube computes a `tile_m × tile_n` block of `C`; each thread a `thread_m × thread_n`
+//! sub-block, accumulated in f32 registers over `tile_k`-deep slices of `A` and `B` staged in
+//! shared memory. No plane operations. The epilogue evaluates a program on the accumulator
+//! (argument 0) and extra float arguments (bias, residual) before the single store of `C`.
+
+use cubecl::prelude::*;
+
+use crate::elementwise::{binary, constant, unary, Op};
+
+/// The compile-time configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GemmConfig {
+    pub tile_m: u32,
+    pub tile_n: u32,
+    pub tile_k: u32,
+    pub thread_m: u32,
+    pub thread_n: u32,
+    /// Rank of the batch.
+    pub batch_rank: usize,
+    /// The epilogue: ops over argument 0 (the accumulator) and extra arguments 1.., the register
+    /// to store. `Arg(i)` for `i ≥ 1` reads extra argument `i − 1`.
+    pub epilogue: Option<(Vec<Op>, usize)>,
+}
+
+impl GemmConfig {
+    pub fn threads(&self) -> u32 {
+        (self.tile_m / self.thread_m) * (self.tile_n / self.thread_n)
+    }
+
+    /// The metadata array: `m, n, k, a_row, a_col, b_row, b_col, batch dims, a batch strides,
+    /// b batch strides`, then per extra argument `batch strides, row stride, column stride`.
+    pub fn meta(
+        m: u32,
+        n: u32,
+        k: u32,
+        a: [u32; 2],
+        b: [u32; 2],
+        batch: &[u32],
+        a_batch: &[u32],
+        b_batch: &[u32],
+        extra: &[Vec<u32>],
+    ) -> Vec<u32> {
+        let mut out = vec![m, n, k, a[0], a[1], b[0], b[1]];
+        out.extend_from_slice(batch);
+        out.extend_from_slice(a_batch);
+        out.extend_from_slice(b_batch);
+        for e in extra {
+            out.extend_from_slice(e);
+        }
+        out
+    }
+}
+
+#[cube(launch)]
+pub fn matmul<F: Float>(
+    a: &Array<F>,
+    b: &Array<F>,
+    extra: &Sequence<Array<F>>,
+    c: &mut Array<F>,
+    meta: &Array<u32>,
+    #[comptime] cfg: GemmConfig,
+) {
+    let (tm, tn, tk) = comptime![(cfg.tile_m, cfg.tile_n, cfg.tile_k)];
+    let (thm, thn) = comptime![(cfg.thread_m, cfg.thread_n)];
+    let threads = comptime![cfg.threads()];
+    let batch_rank = comptime![cfg.batch_rank];
+    let m = meta[0];
+    let n = meta[1];
+    let k = meta[2];
+    let (a_rs, a_cs, b_rs, b_cs) = (meta[3], meta[4], meta[5], meta[6]);
+
+    // The batch entry of this cube, and the offsets of its A and B.
+    let bz = CUBE_POS_Z;
+    let mut rem = bz;
+    let mut a_off = 0u32;
+    let mut b_off = 0u32;
+    #[unroll]
+    for r in 0..batch_rank {
+        let d = batch_rank - 1 - r;
+        let size = meta[7 + d];
+        let coord = rem % size;
+        rem /= size;
+        a_off += coord * meta[7 + batch_rank + d];
+        b_off += coord * meta[7 + 2 * batch_rank + d];
+    }
+
+    let tid = UNIT_POS_X;
+    let per_row = comptime![tn / thn];
+    let trow = tid / per_row;
+    let tcol = tid % per_row;
+    let row0 = CUBE_POS_Y * tm;
+    let col0 = CUBE_POS_X * tn;
+
+    let mut acc = Array::<f32>::new(comptime![(thm * thn) as usize]);
+    #[unroll]
+    for i in 0..thm * thn {
+        acc[i as usize] = 0.0;
+    }
+    let mut a_tile = SharedMemory::<F>::new(comptime![(tk * tm) as usize]);
+    let mut b_tile = SharedMemory::<F>::new(comptime![(tk * tn) as usize]);
+    let mut a_frag = Array::<f32>::new(comptime![thm as usize]);
+    let mut b_frag = Array::<f32>::new(comptime![thn as usize]);
+
+    let mut k0 = 0u32;
+    while k0 < k {
+        // A tile, stored k-major: a_tile[kk * tm + i] = A[row0 + i, k0 + kk]; consecutive
+        // threads take consecutive kk, which is contiguous in a row-major A.
+        #[unroll]
+        for l in 0..comptime![(tk * tm).div_ceil(threads)] {
+            let idx = tid + l * threads;
+            if idx < tk * tm {
+                let kk = idx % tk;
+                let i = idx / tk;
+                let (r, kc) = (row0 + i, k0 + kk);
+                let mut v = F::new(0.0);
+                if r < m && kc < k {
+                    v = a[(a_off + r * a_rs + kc * a_cs) as usize];
+                }
+                a_tile[(kk * tm + i) as usize] = v;
+            }
+        }
+        // B tile: b_tile[kk * tn + j] = B[k0 + kk, col0 + j]; consecutive threads take
+        // consecutive j, contiguous in a row-major B.
+        #[unroll]
+        for l in 0..comptime![(tk * tn).div_ceil(threads)] {
+            let idx = tid + l * threads;
+            if idx < tk * tn {
+                let j = idx % tn;
+                let kk = idx / tn;
+                let (kc, col) = (k0 + kk, col0 + j);
+                let mut v = F::new(0.0);
+                if kc < k && col < n {
+                    v = b[(b_off + kc * b_rs + col * b_cs) as usize];
+                }
+                b_tile[(kk * tn + j) as usize] = v;
+            }
+        }
+        sync_cube();
+        #[unroll]
+        for kk in 0..tk {
+            #[unroll]
+            for r in 0..thm {
+                a_frag[r as usize] = f32::cast_from(a_tile[(kk * tm + trow * thm + r) as usize]);
+            }
+            #[unroll]
+            for cc in 0..thn {
+                b_frag[cc as usize] = f32::cast_from(b_tile[(kk * tn + tcol * thn + cc) as usize]);
+            }
+            #[unroll]
+            for r in 0..thm {
+                #[unroll]
+                for cc in 0..thn {
+                    acc[(r * thn + cc) as usize] += a_frag[r as usize] * b_frag[cc as usize];
+                }
+            }
+        }
+        sync_cube();
+        k0 += tk;
+    }
+
+    #[unroll]
+    for r in 0..thm {
+        #[unroll]
+        for cc in 0..thn {
+            let row = row0 + trow * thm + r;
+            let col = col0 + tcol * thn + cc;
+            if row < m && col < n {
+                let value =
+                    epilogue(acc[(r * thn + cc) as usize], extra, meta, bz, row, col, batch_rank, cfg.epilogue.clone());
+                c[((bz * m + row) * n + col) as usize] = F::cast_from(value);
+            }
+        }
+    }
+}
+
+/// The epilogue program at one output element (the accumulator as is without one).
+#[cube]
+fn epilogue<F: Float>(
+    acc: f32,
+    extra: &Sequence<Array<F>>,
+    meta: &Array<u32>,
+    bz: u32,
+    row: u32,
+    col: u32,
+    #[comptime] batch_rank: usize,
+    #[comptime] program: Option<(Vec<Op>, usize)>,
+) -> f32 {
+    match program {
+        None => acc,
+        Some((ops, out)) => {
+            let extra_base = comptime![7 + 3 * batch_rank];
+            let per_arg = comptime![batch_rank + 2];
+            let mut regs = Sequence::<f32>::new();
+            #[unroll]
+            for i in 0..ops.len() {
+                let op = comptime![ops[i].clone()];
+                let v = match op {
+                    Op::Arg(0) => acc,
+                    Op::Arg(e) => {
+                        let slot = comptime![e - 1];
+                        let base = comptime![extra_base + slot * per_arg];
+                        let mut rem = bz;
+                        let mut off = row * meta[base + batch_rank] + col * meta[base + batch_rank + 1];
+                        #[unroll]
+                        for r in 0..batch_rank {
+                            let d = batch_rank - 1 - r;
+                            let size = meta[7 + d];
+                            off += (rem % size) * meta[base + d];
+                            rem /= size;
+                        }
+                        f32::cast_from(extra[slot][off as usize])
+                    }
+                    Op::Const(bits) => constant(bits),
+                    Op::Unary(f, x) => unary(f, *regs.index(x)),
+                    Op::Binary(f, a, b) => binary(f, *regs.index(a), *regs.index(b)),
+                    Op::Select(c, a, b) => select(*regs.index(c) != 0.0, *regs.index(a), *regs.index(b)),
+                    _ => comptime![panic!("epilogues read their arguments and compute; no random numbers or indices")],
+                };
+                regs.push(v);
+            }
+            *regs.index(out)
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Kernels along one axis: softmax and log-softmax, layer norm, and sum/mean/max reductions.
+//!
+//! The data is `[outer, len, inner]` (the axis in the middle); one thread owns one
+//! `(outer, inner)` line and walks it, accumulating in f32, so results are the same on every run
+//! and no plane operations are needed.
+
+use cubecl::prelude::*;
+
+use crate::elementwise::{linear_pos, neg_infinity};
+
+/// Reductions along an axis.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    Sum,
+    Mean,
+    Max,
+}
+
+#[cube(launch)]
+pub fn softmax<F: Float>(x: &Array<F>, out: &mut Array<F>, outer: u32, len: u32, inner: u32, #[comptime] log: bool) {
+    let line = linear_pos();
+    if line >= outer * inner {
+        terminate!();
+    }
+    let base = (line / inner) * len * inner + line % inner;
+    let mut max = neg_infinity();
+    for l in 0..len {
+        let v = f32::cast_from(x[(base + l * inner) as usize]);
+        // NaN propagates, as in the reference (x − max is NaN either way).
+        max = select(v > max || v.is_nan(), v, max);
+    }
+    let mut sum = 0.0f32;
+    for l in 0..len {
+        sum += f32::exp(f32::cast_from(x[(base + l * inner) as usize]) - max);
+    }
+    if log {
+        let log_sum = f32::ln(sum);
+        for l in 0..len {
+            let at = (base + l * inner) as usize;
+            out[at] = F::cast_from(f32::cast_from(x[at]) - max - log_sum);
+        }
+    } else {
+        let inv = 1.0 / sum;
+        for l in 0..len {
+            let at = (base + l * inner) as usize;
+            out[at] = F::cast_from(f32::exp(f32::cast_from(x[at]) - max) * inv);
+        }
+    }
+}
+
+#[cube(launch)]
+pub fn layer_norm<F: Float>(
+    x: &Array<F>,
+    gamma: &Array<F>,
+    beta: &Array<F>,
+    out: &mut Array<F>,
+    rows: u32,
+    cols: u32,
+    eps: f32,
+) {
+    let row = linear_pos();
+    if row >= rows {
+        terminate!();
+    }
+    let base = row * cols;
+    let mut sum = 0.0f32;
+    for c in 0..cols {
+        sum += f32::cast_from(x[(base + c) as usize]);
+    }
+    let mean = sum / f32::cast_from(cols);
+    // Two passes (mean, then the centred squares): as accurate as the reference's formula.
+    let mut var = 0.0f32;
+    for c in 0..cols {
+        let d = f32::cast_from(x[(base + c) as usize]) - mean;
+        var += d * d;
+    }
+    let inv = 1.0 / f32::sqrt(var / f32::cast_from(cols) + eps);
+    for c in 0..cols {
+        let at = (base + c) as usize;
+        let y = (f32::cast_from(x[at]) - mean) * inv;
+        out[at] = F::cast_from(y * f32::cast_from(gamma[c as usize]) + f32::cast_from(beta[c as usize]));
+    }
+}
+
+#[cube(launch)]
+pub fn reduce<F: Float>(x: &Array<F>, out: &mut Array<F>, outer: u32, len: u32, inner: u32, #[comptime] op: Reduction) {
+    let line = linear_pos();
+    if line >= outer * inner {
+        terminate!();
+    }
+    let base = (line / inner) * len * inner + line % inner;
+    let mut acc = 0.0f32;
+    if comptime![op == Reduction::Max] {
+        acc = neg_infinity();
+    }
+    for l in 0..len {
+        let v = f32::cast_from(x[(base + l * inner) as usize]);
+        acc = match op {
+            Reduction::Max => select(v > acc || v.is_nan(), v, acc),
+            _ => acc + v,
+        };
+    }
+    if comptime![op == Reduction::Mean] {
+        acc /= f32::cast_from(len);
+    }
+    out[line as usize] = F::cast_from(acc);
+}

@@ -1,0 +1,99 @@
+//! From plan kernels (IR programs, plan configurations) to the kernels crate's compile-time
+//! configurations.
+
+use calm_ir::program::{BinaryFn, Instr, Program as IrProgram, UnaryFn};
+use calm_ir::DType;
+use calm_kernels::elementwise::{Binary, Kind, Op, Program, Unary};
+use calm_passes::plan::Storage;
+
+/// The kernel argument kind of a storage type.
+pub fn kind(storage: Storage) -> Kind {
+    match storage {
+        Storage::Float => Kind::Float,
+        Storage::I32 => Kind::Int,
+        Storage::U32 | Storage::Bool => Kind::UInt,
+    }
+}
+
+fn kind_of(dtype: DType) -> Kind {
+    kind(Storage::of(dtype))
+}
+
+/// Positions of each item within its kind: `[(Float, 0), (UInt, 0), (Float, 1)]` for kinds
+/// `[Float, UInt, Float]`.
+pub fn slots(kinds: &[Kind]) -> Vec<(Kind, usize)> {
+    let mut counts = [0usize; 3];
+    kinds
+        .iter()
+        .map(|&k| {
+            let i = k as usize;
+            counts[i] += 1;
+            (k, counts[i] - 1)
+        })
+        .collect()
+}
+
+fn unary(f: UnaryFn) -> Unary {
+    match f {
+        UnaryFn::Neg => Unary::Neg,
+        UnaryFn::Exp => Unary::Exp,
+        UnaryFn::Log => Unary::Log,
+        UnaryFn::Sqrt => Unary::Sqrt,
+        UnaryFn::Rsqrt => Unary::Rsqrt,
+        UnaryFn::Tanh => Unary::Tanh,
+        UnaryFn::Sigmoid => Unary::Sigmoid,
+        UnaryFn::Relu => Unary::Relu,
+        UnaryFn::Gelu => Unary::Gelu,
+    }
+}
+
+fn binary(f: BinaryFn) -> Binary {
+    match f {
+        BinaryFn::Add => Binary::Add,
+        BinaryFn::Sub => Binary::Sub,
+        BinaryFn::Mul => Binary::Mul,
+        BinaryFn::Div => Binary::Div,
+        BinaryFn::Max => Binary::Max,
+        BinaryFn::Equal => Binary::Equal,
+        BinaryFn::Less => Binary::Less,
+    }
+}
+
+/// The kernel ops of an IR program (registers and argument numbers carry over).
+pub fn ops(p: &IrProgram) -> Vec<Op> {
+    p.instrs
+        .iter()
+        .map(|i| match *i {
+            Instr::Arg { index } => Op::Arg(index as usize),
+            Instr::Const { bits } => Op::Const((f64::from_bits(bits) as f32).to_bits()),
+            Instr::Unary { f, x } => Op::Unary(unary(f), x as usize),
+            Instr::Binary { f, a, b } => Op::Binary(binary(f), a as usize, b as usize),
+            Instr::Select { cond, a, b } => Op::Select(cond as usize, a as usize, b as usize),
+            Instr::Cast { to, x } => Op::Unary(
+                match to {
+                    DType::Bool => Unary::NonZero,
+                    t if t.is_int() => Unary::Trunc,
+                    _ => Unary::Identity,
+                },
+                x as usize,
+            ),
+            Instr::Uniform { stream, seed, offset } => {
+                Op::Uniform { stream, seed: seed as usize, offset: offset as usize }
+            }
+            Instr::Index { axis } => Op::Index(axis as usize),
+        })
+        .collect()
+}
+
+/// The elementwise kernel's program for an IR program whose arguments are stored as `args`.
+pub fn elementwise(p: &IrProgram, rank: usize, args: &[Storage]) -> Program {
+    let arg_kinds: Vec<Kind> = args.iter().map(|&s| kind(s)).collect();
+    let out_kinds: Vec<Kind> = p.outputs.iter().map(|&(_, t)| kind_of(t)).collect();
+    let out_slots = slots(&out_kinds);
+    Program {
+        rank,
+        args: slots(&arg_kinds),
+        ops: ops(p),
+        outputs: p.outputs.iter().zip(out_slots).map(|(&(reg, _), (k, slot))| (reg as usize, k, slot)).collect(),
+    }
+}

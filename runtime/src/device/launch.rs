@@ -1,0 +1,199 @@
+//! One plan launch: its kernel's metadata and the call into the kernels crate.
+
+use calm_kernels::elementwise::{self, Buf};
+use calm_kernels::matmul::{self, GemmConfig};
+use calm_kernels::{index, rows};
+use calm_passes::plan::{Kernel, Launch, ReduceOp, Storage};
+use cubecl::prelude::*;
+
+use super::convert;
+use super::DeviceFloat;
+
+fn u32s(v: &[u64]) -> Vec<u32> {
+    v.iter().map(|&x| x as u32).collect()
+}
+
+/// The metadata array a launch reads (shapes and strides), if its kernel takes one.
+pub fn meta(kernel: &Kernel) -> Option<Vec<u32>> {
+    match kernel {
+        Kernel::Elementwise { shape, strides, .. } => {
+            Some(elementwise::meta(&u32s(shape), &strides.iter().map(|s| u32s(s)).collect::<Vec<_>>()))
+        }
+        Kernel::Copy { shape, src_strides, src_offset, dst_strides, dst_offset } => {
+            let mut m = u32s(shape);
+            m.extend(u32s(src_strides));
+            m.extend(u32s(dst_strides));
+            m.push(*src_offset as u32);
+            m.push(*dst_offset as u32);
+            Some(m)
+        }
+        Kernel::MatMul { batch, a_batch_strides, b_batch_strides, m, n, k, a_strides, b_strides, epilogue, .. } => {
+            let extra: Vec<Vec<u32>> =
+                epilogue.as_ref().map(|e| e.strides.iter().map(|s| u32s(s)).collect()).unwrap_or_default();
+            Some(GemmConfig::meta(
+                *m as u32,
+                *n as u32,
+                *k as u32,
+                [a_strides[0] as u32, a_strides[1] as u32],
+                [b_strides[0] as u32, b_strides[1] as u32],
+                &u32s(batch),
+                &u32s(a_batch_strides),
+                &u32s(b_batch_strides),
+                &extra,
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn arg<R: Runtime>(b: &Buf) -> ArrayArg<R> {
+    unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) }
+}
+
+/// Enqueues `l` with its buffers (`reads` and `writes` in the kernel's order).
+pub fn launch<R: Runtime, F: DeviceFloat>(
+    client: &ComputeClient<R>,
+    l: &Launch,
+    reads: &[(Storage, Buf)],
+    writes: &[(Storage, Buf)],
+    meta: Option<&Buf>,
+) {
+    let count = CubeCount::Static(l.cube_count[0], l.cube_count[1], l.cube_count[2]);
+    let dim = CubeDim::new_3d(l.cube_dim[0], l.cube_dim[1], l.cube_dim[2]);
+    let items = l.kernel.work_items() as u32;
+    let meta = || meta.expect("this kernel has metadata");
+    match &l.kernel {
+        Kernel::Elementwise { shape, program, .. } => {
+            let storages: Vec<Storage> = reads.iter().map(|(s, _)| *s).collect();
+            let p = convert::elementwise(program, shape.len(), &storages);
+            let args: Vec<_> = reads.iter().map(|(s, b)| (convert::kind(*s), b)).collect();
+            let outs: Vec<_> = writes.iter().map(|(s, b)| (convert::kind(*s), b)).collect();
+            elementwise::launch::<R, F>(client, &p, &args, &outs, meta(), items, count, dim);
+        }
+        Kernel::MatMul { batch, tile, epilogue, .. } => {
+            let cfg = GemmConfig {
+                tile_m: tile.tile_m,
+                tile_n: tile.tile_n,
+                tile_k: tile.tile_k,
+                thread_m: tile.thread_m,
+                thread_n: tile.thread_n,
+                batch_rank: batch.len(),
+                epilogue: epilogue.as_ref().map(|e| (convert::ops(&e.program), e.program.outputs[0].0 as usize)),
+            };
+            let mut extra = SequenceArg::new();
+            for (_, b) in &reads[2..] {
+                extra.push(arg::<R>(b));
+            }
+            let m = meta();
+            matmul::matmul::launch::<F, R>(
+                client,
+                count,
+                dim,
+                arg(&reads[0].1),
+                arg(&reads[1].1),
+                extra,
+                arg(&writes[0].1),
+                arg(m),
+                cfg,
+            );
+        }
+        Kernel::Softmax { outer, len, inner, log } => {
+            rows::softmax::launch::<F, R>(
+                client,
+                count,
+                dim,
+                arg(&reads[0].1),
+                arg(&writes[0].1),
+                *outer as u32,
+                *len as u32,
+                *inner as u32,
+                *log,
+            );
+        }
+        Kernel::LayerNorm { rows: r, cols, eps } => {
+            let (x, g, b) = (&reads[0].1, &reads[1].1, &reads[2].1);
+            rows::layer_norm::launch::<F, R>(
+                client,
+                count,
+                dim,
+                arg(x),
+                arg(g),
+                arg(b),
+                arg(&writes[0].1),
+                *r as u32,
+                *cols as u32,
+                *eps as f32,
+            );
+        }
+        Kernel::Reduce { op, outer, len, inner } => {
+            let op = match op {
+                ReduceOp::Sum => rows::Reduction::Sum,
+                ReduceOp::Mean => rows::Reduction::Mean,
+                ReduceOp::Max => rows::Reduction::Max,
+            };
+            rows::reduce::launch::<F, R>(
+                client,
+                count,
+                dim,
+                arg(&reads[0].1),
+                arg(&writes[0].1),
+                *outer as u32,
+                *len as u32,
+                *inner as u32,
+                op,
+            );
+        }
+        Kernel::Copy { shape, .. } => {
+            let (src, dst) = (arg(&reads[0].1), arg(&writes[0].1));
+            let rank = shape.len();
+            match reads[0].0 {
+                Storage::Float => index::copy::launch::<F, R>(client, count, dim, src, dst, arg(meta()), items, rank),
+                Storage::I32 => index::copy::launch::<i32, R>(client, count, dim, src, dst, arg(meta()), items, rank),
+                Storage::U32 | Storage::Bool => {
+                    index::copy::launch::<u32, R>(client, count, dim, src, dst, arg(meta()), items, rank)
+                }
+            }
+        }
+        Kernel::Gather { rows: r, inner, count: c, .. } => {
+            let (t, i, o) = (arg(&reads[0].1), arg(&reads[1].1), arg(&writes[0].1));
+            let (r, inner, c) = (*r as u32, *inner as u32, *c as u32);
+            match reads[0].0 {
+                Storage::Float => index::gather::launch::<F, R>(client, count, dim, t, i, o, r, inner, c, items),
+                Storage::I32 => index::gather::launch::<i32, R>(client, count, dim, t, i, o, r, inner, c, items),
+                Storage::U32 | Storage::Bool => {
+                    index::gather::launch::<u32, R>(client, count, dim, t, i, o, r, inner, c, items)
+                }
+            }
+        }
+        Kernel::ScatterAdd { rows: r, inner, count: c, .. } => {
+            let (base, i, u) = (arg(&reads[0].1), arg(&reads[1].1), arg(&reads[2].1));
+            index::scatter_add::launch::<F, R>(
+                client,
+                count,
+                dim,
+                base,
+                i,
+                u,
+                arg(&writes[0].1),
+                *r as u32,
+                *inner as u32,
+                *c as u32,
+                items,
+            );
+        }
+        Kernel::OneHot { depth, .. } => {
+            let (i, o) = (arg(&reads[0].1), arg(&writes[0].1));
+            match writes[0].0 {
+                Storage::Float => index::one_hot::launch::<F, R>(client, count, dim, i, o, *depth as u32, items),
+                Storage::I32 => index::one_hot::launch::<i32, R>(client, count, dim, i, o, *depth as u32, items),
+                Storage::U32 | Storage::Bool => {
+                    index::one_hot::launch::<u32, R>(client, count, dim, i, o, *depth as u32, items)
+                }
+            }
+        }
+        Kernel::TopK { rows: r, cols, k } => {
+            let (x, v, i) = (arg(&reads[0].1), arg(&writes[0].1), arg(&writes[1].1));
+            index::top_k::launch::<F, R>(client, count, dim, x, v, i, *r as u32, *cols as u32, *k as u32);
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The device executor: runs a [`KernelPlan`] on a CubeCL runtime (Wgpu/Vulkan, or CUDA).
+//!
+//! An executor is built for one plan: it allocates the memory plan's slots, uploads every
+//! launch's metadata once, and keeps the weights on the device between runs. Buffers of floats
+//! hold `F` (f32 or f16, the plan's float type); integers i32; u32 and bools u32.
+
+mod convert;
+mod launch;
+
+use std::collections::BTreeMap;
+
+use calm_ir::DType;
+use calm_kernels::elementwise::Buf;
+use calm_passes::plan::{KernelPlan, Role, Storage};
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use thiserror::Error;
+
+use crate::host::{HostData, HostTensor};
+use crate::params::ParamStore;
+
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    #[error("missing {what} `{name}`")]
+    Missing { what: &'static str, name: String },
+    #[error("{what} `{name}` has shape {found:?}, the plan was compiled for {expected:?}")]
+    Shape { what: &'static str, name: String, expected: Vec<u64>, found: Vec<usize> },
+    #[error("{what} `{name}` holds {found} values, the plan stores {expected:?}")]
+    DType { what: &'static str, name: String, found: &'static str, expected: Storage },
+    #[error("reading from the device failed: {0}")]
+    Read(String),
+}
+
+/// Element types a plan's floats can be stored in.
+pub trait DeviceFloat: Float + CubeElement {
+    fn from_f64(v: f64) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl DeviceFloat for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl DeviceFloat for half::f16 {
+    fn from_f64(v: f64) -> Self {
+        half::f16::from_f64(v)
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+/// Host values to device bytes of `storage` (floats as `F`).
+fn to_bytes<F: DeviceFloat>(data: &HostData, storage: Storage) -> Option<Vec<u8>> {
+    Some(match (storage, data) {
+        (Storage::Float, HostData::F32(_) | HostData::F64(_)) => {
+            let values: Vec<F> = data.to_f64().into_iter().map(F::from_f64).collect();
+            F::as_bytes(&values).to_vec()
+        }
+        (Storage::I32, HostData::I32(v)) => i32::as_bytes(v).to_vec(),
+        (Storage::I32, HostData::U32(v)) => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+        (Storage::U32, HostData::U32(v)) => u32::as_bytes(v).to_vec(),
+        (Storage::U32, HostData::I32(v)) => v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect(),
+        (Storage::Bool, HostData::Bool(v)) => v.iter().flat_map(|&b| (b as u32).to_le_bytes()).collect(),
+        _ => return None,
+    })
+}
+
+/// Device bytes of `storage` to host values of the IR type `dtype`.
+fn from_bytes<F: DeviceFloat>(bytes: &[u8], storage: Storage, dtype: DType, len: usize) -> HostData {
+    match storage {
+        Storage::Float => HostData::F32(F::from_bytes(bytes)[..len].iter().map(|&x| x.to_f32()).collect()),
+        Storage::I32 => HostData::I32(i32::from_bytes(bytes)[..len].to_vec()),
+        Storage::U32 if dtype == DType::U32 => HostData::U32(u32::from_bytes(bytes)[..len].to_vec()),
+        Storage::U32 | Storage::Bool => HostData::Bool(u32::from_bytes(bytes)[..len].iter().map(|&x| x != 0).collect()),
+    }
+}
+
+/// One plan, ready to run on a device.
+pub struct DeviceExecutor<R: Runtime, F: DeviceFloat> {
+    client: ComputeClient<R>,
+    plan: KernelPlan,
+    /// The device allocation of each temporary slot.
+    slots: Vec<Option<Handle>>,
+    /// Uploaded inputs and parameters, by buffer.
+    pinned: BTreeMap<u32, Handle>,
+    /// Each launch's metadata on the device (built once).
+    metas: Vec<Option<Buf>>,
+    /// The IR dtype of each output, for reading back.
+    output_types: Vec<DType>,
+    _float: std::marker::PhantomData<F>,
+}
+
+impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
+    /// Allocates the plan's slots and metadata on `client`'s device. `output_types` are the IR
+    /// dtypes of the plan's outputs, in order.
+    pub fn new(client: ComputeClient<R>, plan: KernelPlan, output_types: Vec<DType>) -> Self {
+        let pinned_slots: Vec<u32> = (0..plan.buffers.len())
+            .filter(|&b| plan.buffers[b].role != Role::Temp)
+            .map(|b| plan.memory.slot_of[b])
+            .collect();
+        let slots = plan
+            .memory
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(s, &(storage, len))| {
+                // Input and parameter slots are uploaded, not allocated.
+                (!pinned_slots.contains(&(s as u32)))
+                    .then(|| client.empty((len * storage.size_bytes(plan.float)) as usize))
+            })
+            .collect();
+        let metas = plan.launches.iter().map(|l| launch::meta(&l.kernel).map(|m| upload_u32(&client, &m))).collect();
+        DeviceExecutor {
+            client,
+            plan,
+            slots,
+            pinned: BTreeMap::new(),
+            metas,
+            output_types,
+            _float: std::marker::PhantomData,
+        }
+    }
+
+    /// Fills every temporary slot with NaN (floats) or all-ones bits (integers), so that an
+    /// element a kernel fails to write shows up in the outputs. For tests.
+    pub fn poison(&mut self) {
+        for (s, slot) in self.slots.iter_mut().enumerate() {
+            if slot.is_none() {
+                continue;
+            }
+            let (storage, len) = self.plan.memory.slots[s];
+            let bytes: Vec<u8> = match storage {
+                Storage::Float => F::as_bytes(&vec![F::from_f64(f64::NAN); len as usize]).to_vec(),
+                _ => vec![0xFF; len as usize * 4],
+            };
+            *slot = Some(self.client.create_from_slice(&bytes));
+        }
+    }
+
+    pub fn plan(&self) -> &KernelPlan {
+        &self.plan
+    }
+
+    pub fn client(&self) -> &ComputeClient<R> {
+        &self.client
+    }
+
+    fn upload(
+        &mut self,
+        what: &'static str,
+        name: &str,
+        buffer: u32,
+        shape: &[u64],
+        t: &HostTensor,
+    ) -> Result<(), DeviceError> {
+        let expected: Vec<u64> = shape.to_vec();
+        if t.shape.iter().map(|&d| d as u64).collect::<Vec<_>>() != expected || t.data.len() != t.numel() {
+            return Err(DeviceError::Shape { what, name: name.to_string(), expected, found: t.shape.clone() });
+        }
+        let storage = self.plan.buffers[buffer as usize].storage;
+        let bytes = to_bytes::<F>(&t.data, storage).ok_or(DeviceError::DType {
+            what,
+            name: name.to_string(),
+            found: t.data.type_name(),
+            expected: storage,
+        })?;
+        // A scalar still takes one element.
+        let bytes = if bytes.is_empty() { vec![0; storage.size_bytes(self.plan.float) as usize] } else { bytes };
+        self.pinned.insert(buffer, self.client.create_from_slice(&bytes));
+        Ok(())
+    }
+
+    /// Uploads the weights (kept on the device until replaced).
+    pub fn load_params(&mut self, params: &ParamStore) -> Result<(), DeviceError> {
+        for p in self.plan.params.clone() {
+            let t =
+                params.get(&p.name).ok_or_else(|| DeviceError::Missing { what: "parameter", name: p.name.clone() })?;
+            self.upload("parameter", &p.name, p.buffer, &p.shape, t)?;
+        }
+        Ok(())
+    }
+
+    /// The device handle and length of a buffer.
+    fn buf(&self, b: u32) -> Buf {
+        let len = self.plan.buffers[b as usize].len as usize;
+        let handle = match self.pinned.get(&b) {
+            Some(h) => h.clone(),
+            None => self.slots[self.plan.memory.slot_of[b as usize] as usize]
+                .clone()
+                .expect("temporary slots are allocated"),
+        };
+        Buf { handle, len }
+    }
+
+    /// Enqueues every launch (after [`load_params`](Self::load_params) and the inputs).
+    pub fn launch_all(&self) {
+        for (l, meta) in self.plan.launches.iter().zip(&self.metas) {
+            let reads: Vec<(Storage, Buf)> =
+                l.reads.iter().map(|&b| (self.plan.buffers[b as usize].storage, self.buf(b))).collect();
+            let writes: Vec<(Storage, Buf)> =
+                l.writes.iter().map(|&b| (self.plan.buffers[b as usize].storage, self.buf(b))).collect();
+            launch::launch::<R, F>(&self.client, l, &reads, &writes, meta.as_ref());
+        }
+    }
+
+    /// Runs the plan on `inputs` and reads every output back.
+    pub fn run(&mut self, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, DeviceError> {
+        for p in self.plan.inputs.clone() {
+            let t = inputs.get(&p.name).ok_or_else(|| DeviceError::Missing { what: "input", name: p.name.clone() })?;
+            self.upload("input", &p.name, p.buffer, &p.shape, t)?;
+        }
+        self.launch_all();
+        let mut out = BTreeMap::new();
+        for (p, &dtype) in self.plan.outputs.iter().zip(&self.output_types) {
+            let b = self.buf(p.buffer);
+            let bytes = self.client.read_one(b.handle).map_err(|e| DeviceError::Read(format!("{e:?}")))?;
+            let len = p.shape.iter().product::<u64>() as usize;
+            let storage = self.plan.buffers[p.buffer as usize].storage;
+            let data = from_bytes::<F>(&bytes, storage, dtype, len);
+            out.insert(p.name.clone(), HostTensor::new(p.shape.iter().map(|&d| d as usize).collect(), data));
+        }
+        Ok(out)
+    }
+}
+
+fn upload_u32<R: Runtime>(client: &ComputeClient<R>, v: &[u32]) -> Buf {
+    Buf { handle: client.create_from_slice(u32::as_bytes(v)), len: v.len() }
+}
