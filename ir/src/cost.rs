@@ -85,7 +85,15 @@ pub fn node_cost(g: &Graph, n: NodeId, bindings: &Bindings) -> Result<Cost, Cost
             Op::TopK { k } => mul(arg(0).numel(bindings)?, *k, arg(0))?,
             Op::OneHot { .. } => 0,
             op if op.class() == OpClass::Movement => 0,
-            Op::Fused(f) => match *f {},
+            Op::Fused(crate::fused::FusedOp::Elementwise { program, .. }) => {
+                mul(program.flops_per_element(), out_elems, out)?
+            }
+            Op::Fused(crate::fused::FusedOp::MatMulEpilogue { transpose_a, program, .. }) => {
+                let a = arg(0);
+                let k = a.shape[a.rank() - if *transpose_a { 2 } else { 1 }].resolve(bindings)?;
+                let product = mul(mul(2, out_elems, out)?, k, out)?;
+                product.saturating_add(mul(program.flops_per_element(), out_elems, out)?)
+            }
             other => unreachable!("{} has no cost rule", other.name()),
         };
         Ok(Cost { flops, bytes_read, bytes_written })

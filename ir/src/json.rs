@@ -92,10 +92,14 @@ pub fn to_json(g: &Graph) -> String {
                 Value::Object(map) => map,
                 other => unreachable!("op serialised to {other}"),
             };
-            attrs.remove("op");
+            // The serialised tag (`fused` for every fused op, whose kind is an attribute).
+            let op = match attrs.remove("op") {
+                Some(Value::String(tag)) => tag,
+                other => unreachable!("op tag serialised to {other:?}"),
+            };
             let file = FileNode {
                 id: n.to_string(),
-                op: node.op.name().to_string(),
+                op,
                 attrs,
                 args: node.args.iter().map(ValueId::to_string).collect(),
                 results: node

@@ -53,9 +53,10 @@ pub enum Instr {
     Arg {
         index: u32,
     },
-    /// A constant, as the bits of an f64 (so programs can be hashed and compared).
+    /// A constant of `dtype`, as the bits of an f64 (so programs can be hashed and compared).
     Const {
         bits: u64,
+        dtype: DType,
     },
     Unary {
         f: UnaryFn,
@@ -90,8 +91,9 @@ pub enum Instr {
 }
 
 impl Instr {
+    /// An f32 constant.
     pub fn constant(value: f64) -> Instr {
-        Instr::Const { bits: value.to_bits() }
+        Instr::Const { bits: value.to_bits(), dtype: DType::F32 }
     }
 
     /// The registers this instruction reads.

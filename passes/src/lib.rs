@@ -10,6 +10,8 @@
 
 pub mod ablate;
 pub mod dce;
+pub mod fuse_elementwise;
+pub mod fuse_matmul;
 pub mod lower;
 pub mod memory;
 pub mod pipeline;

@@ -5,6 +5,7 @@
 
 use calm_ir::cost::node_cost;
 use calm_ir::entity::SecondaryMap;
+use calm_ir::fused::FusedOp;
 use calm_ir::program::{BinaryFn, Instr, Program, UnaryFn};
 use calm_ir::types::ShapeError;
 use calm_ir::{verify, Bindings, DType, Graph, NodeId, Op, ValueId, VerifyErrors};
@@ -102,7 +103,7 @@ pub fn primitive_program(op: &Op, arg_types: &[DType], out: DType) -> Option<Pro
     Some(match op {
         Op::Cast { to } => single(n, Instr::Cast { to: *to, x: 0 }, out),
         Op::Select => single(n, Instr::Select { cond: 0, a: 1, b: 2 }, out),
-        Op::Constant { value, .. } => single(0, Instr::constant(value.0), out),
+        Op::Constant { value, dtype } => single(0, Instr::Const { bits: value.0.to_bits(), dtype: *dtype }, out),
         Op::Iota { axis, .. } => single(0, Instr::Index { axis: *axis as u32 }, out),
         Op::RandomUniform { stream, .. } => {
             Program { instrs: vec![Instr::Uniform { stream: *stream, seed: 0, offset: 1 }], outputs: vec![(0, out)] }
@@ -184,6 +185,88 @@ impl Lowering<'_> {
         LowerError::Unsupported { node: n, op: node.op.name(), scope: node.scope.clone(), reason: reason.to_string() }
     }
 
+    /// A matmul, with the epilogue program of a fused one: its extra arguments (the node's
+    /// arguments after `a` and `b`) are read at broadcast strides over the product.
+    fn lower_matmul(
+        &mut self,
+        n: NodeId,
+        args: &[ValueId],
+        ta: bool,
+        tb: bool,
+        program: Option<&Program>,
+    ) -> Result<(), LowerError> {
+        let out = self.g.nodes[n].results[0];
+        let out_shape = self.shape(out)?;
+        let (a, b) = (self.shape(args[0])?, self.shape(args[1])?);
+        let rank = out_shape.len();
+        let (mut m, n_, k) =
+            (out_shape[rank - 2], out_shape[rank - 1], if ta { a[a.len() - 2] } else { a[a.len() - 1] });
+        let mut batch = out_shape[..rank - 2].to_vec();
+        // [.., m, k] x [k, n] with A row-major: the batch is just more rows of one GEMM.
+        if b.len() == 2 && !ta {
+            m *= batch.iter().product::<u64>();
+            batch.clear();
+        }
+        let batch_strides = |x: &[u64]| {
+            let rows_cols = x[x.len() - 2] * x[x.len() - 1];
+            let own: Vec<u64> = contiguous_strides(&x[..x.len() - 2]).iter().map(|s| s * rows_cols).collect();
+            let offset = batch.len().saturating_sub(x.len() - 2);
+            (0..batch.len())
+                .map(|d| if d < offset || x[d - offset] == 1 { 0 } else { own[d - offset] })
+                .collect::<Vec<u64>>()
+        };
+        let (a_batch_strides, b_batch_strides) = (batch_strides(&a), batch_strides(&b));
+        // Extra arguments, read over the GEMM's own output view `[batch.., m, n]`: their
+        // broadcast strides over the product's shape, regrouped the same way.
+        let epilogue = match program {
+            None => None,
+            Some(program) => {
+                let mut strides = Vec::new();
+                for &e in &args[2..] {
+                    let full = broadcast_strides(&self.shape(e)?, &out_shape);
+                    let (row, col) = (full[rank - 2], full[rank - 1]);
+                    let view = if batch.is_empty() {
+                        // Rows of the flattened product walk the batch dims, then the rows: one
+                        // row stride serves only if the argument is broadcast over all of them
+                        // or laid out contiguously across them.
+                        let flat = full[..rank - 1].iter().all(|&s| s == 0)
+                            || (0..rank - 1)
+                                .all(|d| full[d] == row * out_shape[d + 1..rank - 1].iter().product::<u64>());
+                        if !flat {
+                            return Err(
+                                self.unsupported(n, "an epilogue argument that the flattened GEMM rows cannot address")
+                            );
+                        }
+                        vec![row, col]
+                    } else {
+                        let mut v = full[..rank - 2].to_vec();
+                        v.extend([row, col]);
+                        v
+                    };
+                    strides.push(view);
+                }
+                Some(Epilogue { program: program.clone(), strides })
+            }
+        };
+        let kernel = Kernel::MatMul {
+            a_batch_strides,
+            b_batch_strides,
+            batch,
+            m,
+            n: n_,
+            k,
+            // op(A)[i, kk] and op(B)[kk, j] in contiguous A and B.
+            a_strides: if ta { [1, m] } else { [k, 1] },
+            b_strides: if tb { [1, k] } else { [n_, 1] },
+            tile: self.opts.tile,
+            epilogue,
+        };
+        let mut reads = vec![self.buf(args[0]), self.buf(args[1])];
+        reads.extend(args[2..].iter().map(|&e| self.buf(e)));
+        let w = self.new_buffer(out, Role::Temp)?;
+        self.emit(n, kernel, reads, vec![w])
+    }
+
     fn lower_node(&mut self, n: NodeId) -> Result<(), LowerError> {
         let g = self.g;
         let node = &g.nodes[n];
@@ -201,40 +284,7 @@ impl Lowering<'_> {
             }
             // Contiguous data reshaped is the same data.
             Op::Reshape { .. } => self.buffer_of[out] = Some(self.buf(args[0])),
-            Op::MatMul { transpose_a, transpose_b } => {
-                let (a, b) = (self.shape(args[0])?, self.shape(args[1])?);
-                let rank = out_shape.len();
-                let (m, n_, k) = (
-                    out_shape[rank - 2],
-                    out_shape[rank - 1],
-                    if *transpose_a { a[a.len() - 2] } else { a[a.len() - 1] },
-                );
-                let batch = out_shape[..rank - 2].to_vec();
-                let batch_strides = |x: &[u64]| {
-                    let rows_cols = x[x.len() - 2] * x[x.len() - 1];
-                    let own: Vec<u64> = contiguous_strides(&x[..x.len() - 2]).iter().map(|s| s * rows_cols).collect();
-                    let offset = batch.len() - (x.len() - 2);
-                    (0..batch.len())
-                        .map(|d| if d < offset || x[d - offset] == 1 { 0 } else { own[d - offset] })
-                        .collect::<Vec<u64>>()
-                };
-                let kernel = Kernel::MatMul {
-                    a_batch_strides: batch_strides(&a),
-                    b_batch_strides: batch_strides(&b),
-                    batch,
-                    m,
-                    n: n_,
-                    k,
-                    // op(A)[i, kk] and op(B)[kk, j] in contiguous A and B.
-                    a_strides: if *transpose_a { [1, m] } else { [k, 1] },
-                    b_strides: if *transpose_b { [1, k] } else { [n_, 1] },
-                    tile: self.opts.tile,
-                    epilogue: None,
-                };
-                let reads = vec![self.buf(args[0]), self.buf(args[1])];
-                let w = self.new_buffer(out, Role::Temp)?;
-                self.emit(n, kernel, reads, vec![w])?;
-            }
+            Op::MatMul { transpose_a, transpose_b } => self.lower_matmul(n, &args, *transpose_a, *transpose_b, None)?,
             Op::Softmax { axis } | Op::LogSoftmax { axis } => {
                 let (outer, len, inner) = around(&out_shape, *axis);
                 let kernel = Kernel::Softmax { outer, len, inner, log: matches!(node.op, Op::LogSoftmax { .. }) };
@@ -368,7 +418,23 @@ impl Lowering<'_> {
                 let w = self.new_buffer(out, Role::Temp)?;
                 self.emit(n, Kernel::OneHot { count, depth: *depth }, reads, vec![w])?;
             }
-            Op::Fused(f) => match *f {},
+            Op::Fused(FusedOp::Elementwise { program, .. }) => {
+                let strides = args
+                    .iter()
+                    .map(|&a| Ok(broadcast_strides(&self.shape(a)?, &out_shape)))
+                    .collect::<Result<_, LowerError>>()?;
+                let reads = args.iter().map(|&a| self.buf(a)).collect();
+                let writes = node.results.iter().map(|&r| self.new_buffer(r, Role::Temp)).collect::<Result<_, _>>()?;
+                self.emit(
+                    n,
+                    Kernel::Elementwise { shape: out_shape, strides, program: program.clone() },
+                    reads,
+                    writes,
+                )?;
+            }
+            Op::Fused(FusedOp::MatMulEpilogue { transpose_a, transpose_b, program }) => {
+                self.lower_matmul(n, &args, *transpose_a, *transpose_b, Some(program))?;
+            }
             op => {
                 let arg_types: Vec<DType> = args.iter().map(|&a| g.value_type(a).dtype).collect();
                 let program = primitive_program(op, &arg_types, g.value_type(out).dtype)

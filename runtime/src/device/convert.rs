@@ -65,7 +65,7 @@ pub fn ops(p: &IrProgram) -> Vec<Op> {
         .iter()
         .map(|i| match *i {
             Instr::Arg { index } => Op::Arg(index as usize),
-            Instr::Const { bits } => Op::Const((f64::from_bits(bits) as f32).to_bits()),
+            Instr::Const { bits, .. } => Op::Const((f64::from_bits(bits) as f32).to_bits()),
             Instr::Unary { f, x } => Op::Unary(unary(f), x as usize),
             Instr::Binary { f, a, b } => Op::Binary(binary(f), a as usize, b as usize),
             Instr::Select { cond, a, b } => Op::Select(cond as usize, a as usize, b as usize),

@@ -209,6 +209,28 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
         }
     }
 
+    /// Runs each launch alone, waiting for the device after it, and returns the host-clock time
+    /// of each (inputs must be uploaded by a previous [`run`](Self::run)).
+    pub fn time_launches(&self) -> Vec<std::time::Duration> {
+        let sync = || cubecl::future::block_on(self.client.sync()).expect("device sync");
+        sync();
+        self.plan
+            .launches
+            .iter()
+            .zip(&self.metas)
+            .map(|(l, meta)| {
+                let reads: Vec<(Storage, Buf)> =
+                    l.reads.iter().map(|&b| (self.plan.buffers[b as usize].storage, self.buf(b))).collect();
+                let writes: Vec<(Storage, Buf)> =
+                    l.writes.iter().map(|&b| (self.plan.buffers[b as usize].storage, self.buf(b))).collect();
+                let t = std::time::Instant::now();
+                launch::launch::<R, F>(&self.client, l, &reads, &writes, meta.as_ref());
+                sync();
+                t.elapsed()
+            })
+            .collect()
+    }
+
     /// Runs the plan on `inputs` and reads every output back.
     pub fn run(&mut self, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, DeviceError> {
         for p in self.plan.inputs.clone() {

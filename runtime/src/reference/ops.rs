@@ -7,7 +7,9 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor, IntTensor};
 use burn::tensor::{Shape, Slice};
-use calm_ir::{DType, Op};
+use calm_ir::fused::FusedOp;
+use calm_ir::program::{BinaryFn, Instr, Program, UnaryFn};
+use calm_ir::{DType, Dim, Op};
 use calm_kernels::philox;
 
 use super::value::{physical, Ctx, Data, DeviceError, Value};
@@ -295,7 +297,16 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             let v = Value::<B>::from_f64(ctx, shape.clone(), values);
             Ok(vec![Value { shape: shape.clone(), data: cast(ctx, &v, *dtype) }])
         }
-        Op::Fused(f) => match *f {},
+        Op::Fused(FusedOp::Elementwise { program, .. }) => run_program(ctx, program, args, &shape),
+        Op::Fused(FusedOp::MatMulEpilogue { transpose_a, transpose_b, program }) => {
+            let product = Value {
+                shape: shape.clone(),
+                data: Data::Float(matmul::<B>(args, *transpose_a, *transpose_b, &shape)?),
+            };
+            let mut program_args = vec![&product];
+            program_args.extend_from_slice(&args[2..]);
+            run_program(ctx, program, &program_args, &shape)
+        }
     }
 }
 
@@ -311,6 +322,90 @@ fn arithmetic<B: Backend>(
         (Data::Float(a), Data::Float(b)) => Ok(Data::Float(on_floats(a, b))),
         _ => invalid("arithmetic on mismatched kinds"),
     }
+}
+
+/// Evaluates an elementwise program instruction by instruction, each as the primitive op it
+/// stands for, so fused graphs compute exactly what their primitives compute.
+fn run_program<B: Backend>(
+    ctx: &Ctx<B>,
+    program: &Program,
+    args: &[&Value<B>],
+    shape: &[usize],
+) -> OpResult<Vec<Value<B>>> {
+    let mut regs: Vec<Value<B>> = Vec::with_capacity(program.instrs.len());
+    for instr in &program.instrs {
+        let value = match *instr {
+            Instr::Arg { index } => args[index as usize].clone(),
+            Instr::Const { bits, dtype } => Value { shape: vec![], data: constant(ctx, f64::from_bits(bits), dtype) },
+            Instr::Index { axis } => {
+                let op = Op::Iota { shape: shape.iter().map(|&d| Dim::Fixed(d as u64)).collect(), axis: axis as usize };
+                apply(ctx, &op, &[], &[shape.to_vec()])?.remove(0)
+            }
+            Instr::Uniform { stream, seed, offset } => {
+                let op = Op::RandomUniform { shape: shape.iter().map(|&d| Dim::Fixed(d as u64)).collect(), stream };
+                apply(ctx, &op, &[args[seed as usize], args[offset as usize]], &[shape.to_vec()])?.remove(0)
+            }
+            ref other => {
+                let (op, operands) = program_primitive(other);
+                let operands: Vec<&Value<B>> = operands.iter().map(|&r| &regs[r as usize]).collect();
+                let out = broadcast_result(&operands);
+                apply(ctx, &op, &operands, &[out])?.remove(0)
+            }
+        };
+        regs.push(value);
+    }
+    Ok(program.outputs.iter().map(|&(r, _)| regs[r as usize].clone()).collect())
+}
+
+/// The primitive op of an arithmetic instruction, and its operand registers.
+fn program_primitive(instr: &Instr) -> (Op, Vec<u32>) {
+    match *instr {
+        Instr::Unary { f, x } => (
+            match f {
+                UnaryFn::Neg => Op::Neg,
+                UnaryFn::Exp => Op::Exp,
+                UnaryFn::Log => Op::Log,
+                UnaryFn::Sqrt => Op::Sqrt,
+                UnaryFn::Rsqrt => Op::Rsqrt,
+                UnaryFn::Tanh => Op::Tanh,
+                UnaryFn::Sigmoid => Op::Sigmoid,
+                UnaryFn::Relu => Op::Relu,
+                UnaryFn::Gelu => Op::Gelu,
+            },
+            vec![x],
+        ),
+        Instr::Binary { f, a, b } => (
+            match f {
+                BinaryFn::Add => Op::Add,
+                BinaryFn::Sub => Op::Sub,
+                BinaryFn::Mul => Op::Mul,
+                BinaryFn::Div => Op::Div,
+                BinaryFn::Max => Op::Max,
+                BinaryFn::Equal => Op::Equal,
+                BinaryFn::Less => Op::Less,
+            },
+            vec![a, b],
+        ),
+        Instr::Select { cond, a, b } => (Op::Select, vec![cond, a, b]),
+        Instr::Cast { to, x } => (Op::Cast { to }, vec![x]),
+        Instr::Arg { .. } | Instr::Const { .. } | Instr::Index { .. } | Instr::Uniform { .. } => {
+            unreachable!("handled by run_program")
+        }
+    }
+}
+
+/// The numpy broadcast of the operands' shapes.
+fn broadcast_result<B: Backend>(operands: &[&Value<B>]) -> Vec<usize> {
+    let rank = operands.iter().map(|v| v.rank()).max().unwrap_or(0);
+    let mut out = vec![1; rank];
+    for v in operands {
+        for (d, &size) in aligned_shape(&v.shape, rank).iter().enumerate() {
+            if size != 1 {
+                out[d] = size;
+            }
+        }
+    }
+    out
 }
 
 fn constant<B: Backend>(ctx: &Ctx<B>, value: f64, dtype: DType) -> Data<B> {

@@ -1,0 +1,219 @@
+//! Elementwise fusion: chains of elementwise ops of one shape become one
+//! [`FusedOp::Elementwise`] node, evaluated by one generated kernel.
+//!
+//! Nodes are visited in topological order; an elementwise node joins the group of one of its
+//! arguments' producers when the shapes agree and joining cannot create a cycle (no other
+//! argument of the node is computed, outside the group, from the group). Scalar constants are
+//! inlined into the program; explicit broadcasts feeding a group are read through (programs
+//! broadcast their arguments). Every group value read outside the group becomes an output.
+//! Each primitive's instructions come from the lowering's [`primitive_program`], so the fused
+//! program computes exactly what the primitives do.
+
+use std::collections::HashMap;
+
+use calm_ir::entity::SecondaryMap;
+use calm_ir::fused::FusedOp;
+use calm_ir::program::{Instr, Program};
+use calm_ir::{Graph, NodeId, Op, OpClass, TensorType, ValueId};
+
+use crate::dce::dce;
+use crate::lower::primitive_program;
+use crate::pipeline::PassError;
+
+/// True for nodes a group may contain.
+fn fusible(g: &Graph, n: NodeId) -> bool {
+    let node = &g.nodes[n];
+    let arg_types: Vec<calm_ir::DType> = node.args.iter().map(|&a| g.value_type(a).dtype).collect();
+    let out = g.value_type(node.results[0]).dtype;
+    // Integer arithmetic has no device kernel; comparisons, selects and casts of integers do.
+    let integer_math = arg_types.iter().any(|t| t.is_int())
+        && matches!(node.op, Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Neg | Op::Max);
+    let program_ok = match &node.op {
+        op if op.class() == OpClass::Elementwise => primitive_program(op, &arg_types, out).is_some(),
+        Op::Iota { .. } => true,
+        // Random numbers need their keys to be graph inputs (arguments of the fused node).
+        Op::RandomUniform { .. } => node.args.iter().all(|&a| matches!(g.nodes[g.producer(a)].op, Op::Input { .. })),
+        _ => false,
+    };
+    let keys_are_inputs = !matches!(node.op, Op::Dropout { .. })
+        || node.args[1..].iter().all(|&a| matches!(g.nodes[g.producer(a)].op, Op::Input { .. }));
+    program_ok && !integer_math && keys_are_inputs && !matches!(node.op, Op::Constant { .. })
+}
+
+/// The scalar value of a constant node, if `v` is one.
+fn scalar_constant(g: &Graph, v: ValueId) -> Option<(u64, calm_ir::DType)> {
+    match &g.nodes[g.producer(v)].op {
+        Op::Constant { value, dtype } => Some((value.0.to_bits(), *dtype)),
+        _ => None,
+    }
+}
+
+/// `v`, looked through explicit broadcasts (a program broadcasts its arguments itself).
+fn through_broadcasts(g: &Graph, mut v: ValueId) -> ValueId {
+    while let Op::Broadcast { .. } = g.nodes[g.producer(v)].op {
+        v = g.nodes[g.producer(v)].args[0];
+    }
+    v
+}
+
+/// Does `start` depend on a node of `members`? Walks backwards, never below `lowest` (the
+/// topological position of the group's first node).
+fn depends_on(
+    g: &Graph,
+    start: NodeId,
+    in_group: &dyn Fn(NodeId) -> bool,
+    pos: &SecondaryMap<NodeId, usize>,
+    lowest: usize,
+) -> bool {
+    let mut stack = vec![start];
+    let mut seen: SecondaryMap<NodeId, bool> = SecondaryMap::new();
+    while let Some(n) = stack.pop() {
+        if in_group(n) {
+            return true;
+        }
+        if pos[n] < lowest || std::mem::replace(&mut seen[n], true) {
+            continue;
+        }
+        stack.extend(g.nodes[n].args.iter().map(|&a| g.producer(a)));
+    }
+    false
+}
+
+/// Fuses elementwise chains; returns whether anything changed.
+pub fn fuse_elementwise(g: &mut Graph) -> Result<bool, PassError> {
+    let order = g
+        .topo_order()
+        .map_err(|_| PassError::Failed { pass: "fuse_elementwise", message: "graph has a cycle".into() })?;
+    let mut pos: SecondaryMap<NodeId, usize> = SecondaryMap::new();
+    for (i, &n) in order.iter().enumerate() {
+        pos[n] = i;
+    }
+    let mut group_of: SecondaryMap<NodeId, Option<usize>> = SecondaryMap::with_default(None);
+    let mut groups: Vec<Vec<NodeId>> = Vec::new();
+    for &n in &order {
+        if !fusible(g, n) {
+            continue;
+        }
+        let shape = &g.value_type(g.nodes[n].results[0]).shape;
+        let mut joined = None;
+        for &a in &g.nodes[n].args {
+            let p = g.producer(through_broadcasts(g, a));
+            let Some(gid) = group_of[p] else { continue };
+            if &g.value_type(g.nodes[p].results[0]).shape != shape || joined == Some(gid) {
+                continue;
+            }
+            let lowest = groups[gid].iter().map(|&m| pos[m]).min().expect("groups are not empty");
+            let in_group = |x: NodeId| group_of[x] == Some(gid);
+            let cycle = g.nodes[n]
+                .args
+                .iter()
+                .map(|&b| g.producer(through_broadcasts(g, b)))
+                .filter(|&q| !in_group(q))
+                .any(|q| depends_on(g, q, &in_group, &pos, lowest));
+            if !cycle {
+                joined = Some(gid);
+                break;
+            }
+        }
+        let gid = joined.unwrap_or_else(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[gid].push(n);
+        group_of[n] = Some(gid);
+    }
+
+    let users = g.users();
+    let output_values: Vec<ValueId> = g.outputs.iter().map(|o| o.value).collect();
+    let mut changed = false;
+    for (gid, members) in groups.iter().enumerate().filter(|(_, m)| m.len() > 1) {
+        let in_group = |n: NodeId| group_of[n] == Some(gid);
+        let head = *members.last().expect("a group has members");
+        let shape = g.value_type(g.nodes[head].results[0]).shape.clone();
+        let mut instrs: Vec<Instr> = Vec::new();
+        let mut args: Vec<ValueId> = Vec::new();
+        let mut reg_of: HashMap<ValueId, u32> = HashMap::new();
+        let arg_index = |v: ValueId, args: &mut Vec<ValueId>| -> u32 {
+            match args.iter().position(|&a| a == v) {
+                Some(i) => i as u32,
+                None => {
+                    args.push(v);
+                    args.len() as u32 - 1
+                }
+            }
+        };
+        for &m in members {
+            let node = &g.nodes[m];
+            let arg_types: Vec<calm_ir::DType> = node.args.iter().map(|&a| g.value_type(a).dtype).collect();
+            let out_type = g.value_type(node.results[0]).dtype;
+            let program = primitive_program(&node.op, &arg_types, out_type).expect("fusible nodes have programs");
+            // The member's operands as registers of the fused program.
+            let mut operand_regs = Vec::new();
+            for &a in &node.args {
+                let v = through_broadcasts(g, a);
+                let reg = if let Some(&r) = reg_of.get(&v) {
+                    r
+                } else if let Some((bits, dtype)) = scalar_constant(g, v) {
+                    instrs.push(Instr::Const { bits, dtype });
+                    instrs.len() as u32 - 1
+                } else {
+                    let index = arg_index(v, &mut args);
+                    instrs.push(Instr::Arg { index });
+                    instrs.len() as u32 - 1
+                };
+                reg_of.entry(v).or_insert(reg);
+                operand_regs.push(reg);
+            }
+            // Splice the member's program: its arguments become those registers, its own
+            // registers are renumbered, its random keys refer to the fused node's arguments.
+            let mut local: Vec<u32> = Vec::new();
+            for instr in &program.instrs {
+                let r = |x: u32| local[x as usize];
+                let spliced = match *instr {
+                    Instr::Arg { index } => {
+                        local.push(operand_regs[index as usize]);
+                        continue;
+                    }
+                    Instr::Const { bits, dtype } => Instr::Const { bits, dtype },
+                    Instr::Unary { f, x } => Instr::Unary { f, x: r(x) },
+                    Instr::Binary { f, a, b } => Instr::Binary { f, a: r(a), b: r(b) },
+                    Instr::Select { cond, a, b } => Instr::Select { cond: r(cond), a: r(a), b: r(b) },
+                    Instr::Cast { to, x } => Instr::Cast { to, x: r(x) },
+                    Instr::Uniform { stream, seed, offset } => Instr::Uniform {
+                        stream,
+                        seed: arg_index(node.args[seed as usize], &mut args),
+                        offset: arg_index(node.args[offset as usize], &mut args),
+                    },
+                    Instr::Index { axis } => Instr::Index { axis },
+                };
+                instrs.push(spliced);
+                local.push(instrs.len() as u32 - 1);
+            }
+            let result_reg = local[program.outputs[0].0 as usize];
+            reg_of.insert(node.results[0], result_reg);
+        }
+        // Outputs: group values read outside the group or by the graph.
+        let mut outputs: Vec<(ValueId, u32)> = Vec::new();
+        for &m in members {
+            let v = g.nodes[m].results[0];
+            let escapes = users[v].iter().any(|&u| !in_group(u)) || output_values.contains(&v);
+            if escapes {
+                outputs.push((v, reg_of[&v]));
+            }
+        }
+        let program = Program { instrs, outputs: outputs.iter().map(|&(v, r)| (r, g.value_type(v).dtype)).collect() };
+        let types: Vec<TensorType> = outputs.iter().map(|&(v, _)| g.value_type(v).clone()).collect();
+        let scope = g.nodes[head].scope.clone();
+        let fused = g.add_node(Op::Fused(FusedOp::Elementwise { shape, program }), args, types, &scope);
+        let results = g.nodes[fused].results.clone();
+        for (&(old, _), &new) in outputs.iter().zip(&results) {
+            g.replace_all_uses(old, new)
+                .map_err(|e| PassError::Failed { pass: "fuse_elementwise", message: e.to_string() })?;
+        }
+        changed = true;
+    }
+    if changed {
+        dce(g)?;
+    }
+    Ok(changed)
+}
