@@ -32,7 +32,7 @@ fn run_summarises_every_output_and_writes_them() {
     let graph = dir.path().join("g.json");
     json::write_file(&g, &graph).unwrap();
     let out = dir.path().join("out.safetensors");
-    let (ok, stdout, stderr) = calm(&["run", s(&graph), "--bind", "batch=6,tokens=5", "--seed", "2", "-o", s(&out)]);
+    let (ok, stdout, stderr) = calm(&["run", s(&graph), "--bind", "batch=6,tokens=5", "--seed", "2", "-o", s(&out), "--executor", "reference"]);
     assert!(ok, "{stderr}");
     for o in &g.outputs {
         let line = stdout.lines().find(|l| l.split_whitespace().next() == Some(o.name.as_str()));
@@ -87,4 +87,40 @@ fn run_takes_weights_and_inputs_from_files() {
     safetensors::write(&inputs, &partial).unwrap();
     let (ok, _, stderr) = calm(&["run", s(&graph), "--inputs", s(&inputs)]);
     assert!(!ok && stderr.contains("missing input: culture"), "{stderr}");
+}
+
+#[test]
+fn fused_executor_compiles_runs_and_compares() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = build(&CalmConfig::preset("tiny").unwrap(), Mode::Training).unwrap();
+    let graph = dir.path().join("g.json");
+    json::write_file(&g, &graph).unwrap();
+    let (ok, stdout, stderr) = calm(&["run", s(&graph), "--bind", "batch=6,tokens=5", "--executor", "fused", "--compare"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("kernel launches on wgpu"), "{stdout}");
+    for o in &g.outputs {
+        let line = stdout.lines().find(|l| l.split_whitespace().next() == Some(o.name.as_str())).unwrap();
+        let err: f64 = line.split_whitespace().last().unwrap().parse().unwrap();
+        assert!(err < 1e-4, "{line}");
+    }
+    // The compile summary counts launches before and after fusion.
+    let (ok, stdout, stderr) = calm(&["compile", s(&graph), "--bind", "batch=6,tokens=5"]);
+    assert!(ok, "{stderr}");
+    let count = |label: &str| -> usize {
+        stdout.lines().find(|l| l.starts_with(label)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert!(count("fused") < count("unfused"), "{stdout}");
+    assert!(stdout.contains("memory:"), "{stdout}");
+    let (ok, plan, _) = calm(&["compile", s(&graph), "--bind", "batch=6,tokens=5", "--emit", "plan"]);
+    assert!(ok);
+    let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(plan["format"], "calm-plan/1");
+    assert_eq!(plan["launches"].as_array().unwrap().len(), count("fused"));
+    // Unbound symbols and a device that cannot start are one-line errors.
+    let (ok, _, stderr) = calm(&["compile", s(&graph)]);
+    assert!(!ok && stderr.contains("symbols unbound: batch, tokens"), "{stderr}");
+    let (ok, _, stderr) = calm(&["run", s(&graph), "--bind", "batch=2,tokens=2", "--device", "cuda"]);
+    if !ok {
+        assert!(stderr.contains("CUDA did not start") && stderr.lines().count() == 1, "{stderr}");
+    }
 }

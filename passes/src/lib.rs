@@ -9,6 +9,7 @@
 //! and checks the assignment.
 
 pub mod ablate;
+pub mod compile;
 pub mod dce;
 pub mod fuse_elementwise;
 pub mod fuse_matmul;

@@ -33,6 +33,12 @@ pub enum CliError {
     RandomInputs(#[from] calm_runtime::inputs::RandomInputError),
     #[error("{0}")]
     Run(#[from] calm_runtime::reference::RunError),
+    #[error("{0}")]
+    Compile(#[from] calm_passes::compile::CompileError),
+    #[error("{0}")]
+    Device(#[from] calm_runtime::device::select::RunOnDeviceError),
+    #[error("{0}")]
+    Select(#[from] calm_runtime::device::select::SelectError),
 }
 
 /// Writes a graph file atomically, naming the file in any error.

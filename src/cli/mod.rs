@@ -3,6 +3,7 @@
 mod ablate;
 mod build;
 mod check;
+mod compile;
 mod diff;
 mod error;
 mod run;
@@ -108,7 +109,25 @@ pub enum Command {
         #[arg(long)]
         params: bool,
     },
-    /// Run a graph on the reference executor and summarise each output.
+    /// Compile a graph to a kernel plan for given symbol sizes: fusion passes, lowering, memory plan.
+    Compile {
+        /// Graph file (calm-ir/1 JSON).
+        file: PathBuf,
+        /// Sizes of the graph's symbols, e.g. `batch=64,tokens=128`.
+        #[arg(long)]
+        bind: Option<String>,
+        /// `summary`: launches, FLOPs and bytes before and after fusion, memory; `plan`: the plan as JSON.
+        #[arg(long, value_enum, default_value_t = compile::Emit::Summary)]
+        emit: compile::Emit,
+        /// Skip the fusion passes.
+        #[arg(long)]
+        no_fuse: bool,
+        /// Element type of float buffers on the device.
+        #[arg(long, value_enum, default_value_t = compile::Float::F32)]
+        float: compile::Float,
+    },
+    /// Run a graph and summarise each output: on a device (compiled, fused kernels) when one
+    /// starts, else on the reference executor.
     ///
     /// Without --inputs, inputs are random (shaped by --bind, drawn from --seed); without
     /// --weights, parameters are initialised from --seed.
@@ -130,7 +149,23 @@ pub enum Command {
         /// Write every output to this safetensors file.
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// `flex`: Burn's CPU backend, in f64 (the reference); `wgpu`: Burn on Vulkan, in f32.
+        /// `fused`: the compiled plan on a device; `reference`: op by op on Burn. Default: fused
+        /// when a device starts.
+        #[arg(long, value_enum)]
+        executor: Option<run::Executor>,
+        /// Device of the fused executor: `auto` tries CUDA, then Vulkan through wgpu.
+        #[arg(long, value_enum, default_value_t = run::DeviceArg::Auto)]
+        device: run::DeviceArg,
+        /// Element type of float buffers on the device.
+        #[arg(long, value_enum, default_value_t = compile::Float::F32)]
+        float: compile::Float,
+        /// Skip the fusion passes (fused executor).
+        #[arg(long)]
+        no_fuse: bool,
+        /// Run both executors and print the largest relative error of each output.
+        #[arg(long)]
+        compare: bool,
+        /// Backend of the reference executor: `flex` (CPU, f64) or `wgpu` (f32).
         #[arg(long, value_enum, default_value_t = run::Backend::Flex)]
         backend: run::Backend,
     },
@@ -161,9 +196,23 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ablations => ablate::list(),
         Command::Diff { a, b, depth, params } => diff::run(&a, &b, depth, params),
         Command::Preset { name } => build::preset(&name),
-        Command::Run { file, weights, inputs, bind, seed, output, backend } => {
-            run::run(run::Args { file, weights, inputs, bind, seed, output, backend })
+        Command::Compile { file, bind, emit, no_fuse, float } => {
+            compile::run(&file, bind.as_deref().unwrap_or(""), emit, !no_fuse, float)
         }
+        Command::Run { file, weights, inputs, bind, seed, output, executor, device, float, no_fuse, compare, backend } => run::run(run::Args {
+            file,
+            weights,
+            inputs,
+            bind,
+            seed,
+            output,
+            executor,
+            device,
+            float,
+            fuse: !no_fuse,
+            compare,
+            backend,
+        }),
         Command::Sample { output } => sample::run(&output),
     }
 }

@@ -1,22 +1,42 @@
-//! `calm run GRAPH`: the reference executor, with a summary of each output.
+//! `calm run GRAPH`: the compiled plan on a device (or the reference executor), with a summary
+//! of each output; `--compare` runs both.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::backend::flex::{Flex, FlexDevice};
 use burn::backend::wgpu::{Wgpu, WgpuDevice};
 use burn::tensor::FloatDType;
-use calm_runtime::host::Summary;
+use calm_ir::Graph;
+use calm_passes::compile::compile;
+use calm_passes::lower::LowerOptions;
+use calm_runtime::device::select::{Device, DeviceChoice};
+use calm_runtime::host::{HostTensor, Summary};
 use calm_runtime::inputs::random_inputs;
 use calm_runtime::params::ParamStore;
-use calm_runtime::reference::Reference;
+use calm_runtime::reference::{bind_inputs, Reference};
 use calm_runtime::safetensors;
 
+use super::compile::Float;
 use super::error::{read_graph, CliError};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Flex,
     Wgpu,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Executor {
+    Fused,
+    Reference,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    Auto,
+    Wgpu,
+    Cuda,
 }
 
 pub struct Args {
@@ -26,7 +46,46 @@ pub struct Args {
     pub bind: Option<String>,
     pub seed: u64,
     pub output: Option<PathBuf>,
+    pub executor: Option<Executor>,
+    pub device: DeviceArg,
+    pub float: Float,
+    pub fuse: bool,
+    pub compare: bool,
     pub backend: Backend,
+}
+
+type Outputs = BTreeMap<String, HostTensor>;
+
+fn reference(backend: Backend, g: &Graph, params: &ParamStore, inputs: &Outputs) -> Result<(Outputs, String), CliError> {
+    Ok(match backend {
+        Backend::Flex => (Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(g, params, inputs)?, "reference on flex (CPU, f64)".into()),
+        Backend::Wgpu => (Reference::<Wgpu>::new(WgpuDevice::default(), FloatDType::F32).run(g, params, inputs)?, "reference on wgpu (f32)".into()),
+    })
+}
+
+fn fused(device: &Device, args: &Args, g: &Graph, params: &ParamStore, inputs: &Outputs) -> Result<(Outputs, String), CliError> {
+    let bindings = bind_inputs(g, inputs)?;
+    let opts = LowerOptions { float: args.float.plan_type(), ..LowerOptions::default() };
+    let (compiled, plan) = compile(g, &bindings, args.fuse, &opts)?;
+    let launches = plan.launches.len();
+    let out = device.run(&compiled, plan, params, inputs)?;
+    Ok((out, format!("{} kernel launches on {} ({:?} buffers{})", launches, device.name(), args.float, if args.fuse { "" } else { ", unfused" })))
+}
+
+/// Each output's largest error relative to its largest magnitude.
+fn relative_errors(want: &Outputs, got: &Outputs) -> Vec<(String, f64)> {
+    want.iter()
+        .map(|(name, w)| {
+            let (w, g) = (w.data.to_f64(), got[name].data.to_f64());
+            let scale = w.iter().filter(|x| x.is_finite()).fold(0.0f64, |m, x| m.max(x.abs()));
+            let err = w
+                .iter()
+                .zip(&g)
+                .map(|(a, b)| if a == b || (a.is_nan() && b.is_nan()) { 0.0 } else { (a - b).abs() / scale.max(f64::MIN_POSITIVE) })
+                .fold(0.0, f64::max);
+            (name.clone(), err)
+        })
+        .collect()
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
@@ -42,30 +101,49 @@ pub fn run(args: Args) -> Result<(), CliError> {
             (random_inputs(&g, &bindings, args.seed)?, format!("random from seed {}", args.seed))
         }
     };
-    let (outputs, backend) = match args.backend {
-        Backend::Flex => {
-            (Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(&g, &params, &inputs)?, "flex (CPU, f64)")
-        }
-        Backend::Wgpu => {
-            (Reference::<Wgpu>::new(WgpuDevice::default(), FloatDType::F32).run(&g, &params, &inputs)?, "wgpu (f32)")
-        }
+    let choice = match args.device {
+        DeviceArg::Auto => DeviceChoice::Auto,
+        DeviceArg::Wgpu => DeviceChoice::Wgpu,
+        DeviceArg::Cuda => DeviceChoice::Cuda,
+    };
+    // The fused executor by default when a device starts; a device asked for must start.
+    let device = match (args.executor, args.compare) {
+        (Some(Executor::Reference), false) => None,
+        (Some(Executor::Fused), _) | (_, true) => Some(Device::open(choice)?),
+        (None, false) if choice != DeviceChoice::Auto => Some(Device::open(choice)?),
+        (None, false) => match Device::open(choice) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("calm: note: {e}; running the reference executor");
+                None
+            }
+        },
+    };
+    let (outputs, how) = match &device {
+        Some(d) => fused(d, &args, &g, &params, &inputs)?,
+        None => reference(args.backend, &g, &params, &inputs)?,
+    };
+    let errors = if args.compare {
+        let (want, _) = reference(args.backend, &g, &params, &inputs)?;
+        Some(relative_errors(&want, &outputs))
+    } else {
+        None
     };
     if let Some(path) = &args.output {
         safetensors::write(path, &outputs)?;
     }
-    println!("ran `{}` on {backend}; weights {weights_from}; inputs {inputs_from}", g.name);
+    println!("ran `{}`: {how}; weights {weights_from}; inputs {inputs_from}", g.name);
     let width = outputs.keys().map(String::len).max().unwrap_or(6).max(6);
-    println!(
-        "{:<width$}  {:<16} {:>12} {:>12} {:>12} {:>12} {:>5} {:>5}",
-        "output", "shape", "mean", "std", "min", "max", "nan", "inf"
-    );
+    let compare_head = if errors.is_some() { format!(" {:>14}", "vs reference") } else { String::new() };
+    println!("{:<width$}  {:<16} {:>12} {:>12} {:>12} {:>12} {:>5} {:>5}{compare_head}", "output", "shape", "mean", "std", "min", "max", "nan", "inf");
     // In the graph's order of outputs, not alphabetical.
     for o in &g.outputs {
         let t = &outputs[&o.name];
         let s = Summary::of(t);
         let shape = format!("{:?}", t.shape);
+        let err = errors.as_ref().map(|e| format!(" {:>14.2e}", e.iter().find(|(n, _)| *n == o.name).map_or(0.0, |(_, e)| *e))).unwrap_or_default();
         println!(
-            "{:<width$}  {:<16} {:>12.5e} {:>12.5e} {:>12.5e} {:>12.5e} {:>5} {:>5}",
+            "{:<width$}  {:<16} {:>12.5e} {:>12.5e} {:>12.5e} {:>12.5e} {:>5} {:>5}{err}",
             o.name, shape, s.mean, s.std, s.min, s.max, s.nan, s.inf
         );
     }

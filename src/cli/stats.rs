@@ -8,9 +8,8 @@ use calm_ir::Bindings;
 
 use super::error::{read_graph, CliError};
 
-pub fn run(file: &Path, bind: &str, depth: usize, json: bool) -> Result<(), CliError> {
-    let g = read_graph(file)?;
-    let bindings: Bindings = bind.parse()?;
+/// Every symbol of `g` must be bound; bindings it does not use get a note.
+pub fn check_bound(g: &calm_ir::Graph, bindings: &Bindings, file: &Path) -> Result<(), CliError> {
     let symbols = g.symbols();
     let unbound: Vec<&str> = symbols.iter().map(String::as_str).filter(|s| bindings.get(s).is_none()).collect();
     if !unbound.is_empty() {
@@ -23,6 +22,13 @@ pub fn run(file: &Path, bind: &str, depth: usize, json: bool) -> Result<(), CliE
     for (name, _) in bindings.iter().filter(|(name, _)| !symbols.contains(*name)) {
         eprintln!("calm: note: --bind gives `{name}`, which {} does not use", file.display());
     }
+    Ok(())
+}
+
+pub fn run(file: &Path, bind: &str, depth: usize, json: bool) -> Result<(), CliError> {
+    let g = read_graph(file)?;
+    let bindings: Bindings = bind.parse()?;
+    check_bound(&g, &bindings, file)?;
     let rows = stats_by_scope(&g, &bindings, depth)?;
     if json {
         let rows: Vec<serde_json::Value> = rows

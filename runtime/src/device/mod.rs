@@ -6,6 +6,7 @@
 
 mod convert;
 mod launch;
+pub mod select;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,82 @@
+//! `calm compile GRAPH --bind ... --emit plan|summary`: the kernel plan of a graph.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use calm_ir::text::{group_digits, human_bytes, human_count};
+use calm_ir::Bindings;
+use calm_passes::compile::compile;
+use calm_passes::lower::LowerOptions;
+use calm_passes::plan::{FloatType, KernelPlan};
+
+use super::error::{read_graph, CliError};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emit {
+    /// The whole plan as JSON.
+    Plan,
+    /// Launches by kernel, modelled FLOPs and bytes, memory; before and after fusion.
+    Summary,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Float {
+    F32,
+    F16,
+}
+
+impl Float {
+    pub fn plan_type(self) -> FloatType {
+        match self {
+            Float::F32 => FloatType::F32,
+            Float::F16 => FloatType::F16,
+        }
+    }
+}
+
+/// Launch count, FLOPs and bytes of a plan.
+fn totals(plan: &KernelPlan) -> (usize, u64, u64) {
+    let flops = plan.launches.iter().map(|l| l.cost.flops).sum();
+    let bytes = plan.launches.iter().map(|l| l.cost.bytes_read + l.cost.bytes_written).sum();
+    (plan.launches.len(), flops, bytes)
+}
+
+pub fn run(file: &Path, bind: &str, emit: Emit, fuse: bool, float: Float) -> Result<(), CliError> {
+    let g = read_graph(file)?;
+    let bindings: Bindings = bind.parse()?;
+    super::stats::check_bound(&g, &bindings, file)?;
+    let opts = LowerOptions { float: float.plan_type(), ..LowerOptions::default() };
+    let (_, plan) = compile(&g, &bindings, fuse, &opts)?;
+    if emit == Emit::Plan {
+        println!("{}", plan.to_json());
+        return Ok(());
+    }
+    let (_, unfused) = compile(&g, &bindings, false, &opts)?;
+    println!("graph `{}` with {}, {:?} buffers", g.name, bindings, float);
+    println!("{:<12} {:>9} {:>12} {:>12}", "", "launches", "FLOPs", "bytes moved");
+    for (label, p) in [("unfused", &unfused), (if fuse { "fused" } else { "compiled" }, &plan)] {
+        let (n, flops, bytes) = totals(p);
+        println!("{label:<12} {n:>9} {:>12} {:>12}", human_count(flops), human_bytes(bytes));
+    }
+    let mut by_kernel: BTreeMap<&str, (usize, u64, u64)> = BTreeMap::new();
+    for l in &plan.launches {
+        let e = by_kernel.entry(l.kernel.name()).or_default();
+        e.0 += 1;
+        e.1 += l.cost.flops;
+        e.2 += l.cost.bytes_read + l.cost.bytes_written;
+    }
+    println!("\n{:<18} {:>9} {:>12} {:>12}", "kernel", "launches", "FLOPs", "bytes moved");
+    for (k, (n, flops, bytes)) in by_kernel {
+        println!("{k:<18} {n:>9} {:>12} {:>12}", human_count(flops), human_bytes(bytes));
+    }
+    let m = &plan.memory;
+    println!(
+        "\nmemory: {} in {} slots for {} buffers (one allocation each: {}; {:.1}x less)",
+        human_bytes(m.peak_bytes),
+        group_digits(m.slots.len() as u64),
+        group_digits(plan.buffers.len() as u64),
+        human_bytes(m.naive_bytes),
+        m.naive_bytes as f64 / m.peak_bytes.max(1) as f64
+    );
+    Ok(())
+}
