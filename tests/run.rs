@@ -62,7 +62,7 @@ fn run_takes_weights_and_inputs_from_files() {
     safetensors::write(&inputs, &feeds).unwrap();
     let out = dir.path().join("out.safetensors");
     let (ok, stdout, stderr) =
-        calm(&["run", s(&graph), "--weights", s(&weights), "--inputs", s(&inputs), "-o", s(&out)]);
+        calm(&["run", s(&graph), "--weights", s(&weights), "--inputs", s(&inputs), "-o", s(&out), "--executor", "reference"]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("w.safetensors") && stdout.contains("in.safetensors"), "{stdout}");
     let direct = Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(&g, &ParamStore::init(&g, 7), &feeds).unwrap();
