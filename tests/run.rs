@@ -32,7 +32,18 @@ fn run_summarises_every_output_and_writes_them() {
     let graph = dir.path().join("g.json");
     json::write_file(&g, &graph).unwrap();
     let out = dir.path().join("out.safetensors");
-    let (ok, stdout, stderr) = calm(&["run", s(&graph), "--bind", "batch=6,tokens=5", "--seed", "2", "-o", s(&out), "--executor", "reference"]);
+    let (ok, stdout, stderr) = calm(&[
+        "run",
+        s(&graph),
+        "--bind",
+        "batch=6,tokens=5",
+        "--seed",
+        "2",
+        "-o",
+        s(&out),
+        "--executor",
+        "reference",
+    ]);
     assert!(ok, "{stderr}");
     for o in &g.outputs {
         let line = stdout.lines().find(|l| l.split_whitespace().next() == Some(o.name.as_str()));
@@ -61,8 +72,18 @@ fn run_takes_weights_and_inputs_from_files() {
     let feeds = random_inputs(&g, &Bindings::new().with("batch", 3).with("tokens", 4), 3).unwrap();
     safetensors::write(&inputs, &feeds).unwrap();
     let out = dir.path().join("out.safetensors");
-    let (ok, stdout, stderr) =
-        calm(&["run", s(&graph), "--weights", s(&weights), "--inputs", s(&inputs), "-o", s(&out), "--executor", "reference"]);
+    let (ok, stdout, stderr) = calm(&[
+        "run",
+        s(&graph),
+        "--weights",
+        s(&weights),
+        "--inputs",
+        s(&inputs),
+        "-o",
+        s(&out),
+        "--executor",
+        "reference",
+    ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("w.safetensors") && stdout.contains("in.safetensors"), "{stdout}");
     let direct = Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(&g, &ParamStore::init(&g, 7), &feeds).unwrap();
@@ -95,7 +116,8 @@ fn fused_executor_compiles_runs_and_compares() {
     let g = build(&CalmConfig::preset("tiny").unwrap(), Mode::Training).unwrap();
     let graph = dir.path().join("g.json");
     json::write_file(&g, &graph).unwrap();
-    let (ok, stdout, stderr) = calm(&["run", s(&graph), "--bind", "batch=6,tokens=5", "--executor", "fused", "--compare"]);
+    let (ok, stdout, stderr) =
+        calm(&["run", s(&graph), "--bind", "batch=6,tokens=5", "--executor", "fused", "--compare"]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("kernel launches on wgpu"), "{stdout}");
     for o in &g.outputs {

@@ -54,7 +54,7 @@ impl GemmConfig {
     }
 }
 
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn matmul<F: Float>(
     a: &Array<F>,
     b: &Array<F>,
@@ -222,6 +222,198 @@ fn epilogue<F: Float>(
                 regs.push(v);
             }
             *regs.index(out)
+        }
+    }
+}
+
+/// Configuration of [`matmul_lanes`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LanesConfig {
+    /// Rows per cube (the same for every thread: their loads of A are uniform).
+    pub rows: u32,
+    /// Columns per thread, `threads` apart (so neighbouring threads read neighbouring columns).
+    pub cols: u32,
+    pub batch_rank: usize,
+    pub epilogue: Option<(Vec<Op>, usize)>,
+}
+
+/// A GEMM for devices without fast shared memory and barriers (CPU Vulkan drivers): each cube
+/// owns `rows` rows and `threads · cols` columns of `C`; each thread a `rows × cols` register
+/// block. No shared memory, no barriers: the rows' elements of `A` are the same for every
+/// thread of a cube, and each thread reads columns of `B` next to its neighbours'.
+#[cube(launch, launch_unchecked)]
+pub fn matmul_lanes<F: Float>(
+    a: &Array<F>,
+    b: &Array<F>,
+    extra: &Sequence<Array<F>>,
+    c: &mut Array<F>,
+    meta: &Array<u32>,
+    #[comptime] cfg: LanesConfig,
+) {
+    let (rows, cols) = comptime![(cfg.rows, cfg.cols)];
+    let batch_rank = comptime![cfg.batch_rank];
+    let m = meta[0];
+    let n = meta[1];
+    let k = meta[2];
+    let (a_rs, a_cs, b_rs, b_cs) = (meta[3], meta[4], meta[5], meta[6]);
+    let bz = CUBE_POS_Z;
+    let mut rem = bz;
+    let mut a_off = 0u32;
+    let mut b_off = 0u32;
+    #[unroll]
+    for r in 0..batch_rank {
+        let d = batch_rank - 1 - r;
+        let size = meta[7 + d];
+        let coord = rem % size;
+        rem /= size;
+        a_off += coord * meta[7 + batch_rank + d];
+        b_off += coord * meta[7 + 2 * batch_rank + d];
+    }
+    let threads = CUBE_DIM_X;
+    let row0 = CUBE_POS_Y * rows;
+    let col0 = CUBE_POS_X * threads * cols + UNIT_POS_X;
+    let mut acc = Array::<f32>::new(comptime![(rows * cols) as usize]);
+    #[unroll]
+    for i in 0..rows * cols {
+        acc[i as usize] = 0.0;
+    }
+    let mut a_frag = Array::<f32>::new(comptime![rows as usize]);
+    // Rows past the end read row m − 1 (their results are not stored): no branch in the loop.
+    let mut a_row = Array::<u32>::new(comptime![rows as usize]);
+    #[unroll]
+    for r in 0..rows {
+        a_row[r as usize] = a_off + select(row0 + r < m, row0 + r, m - 1) * a_rs;
+    }
+    let mut b_col = Array::<u32>::new(comptime![cols as usize]);
+    #[unroll]
+    for cc in 0..cols {
+        b_col[cc as usize] = b_off + select(col0 + cc * threads < n, col0 + cc * threads, n - 1) * b_cs;
+    }
+    for kk in 0..k {
+        #[unroll]
+        for r in 0..rows {
+            a_frag[r as usize] = f32::cast_from(a[(a_row[r as usize] + kk * a_cs) as usize]);
+        }
+        #[unroll]
+        for cc in 0..cols {
+            let bv = f32::cast_from(b[(b_col[cc as usize] + kk * b_rs) as usize]);
+            #[unroll]
+            for r in 0..rows {
+                acc[(r * cols + cc) as usize] += a_frag[r as usize] * bv;
+            }
+        }
+    }
+    #[unroll]
+    for r in 0..rows {
+        #[unroll]
+        for cc in 0..cols {
+            let row = row0 + r;
+            let col = col0 + cc * threads;
+            if row < m && col < n {
+                let value = epilogue(
+                    acc[(r * cols + cc) as usize],
+                    extra,
+                    meta,
+                    bz,
+                    row,
+                    col,
+                    batch_rank,
+                    cfg.epilogue.clone(),
+                );
+                c[((bz * m + row) * n + col) as usize] = F::cast_from(value);
+            }
+        }
+    }
+}
+
+/// Configuration of [`matmul_vector`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VectorConfig {
+    /// Rows of `C` per cube.
+    pub rows: u32,
+    pub batch_rank: usize,
+    pub epilogue: Option<(Vec<Op>, usize)>,
+}
+
+/// A GEMM for CPU Vulkan drivers, where every load is the expensive part: `A` is read four
+/// elements of `k` at a time, `B` and `C` in vectors of `N` columns; each thread owns `rows`
+/// rows × `N` columns of `C` in registers. No shared memory or barriers. Needs `A` row-major
+/// (`a_cs = 1`) with `k % 4 = 0`, and `B` row-major (`b_cs = 1`) with `n % N = 0`; the lowering
+/// picks it only then. `a` is passed with vectors of 4, `b` and `c` with vectors of `N`.
+#[cube(launch_unchecked)]
+pub fn matmul_vector<F: Float, N: Size>(
+    a: &Array<Vector<F, Const<4>>>,
+    b: &Array<Vector<F, N>>,
+    extra: &Sequence<Array<F>>,
+    c: &mut Array<Vector<F, N>>,
+    meta: &Array<u32>,
+    #[comptime] cfg: VectorConfig,
+) {
+    let rows = comptime![cfg.rows];
+    let batch_rank = comptime![cfg.batch_rank];
+    let width = N::value() as u32;
+    let m = meta[0];
+    let n = meta[1];
+    let k = meta[2];
+    let (a_rs, b_rs) = (meta[3], meta[5]);
+    let bz = CUBE_POS_Z;
+    let mut rem = bz;
+    let mut a_off = 0u32;
+    let mut b_off = 0u32;
+    #[unroll]
+    for r in 0..batch_rank {
+        let d = batch_rank - 1 - r;
+        let size = meta[7 + d];
+        let coord = rem % size;
+        rem /= size;
+        a_off += coord * meta[7 + batch_rank + d];
+        b_off += coord * meta[7 + 2 * batch_rank + d];
+    }
+    let nv = n / width;
+    let col = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
+    let col_load = select(col < nv, col, nv - 1);
+    let row0 = CUBE_POS_Y * rows;
+    let mut acc = Array::<Vector<f32, N>>::new(comptime![rows as usize]);
+    let mut a_at = Array::<u32>::new(comptime![rows as usize]);
+    #[unroll]
+    for r in 0..rows {
+        acc[r as usize] = Vector::new(0.0);
+        // Rows past the end read the last row; their results are not stored.
+        a_at[r as usize] = (a_off + select(row0 + r < m, row0 + r, m - 1) * a_rs) / 4;
+    }
+    let b_at = b_off / width + col_load;
+    let b_step = b_rs / width;
+    for kq in 0..k / 4 {
+        let b0 = Vector::<f32, N>::cast_from(b[(b_at + (kq * 4) * b_step) as usize]);
+        let b1 = Vector::<f32, N>::cast_from(b[(b_at + (kq * 4 + 1) * b_step) as usize]);
+        let b2 = Vector::<f32, N>::cast_from(b[(b_at + (kq * 4 + 2) * b_step) as usize]);
+        let b3 = Vector::<f32, N>::cast_from(b[(b_at + (kq * 4 + 3) * b_step) as usize]);
+        #[unroll]
+        for r in 0..rows {
+            let av = Vector::<f32, Const<4>>::cast_from(a[(a_at[r as usize] + kq) as usize]);
+            let mut s = acc[r as usize];
+            s += Vector::new(av[0]) * b0;
+            s += Vector::new(av[1]) * b1;
+            s += Vector::new(av[2]) * b2;
+            s += Vector::new(av[3]) * b3;
+            acc[r as usize] = s;
+        }
+    }
+    if col < nv {
+        #[unroll]
+        for r in 0..rows {
+            let row = row0 + r;
+            if row < m {
+                let v = acc[r as usize];
+                let mut out = Vector::<F, N>::new(F::new(0.0));
+                #[unroll]
+                for e in 0..N::value() {
+                    let value =
+                        epilogue(v[e], extra, meta, bz, row, col * width + e as u32, batch_rank, cfg.epilogue.clone());
+                    out[e] = F::cast_from(value);
+                }
+                c[((bz * m + row) * nv + col) as usize] = out;
+            }
         }
     }
 }

@@ -26,7 +26,12 @@ pub enum CompileError {
 }
 
 /// The graph after the fusion passes (`fuse` false: unchanged), and its plan for `bindings`.
-pub fn compile(g: &Graph, bindings: &Bindings, fuse: bool, opts: &LowerOptions) -> Result<(Graph, KernelPlan), CompileError> {
+pub fn compile(
+    g: &Graph,
+    bindings: &Bindings,
+    fuse: bool,
+    opts: &LowerOptions,
+) -> Result<(Graph, KernelPlan), CompileError> {
     let mut g = g.clone();
     let passes = if fuse { fusion_passes() } else { Vec::new() };
     Pipeline::new(passes).run(&mut g)?;

@@ -14,16 +14,47 @@ use thiserror::Error;
 use crate::memory::plan_memory;
 use crate::plan::*;
 
+/// How to compute matmuls: the device decides.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum GemmStrategy {
+    /// Shared-memory tiles (GPUs).
+    SharedTiles(GemmTile),
+    /// Register blocking without shared memory, vector loads where the layout allows (CPU
+    /// Vulkan drivers such as lavapipe, where barriers are costly and every load counts).
+    Registers,
+}
+
 /// Compile options.
 #[derive(Clone, Debug)]
 pub struct LowerOptions {
     pub float: FloatType,
-    pub tile: GemmTile,
+    pub gemm: GemmStrategy,
+    /// Store weights that are only multiplied as `x · Wᵀ` transposed, so the GEMM reads them
+    /// row-major.
+    pub transpose_weights: bool,
 }
 
 impl Default for LowerOptions {
     fn default() -> Self {
-        LowerOptions { float: FloatType::F32, tile: GemmTile::DEFAULT }
+        LowerOptions { float: FloatType::F32, gemm: GemmStrategy::Registers, transpose_weights: true }
+    }
+}
+
+/// The GEMM kernel for an `m × n` product given the layouts of `A` and `B`.
+fn choose_gemm(strategy: GemmStrategy, m: u64, n: u64, k: u64, a_strides: [u64; 2], b_strides: [u64; 2]) -> Gemm {
+    match strategy {
+        GemmStrategy::SharedTiles(t) => Gemm::SharedTiles(t),
+        GemmStrategy::Registers => {
+            let width = [16u32, 8, 4].into_iter().find(|&w| n % w as u64 == 0);
+            match width {
+                // Measured on lavapipe (`calm bench gemm`): 16 rows by 16 columns per thread,
+                // 8 threads per cube; fewer rows when the product has fewer.
+                Some(width) if a_strides[1] == 1 && k % 4 == 0 && b_strides[1] == 1 => {
+                    Gemm::Vectors { rows: m.clamp(1, 16) as u32, width, threads: 8 }
+                }
+                _ => Gemm::Registers { rows: m.clamp(1, 8) as u32, cols: 2, threads: 64 },
+            }
+        }
     }
 }
 
@@ -137,6 +168,27 @@ struct Lowering<'a> {
     opts: &'a LowerOptions,
     plan: KernelPlan,
     buffer_of: SecondaryMap<ValueId, Option<u32>>,
+    /// Parameters stored transposed (see [`LowerOptions::transpose_weights`]).
+    transposed: SecondaryMap<ValueId, bool>,
+}
+
+/// Rank-2 parameters read only as the `B` of `A · Bᵀ` products.
+fn transposable_weights(g: &Graph) -> SecondaryMap<ValueId, bool> {
+    let users = g.users();
+    let mut out: SecondaryMap<ValueId, bool> = SecondaryMap::new();
+    for (_, node) in g.nodes.iter().filter(|(_, n)| matches!(n.op, Op::Param { .. })) {
+        let v = node.results[0];
+        let as_weight = |u: NodeId| {
+            let reader = &g.nodes[u];
+            let transposed_b = match &reader.op {
+                Op::MatMul { transpose_b, .. } | Op::Fused(FusedOp::MatMulEpilogue { transpose_b, .. }) => *transpose_b,
+                _ => false,
+            };
+            transposed_b && reader.args[1] == v && reader.args[0] != v && !reader.args[2..].contains(&v)
+        };
+        out[v] = g.value_type(v).rank() == 2 && !users[v].is_empty() && users[v].iter().all(|&u| as_weight(u));
+    }
+    out
 }
 
 impl Lowering<'_> {
@@ -226,13 +278,13 @@ impl Lowering<'_> {
                     let full = broadcast_strides(&self.shape(e)?, &out_shape);
                     let (row, col) = (full[rank - 2], full[rank - 1]);
                     let view = if batch.is_empty() {
-                        // Rows of the flattened product walk the batch dims, then the rows: one
-                        // row stride serves only if the argument is broadcast over all of them
-                        // or laid out contiguously across them.
-                        let flat = full[..rank - 1].iter().all(|&s| s == 0)
-                            || (0..rank - 1)
-                                .all(|d| full[d] == row * out_shape[d + 1..rank - 1].iter().product::<u64>());
-                        if !flat {
+                        // Rows of the flattened product walk the batch dims, then the rows: the
+                        // argument must advance by one stride per flattened row. Dimensions of
+                        // size 1 do not move (their broadcast stride is 0 either way).
+                        let after = |d: usize| out_shape[d + 1..rank - 1].iter().product::<u64>();
+                        let moving: Vec<usize> = (0..rank - 1).filter(|&d| out_shape[d] > 1).collect();
+                        let row = moving.last().map_or(0, |&d| full[d] / after(d));
+                        if !moving.iter().all(|&d| full[d] == row * after(d)) {
                             return Err(
                                 self.unsupported(n, "an epilogue argument that the flattened GEMM rows cannot address")
                             );
@@ -248,6 +300,10 @@ impl Lowering<'_> {
                 Some(Epilogue { program: program.clone(), strides })
             }
         };
+        // op(A)[i, kk] and op(B)[kk, j] in contiguous A and B; a weight stored transposed is
+        // read as the row-major `k × n` matrix it is on the device.
+        let a_strides = if ta { [1, m] } else { [k, 1] };
+        let b_strides = if tb && !self.transposed[args[1]] { [1, k] } else { [n_, 1] };
         let kernel = Kernel::MatMul {
             a_batch_strides,
             b_batch_strides,
@@ -255,10 +311,9 @@ impl Lowering<'_> {
             m,
             n: n_,
             k,
-            // op(A)[i, kk] and op(B)[kk, j] in contiguous A and B.
-            a_strides: if ta { [1, m] } else { [k, 1] },
-            b_strides: if tb { [1, k] } else { [n_, 1] },
-            tile: self.opts.tile,
+            a_strides,
+            b_strides,
+            gemm: choose_gemm(self.opts.gemm, m, n_, k, a_strides, b_strides),
             epilogue,
         };
         let mut reads = vec![self.buf(args[0]), self.buf(args[1])];
@@ -276,11 +331,12 @@ impl Lowering<'_> {
         match &node.op {
             Op::Input { name, .. } => {
                 let b = self.new_buffer(out, Role::Input)?;
-                self.plan.inputs.push(Port { name: name.clone(), buffer: b, shape: out_shape });
+                self.plan.inputs.push(Port { name: name.clone(), buffer: b, shape: out_shape, transposed: false });
             }
             Op::Param { name, .. } => {
                 let b = self.new_buffer(out, Role::Param)?;
-                self.plan.params.push(Port { name: name.clone(), buffer: b, shape: out_shape });
+                let transposed = self.transposed[out];
+                self.plan.params.push(Port { name: name.clone(), buffer: b, shape: out_shape, transposed });
             }
             // Contiguous data reshaped is the same data.
             Op::Reshape { .. } => self.buffer_of[out] = Some(self.buf(args[0])),
@@ -477,6 +533,7 @@ pub fn lower(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> Result<Kern
             memory: MemoryPlan::default(),
         },
         buffer_of: SecondaryMap::with_default(None),
+        transposed: if opts.transpose_weights { transposable_weights(g) } else { SecondaryMap::new() },
     };
     for n in g.topo_order().expect("verified graphs are acyclic") {
         l.lower_node(n)?;
@@ -484,7 +541,7 @@ pub fn lower(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> Result<Kern
     for o in &g.outputs {
         let shape = l.shape(o.value)?;
         let buffer = l.buf(o.value);
-        l.plan.outputs.push(Port { name: o.name.clone(), buffer, shape });
+        l.plan.outputs.push(Port { name: o.name.clone(), buffer, shape, transposed: false });
     }
     let mut plan = l.plan;
     plan.memory = plan_memory(&plan);

@@ -95,6 +95,10 @@ pub struct Port {
     pub buffer: u32,
     /// The value's concrete shape.
     pub shape: Vec<u64>,
+    /// A matrix stored transposed on the device (a weight only ever multiplied as `x · Wᵀ`, so
+    /// that the GEMM reads it row by row).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transposed: bool,
 }
 
 /// Reductions along one axis.
@@ -124,8 +128,7 @@ pub enum Kernel {
     Elementwise { shape: Vec<u64>, strides: Vec<Vec<u64>>, program: Program },
     /// `C[b] = A[b] · B[b]` over `batch`, `A: m × k` at `a_strides` (row, column), `B: k × n` at
     /// `b_strides`, batch offsets `a_batch_strides`, `b_batch_strides`; `C` contiguous
-    /// `[batch.., m, n]`; reads `a, b, epilogue args..`; tiles of `tile_m × tile_n`, each thread
-    /// computing `thread_m × thread_n` outputs over `tile_k`-deep shared-memory tiles.
+    /// `[batch.., m, n]`; reads `a, b, epilogue args..`; computed by the `gemm` kernel variant.
     MatMul {
         batch: Vec<u64>,
         a_batch_strides: Vec<u64>,
@@ -135,7 +138,7 @@ pub enum Kernel {
         k: u64,
         a_strides: [u64; 2],
         b_strides: [u64; 2],
-        tile: GemmTile,
+        gemm: Gemm,
         epilogue: Option<Epilogue>,
     },
     /// Softmax (or log-softmax) along the middle axis of `[outer, len, inner]`; reads `x`.
@@ -159,6 +162,20 @@ pub enum Kernel {
     Copy { shape: Vec<u64>, src_strides: Vec<u64>, src_offset: u64, dst_strides: Vec<u64>, dst_offset: u64 },
 }
 
+/// Which GEMM kernel computes a matmul, and its blocking.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "variant", rename_all = "snake_case")]
+pub enum Gemm {
+    /// Shared-memory tiles and register blocking (GPUs).
+    SharedTiles(GemmTile),
+    /// Each cube `rows` rows of `C`; each of its `threads` threads `cols` columns, `threads`
+    /// apart; no shared memory (CPU Vulkan drivers, any layout).
+    Registers { rows: u32, cols: u32, threads: u32 },
+    /// Like `Registers`, reading `A` four elements of `k` at a time and `B`, `C` in vectors of
+    /// `width` columns (row-major `A` with `k % 4 = 0`, row-major `B` with `n % width = 0`).
+    Vectors { rows: u32, width: u32, threads: u32 },
+}
+
 /// Work per cube and per thread of the tiled GEMM.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GemmTile {
@@ -167,6 +184,24 @@ pub struct GemmTile {
     pub tile_k: u32,
     pub thread_m: u32,
     pub thread_n: u32,
+}
+
+impl Gemm {
+    /// Rows and columns of `C` one cube computes.
+    pub fn block(&self) -> (u64, u64) {
+        match *self {
+            Gemm::SharedTiles(t) => (t.tile_m as u64, t.tile_n as u64),
+            Gemm::Registers { rows, cols, threads } => (rows as u64, (cols * threads) as u64),
+            Gemm::Vectors { rows, width, threads } => (rows as u64, (width * threads) as u64),
+        }
+    }
+
+    pub fn threads(&self) -> u32 {
+        match *self {
+            Gemm::SharedTiles(t) => t.threads(),
+            Gemm::Registers { threads, .. } | Gemm::Vectors { threads, .. } => threads,
+        }
+    }
 }
 
 impl GemmTile {
@@ -203,9 +238,9 @@ impl Kernel {
     pub fn work_items(&self) -> u64 {
         match self {
             Kernel::Elementwise { shape, .. } | Kernel::Copy { shape, .. } => shape.iter().product(),
-            Kernel::MatMul { batch, m, n, tile, .. } => {
-                let tiles = m.div_ceil(tile.tile_m as u64) * n.div_ceil(tile.tile_n as u64);
-                batch.iter().product::<u64>() * tiles
+            Kernel::MatMul { batch, m, n, gemm, .. } => {
+                let (rows, cols) = gemm.block();
+                batch.iter().product::<u64>() * m.div_ceil(rows) * n.div_ceil(cols)
             }
             Kernel::Softmax { outer, inner, .. } | Kernel::Reduce { outer, inner, .. } => outer * inner,
             Kernel::LayerNorm { rows, .. } | Kernel::TopK { rows, .. } => *rows,
@@ -220,11 +255,12 @@ impl Kernel {
     /// x and y so that no dimension exceeds [`MAX_GRID`].
     pub fn launch_dims(&self) -> ([u32; 3], [u32; 3]) {
         match self {
-            Kernel::MatMul { batch, m, n, tile, .. } => {
-                let x = n.div_ceil(tile.tile_n as u64) as u32;
-                let y = m.div_ceil(tile.tile_m as u64) as u32;
+            Kernel::MatMul { batch, m, n, gemm, .. } => {
+                let (rows, cols) = gemm.block();
+                let x = n.div_ceil(cols) as u32;
+                let y = m.div_ceil(rows) as u32;
                 let z = batch.iter().product::<u64>().max(1) as u32;
-                ([x, y, z], [tile.threads(), 1, 1])
+                ([x, y, z], [gemm.threads(), 1, 1])
             }
             other => {
                 let cubes = other.work_items().div_ceil(BLOCK as u64).max(1);

@@ -38,10 +38,14 @@ fn check(
 }
 
 fn compare(g: &Graph, feeds: &BTreeMap<String, HostTensor>, tol: f64) {
+    compare_with(g, feeds, tol, &LowerOptions::default());
+}
+
+fn compare_with(g: &Graph, feeds: &BTreeMap<String, HostTensor>, tol: f64, opts: &LowerOptions) {
     let params = ParamStore::init(g, 3);
     let want = Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(g, &params, feeds).unwrap();
     let bindings = calm_runtime::reference::bind_inputs(g, feeds).unwrap();
-    let plan = lower(g, &bindings, &LowerOptions::default()).unwrap();
+    let plan = lower(g, &bindings, opts).unwrap();
     check_memory(&plan).unwrap();
     let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
     let client = WgpuRuntime::client(&WgpuDevice::default());
@@ -117,6 +121,47 @@ fn matmuls_of_awkward_sizes_transposes_and_batches() {
     check(&[("a", F, shape![2u64, 7u64, 33u64]), ("w", F, shape![130u64, 33u64])], 1e-5, |b, x| {
         Ok(vec![b.matmul(x[0], x[1], false, true)?])
     });
+}
+
+/// A graph computing `x · Wᵀ + b` and a residual, with `W` a parameter (stored transposed) and
+/// every GEMM variant: shared tiles, registers, vectors of 16, 8 and 4 columns.
+#[test]
+fn every_gemm_variant_with_weights_epilogues_and_batches() {
+    use calm_passes::compile::fusion_passes;
+    use calm_passes::lower::GemmStrategy;
+    use calm_passes::pipeline::Pipeline;
+    use calm_passes::plan::{Gemm, GemmTile, Kernel};
+    for (rows, k, n) in [(7u64, 36u64, 48u64), (130, 12, 40), (1, 4, 36), (33, 33, 130)] {
+        let mut b = GraphBuilder::new("t");
+        let x = b.input("x", F, shape![2u64, rows, k]).unwrap();
+        let r = b.input("r", F, shape![2u64, rows, n]).unwrap();
+        let y = calm_ir::nn::linear(&mut b, "lin", x, n).unwrap();
+        let y = b.gelu(y).unwrap();
+        let y = b.add(y, r).unwrap();
+        let z = b.input("z", F, shape![2u64, k, n]).unwrap();
+        let p = b.matmul(x, z, false, false).unwrap();
+        b.output("y", y);
+        b.output("p", p);
+        let mut g = b.finish().unwrap();
+        Pipeline::new(fusion_passes()).run(&mut g).unwrap();
+        let feeds = random_inputs(&g, &Bindings::new(), 5).unwrap();
+        for gemm in [GemmStrategy::Registers, GemmStrategy::SharedTiles(GemmTile::DEFAULT)] {
+            let opts = LowerOptions { gemm, ..LowerOptions::default() };
+            let plan = lower(&g, &Bindings::new(), &opts).unwrap();
+            let variants: Vec<Gemm> = plan
+                .launches
+                .iter()
+                .filter_map(|l| match &l.kernel {
+                    Kernel::MatMul { gemm, .. } => Some(*gemm),
+                    _ => None,
+                })
+                .collect();
+            if gemm == GemmStrategy::Registers && n % 4 == 0 && k % 4 == 0 {
+                assert!(variants.iter().all(|v| matches!(v, Gemm::Vectors { .. })), "{variants:?}");
+            }
+            compare_with(&g, &feeds, 1e-5, &opts);
+        }
+    }
 }
 
 #[test]

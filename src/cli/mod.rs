@@ -199,7 +199,20 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Compile { file, bind, emit, no_fuse, float } => {
             compile::run(&file, bind.as_deref().unwrap_or(""), emit, !no_fuse, float)
         }
-        Command::Run { file, weights, inputs, bind, seed, output, executor, device, float, no_fuse, compare, backend } => run::run(run::Args {
+        Command::Run {
+            file,
+            weights,
+            inputs,
+            bind,
+            seed,
+            output,
+            executor,
+            device,
+            float,
+            no_fuse,
+            compare,
+            backend,
+        } => run::run(run::Args {
             file,
             weights,
             inputs,

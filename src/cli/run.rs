@@ -56,20 +56,46 @@ pub struct Args {
 
 type Outputs = BTreeMap<String, HostTensor>;
 
-fn reference(backend: Backend, g: &Graph, params: &ParamStore, inputs: &Outputs) -> Result<(Outputs, String), CliError> {
+fn reference(
+    backend: Backend,
+    g: &Graph,
+    params: &ParamStore,
+    inputs: &Outputs,
+) -> Result<(Outputs, String), CliError> {
     Ok(match backend {
-        Backend::Flex => (Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(g, params, inputs)?, "reference on flex (CPU, f64)".into()),
-        Backend::Wgpu => (Reference::<Wgpu>::new(WgpuDevice::default(), FloatDType::F32).run(g, params, inputs)?, "reference on wgpu (f32)".into()),
+        Backend::Flex => (
+            Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(g, params, inputs)?,
+            "reference on flex (CPU, f64)".into(),
+        ),
+        Backend::Wgpu => (
+            Reference::<Wgpu>::new(WgpuDevice::default(), FloatDType::F32).run(g, params, inputs)?,
+            "reference on wgpu (f32)".into(),
+        ),
     })
 }
 
-fn fused(device: &Device, args: &Args, g: &Graph, params: &ParamStore, inputs: &Outputs) -> Result<(Outputs, String), CliError> {
+fn fused(
+    device: &Device,
+    args: &Args,
+    g: &Graph,
+    params: &ParamStore,
+    inputs: &Outputs,
+) -> Result<(Outputs, String), CliError> {
     let bindings = bind_inputs(g, inputs)?;
     let opts = LowerOptions { float: args.float.plan_type(), ..LowerOptions::default() };
     let (compiled, plan) = compile(g, &bindings, args.fuse, &opts)?;
     let launches = plan.launches.len();
     let out = device.run(&compiled, plan, params, inputs)?;
-    Ok((out, format!("{} kernel launches on {} ({:?} buffers{})", launches, device.name(), args.float, if args.fuse { "" } else { ", unfused" })))
+    Ok((
+        out,
+        format!(
+            "{} kernel launches on {} ({:?} buffers{})",
+            launches,
+            device.name(),
+            args.float,
+            if args.fuse { "" } else { ", unfused" }
+        ),
+    ))
 }
 
 /// Each output's largest error relative to its largest magnitude.
@@ -81,7 +107,13 @@ fn relative_errors(want: &Outputs, got: &Outputs) -> Vec<(String, f64)> {
             let err = w
                 .iter()
                 .zip(&g)
-                .map(|(a, b)| if a == b || (a.is_nan() && b.is_nan()) { 0.0 } else { (a - b).abs() / scale.max(f64::MIN_POSITIVE) })
+                .map(|(a, b)| {
+                    if a == b || (a.is_nan() && b.is_nan()) {
+                        0.0
+                    } else {
+                        (a - b).abs() / scale.max(f64::MIN_POSITIVE)
+                    }
+                })
                 .fold(0.0, f64::max);
             (name.clone(), err)
         })
@@ -135,13 +167,19 @@ pub fn run(args: Args) -> Result<(), CliError> {
     println!("ran `{}`: {how}; weights {weights_from}; inputs {inputs_from}", g.name);
     let width = outputs.keys().map(String::len).max().unwrap_or(6).max(6);
     let compare_head = if errors.is_some() { format!(" {:>14}", "vs reference") } else { String::new() };
-    println!("{:<width$}  {:<16} {:>12} {:>12} {:>12} {:>12} {:>5} {:>5}{compare_head}", "output", "shape", "mean", "std", "min", "max", "nan", "inf");
+    println!(
+        "{:<width$}  {:<16} {:>12} {:>12} {:>12} {:>12} {:>5} {:>5}{compare_head}",
+        "output", "shape", "mean", "std", "min", "max", "nan", "inf"
+    );
     // In the graph's order of outputs, not alphabetical.
     for o in &g.outputs {
         let t = &outputs[&o.name];
         let s = Summary::of(t);
         let shape = format!("{:?}", t.shape);
-        let err = errors.as_ref().map(|e| format!(" {:>14.2e}", e.iter().find(|(n, _)| *n == o.name).map_or(0.0, |(_, e)| *e))).unwrap_or_default();
+        let err = errors
+            .as_ref()
+            .map(|e| format!(" {:>14.2e}", e.iter().find(|(n, _)| *n == o.name).map_or(0.0, |(_, e)| *e)))
+            .unwrap_or_default();
         println!(
             "{:<width$}  {:<16} {:>12.5e} {:>12.5e} {:>12.5e} {:>12.5e} {:>5} {:>5}{err}",
             o.name, shape, s.mean, s.std, s.min, s.max, s.nan, s.inf

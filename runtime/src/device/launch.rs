@@ -1,9 +1,9 @@
 //! One plan launch: its kernel's metadata and the call into the kernels crate.
 
 use calm_kernels::elementwise::{self, Buf};
-use calm_kernels::matmul::{self, GemmConfig};
+use calm_kernels::matmul::{self, GemmConfig, LanesConfig, VectorConfig};
 use calm_kernels::{index, rows};
-use calm_passes::plan::{Kernel, Launch, ReduceOp, Storage};
+use calm_passes::plan::{Gemm, Kernel, Launch, ReduceOp, Storage};
 use cubecl::prelude::*;
 
 use super::convert;
@@ -70,32 +70,74 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
             let outs: Vec<_> = writes.iter().map(|(s, b)| (convert::kind(*s), b)).collect();
             elementwise::launch::<R, F>(client, &p, &args, &outs, meta(), items, count, dim);
         }
-        Kernel::MatMul { batch, tile, epilogue, .. } => {
-            let cfg = GemmConfig {
-                tile_m: tile.tile_m,
-                tile_n: tile.tile_n,
-                tile_k: tile.tile_k,
-                thread_m: tile.thread_m,
-                thread_n: tile.thread_n,
-                batch_rank: batch.len(),
-                epilogue: epilogue.as_ref().map(|e| (convert::ops(&e.program), e.program.outputs[0].0 as usize)),
-            };
+        Kernel::MatMul { batch, gemm, epilogue, .. } => {
+            let batch_rank = batch.len();
+            let epilogue = epilogue.as_ref().map(|e| (convert::ops(&e.program), e.program.outputs[0].0 as usize));
             let mut extra = SequenceArg::new();
             for (_, b) in &reads[2..] {
                 extra.push(arg::<R>(b));
             }
-            let m = meta();
-            matmul::matmul::launch::<F, R>(
-                client,
-                count,
-                dim,
-                arg(&reads[0].1),
-                arg(&reads[1].1),
-                extra,
-                arg(&writes[0].1),
-                arg(m),
-                cfg,
-            );
+            let (a, b, c, m) = (&reads[0].1, &reads[1].1, &writes[0].1, arg(meta()));
+            // The kernels read in bounds by construction (checked by the plan's shapes), so they
+            // are launched without per-access bounds checks.
+            unsafe {
+                match *gemm {
+                    Gemm::SharedTiles(t) => {
+                        let cfg = GemmConfig {
+                            tile_m: t.tile_m,
+                            tile_n: t.tile_n,
+                            tile_k: t.tile_k,
+                            thread_m: t.thread_m,
+                            thread_n: t.thread_n,
+                            batch_rank,
+                            epilogue,
+                        };
+                        matmul::matmul::launch_unchecked::<F, R>(
+                            client,
+                            count,
+                            dim,
+                            arg(a),
+                            arg(b),
+                            extra,
+                            arg(c),
+                            m,
+                            cfg,
+                        )
+                    }
+                    Gemm::Registers { rows, cols, .. } => {
+                        let cfg = LanesConfig { rows, cols, batch_rank, epilogue };
+                        matmul::matmul_lanes::launch_unchecked::<F, R>(
+                            client,
+                            count,
+                            dim,
+                            arg(a),
+                            arg(b),
+                            extra,
+                            arg(c),
+                            m,
+                            cfg,
+                        )
+                    }
+                    Gemm::Vectors { rows, width, .. } => {
+                        let w = width as usize;
+                        let cfg = VectorConfig { rows, batch_rank, epilogue };
+                        let vec_arg =
+                            |x: &Buf, width: usize| ArrayArg::<R>::from_raw_parts(x.handle.clone(), x.len / width);
+                        matmul::matmul_vector::launch_unchecked::<F, R>(
+                            client,
+                            count,
+                            dim,
+                            w,
+                            vec_arg(a, 4),
+                            vec_arg(b, w),
+                            extra,
+                            vec_arg(c, w),
+                            m,
+                            cfg,
+                        )
+                    }
+                }
+            }
         }
         Kernel::Softmax { outer, len, inner, log } => {
             rows::softmax::launch::<F, R>(

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use calm_ir::DType;
 use calm_kernels::elementwise::Buf;
-use calm_passes::plan::{KernelPlan, Role, Storage};
+use calm_passes::plan::{KernelPlan, Port, Role, Storage};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use thiserror::Error;
@@ -152,18 +152,19 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
         &self.client
     }
 
-    fn upload(
-        &mut self,
-        what: &'static str,
-        name: &str,
-        buffer: u32,
-        shape: &[u64],
-        t: &HostTensor,
-    ) -> Result<(), DeviceError> {
-        let expected: Vec<u64> = shape.to_vec();
+    fn upload(&mut self, what: &'static str, port: &Port, t: &HostTensor) -> Result<(), DeviceError> {
+        let (name, buffer) = (&port.name, port.buffer);
+        let expected: Vec<u64> = port.shape.clone();
         if t.shape.iter().map(|&d| d as u64).collect::<Vec<_>>() != expected || t.data.len() != t.numel() {
             return Err(DeviceError::Shape { what, name: name.to_string(), expected, found: t.shape.clone() });
         }
+        let transposed;
+        let t = if port.transposed {
+            transposed = transpose(t);
+            &transposed
+        } else {
+            t
+        };
         let storage = self.plan.buffers[buffer as usize].storage;
         let bytes = to_bytes::<F>(&t.data, storage).ok_or(DeviceError::DType {
             what,
@@ -182,7 +183,7 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
         for p in self.plan.params.clone() {
             let t =
                 params.get(&p.name).ok_or_else(|| DeviceError::Missing { what: "parameter", name: p.name.clone() })?;
-            self.upload("parameter", &p.name, p.buffer, &p.shape, t)?;
+            self.upload("parameter", &p, t)?;
         }
         Ok(())
     }
@@ -236,7 +237,7 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
     pub fn run(&mut self, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, DeviceError> {
         for p in self.plan.inputs.clone() {
             let t = inputs.get(&p.name).ok_or_else(|| DeviceError::Missing { what: "input", name: p.name.clone() })?;
-            self.upload("input", &p.name, p.buffer, &p.shape, t)?;
+            self.upload("input", &p, t)?;
         }
         self.launch_all();
         let mut out = BTreeMap::new();
@@ -250,6 +251,14 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
         }
         Ok(out)
     }
+}
+
+/// A rank-2 host tensor transposed (float data; others are never stored transposed).
+fn transpose(t: &HostTensor) -> HostTensor {
+    let (rows, cols) = (t.shape[0], t.shape[1]);
+    let v = t.data.to_f64();
+    let out: Vec<f64> = (0..rows * cols).map(|i| v[(i % rows) * cols + i / rows]).collect();
+    HostTensor::new(vec![cols, rows], HostData::F64(out))
 }
 
 fn upload_u32<R: Runtime>(client: &ComputeClient<R>, v: &[u32]) -> Buf {

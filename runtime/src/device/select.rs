@@ -55,9 +55,17 @@ impl Device {
         let wgpu = || probe::<WgpuRuntime>(&WgpuDevice::default()).map(Device::Wgpu);
         let vulkan_help = "install a Vulkan driver: on Debian `apt-get install mesa-vulkan-drivers libvulkan1` (lavapipe runs on the CPU)";
         match choice {
-            DeviceChoice::Cuda => cuda().ok_or_else(|| SelectError::Unavailable("CUDA did not start: install an NVIDIA driver and GPU, or use --device wgpu".into())),
-            DeviceChoice::Wgpu => wgpu().ok_or_else(|| SelectError::Unavailable(format!("wgpu found no adapter: {vulkan_help}"))),
-            DeviceChoice::Auto => cuda().or_else(wgpu).ok_or_else(|| SelectError::Unavailable(format!("neither CUDA nor wgpu started: {vulkan_help}"))),
+            DeviceChoice::Cuda => cuda().ok_or_else(|| {
+                SelectError::Unavailable(
+                    "CUDA did not start: install an NVIDIA driver and GPU, or use --device wgpu".into(),
+                )
+            }),
+            DeviceChoice::Wgpu => {
+                wgpu().ok_or_else(|| SelectError::Unavailable(format!("wgpu found no adapter: {vulkan_help}")))
+            }
+            DeviceChoice::Auto => cuda()
+                .or_else(wgpu)
+                .ok_or_else(|| SelectError::Unavailable(format!("neither CUDA nor wgpu started: {vulkan_help}"))),
         }
     }
 
@@ -90,7 +98,9 @@ impl Device {
             (Device::Wgpu(c), FloatType::F16) => go!(c, WgpuRuntime, half::f16),
             (Device::Cuda(c), FloatType::F32) => go!(c, CudaRuntime, f32),
             (Device::Cuda(c), FloatType::F16) => go!(c, CudaRuntime, half::f16),
-            (_, FloatType::Bf16) => Err(SelectError::Float(FloatType::Bf16, "bf16 kernels are not built yet".into()).into()),
+            (_, FloatType::Bf16) => {
+                Err(SelectError::Float(FloatType::Bf16, "bf16 kernels are not built yet".into()).into())
+            }
         }
     }
 }
