@@ -6,6 +6,7 @@
 pub mod elementwise;
 pub mod index;
 pub mod matmul;
+pub mod peak;
 pub mod philox;
 mod philox_cube;
 pub mod rows;

@@ -29,24 +29,30 @@ impl GemmConfig {
     pub fn threads(&self) -> u32 {
         (self.tile_m / self.thread_m) * (self.tile_n / self.thread_n)
     }
+}
 
+/// One GEMM's sizes and strides, as the kernels read them from their metadata array.
+pub struct GemmShape {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    /// Row and column strides of A and B.
+    pub a: [u32; 2],
+    pub b: [u32; 2],
+    /// Batch dimensions, and the batch strides of A and B (same length).
+    pub batch: Vec<u32>,
+    pub a_batch: Vec<u32>,
+    pub b_batch: Vec<u32>,
+}
+
+impl GemmShape {
     /// The metadata array: `m, n, k, a_row, a_col, b_row, b_col, batch dims, a batch strides,
     /// b batch strides`, then per extra argument `batch strides, row stride, column stride`.
-    pub fn meta(
-        m: u32,
-        n: u32,
-        k: u32,
-        a: [u32; 2],
-        b: [u32; 2],
-        batch: &[u32],
-        a_batch: &[u32],
-        b_batch: &[u32],
-        extra: &[Vec<u32>],
-    ) -> Vec<u32> {
-        let mut out = vec![m, n, k, a[0], a[1], b[0], b[1]];
-        out.extend_from_slice(batch);
-        out.extend_from_slice(a_batch);
-        out.extend_from_slice(b_batch);
+    pub fn meta(&self, extra: &[Vec<u32>]) -> Vec<u32> {
+        let mut out = vec![self.m, self.n, self.k, self.a[0], self.a[1], self.b[0], self.b[1]];
+        out.extend_from_slice(&self.batch);
+        out.extend_from_slice(&self.a_batch);
+        out.extend_from_slice(&self.b_batch);
         for e in extra {
             out.extend_from_slice(e);
         }
@@ -194,6 +200,8 @@ fn epilogue<F: Float>(
             let extra_base = comptime![7 + 3 * batch_rank];
             let per_arg = comptime![batch_rank + 2];
             let mut regs = Sequence::<f32>::new();
+            // Indexing, not iteration: `#[unroll]` needs a comptime range.
+            #[allow(clippy::needless_range_loop)]
             #[unroll]
             for i in 0..ops.len() {
                 let op = comptime![ops[i].clone()];

@@ -58,5 +58,5 @@ pub fn philox_word(seed: u32, offset: u32, stream: u32, index: u32) -> u32 {
 #[cube]
 pub fn uniform_at(seed: u32, offset: u32, #[comptime] stream: u32, index: u32) -> f32 {
     let w = philox_word(seed, offset, stream, index);
-    (f32::cast_from(w >> 9) + 0.5) * 0.00000011920928955078125
+    (f32::cast_from(w >> 9) + 0.5) * 1.192_092_9e-7
 }

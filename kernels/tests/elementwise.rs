@@ -75,6 +75,7 @@ fn host_unary(f: Unary, x: f32) -> f32 {
         // x Φ(x) from the erf of f64 via the complementary series is overkill here: the kernel's
         // erf approximation is good to 1.5e-7, so compare with a tight tolerance below.
         Unary::Gelu => 0.5 * x * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2) as f32),
+        Unary::Identity => x,
         Unary::Trunc => x.trunc(),
         Unary::NonZero => (x != 0.0) as u8 as f32,
     }
@@ -101,8 +102,17 @@ fn unary_and_binary_functions_with_broadcasting() {
     let (ab, bb) = (upload_f32(&c, &a), upload_f32(&c, &b));
     let m = upload_u32(&c, &meta(&[rows as u32, cols as u32], &[vec![cols as u32, 1], vec![0, 1]]));
     let (cc, cd) = dims(rows * cols);
-    let unaries =
-        [Unary::Neg, Unary::Exp, Unary::Tanh, Unary::Sigmoid, Unary::Relu, Unary::Gelu, Unary::Trunc, Unary::NonZero];
+    let unaries = [
+        Unary::Neg,
+        Unary::Exp,
+        Unary::Tanh,
+        Unary::Sigmoid,
+        Unary::Relu,
+        Unary::Gelu,
+        Unary::Identity,
+        Unary::Trunc,
+        Unary::NonZero,
+    ];
     let binaries = [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div, Binary::Max, Binary::Equal, Binary::Less];
     for u in unaries {
         for bf in binaries {

@@ -45,12 +45,12 @@ fn choose_gemm(strategy: GemmStrategy, m: u64, n: u64, k: u64, a_strides: [u64; 
     match strategy {
         GemmStrategy::SharedTiles(t) => Gemm::SharedTiles(t),
         GemmStrategy::Registers => {
-            let width = [16u32, 8, 4].into_iter().find(|&w| n % w as u64 == 0);
+            let width = [16u32, 8, 4].into_iter().find(|&w| n.is_multiple_of(w as u64));
             match width {
-                // Measured on lavapipe (`calm bench gemm`): 16 rows by 16 columns per thread,
+                // Measured on lavapipe (see BENCHMARKS.md): 32 rows by 16 columns per thread,
                 // 8 threads per cube; fewer rows when the product has fewer.
-                Some(width) if a_strides[1] == 1 && k % 4 == 0 && b_strides[1] == 1 => {
-                    Gemm::Vectors { rows: m.clamp(1, 16) as u32, width, threads: 8 }
+                Some(width) if a_strides[1] == 1 && k.is_multiple_of(4) && b_strides[1] == 1 => {
+                    Gemm::Vectors { rows: m.clamp(1, 32) as u32, width, threads: 8 }
                 }
                 _ => Gemm::Registers { rows: m.clamp(1, 8) as u32, cols: 2, threads: 64 },
             }

@@ -7,6 +7,7 @@
 //! - [`host`], [`safetensors`]: host tensors and the weight/input file format;
 //! - [`inputs`]: random inputs of the right shapes for `calm run`.
 
+pub mod bench;
 pub mod device;
 pub mod host;
 pub mod inputs;

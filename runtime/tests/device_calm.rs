@@ -73,3 +73,25 @@ fn paper_preset_matches_at_small_batch() {
     let b = Bindings::new().with("batch", 3).with("tokens", 7);
     check(&build(&c, Mode::Inference).unwrap(), &b, "paper inference");
 }
+
+#[test]
+fn half_precision_buffers_stay_close_to_the_reference() {
+    use calm_passes::plan::FloatType;
+    let g = build(&CalmConfig::preset("tiny").unwrap(), Mode::Inference).unwrap();
+    let b = Bindings::new().with("batch", 4).with("tokens", 9);
+    let params = ParamStore::init(&g, 11);
+    let feeds = random_inputs(&g, &b, 11).unwrap();
+    let want = Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(&g, &params, &feeds).unwrap();
+    let opts = LowerOptions { float: FloatType::F16, ..LowerOptions::default() };
+    let plan = lower(&g, &b, &opts).unwrap();
+    let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
+    let mut exec =
+        DeviceExecutor::<WgpuRuntime, half::f16>::new(WgpuRuntime::client(&WgpuDevice::default()), plan, types);
+    exec.poison();
+    exec.load_params(&params).unwrap();
+    let got = exec.run(&feeds).unwrap();
+    for (name, err) in errors(&want, &got) {
+        // f16 keeps 11 significant bits: about 5e-4 per rounding, a few roundings deep.
+        assert!(err < 1e-2, "f16: output `{name}` differs by {err:.2e} relative");
+    }
+}

@@ -23,6 +23,8 @@ pub enum Emit {
 pub enum Float {
     F32,
     F16,
+    /// CUDA only (WGSL has no bf16).
+    Bf16,
 }
 
 impl Float {
@@ -30,6 +32,7 @@ impl Float {
         match self {
             Float::F32 => FloatType::F32,
             Float::F16 => FloatType::F16,
+            Float::Bf16 => FloatType::Bf16,
         }
     }
 }

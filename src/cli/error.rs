@@ -39,7 +39,14 @@ pub enum CliError {
     Device(#[from] calm_runtime::device::select::RunOnDeviceError),
     #[error("{0}")]
     Select(#[from] calm_runtime::device::select::SelectError),
+    #[error("{0}")]
+    Other(#[from] OtherError),
 }
+
+/// A command-line problem with no richer type: a malformed flag value.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct OtherError(pub String);
 
 /// Writes a graph file atomically, naming the file in any error.
 pub fn write_graph(g: &calm_ir::Graph, path: &std::path::Path) -> Result<(), CliError> {

@@ -1,6 +1,7 @@
 //! Subcommands of `calm`, one file each; [`run`] dispatches.
 
 mod ablate;
+mod bench;
 mod build;
 mod check;
 mod compile;
@@ -169,6 +170,23 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = run::Backend::Flex)]
         backend: run::Backend,
     },
+    /// Benchmark on the Vulkan device (wgpu): the device's FMA and copy ceilings, calm's GEMM
+    /// against Burn's (wgpu with fusion, and Flex on the CPU), and the CALM head forward fused,
+    /// unfused and through Burn, all side by side in one run.
+    Bench {
+        /// GEMM sizes `m,k,n` of the linear + ReLU benchmark.
+        #[arg(long, default_value = "8192,512,2048")]
+        gemm: String,
+        /// Sizes of the CALM head benchmark (paper preset, inference).
+        #[arg(long, default_value = "batch=16,tokens=64")]
+        head: String,
+        /// Timed runs per measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Also write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Print a preset config as TOML, to start a config file from.
     Preset {
         /// `paper` or `tiny`.
@@ -196,6 +214,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ablations => ablate::list(),
         Command::Diff { a, b, depth, params } => diff::run(&a, &b, depth, params),
         Command::Preset { name } => build::preset(&name),
+        Command::Bench { gemm, head, iters, json } => bench::run(&gemm, &head, iters, json.as_deref()),
         Command::Compile { file, bind, emit, no_fuse, float } => {
             compile::run(&file, bind.as_deref().unwrap_or(""), emit, !no_fuse, float)
         }

@@ -1,7 +1,7 @@
 //! One plan launch: its kernel's metadata and the call into the kernels crate.
 
 use calm_kernels::elementwise::{self, Buf};
-use calm_kernels::matmul::{self, GemmConfig, LanesConfig, VectorConfig};
+use calm_kernels::matmul::{self, GemmConfig, GemmShape, LanesConfig, VectorConfig};
 use calm_kernels::{index, rows};
 use calm_passes::plan::{Gemm, Kernel, Launch, ReduceOp, Storage};
 use cubecl::prelude::*;
@@ -30,17 +30,17 @@ pub fn meta(kernel: &Kernel) -> Option<Vec<u32>> {
         Kernel::MatMul { batch, a_batch_strides, b_batch_strides, m, n, k, a_strides, b_strides, epilogue, .. } => {
             let extra: Vec<Vec<u32>> =
                 epilogue.as_ref().map(|e| e.strides.iter().map(|s| u32s(s)).collect()).unwrap_or_default();
-            Some(GemmConfig::meta(
-                *m as u32,
-                *n as u32,
-                *k as u32,
-                [a_strides[0] as u32, a_strides[1] as u32],
-                [b_strides[0] as u32, b_strides[1] as u32],
-                &u32s(batch),
-                &u32s(a_batch_strides),
-                &u32s(b_batch_strides),
-                &extra,
-            ))
+            let shape = GemmShape {
+                m: *m as u32,
+                n: *n as u32,
+                k: *k as u32,
+                a: [a_strides[0] as u32, a_strides[1] as u32],
+                b: [b_strides[0] as u32, b_strides[1] as u32],
+                batch: u32s(batch),
+                a_batch: u32s(a_batch_strides),
+                b_batch: u32s(b_batch_strides),
+            };
+            Some(shape.meta(&extra))
         }
         _ => None,
     }

@@ -47,6 +47,15 @@ impl DeviceFloat for f32 {
     }
 }
 
+impl DeviceFloat for half::bf16 {
+    fn from_f64(v: f64) -> Self {
+        half::bf16::from_f64(v)
+    }
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
 impl DeviceFloat for half::f16 {
     fn from_f64(v: f64) -> Self {
         half::f16::from_f64(v)

@@ -93,13 +93,20 @@ impl Device {
                 Ok(exec.run(inputs)?)
             }};
         }
+        if let (Device::Wgpu(c), FloatType::F16) = (self, plan.float) {
+            let f16 = cubecl::ir::StorageType::Scalar(cubecl::ir::ElemType::Float(cubecl::ir::FloatKind::F16));
+            if !c.properties().features.types.storage.contains_key(&f16) {
+                return Err(SelectError::Float(FloatType::F16, "the adapter reports no f16 support".into()).into());
+            }
+        }
         match (self, plan.float) {
             (Device::Wgpu(c), FloatType::F32) => go!(c, WgpuRuntime, f32),
             (Device::Wgpu(c), FloatType::F16) => go!(c, WgpuRuntime, half::f16),
             (Device::Cuda(c), FloatType::F32) => go!(c, CudaRuntime, f32),
             (Device::Cuda(c), FloatType::F16) => go!(c, CudaRuntime, half::f16),
-            (_, FloatType::Bf16) => {
-                Err(SelectError::Float(FloatType::Bf16, "bf16 kernels are not built yet".into()).into())
+            (Device::Cuda(c), FloatType::Bf16) => go!(c, CudaRuntime, half::bf16),
+            (Device::Wgpu(_), FloatType::Bf16) => {
+                Err(SelectError::Float(FloatType::Bf16, "WGSL has no bf16; use --float f32 or f16".into()).into())
             }
         }
     }

@@ -1,0 +1,61 @@
+//! `calm bench`: device ceilings, GEMM and CALM head, side by side in one run.
+
+use std::path::Path;
+
+use calm_ir::Bindings;
+use calm_models::{build, CalmConfig, Mode};
+use calm_runtime::bench;
+use calm_runtime::device::select::{Device, DeviceChoice};
+
+use super::error::{CliError, OtherError};
+
+pub fn run(gemm: &str, head: &str, iters: usize, json: Option<&Path>) -> Result<(), CliError> {
+    let sizes: Vec<u64> = gemm
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| OtherError(format!("--gemm `{gemm}`: expected m,k,n")))?;
+    let [m, k, n] = sizes[..] else { return Err(OtherError(format!("--gemm `{gemm}`: expected m,k,n")).into()) };
+    let bindings: Bindings = head.parse()?;
+    let Device::Wgpu(client) = Device::open(DeviceChoice::Wgpu)? else { unreachable!("asked for wgpu") };
+    let device = Device::Wgpu(client.clone()).name();
+    let (peak_flops, peak_bw) = bench::device_peaks(&client, iters);
+    println!("device: {device}");
+    println!("peaks: FMA {peak_flops:.1} GFLOP/s, copy {peak_bw:.1} GB/s (calm_kernels::peak)\n");
+    println!("linear + ReLU, {m}x{k} by {k}x{n}, f32 (median of {iters}):");
+    let gemm_rows = bench::gemm(&client, m, k, n, iters);
+    let burn = gemm_rows.iter().find(|r| r.name.starts_with("burn wgpu")).map(|r| r.seconds).unwrap_or(f64::NAN);
+    for r in &gemm_rows {
+        println!(
+            "  {:<36} {:>9.2} ms {:>8.2} GFLOP/s {:>5.0}% of FMA peak {:>6.2}x burn wgpu",
+            r.name,
+            r.seconds * 1e3,
+            r.gflops(),
+            100.0 * r.gflops() / peak_flops,
+            burn / r.seconds
+        );
+    }
+    let g = build(&CalmConfig::preset("paper").unwrap_or_default(), Mode::Inference)?;
+    println!("\nCALM head, paper preset, inference, {bindings} (median of {iters}):");
+    let head_rows = bench::head(&client, &g, &bindings, iters);
+    let fused = head_rows[0].1.as_secs_f64();
+    for (name, t, launches) in &head_rows {
+        println!(
+            "  {name:<32} {:>10.1} ms {:>6} launches {:>6.2}x calm fused",
+            t.as_secs_f64() * 1e3,
+            launches,
+            t.as_secs_f64() / fused
+        );
+    }
+    if let Some(path) = json {
+        let doc = serde_json::json!({
+            "device": device,
+            "peaks": { "fma_gflops": peak_flops, "copy_gbps": peak_bw },
+            "gemm": { "m": m, "k": k, "n": n, "rows": gemm_rows },
+            "head": { "bindings": bindings.to_string(), "rows": head_rows.iter().map(|(n, t, l)| serde_json::json!({"name": n, "seconds": t.as_secs_f64(), "launches": l})).collect::<Vec<_>>() },
+        });
+        calm_ir::files::write_atomic(path, serde_json::to_string_pretty(&doc).expect("json").as_bytes())
+            .map_err(|source| CliError::Write { path: path.to_path_buf(), source })?;
+    }
+    Ok(())
+}
