@@ -60,6 +60,25 @@ impl GemmShape {
     }
 }
 
+/// The offsets of batch entry `bz`'s `A` and `B`, from the batch dimensions and strides in
+/// `meta` (see [`GemmShape::meta`]).
+#[cube]
+fn batch_offsets(meta: &Array<u32>, bz: u32, #[comptime] batch_rank: usize) -> (u32, u32) {
+    let mut rem = bz;
+    let mut a_off = 0u32;
+    let mut b_off = 0u32;
+    #[unroll]
+    for r in 0..batch_rank {
+        let d = batch_rank - 1 - r;
+        let size = meta[7 + d];
+        let coord = rem % size;
+        rem /= size;
+        a_off += coord * meta[7 + batch_rank + d];
+        b_off += coord * meta[7 + 2 * batch_rank + d];
+    }
+    (a_off, b_off)
+}
+
 #[cube(launch, launch_unchecked)]
 pub fn matmul<F: Float>(
     a: &Array<F>,
@@ -80,18 +99,7 @@ pub fn matmul<F: Float>(
 
     // The batch entry of this cube, and the offsets of its A and B.
     let bz = CUBE_POS_Z;
-    let mut rem = bz;
-    let mut a_off = 0u32;
-    let mut b_off = 0u32;
-    #[unroll]
-    for r in 0..batch_rank {
-        let d = batch_rank - 1 - r;
-        let size = meta[7 + d];
-        let coord = rem % size;
-        rem /= size;
-        a_off += coord * meta[7 + batch_rank + d];
-        b_off += coord * meta[7 + 2 * batch_rank + d];
-    }
+    let (a_off, b_off) = batch_offsets(meta, bz, batch_rank);
 
     let tid = UNIT_POS_X;
     let per_row = comptime![tn / thn];
@@ -265,18 +273,7 @@ pub fn matmul_lanes<F: Float>(
     let k = meta[2];
     let (a_rs, a_cs, b_rs, b_cs) = (meta[3], meta[4], meta[5], meta[6]);
     let bz = CUBE_POS_Z;
-    let mut rem = bz;
-    let mut a_off = 0u32;
-    let mut b_off = 0u32;
-    #[unroll]
-    for r in 0..batch_rank {
-        let d = batch_rank - 1 - r;
-        let size = meta[7 + d];
-        let coord = rem % size;
-        rem /= size;
-        a_off += coord * meta[7 + batch_rank + d];
-        b_off += coord * meta[7 + 2 * batch_rank + d];
-    }
+    let (a_off, b_off) = batch_offsets(meta, bz, batch_rank);
     let threads = CUBE_DIM_X;
     let row0 = CUBE_POS_Y * rows;
     let col0 = CUBE_POS_X * threads * cols + UNIT_POS_X;
@@ -365,18 +362,7 @@ pub fn matmul_vector<F: Float, N: Size>(
     let k = meta[2];
     let (a_rs, b_rs) = (meta[3], meta[5]);
     let bz = CUBE_POS_Z;
-    let mut rem = bz;
-    let mut a_off = 0u32;
-    let mut b_off = 0u32;
-    #[unroll]
-    for r in 0..batch_rank {
-        let d = batch_rank - 1 - r;
-        let size = meta[7 + d];
-        let coord = rem % size;
-        rem /= size;
-        a_off += coord * meta[7 + batch_rank + d];
-        b_off += coord * meta[7 + 2 * batch_rank + d];
-    }
+    let (a_off, b_off) = batch_offsets(meta, bz, batch_rank);
     let nv = n / width;
     let col = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
     let col_load = select(col < nv, col, nv - 1);

@@ -215,6 +215,28 @@ impl Lowering<'_> {
         self.buffer_of[v].expect("arguments are lowered before their readers")
     }
 
+    /// A copy of `src` (read with `src_strides` from `src_offset`) into a new contiguous `out`.
+    fn emit_copy(
+        &mut self,
+        n: NodeId,
+        src: ValueId,
+        out: ValueId,
+        src_strides: Vec<u64>,
+        src_offset: u64,
+        out_shape: &[u64],
+    ) -> Result<(), LowerError> {
+        let kernel = Kernel::Copy {
+            src_strides,
+            src_offset,
+            dst_strides: contiguous_strides(out_shape),
+            dst_offset: 0,
+            shape: out_shape.to_vec(),
+        };
+        let reads = vec![self.buf(src)];
+        let w = self.new_buffer(out, Role::Temp)?;
+        self.emit(n, kernel, reads, vec![w])
+    }
+
     fn emit(&mut self, n: NodeId, kernel: Kernel, reads: Vec<u32>, writes: Vec<u32>) -> Result<(), LowerError> {
         let node = &self.g.nodes[n];
         let cost = node_cost(self.g, n, self.bindings).map_err(|e| e.source)?;
@@ -389,43 +411,18 @@ impl Lowering<'_> {
                 }
             }
             Op::Permute { perm } => {
-                let src_shape = self.shape(args[0])?;
-                let own = contiguous_strides(&src_shape);
-                let kernel = Kernel::Copy {
-                    src_strides: perm.iter().map(|&p| own[p]).collect(),
-                    dst_strides: contiguous_strides(&out_shape),
-                    shape: out_shape.clone(),
-                    src_offset: 0,
-                    dst_offset: 0,
-                };
-                let reads = vec![self.buf(args[0])];
-                let w = self.new_buffer(out, Role::Temp)?;
-                self.emit(n, kernel, reads, vec![w])?;
+                let own = contiguous_strides(&self.shape(args[0])?);
+                let src_strides = perm.iter().map(|&p| own[p]).collect();
+                self.emit_copy(n, args[0], out, src_strides, 0, &out_shape)?;
             }
             Op::Broadcast { .. } => {
-                let kernel = Kernel::Copy {
-                    src_strides: broadcast_strides(&self.shape(args[0])?, &out_shape),
-                    dst_strides: contiguous_strides(&out_shape),
-                    shape: out_shape.clone(),
-                    src_offset: 0,
-                    dst_offset: 0,
-                };
-                let reads = vec![self.buf(args[0])];
-                let w = self.new_buffer(out, Role::Temp)?;
-                self.emit(n, kernel, reads, vec![w])?;
+                let src_strides = broadcast_strides(&self.shape(args[0])?, &out_shape);
+                self.emit_copy(n, args[0], out, src_strides, 0, &out_shape)?;
             }
             Op::Slice { axis, start, .. } => {
                 let own = contiguous_strides(&self.shape(args[0])?);
-                let kernel = Kernel::Copy {
-                    src_strides: own.clone(),
-                    src_offset: start * own[*axis],
-                    dst_strides: contiguous_strides(&out_shape),
-                    shape: out_shape.clone(),
-                    dst_offset: 0,
-                };
-                let reads = vec![self.buf(args[0])];
-                let w = self.new_buffer(out, Role::Temp)?;
-                self.emit(n, kernel, reads, vec![w])?;
+                let offset = start * own[*axis];
+                self.emit_copy(n, args[0], out, own, offset, &out_shape)?;
             }
             Op::Concat { axis } => {
                 let w = self.new_buffer(out, Role::Temp)?;

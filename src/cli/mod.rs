@@ -132,44 +132,7 @@ pub enum Command {
     ///
     /// Without --inputs, inputs are random (shaped by --bind, drawn from --seed); without
     /// --weights, parameters are initialised from --seed.
-    Run {
-        /// Graph file (calm-ir/1 JSON).
-        file: PathBuf,
-        /// Weights (safetensors), keyed by parameter name.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// Inputs (safetensors), keyed by input name; their shapes bind the symbols.
-        #[arg(long, conflicts_with = "bind")]
-        inputs: Option<PathBuf>,
-        /// Sizes of the graph's symbols for random inputs, e.g. `batch=4,tokens=16`.
-        #[arg(long)]
-        bind: Option<String>,
-        /// Seed of random inputs and initial weights.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Write every output to this safetensors file.
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-        /// `fused`: the compiled plan on a device; `reference`: op by op on Burn. Default: fused
-        /// when a device starts.
-        #[arg(long, value_enum)]
-        executor: Option<run::Executor>,
-        /// Device of the fused executor: `auto` tries CUDA, then Vulkan through wgpu.
-        #[arg(long, value_enum, default_value_t = run::DeviceArg::Auto)]
-        device: run::DeviceArg,
-        /// Element type of float buffers on the device.
-        #[arg(long, value_enum, default_value_t = compile::Float::F32)]
-        float: compile::Float,
-        /// Skip the fusion passes (fused executor).
-        #[arg(long)]
-        no_fuse: bool,
-        /// Run both executors and print the largest relative error of each output.
-        #[arg(long)]
-        compare: bool,
-        /// Backend of the reference executor: `flex` (CPU, f64) or `wgpu` (f32).
-        #[arg(long, value_enum, default_value_t = run::Backend::Flex)]
-        backend: run::Backend,
-    },
+    Run(run::Args),
     /// Benchmark on the Vulkan device (wgpu): the device's FMA and copy ceilings, calm's GEMM
     /// against Burn's (wgpu with fusion, and Flex on the CPU), and the CALM head forward fused,
     /// unfused and through Burn, all side by side in one run.
@@ -218,33 +181,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Compile { file, bind, emit, no_fuse, float } => {
             compile::run(&file, bind.as_deref().unwrap_or(""), emit, !no_fuse, float)
         }
-        Command::Run {
-            file,
-            weights,
-            inputs,
-            bind,
-            seed,
-            output,
-            executor,
-            device,
-            float,
-            no_fuse,
-            compare,
-            backend,
-        } => run::run(run::Args {
-            file,
-            weights,
-            inputs,
-            bind,
-            seed,
-            output,
-            executor,
-            device,
-            float,
-            fuse: !no_fuse,
-            compare,
-            backend,
-        }),
+        Command::Run(args) => run::run(args),
         Command::Sample { output } => sample::run(&output),
     }
 }

@@ -39,18 +39,43 @@ pub enum DeviceArg {
     Cuda,
 }
 
+#[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Graph file (calm-ir/1 JSON).
     pub file: PathBuf,
+    /// Weights (safetensors), keyed by parameter name.
+    #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Inputs (safetensors), keyed by input name; their shapes bind the symbols.
+    #[arg(long, conflicts_with = "bind")]
     pub inputs: Option<PathBuf>,
+    /// Sizes of the graph's symbols for random inputs, e.g. `batch=4,tokens=16`.
+    #[arg(long)]
     pub bind: Option<String>,
+    /// Seed of random inputs and initial weights.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write every output to this safetensors file.
+    #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// `fused`: the compiled plan on a device; `reference`: op by op on Burn. Default: fused
+    /// when a device starts.
+    #[arg(long, value_enum)]
     pub executor: Option<Executor>,
+    /// Device of the fused executor: `auto` tries CUDA, then Vulkan through wgpu.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
+    /// Element type of float buffers on the device.
+    #[arg(long, value_enum, default_value_t = Float::F32)]
     pub float: Float,
-    pub fuse: bool,
+    /// Skip the fusion passes (fused executor).
+    #[arg(long)]
+    pub no_fuse: bool,
+    /// Run both executors and print the largest relative error of each output.
+    #[arg(long)]
     pub compare: bool,
+    /// Backend of the reference executor: `flex` (CPU, f64) or `wgpu` (f32).
+    #[arg(long, value_enum, default_value_t = Backend::Flex)]
     pub backend: Backend,
 }
 
@@ -83,7 +108,7 @@ fn fused(
 ) -> Result<(Outputs, String), CliError> {
     let bindings = bind_inputs(g, inputs)?;
     let opts = LowerOptions { float: args.float.plan_type(), ..LowerOptions::default() };
-    let (compiled, plan) = compile(g, &bindings, args.fuse, &opts)?;
+    let (compiled, plan) = compile(g, &bindings, !args.no_fuse, &opts)?;
     let launches = plan.launches.len();
     let out = device.run(&compiled, plan, params, inputs)?;
     Ok((
@@ -93,7 +118,7 @@ fn fused(
             launches,
             device.name(),
             args.float,
-            if args.fuse { "" } else { ", unfused" }
+            if !args.no_fuse { "" } else { ", unfused" }
         ),
     ))
 }
