@@ -94,6 +94,19 @@ pub fn node_cost(g: &Graph, n: NodeId, bindings: &Bindings) -> Result<Cost, Cost
                 let product = mul(mul(2, out_elems, out)?, k, out)?;
                 product.saturating_add(mul(program.flops_per_element(), out_elems, out)?)
             }
+            Op::Fused(crate::fused::FusedOp::Attention { heads, .. }) => {
+                // Scores and weighted values (2·Lk·m each per query row), softmax (5 per score).
+                let keys = arg(1).shape[1].resolve(bindings)?;
+                let per_row = mul(keys, 4 * out.shape[2].resolve(bindings)? + 5 * heads, out)?;
+                mul(per_row, out_elems / out.shape[2].resolve(bindings)?.max(1), out)?
+            }
+            Op::Fused(crate::fused::FusedOp::GumbelPool { .. }) => {
+                // Per assignment element: the logit (2·H), noise, softmax and mask (~10), its
+                // share of the pooled sums (2·D + 1).
+                let (h, d) = (arg(0).shape[2].resolve(bindings)?, arg(3).shape[2].resolve(bindings)?);
+                let assign = g.value_type(node.results[1]).numel(bindings)?;
+                mul(assign, 2 * h + 2 * d + 11, out)?
+            }
             other => unreachable!("{} has no cost rule", other.name()),
         };
         Ok(Cost { flops, bytes_read, bytes_written })

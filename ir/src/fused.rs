@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::infer::{broadcast_shapes, infer, TypeError};
 use crate::op::{Arity, Op};
 use crate::program::Program;
-use crate::types::{DType, Shape, TensorType};
+use crate::types::{DType, Dim, Shape, TensorType};
 
 /// An op produced by fusing primitives.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,6 +21,19 @@ pub enum FusedOp {
     /// A matmul followed by an elementwise program on its result: arguments `a, b, extra..`;
     /// program argument 0 is the product, arguments `1..` the extras (broadcast to the product).
     MatMulEpilogue { transpose_a: bool, transpose_b: bool, program: Program },
+    /// Multi-head scaled dot-product attention with the head split and merge built in:
+    /// arguments `q: [B, Lq, m]`, `k, v: [B, Lk, m]` and, if `bias`, an additive score bias that
+    /// broadcasts to `[B, heads, Lq, Lk]`; result `[B, Lq, m]`, per head
+    /// `softmax(q kᵀ · scale + bias) v` over `m / heads` columns.
+    Attention { heads: u64, scale: f64, bias: bool },
+    /// Gumbel-softmax clustering and pooling (CALM stage 3). Arguments `hidden: [B, T, H]`,
+    /// `w` (`[H, K]`, or `[K, H]` if `transpose_w`), `bias: [K]`, `x: [B, T, D]`,
+    /// `mask: [B, T, 1]`, then the temperature (a scalar) if `temperature`, then the generator's
+    /// `seed` and `offset` (u32 scalars) if `noise_stream` is set. With
+    /// `A = softmax_K((hidden·w + bias + g) / τ) · mask` and Gumbel noise `g = −log(−log u)`,
+    /// `u` drawn at each element of `[B, T, K]` on `noise_stream`, the results are
+    /// `pooled: [B, K, D] = Σ_t A x / (Σ_t A + eps)` and the assignment `A: [B, T, K]`.
+    GumbelPool { transpose_w: bool, temperature: bool, noise_stream: Option<u32>, eps: f64 },
 }
 
 impl FusedOp {
@@ -28,6 +41,8 @@ impl FusedOp {
         match self {
             FusedOp::Elementwise { .. } => "fused_elementwise",
             FusedOp::MatMulEpilogue { .. } => "fused_matmul",
+            FusedOp::Attention { .. } => "fused_attention",
+            FusedOp::GumbelPool { .. } => "fused_gumbel_pool",
         }
     }
 
@@ -35,13 +50,18 @@ impl FusedOp {
         match self {
             FusedOp::Elementwise { .. } => Arity::AtLeast(0),
             FusedOp::MatMulEpilogue { .. } => Arity::AtLeast(2),
+            FusedOp::Attention { bias, .. } => Arity::Exact(3 + *bias as usize),
+            FusedOp::GumbelPool { temperature, noise_stream, .. } => {
+                Arity::Exact(5 + *temperature as usize + 2 * noise_stream.is_some() as usize)
+            }
         }
     }
 
     pub fn num_results(&self) -> usize {
         match self {
             FusedOp::Elementwise { program, .. } => program.outputs.len(),
-            FusedOp::MatMulEpilogue { .. } => 1,
+            FusedOp::MatMulEpilogue { .. } | FusedOp::Attention { .. } => 1,
+            FusedOp::GumbelPool { .. } => 2,
         }
     }
 
@@ -56,6 +76,22 @@ impl FusedOp {
                     if *transpose_b { "tB," } else { "" },
                     n(program)
                 )
+            }
+            FusedOp::Attention { heads, scale, bias } => {
+                format!("heads={heads} scale={scale}{}", if *bias { " +bias" } else { "" })
+            }
+            FusedOp::GumbelPool { transpose_w, temperature, noise_stream, eps } => {
+                let mut parts = vec![format!("eps={eps}")];
+                if *transpose_w {
+                    parts.push("tW".into());
+                }
+                if *temperature {
+                    parts.push("τ".into());
+                }
+                if let Some(s) = noise_stream {
+                    parts.push(format!("noise stream={s}"));
+                }
+                parts.join(" ")
             }
         }
     }
@@ -88,6 +124,64 @@ impl FusedOp {
                 let dtype: DType = program.outputs[0].1;
                 Ok(vec![TensorType::new(dtype, product.shape)])
             }
+            FusedOp::Attention { heads, bias, .. } => infer_attention(args, *heads, *bias),
+            FusedOp::GumbelPool { transpose_w, .. } => infer_gumbel_pool(args, *transpose_w),
         }
     }
+}
+
+fn shape_error(what: &str, args: &[&TensorType]) -> TypeError {
+    let list: Vec<String> = args.iter().map(|t| t.to_string()).collect();
+    TypeError::Shape(format!("{what}, got {}", list.join(", ")))
+}
+
+fn infer_attention(args: &[&TensorType], heads: u64, bias: bool) -> Result<Vec<TensorType>, TypeError> {
+    let (q, k, v) = (&args[0].shape, &args[1].shape, &args[2].shape);
+    let ok = [q, k, v].iter().all(|s| s.len() == 3)
+        && q[0] == k[0]
+        && k == v
+        && q[2] == k[2]
+        && heads > 0
+        && q[2].fixed().is_some_and(|m| m % heads == 0)
+        && args[..3].iter().all(|t| t.dtype.is_float());
+    if !ok {
+        return Err(shape_error(
+            &format!("attention needs float q [B, Lq, m], k = v [B, Lk, m] with m divisible by {heads} heads"),
+            args,
+        ));
+    }
+    if bias {
+        let scores: crate::types::Shape = vec![q[0].clone(), Dim::Fixed(heads), q[1].clone(), k[1].clone()];
+        if broadcast_shapes(&[&args[3].shape, &scores])? != scores {
+            return Err(shape_error("the attention bias must broadcast to [B, heads, Lq, Lk]", args));
+        }
+    }
+    Ok(vec![args[0].clone()])
+}
+
+fn infer_gumbel_pool(args: &[&TensorType], transpose_w: bool) -> Result<Vec<TensorType>, TypeError> {
+    let (hidden, w, bias, x, mask) = (&args[0].shape, &args[1].shape, &args[2].shape, &args[3].shape, &args[4].shape);
+    let (batch, tokens) = (hidden.first(), hidden.get(1));
+    let ok = hidden.len() == 3
+        && w.len() == 2
+        && x.len() == 3
+        && bias.len() == 1
+        && mask.len() == 3
+        && w[transpose_w as usize] == hidden[2]
+        && bias[0] == w[1 - transpose_w as usize]
+        && x.first() == batch
+        && x.get(1) == tokens
+        && mask[..2] == hidden[..2]
+        && mask[2] == Dim::Fixed(1)
+        && args[5..].iter().all(|t| t.shape.is_empty())
+        && args[..5].iter().all(|t| t.dtype.is_float());
+    if !ok {
+        return Err(shape_error(
+            "gumbel_pool needs hidden [B, T, H], w [H, K] (or [K, H]), bias [K], x [B, T, D], mask [B, T, 1], scalars",
+            args,
+        ));
+    }
+    let (b, t, k, d) = (hidden[0].clone(), hidden[1].clone(), bias[0].clone(), x[2].clone());
+    let dtype = args[3].dtype;
+    Ok(vec![TensorType::new(dtype, vec![b.clone(), k.clone(), d]), TensorType::new(dtype, vec![b, t, k])])
 }

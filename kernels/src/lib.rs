@@ -3,7 +3,9 @@
 //!
 //! Every kernel has a path without plane (warp) operations, because CPU Vulkan drivers have none.
 
+pub mod attention;
 pub mod elementwise;
+pub mod gumbel_pool;
 pub mod index;
 pub mod matmul;
 pub mod peak;

@@ -3,17 +3,22 @@
 use calm_ir::{Bindings, Graph};
 use thiserror::Error;
 
+use crate::fuse_attention::fuse_attention;
 use crate::fuse_elementwise::fuse_elementwise;
+use crate::fuse_gumbel_pool::fuse_gumbel_pool;
 use crate::fuse_matmul::fuse_matmul_epilogues;
 use crate::lower::{lower, LowerError, LowerOptions};
-use crate::pipeline::{Pass, PassError, Pipeline};
+use crate::pipeline::{Pass, PassError, PassLog, Pipeline};
 use crate::plan::KernelPlan;
 
-/// The fusion passes, in the order they run.
+/// The fusion passes, in the order they run: the CALM patterns first (they match primitives),
+/// then the generic elementwise and epilogue fusions over what is left.
 pub fn fusion_passes() -> Vec<Pass> {
     vec![
-        Pass { name: "fuse_elementwise", run: fuse_elementwise },
-        Pass { name: "fuse_matmul_epilogues", run: fuse_matmul_epilogues },
+        Pass { name: "fuse_gumbel_pool", run: fuse_gumbel_pool },
+        Pass { name: "fuse_attention", run: fuse_attention },
+        Pass { name: "fuse_elementwise", run: |g, _| fuse_elementwise(g) },
+        Pass { name: "fuse_matmul_epilogues", run: |g, _| fuse_matmul_epilogues(g) },
     ]
 }
 
@@ -25,16 +30,19 @@ pub enum CompileError {
     Lower(#[from] LowerError),
 }
 
-/// The graph after the fusion passes (`fuse` false: unchanged), and its plan for `bindings`.
-pub fn compile(
-    g: &Graph,
-    bindings: &Bindings,
-    fuse: bool,
-    opts: &LowerOptions,
-) -> Result<(Graph, KernelPlan), CompileError> {
-    let mut g = g.clone();
+/// What [`compile`] produced: the graph after the fusion passes (unchanged without them), what
+/// the passes noted, and the plan.
+pub struct Compiled {
+    pub graph: Graph,
+    pub log: PassLog,
+    pub plan: KernelPlan,
+}
+
+/// Compiles `g` for `bindings`, with the fusion passes if `fuse`.
+pub fn compile(g: &Graph, bindings: &Bindings, fuse: bool, opts: &LowerOptions) -> Result<Compiled, CompileError> {
+    let mut graph = g.clone();
     let passes = if fuse { fusion_passes() } else { Vec::new() };
-    Pipeline::new(passes).run(&mut g)?;
-    let plan = lower(&g, bindings, opts)?;
-    Ok((g, plan))
+    let report = Pipeline::new(passes).run(&mut graph)?;
+    let plan = lower(&graph, bindings, opts)?;
+    Ok(Compiled { graph, log: report.log, plan })
 }

@@ -11,13 +11,16 @@
 pub mod ablate;
 pub mod compile;
 pub mod dce;
+pub mod fuse_attention;
 pub mod fuse_elementwise;
+pub mod fuse_gumbel_pool;
 pub mod fuse_matmul;
 pub mod lower;
 pub mod memory;
+pub mod pattern;
 pub mod pipeline;
 pub mod plan;
 
 pub use ablate::{ablate, ablate_all, AblateError, Ablation};
 pub use dce::dce;
-pub use pipeline::{Pass, PassError, Pipeline, PipelineReport};
+pub use pipeline::{Pass, PassError, PassLog, PassNote, Pipeline, PipelineReport};

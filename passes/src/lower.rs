@@ -24,6 +24,10 @@ pub enum GemmStrategy {
     Registers,
 }
 
+/// Threads per cube of the Gumbel pool kernel: tokens per tile, and the columns of the stream
+/// are shared out among them.
+const GUMBEL_POOL_THREADS: u32 = 128;
+
 /// Compile options.
 #[derive(Clone, Debug)]
 pub struct LowerOptions {
@@ -487,6 +491,64 @@ impl Lowering<'_> {
             }
             Op::Fused(FusedOp::MatMulEpilogue { transpose_a, transpose_b, program }) => {
                 self.lower_matmul(n, &args, *transpose_a, *transpose_b, Some(program))?;
+            }
+            Op::Fused(FusedOp::Attention { heads, scale, bias }) => {
+                let (q, kv) = (self.shape(args[0])?, self.shape(args[1])?);
+                let (batch, q_len, kv_len) = (q[0], q[1], kv[1]);
+                let bias_strides = if *bias {
+                    let strides = broadcast_strides(&self.shape(args[3])?, &[batch, *heads, q_len, kv_len]);
+                    Some([strides[0], strides[1], strides[2], strides[3]])
+                } else {
+                    None
+                };
+                let kernel = Kernel::Attention {
+                    batch,
+                    q_len,
+                    kv_len,
+                    heads: *heads,
+                    head_dim: q[2] / heads,
+                    scale: *scale,
+                    bias_strides,
+                };
+                let reads = args.iter().map(|&a| self.buf(a)).collect();
+                let w = self.new_buffer(out, Role::Temp)?;
+                self.emit(n, kernel, reads, vec![w])?;
+            }
+            Op::Fused(FusedOp::GumbelPool { transpose_w, temperature, noise_stream, eps }) => {
+                let (hidden, x) = (self.shape(args[0])?, self.shape(args[3])?);
+                let clusters = self.shape(args[2])?[0];
+                // The assignment is written only if something reads it.
+                let assign = node.results[1];
+                let write_assign = !g.users()[assign].is_empty() || g.outputs.iter().any(|o| o.value == assign);
+                let kernel = Kernel::GumbelPool {
+                    batch: hidden[0],
+                    tokens: hidden[1],
+                    hidden: hidden[2],
+                    clusters,
+                    width: x[2],
+                    threads: GUMBEL_POOL_THREADS,
+                    transpose_w: *transpose_w,
+                    temperature: *temperature,
+                    noise_stream: *noise_stream,
+                    eps: *eps,
+                    write_assign,
+                };
+                let reads = args.iter().map(|&a| self.buf(a)).collect();
+                let pooled = self.new_buffer(out, Role::Temp)?;
+                let assign = if write_assign {
+                    self.new_buffer(assign, Role::Temp)?
+                } else {
+                    let id = self.plan.buffers.len() as u32;
+                    let value = format!("{assign} (not written)");
+                    self.plan.buffers.push(Buffer { storage: Storage::Float, len: 1, role: Role::Temp, value });
+                    id
+                };
+                self.emit(n, kernel, reads, vec![pooled, assign])?;
+                if !write_assign {
+                    let unwritten = g.value_type(node.results[1]).size_bytes(self.bindings)?;
+                    let cost = &mut self.plan.launches.last_mut().expect("just emitted").cost;
+                    cost.bytes_written = cost.bytes_written.saturating_sub(unwritten);
+                }
             }
             op => {
                 let arg_types: Vec<DType> = args.iter().map(|&a| g.value_type(a).dtype).collect();

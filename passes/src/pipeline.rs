@@ -14,11 +14,44 @@ pub enum PassError {
     Failed { pass: &'static str, message: String },
 }
 
-/// A named graph transformation; `run` says whether it changed the graph.
+/// A named graph transformation; `run` says whether it changed the graph and may note what it
+/// did (or declined to do) in the log.
 #[derive(Clone, Copy)]
 pub struct Pass {
     pub name: &'static str,
-    pub run: fn(&mut Graph) -> Result<bool, PassError>,
+    pub run: fn(&mut Graph, &mut PassLog) -> Result<bool, PassError>,
+}
+
+/// What a pass did at one place of the graph: a rewrite that fired, or one that declined.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassNote {
+    pub pass: &'static str,
+    /// The scope of the node the pattern is rooted at.
+    pub scope: String,
+    pub fired: bool,
+    /// What was fused, or why it was not.
+    pub detail: String,
+}
+
+/// The notes passes leave for `calm compile --emit fusions`.
+#[derive(Clone, Debug, Default)]
+pub struct PassLog {
+    pub notes: Vec<PassNote>,
+}
+
+impl PassLog {
+    pub fn fired(&mut self, pass: &'static str, scope: &str, detail: impl Into<String>) {
+        self.notes.push(PassNote { pass, scope: scope.to_string(), fired: true, detail: detail.into() });
+    }
+
+    pub fn declined(&mut self, pass: &'static str, scope: &str, reason: impl Into<String>) {
+        self.notes.push(PassNote { pass, scope: scope.to_string(), fired: false, detail: reason.into() });
+    }
+
+    /// Notes of one pass.
+    pub fn of<'a>(&'a self, pass: &'a str) -> impl Iterator<Item = &'a PassNote> + 'a {
+        self.notes.iter().filter(move |n| n.pass == pass)
+    }
 }
 
 /// What a pipeline run did.
@@ -26,6 +59,8 @@ pub struct Pass {
 pub struct PipelineReport {
     /// Each pass in order, and whether it changed the graph.
     pub passes: Vec<(&'static str, bool)>,
+    /// What the passes noted.
+    pub log: PassLog,
     /// The graph right after the pass named by [`Pipeline::dump_after`], if it ran.
     pub dumped: Option<Graph>,
 }
@@ -46,7 +81,7 @@ impl Pipeline {
         verify(g).map_err(PassError::InvalidInput)?;
         let mut report = PipelineReport::default();
         for pass in &self.passes {
-            let changed = (pass.run)(g)?;
+            let changed = (pass.run)(g, &mut report.log)?;
             verify(g).map_err(|errors| PassError::Broken { pass: pass.name, errors })?;
             report.passes.push((pass.name, changed));
             if self.dump_after.as_deref() == Some(pass.name) {
@@ -62,13 +97,13 @@ mod tests {
     use super::*;
     use calm_ir::sample::tiny_classifier;
 
-    fn drop_loss(g: &mut Graph) -> Result<bool, PassError> {
+    fn drop_loss(g: &mut Graph, _: &mut PassLog) -> Result<bool, PassError> {
         let before = g.outputs.len();
         g.outputs.retain(|o| o.name != "loss");
         Ok(g.outputs.len() != before)
     }
 
-    fn break_graph(g: &mut Graph) -> Result<bool, PassError> {
+    fn break_graph(g: &mut Graph, _: &mut PassLog) -> Result<bool, PassError> {
         g.outputs.clear();
         Ok(true)
     }
@@ -76,8 +111,10 @@ mod tests {
     #[test]
     fn runs_passes_in_order_and_dumps_after_the_named_one() {
         let mut g = tiny_classifier();
-        let mut p =
-            Pipeline::new(vec![Pass { name: "drop_loss", run: drop_loss }, Pass { name: "dce", run: crate::dce }]);
+        let mut p = Pipeline::new(vec![
+            Pass { name: "drop_loss", run: drop_loss },
+            Pass { name: "dce", run: |g, _| crate::dce(g) },
+        ]);
         p.dump_after = Some("drop_loss".into());
         let report = p.run(&mut g).unwrap();
         assert_eq!(report.passes, [("drop_loss", true), ("dce", true)]);

@@ -160,6 +160,34 @@ pub enum Kernel {
     /// `dst[dst_offset + Σ coord·dst_strides] = src[src_offset + Σ coord·src_strides]` over
     /// `shape`; reads `src`, writes `dst` (permutes, broadcasts, slices, concatenation parts).
     Copy { shape: Vec<u64>, src_strides: Vec<u64>, src_offset: u64, dst_strides: Vec<u64>, dst_offset: u64 },
+    /// Multi-head attention with an online softmax, one thread per query row and head; reads
+    /// `q [batch, q_len, heads·head_dim]`, `k, v [batch, kv_len, ..]` and, with `bias_strides`
+    /// (over `[batch, heads, q_len, kv_len]`), the score bias; writes the merged context.
+    Attention {
+        batch: u64,
+        q_len: u64,
+        kv_len: u64,
+        heads: u64,
+        head_dim: u64,
+        scale: f64,
+        bias_strides: Option<[u64; 4]>,
+    },
+    /// Gumbel-softmax clustering and pooling, one cube of `threads` per sample; reads `hidden,
+    /// w, bias, x, mask[, τ][, seed, offset]`, writes `pooled` and `assign` (the latter a
+    /// one-element placeholder unless `write_assign`).
+    GumbelPool {
+        batch: u64,
+        tokens: u64,
+        hidden: u64,
+        clusters: u64,
+        width: u64,
+        threads: u32,
+        transpose_w: bool,
+        temperature: bool,
+        noise_stream: Option<u32>,
+        eps: f64,
+        write_assign: bool,
+    },
 }
 
 /// Which GEMM kernel computes a matmul, and its blocking.
@@ -230,6 +258,8 @@ impl Kernel {
             Kernel::TopK { .. } => "top_k",
             Kernel::OneHot { .. } => "one_hot",
             Kernel::Copy { .. } => "copy",
+            Kernel::Attention { .. } => "attention",
+            Kernel::GumbelPool { .. } => "gumbel_pool",
         }
     }
 
@@ -247,11 +277,13 @@ impl Kernel {
             Kernel::Gather { outer, count, inner, .. } => outer * count * inner,
             Kernel::ScatterAdd { outer, rows, inner, .. } => outer * rows * inner,
             Kernel::OneHot { count, depth } => count * depth,
+            Kernel::Attention { batch, q_len, heads, .. } => batch * heads * q_len,
+            Kernel::GumbelPool { batch, .. } => *batch,
         }
     }
 
-    /// Cube count and cube dimensions: the GEMM one cube per output tile (batch on z), every
-    /// other kernel one thread per work item in cubes of [`BLOCK`], the cube count tiled over
+    /// Cube count and cube dimensions: the GEMM one cube per output tile (batch on z), the
+    /// Gumbel pool one cube per sample, every other kernel one thread per work item in cubes of [`BLOCK`], the cube count tiled over
     /// x and y so that no dimension exceeds [`MAX_GRID`].
     pub fn launch_dims(&self) -> ([u32; 3], [u32; 3]) {
         match self {
@@ -261,6 +293,10 @@ impl Kernel {
                 let y = m.div_ceil(rows) as u32;
                 let z = batch.iter().product::<u64>().max(1) as u32;
                 ([x, y, z], [gemm.threads(), 1, 1])
+            }
+            Kernel::GumbelPool { batch, threads, .. } => {
+                let x = (*batch).clamp(1, MAX_GRID as u64);
+                ([x as u32, batch.div_ceil(x) as u32, 1], [*threads, 1, 1])
             }
             other => {
                 let cubes = other.work_items().div_ceil(BLOCK as u64).max(1);

@@ -116,7 +116,8 @@ fn calm_forward(
     fuse: bool,
     iters: usize,
 ) -> (Duration, usize) {
-    let (compiled, plan) = compile(g, bindings, fuse, &LowerOptions::default()).expect("the benchmark graphs compile");
+    let calm_passes::compile::Compiled { graph: compiled, plan, .. } =
+        compile(g, bindings, fuse, &LowerOptions::default()).expect("the benchmark graphs compile");
     let launches = plan.launches.len();
     let types = compiled.outputs.iter().map(|o| compiled.value_type(o.value).dtype).collect();
     let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(client.clone(), plan, types);

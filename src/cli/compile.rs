@@ -8,6 +8,7 @@ use calm_ir::Bindings;
 use calm_passes::compile::compile;
 use calm_passes::lower::LowerOptions;
 use calm_passes::plan::{FloatType, KernelPlan};
+use calm_passes::PassLog;
 
 use super::error::{read_graph, CliError};
 
@@ -17,6 +18,8 @@ pub enum Emit {
     Plan,
     /// Launches by kernel, modelled FLOPs and bytes, memory; before and after fusion.
     Summary,
+    /// Every CALM fusion that fired and every one that declined, with the reason.
+    Fusions,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,12 +52,20 @@ pub fn run(file: &Path, bind: &str, emit: Emit, fuse: bool, float: Float) -> Res
     let bindings: Bindings = bind.parse()?;
     super::stats::check_bound(&g, &bindings, file)?;
     let opts = LowerOptions { float: float.plan_type(), ..LowerOptions::default() };
-    let (_, plan) = compile(&g, &bindings, fuse, &opts)?;
-    if emit == Emit::Plan {
-        println!("{}", plan.to_json());
-        return Ok(());
+    let compiled = compile(&g, &bindings, fuse, &opts)?;
+    let plan = compiled.plan;
+    match emit {
+        Emit::Plan => {
+            println!("{}", plan.to_json());
+            return Ok(());
+        }
+        Emit::Fusions => {
+            print_fusions(&compiled.log, fuse);
+            return Ok(());
+        }
+        Emit::Summary => {}
     }
-    let (_, unfused) = compile(&g, &bindings, false, &opts)?;
+    let unfused = compile(&g, &bindings, false, &opts)?.plan;
     println!("graph `{}` with {}, {:?} buffers", g.name, bindings, float);
     println!("{:<12} {:>9} {:>12} {:>12}", "", "launches", "FLOPs", "bytes moved");
     for (label, p) in [("unfused", &unfused), (if fuse { "fused" } else { "compiled" }, &plan)] {
@@ -82,4 +93,23 @@ pub fn run(file: &Path, bind: &str, emit: Emit, fuse: bool, float: Float) -> Res
         m.naive_bytes as f64 / m.peak_bytes.max(1) as f64
     );
     Ok(())
+}
+
+/// The notes of the pattern fusions, fired first, grouped by pass.
+fn print_fusions(log: &PassLog, fuse: bool) {
+    if !fuse {
+        println!("fusion passes off (--no-fuse): nothing fired");
+        return;
+    }
+    if log.notes.is_empty() {
+        println!("no fusion pattern was found in this graph");
+        return;
+    }
+    for fired in [true, false] {
+        let notes: Vec<_> = log.notes.iter().filter(|n| n.fired == fired).collect();
+        println!("{} ({}):", if fired { "fired" } else { "declined" }, notes.len());
+        for n in notes {
+            println!("  {:<18} {:<48} {}", n.pass, n.scope, n.detail);
+        }
+    }
 }

@@ -108,7 +108,7 @@ fn fused(
 ) -> Result<(Outputs, String), CliError> {
     let bindings = bind_inputs(g, inputs)?;
     let opts = LowerOptions { float: args.float.plan_type(), ..LowerOptions::default() };
-    let (compiled, plan) = compile(g, &bindings, !args.no_fuse, &opts)?;
+    let calm_passes::compile::Compiled { graph: compiled, plan, .. } = compile(g, &bindings, !args.no_fuse, &opts)?;
     let launches = plan.launches.len();
     let out = device.run(&compiled, plan, params, inputs)?;
     Ok((

@@ -1,6 +1,8 @@
 //! One plan launch: its kernel's metadata and the call into the kernels crate.
 
+use calm_kernels::attention::{self, AttentionShapeLaunch};
 use calm_kernels::elementwise::{self, Buf};
+use calm_kernels::gumbel_pool::{self, PoolConfig};
 use calm_kernels::matmul::{self, GemmConfig, GemmShape, LanesConfig, VectorConfig};
 use calm_kernels::{index, rows};
 use calm_passes::plan::{Gemm, Kernel, Launch, ReduceOp, Storage};
@@ -232,6 +234,81 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                     index::one_hot::launch::<u32, R>(client, count, dim, i, o, *depth as u32, items)
                 }
             }
+        }
+        Kernel::Attention { batch, q_len, kv_len, heads, head_dim, scale, bias_strides } => {
+            // Without a bias the kernel reads none; any buffer fills the slot.
+            let bias = reads.get(3).unwrap_or(&reads[0]);
+            let [bb, bh, bi, bj] = bias_strides.map_or([0; 4], |s| s.map(|x| x as u32));
+            let shape = AttentionShapeLaunch::new(*batch as u32, *q_len as u32, *kv_len as u32, bb, bh, bi, bj);
+            attention::attention::launch::<F, R>(
+                client,
+                count,
+                dim,
+                arg(&reads[0].1),
+                arg(&reads[1].1),
+                arg(&reads[2].1),
+                arg(&bias.1),
+                arg(&writes[0].1),
+                shape,
+                *scale as f32,
+                *heads as u32,
+                *head_dim as u32,
+                bias_strides.is_some(),
+            );
+        }
+        Kernel::GumbelPool {
+            batch,
+            tokens,
+            hidden,
+            clusters,
+            width,
+            threads,
+            transpose_w,
+            temperature,
+            noise_stream,
+            eps,
+            write_assign,
+        } => {
+            // Optional arguments follow the five tensors: τ, then seed and offset. Absent ones
+            // are not read; any buffer of the right kind fills their slots.
+            let mut next = 5;
+            let tau = if *temperature {
+                next += 1;
+                &reads[5].1
+            } else {
+                &reads[0].1
+            };
+            let (seed, offset) =
+                if noise_stream.is_some() { (&reads[next].1, &reads[next + 1].1) } else { (&reads[0].1, &reads[0].1) };
+            let cfg = PoolConfig {
+                threads: *threads,
+                clusters: *clusters as u32,
+                width: *width as u32,
+                transpose_w: *transpose_w,
+                temperature: *temperature,
+                noise_stream: *noise_stream,
+                write_assign: *write_assign,
+            };
+            gumbel_pool::gumbel_pool::launch::<F, R>(
+                client,
+                count,
+                dim,
+                arg(&reads[0].1),
+                arg(&reads[1].1),
+                arg(&reads[2].1),
+                arg(&reads[3].1),
+                arg(&reads[4].1),
+                arg(tau),
+                arg(seed),
+                arg(offset),
+                arg(&writes[0].1),
+                arg(&writes[1].1),
+                *batch as u32,
+                *tokens as u32,
+                *hidden as u32,
+                *eps as f32,
+                cfg,
+            );
         }
         Kernel::TopK { rows: r, cols, k } => {
             let (x, v, i) = (arg(&reads[0].1), arg(&writes[0].1), arg(&writes[1].1));

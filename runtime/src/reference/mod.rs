@@ -5,6 +5,7 @@
 //! f32. Every graph float type (f32, f16, bf16) is computed in that one type. Symbols are bound
 //! from the inputs' shapes. Values are freed after their last reader.
 
+mod fused;
 mod grad;
 mod ops;
 mod value;

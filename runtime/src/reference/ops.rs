@@ -23,7 +23,7 @@ pub enum OpError {
     Device(#[from] DeviceError),
 }
 
-type OpResult<T> = Result<T, OpError>;
+pub(super) type OpResult<T> = Result<T, OpError>;
 
 fn invalid<T>(msg: impl Into<String>) -> OpResult<T> {
     Err(OpError::Invalid(msg.into()))
@@ -306,6 +306,10 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             let mut program_args = vec![&product];
             program_args.extend_from_slice(&args[2..]);
             run_program(ctx, program, &program_args, &shape)
+        }
+        Op::Fused(FusedOp::Attention { heads, scale, .. }) => super::fused::attention(ctx, args, *heads, *scale),
+        Op::Fused(FusedOp::GumbelPool { transpose_w, temperature, noise_stream, eps }) => {
+            super::fused::gumbel_pool(ctx, args, *transpose_w, *temperature, *noise_stream, *eps)
         }
     }
 }

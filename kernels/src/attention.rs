@@ -1,0 +1,91 @@
+//! Fused multi-head attention: `softmax(q kᵀ · scale + bias) v` per head, with the heads split
+//! and merged by indexing (`q, k, v, out` stay `[B, L, heads · head_dim]`), and the scores never
+//! written to memory.
+//!
+//! One thread owns one query row of one head and walks the keys once with an online softmax
+//! (the running maximum and sum rescale the accumulated values, as in FlashAttention), so any
+//! key length works with `head_dim` accumulators per thread and no shared memory or plane
+//! operations. Adjacent threads take adjacent query rows of the same head, so their key and
+//! value reads coincide.
+
+use cubecl::prelude::*;
+
+use crate::elementwise::{linear_pos, neg_infinity};
+
+/// Sizes of one attention launch (runtime values; the head layout is compile-time).
+#[derive(CubeLaunch, CubeType)]
+pub struct AttentionShape {
+    pub batch: u32,
+    pub q_len: u32,
+    pub kv_len: u32,
+    /// Strides of the bias over `[B, heads, Lq, Lk]` (0 where it broadcasts).
+    pub bias_b: u32,
+    pub bias_h: u32,
+    pub bias_i: u32,
+    pub bias_j: u32,
+}
+
+/// `q: [B, Lq, m]`, `k, v: [B, Lk, m]`, `bias` read at `bias_strides` if `has_bias` (any buffer
+/// otherwise), `out: [B, Lq, m]` with `m = heads · head_dim`.
+#[cube(launch)]
+pub fn attention<F: Float>(
+    q: &Array<F>,
+    k: &Array<F>,
+    v: &Array<F>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    shape: AttentionShape,
+    scale: f32,
+    #[comptime] heads: u32,
+    #[comptime] head_dim: u32,
+    #[comptime] has_bias: bool,
+) {
+    let pos = linear_pos();
+    if pos >= shape.batch * heads * shape.q_len {
+        terminate!();
+    }
+    let i = pos % shape.q_len;
+    let h = (pos / shape.q_len) % heads;
+    let b = pos / (shape.q_len * heads);
+    let width = comptime![heads * head_dim];
+    let q_base = (b * shape.q_len + i) * width + h * head_dim;
+    let mut qv = Array::<f32>::new(comptime![head_dim as usize]);
+    let mut acc = Array::<f32>::new(comptime![head_dim as usize]);
+    for d in 0..head_dim {
+        qv[d as usize] = f32::cast_from(q[(q_base + d) as usize]);
+        acc[d as usize] = 0.0;
+    }
+    let mut bias_base = 0u32;
+    if comptime![has_bias] {
+        bias_base = b * shape.bias_b + h * shape.bias_h + i * shape.bias_i;
+    }
+    let mut max = neg_infinity();
+    let mut sum = 0.0f32;
+    for j in 0..shape.kv_len {
+        let kv_base = (b * shape.kv_len + j) * width + h * head_dim;
+        let mut s = 0.0f32;
+        for d in 0..head_dim {
+            s += qv[d as usize] * f32::cast_from(k[(kv_base + d) as usize]);
+        }
+        s *= scale;
+        if comptime![has_bias] {
+            s += f32::cast_from(bias[(bias_base + j * shape.bias_j) as usize]);
+        }
+        let next = select(s > max, s, max);
+        // A key scored −∞ before any finite score adds nothing (and must not make ∞ − ∞).
+        if next != neg_infinity() {
+            let rescale = f32::exp(max - next);
+            let p = f32::exp(s - next);
+            sum = sum * rescale + p;
+            for d in 0..head_dim {
+                acc[d as usize] = acc[d as usize] * rescale + p * f32::cast_from(v[(kv_base + d) as usize]);
+            }
+            max = next;
+        }
+    }
+    // A row with every key at −∞ gives 0/0 = NaN, as the reference's softmax does.
+    let inv = 1.0 / sum;
+    for d in 0..head_dim {
+        out[(q_base + d) as usize] = F::cast_from(acc[d as usize] * inv);
+    }
+}

@@ -1,0 +1,173 @@
+//! Fused Gumbel-softmax clustering and pooling (CALM stage 3), one cube per sample:
+//!
+//! 1. each thread takes one token of a tile: its `K` logits from the cluster head's hidden layer
+//!    (`hidden · w + bias`), Gumbel noise from the shared generator, the temperature, the softmax
+//!    over clusters and the token mask; the assignment goes to shared memory (and to `assign`
+//!    only if the plan asks for it);
+//! 2. each thread then owns `width / threads` columns of the stream and accumulates
+//!    `Σ_t A[t, j] · x[t, :]` and `Σ_t A[t, j]` over the tile.
+//!
+//! The stream `x` is read once; the sums run over tokens in order within one cube, so the
+//! result is the same on every run (no atomics).
+
+use cubecl::prelude::*;
+
+use crate::elementwise::neg_infinity;
+use crate::philox_cube::uniform_at;
+
+/// Compile-time shape and options of one launch.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolConfig {
+    /// Threads per cube, and tokens per tile.
+    pub threads: u32,
+    /// Clusters `K`.
+    pub clusters: u32,
+    /// Stream width `D`.
+    pub width: u32,
+    /// `w` is `[K, H]` rather than `[H, K]`.
+    pub transpose_w: bool,
+    pub temperature: bool,
+    /// The generator stream of the Gumbel noise, if noise is drawn.
+    pub noise_stream: Option<u32>,
+    pub write_assign: bool,
+}
+
+/// The Gumbel noise `−log(−log u)` of element `index` of the logits: the draw the reference
+/// executor makes for a `random_uniform` of the same key.
+#[cube]
+pub fn gumbel_at(seed: u32, offset: u32, #[comptime] stream: u32, index: u32) -> f32 {
+    let u = uniform_at(seed, offset, stream, index);
+    -f32::ln(-f32::ln(u))
+}
+
+/// Arguments: `hidden [B, T, H]`, `w`, `bias [K]`, `x [B, T, D]`, `mask [B, T]`, `tau` (1
+/// element, read if `temperature`), `seed`, `offset` (1 element each, read if noise), results
+/// `pooled [B, K, D]` and `assign [B, T, K]` (written if `write_assign`).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn gumbel_pool<F: Float>(
+    hidden: &Array<F>,
+    w: &Array<F>,
+    bias: &Array<F>,
+    x: &Array<F>,
+    mask: &Array<F>,
+    tau: &Array<F>,
+    seed: &Array<u32>,
+    offset: &Array<u32>,
+    pooled: &mut Array<F>,
+    assign: &mut Array<F>,
+    batch: u32,
+    tokens: u32,
+    hid: u32,
+    eps: f32,
+    #[comptime] cfg: PoolConfig,
+) {
+    let b = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
+    if b >= batch {
+        terminate!();
+    }
+    let tid = UNIT_POS_X;
+    let threads = comptime![cfg.threads];
+    let k = comptime![cfg.clusters];
+    let d = comptime![cfg.width];
+    let per_thread = comptime![cfg.width.div_ceil(cfg.threads)];
+    let mut tile_a = SharedMemory::<f32>::new(comptime![(cfg.threads * cfg.clusters) as usize]);
+    let mut acc = Array::<f32>::new(comptime![(per_thread * cfg.clusters) as usize]);
+    let mut mass = Array::<f32>::new(comptime![cfg.clusters as usize]);
+    let mut logit = Array::<f32>::new(comptime![cfg.clusters as usize]);
+    #[unroll]
+    for i in 0..per_thread * k {
+        acc[i as usize] = 0.0;
+    }
+    #[unroll]
+    for j in 0..k {
+        mass[j as usize] = 0.0;
+    }
+    let tiles = tokens.div_ceil(threads);
+    for tile in 0..tiles {
+        // 1: one token per thread.
+        let t = tile * threads + tid;
+        if t < tokens {
+            let row = b * tokens + t;
+            #[unroll]
+            for j in 0..k {
+                logit[j as usize] = 0.0;
+            }
+            for hh in 0..hid {
+                let hv = f32::cast_from(hidden[(row * hid + hh) as usize]);
+                #[unroll]
+                for j in 0..k {
+                    let at = if comptime![cfg.transpose_w] { j * hid + hh } else { hh * k + j };
+                    logit[j as usize] += hv * f32::cast_from(w[at as usize]);
+                }
+            }
+            let mut max = neg_infinity();
+            #[unroll]
+            for j in 0..k {
+                let mut y = logit[j as usize] + f32::cast_from(bias[j as usize]);
+                match comptime![cfg.noise_stream] {
+                    Some(stream) => {
+                        y += gumbel_at(seed[0], offset[0], stream, row * k + j);
+                    }
+                    None => {}
+                }
+                // Division, not a multiplication by 1/τ, to round as the reference does.
+                if comptime![cfg.temperature] {
+                    y /= f32::cast_from(tau[0]);
+                }
+                logit[j as usize] = y;
+                max = select(y > max || y.is_nan(), y, max);
+            }
+            let mut total = 0.0f32;
+            #[unroll]
+            for j in 0..k {
+                let e = f32::exp(logit[j as usize] - max);
+                logit[j as usize] = e;
+                total += e;
+            }
+            let keep = f32::cast_from(mask[row as usize]);
+            #[unroll]
+            for j in 0..k {
+                let a = logit[j as usize] / total * keep;
+                tile_a[(tid * k + j) as usize] = a;
+                if comptime![cfg.write_assign] {
+                    assign[(row * k + j) as usize] = F::cast_from(a);
+                }
+            }
+        }
+        sync_cube();
+        // 2: the tile's tokens into this thread's columns.
+        let left = tokens - tile * threads;
+        let in_tile = select(left < threads, left, threads);
+        for tt in 0..in_tile {
+            let row = b * tokens + tile * threads + tt;
+            #[unroll]
+            for j in 0..k {
+                mass[j as usize] += tile_a[(tt * k + j) as usize];
+            }
+            #[unroll]
+            for f in 0..per_thread {
+                let col = tid + f * threads;
+                if col < d {
+                    let xv = f32::cast_from(x[(row * d + col) as usize]);
+                    #[unroll]
+                    for j in 0..k {
+                        acc[(j * per_thread + f) as usize] += tile_a[(tt * k + j) as usize] * xv;
+                    }
+                }
+            }
+        }
+        sync_cube();
+    }
+    #[unroll]
+    for f in 0..per_thread {
+        let col = tid + f * threads;
+        if col < d {
+            #[unroll]
+            for j in 0..k {
+                let at = (b * k + j) * d + col;
+                pooled[at as usize] = F::cast_from(acc[(j * per_thread + f) as usize] / (mass[j as usize] + eps));
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Helpers for passes that match subgraphs by structure: who defines a value, who reads it,
+//! whether an intermediate can disappear into a fused op.
+
+use calm_ir::entity::SecondaryMap;
+use calm_ir::{Dim, Graph, Node, NodeId, Op, ValueId};
+
+/// A read-only view of a graph for matching.
+pub struct Matcher<'g> {
+    pub g: &'g Graph,
+    pub users: SecondaryMap<ValueId, Vec<NodeId>>,
+    outputs: Vec<ValueId>,
+}
+
+impl<'g> Matcher<'g> {
+    pub fn new(g: &'g Graph) -> Self {
+        Matcher { g, users: g.users(), outputs: g.outputs.iter().map(|o| o.value).collect() }
+    }
+
+    /// The node defining `v`.
+    pub fn def(&self, v: ValueId) -> &'g Node {
+        &self.g.nodes[self.g.producer(v)]
+    }
+
+    pub fn is_output(&self, v: ValueId) -> bool {
+        self.outputs.contains(&v)
+    }
+
+    /// True when `v` is read by exactly one node and is no graph output: a fused op may absorb it.
+    pub fn internal(&self, v: ValueId) -> bool {
+        self.users[v].len() == 1 && !self.is_output(v)
+    }
+
+    /// The only reader of `v`, if it has exactly one and is no graph output.
+    pub fn only_user(&self, v: ValueId) -> Option<NodeId> {
+        self.internal(v).then(|| self.users[v][0])
+    }
+
+    pub fn shape(&self, v: ValueId) -> &'g [Dim] {
+        &self.g.value_type(v).shape
+    }
+
+    /// The value of a scalar `Constant`.
+    pub fn constant(&self, v: ValueId) -> Option<f64> {
+        match &self.def(v).op {
+            Op::Constant { value, .. } if self.shape(v).is_empty() => Some(value.0),
+            _ => None,
+        }
+    }
+
+    /// For a binary node reading `v`, its other argument.
+    pub fn other_arg(&self, node: NodeId, v: ValueId) -> Option<ValueId> {
+        match self.g.nodes[node].args[..] {
+            [a, b] if a == v => Some(b),
+            [a, b] if b == v => Some(a),
+            _ => None,
+        }
+    }
+}

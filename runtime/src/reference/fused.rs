@@ -1,0 +1,89 @@
+//! The CALM fused ops on the reference executor, each written as the primitives its fusion pass
+//! replaced, in the same order, so a fused graph computes here exactly what the unfused one does
+//! (the device kernels are checked against this).
+
+use burn::tensor::backend::Backend;
+use calm_ir::op::ConstValue;
+use calm_ir::{DType, Op};
+
+use super::ops::{apply, OpResult};
+use super::value::{Ctx, Value};
+
+/// One primitive on `args`, with a result of `shape`.
+fn prim<B: Backend>(ctx: &Ctx<B>, op: Op, args: &[&Value<B>], shape: &[usize]) -> OpResult<Value<B>> {
+    Ok(apply(ctx, &op, args, &[shape.to_vec()])?.remove(0))
+}
+
+fn scalar<B: Backend>(ctx: &Ctx<B>, value: f64) -> OpResult<Value<B>> {
+    prim(ctx, Op::Constant { value: ConstValue(value), dtype: DType::F32 }, &[], &[])
+}
+
+/// `[B, L, h·dh] → [B, h, L, dh]`.
+fn split_heads<B: Backend>(ctx: &Ctx<B>, x: &Value<B>, heads: usize) -> OpResult<Value<B>> {
+    let (b, l, m) = (x.shape[0], x.shape[1], x.shape[2]);
+    let dh = m / heads;
+    let r = prim(ctx, Op::Reshape { shape: vec![] }, &[x], &[b, l, heads, dh])?;
+    prim(ctx, Op::Permute { perm: vec![0, 2, 1, 3] }, &[&r], &[b, heads, l, dh])
+}
+
+/// [`calm_ir::fused::FusedOp::Attention`]: arguments `q, k, v[, bias]`.
+pub fn attention<B: Backend>(ctx: &Ctx<B>, args: &[&Value<B>], heads: u64, scale: f64) -> OpResult<Vec<Value<B>>> {
+    let heads = heads as usize;
+    let (q, k) = (args[0], args[1]);
+    let (b, lq, m, lk) = (q.shape[0], q.shape[1], q.shape[2], k.shape[1]);
+    let dh = m / heads;
+    let (qh, kh, vh) = (split_heads(ctx, q, heads)?, split_heads(ctx, k, heads)?, split_heads(ctx, args[2], heads)?);
+    let scores_shape = [b, heads, lq, lk];
+    let s = prim(ctx, Op::MatMul { transpose_a: false, transpose_b: true }, &[&qh, &kh], &scores_shape)?;
+    let mut s = prim(ctx, Op::Mul, &[&s, &scalar(ctx, scale)?], &scores_shape)?;
+    if let Some(bias) = args.get(3) {
+        s = prim(ctx, Op::Add, &[&s, bias], &scores_shape)?;
+    }
+    let p = prim(ctx, Op::Softmax { axis: 3 }, &[&s], &scores_shape)?;
+    let c = prim(ctx, Op::MatMul { transpose_a: false, transpose_b: false }, &[&p, &vh], &[b, heads, lq, dh])?;
+    let c = prim(ctx, Op::Permute { perm: vec![0, 2, 1, 3] }, &[&c], &[b, lq, heads, dh])?;
+    Ok(vec![prim(ctx, Op::Reshape { shape: vec![] }, &[&c], &[b, lq, m])?])
+}
+
+/// [`calm_ir::fused::FusedOp::GumbelPool`]: arguments `hidden, w, bias, x, mask[, τ][, seed, offset]`;
+/// results `pooled, assign`.
+pub fn gumbel_pool<B: Backend>(
+    ctx: &Ctx<B>,
+    args: &[&Value<B>],
+    transpose_w: bool,
+    temperature: bool,
+    noise_stream: Option<u32>,
+    eps: f64,
+) -> OpResult<Vec<Value<B>>> {
+    let (hidden, x) = (args[0], args[3]);
+    let (b, t, d) = (hidden.shape[0], hidden.shape[1], x.shape[2]);
+    let k = args[2].shape[0];
+    let bt_k = [b, t, k];
+    let product = prim(ctx, Op::MatMul { transpose_a: false, transpose_b: transpose_w }, &[hidden, args[1]], &bt_k)?;
+    let mut y = prim(ctx, Op::Add, &[&product, args[2]], &bt_k)?;
+    let mut next = 5;
+    let tau = temperature.then(|| {
+        next += 1;
+        args[5]
+    });
+    if let Some(stream) = noise_stream {
+        let (seed, offset) = (args[next], args[next + 1]);
+        let u = prim(ctx, Op::RandomUniform { shape: vec![], stream }, &[seed, offset], &bt_k)?;
+        let mut g = u;
+        for op in [Op::Log, Op::Neg, Op::Log, Op::Neg] {
+            g = prim(ctx, op, &[&g], &bt_k)?;
+        }
+        y = prim(ctx, Op::Add, &[&y, &g], &bt_k)?;
+    }
+    if let Some(tau) = tau {
+        y = prim(ctx, Op::Div, &[&y, tau], &bt_k)?;
+    }
+    let a = prim(ctx, Op::Softmax { axis: 2 }, &[&y], &bt_k)?;
+    let assign = prim(ctx, Op::Mul, &[&a, args[4]], &bt_k)?;
+    let num = prim(ctx, Op::MatMul { transpose_a: true, transpose_b: false }, &[&assign, x], &[b, k, d])?;
+    let den = prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: true }, &[&assign], &[b, 1, k])?;
+    let den = prim(ctx, Op::Permute { perm: vec![0, 2, 1] }, &[&den], &[b, k, 1])?;
+    let den = prim(ctx, Op::Add, &[&den, &scalar(ctx, eps)?], &[b, k, 1])?;
+    let pooled = prim(ctx, Op::Div, &[&num, &den], &[b, k, d])?;
+    Ok(vec![pooled, assign])
+}
