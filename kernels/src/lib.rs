@@ -10,5 +10,5 @@ pub mod index;
 pub mod matmul;
 pub mod peak;
 pub mod philox;
-mod philox_cube;
+pub mod philox_cube;
 pub mod rows;

@@ -41,7 +41,7 @@ pub fn build(
 }
 
 /// One stream: `π = Q(X)`, `A = softmax((π + g)/τ) · mask`, `C = Aᵀ X / (Σ_t A + ε)`.
-fn cluster(
+pub fn cluster(
     b: &mut GraphBuilder,
     cfg: &CalmConfig,
     x: ValueId,

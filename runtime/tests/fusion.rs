@@ -6,9 +6,9 @@ use burn::tensor::FloatDType;
 use calm_ir::{verify, Bindings, Graph, Op};
 use calm_models::{build, CalmConfig, Mode};
 use calm_passes::ablate::{ablate, Ablation};
-use calm_passes::fuse_elementwise::fuse_elementwise;
-use calm_passes::fuse_matmul::fuse_matmul_epilogues;
+use calm_passes::compile::fusion_passes;
 use calm_passes::lower::{lower, LowerOptions};
+use calm_passes::Pipeline;
 use calm_runtime::device::DeviceExecutor;
 use calm_runtime::inputs::random_inputs;
 use calm_runtime::params::ParamStore;
@@ -16,10 +16,10 @@ use calm_runtime::reference::Reference;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 use cubecl::Runtime;
 
+/// The graph through every fusion pass, as `calm compile` runs them.
 fn fused(g: &Graph) -> Graph {
     let mut f = g.clone();
-    fuse_elementwise(&mut f).unwrap();
-    fuse_matmul_epilogues(&mut f).unwrap();
+    Pipeline::new(fusion_passes()).run(&mut f).unwrap();
     verify(&f).unwrap();
     f
 }

@@ -1,0 +1,269 @@
+//! The CALM pattern fusions (Gumbel-softmax pooling, attention): each fires on the subgraph it
+//! is for, its kernel matches the reference executor on the unfused graph (random inputs of
+//! awkward sizes, masked tokens, outputs poisoned with NaN), and a broken pattern declines and
+//! still computes the same thing.
+
+use std::collections::BTreeMap;
+
+use burn::backend::flex::{Flex, FlexDevice};
+use burn::tensor::FloatDType;
+use calm_ir::graph::Output;
+use calm_ir::{nn, shape, Bindings, DType, Graph, GraphBuilder, Op, ValueId};
+use calm_models::identity_pool::cluster;
+use calm_models::CalmConfig;
+use calm_passes::compile::fusion_passes;
+use calm_passes::lower::{lower, LowerOptions};
+use calm_passes::memory::check_memory;
+use calm_passes::{PassLog, Pipeline};
+use calm_runtime::device::DeviceExecutor;
+use calm_runtime::host::{HostData, HostTensor};
+use calm_runtime::inputs::random_inputs;
+use calm_runtime::params::ParamStore;
+use calm_runtime::reference::{bind_inputs, Reference};
+use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+use cubecl::Runtime;
+
+const F: DType = DType::F32;
+
+/// Runs the fusion passes on `g`, then compares the fused graph on the device (and on the
+/// reference) with the unfused graph on the reference in f64. Returns the passes' notes.
+fn check_fused(g: &Graph, feeds: &BTreeMap<String, HostTensor>, tol: f64) -> PassLog {
+    let mut fused = g.clone();
+    let report = Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+    let params = ParamStore::init(g, 7);
+    let reference = Reference::<Flex>::new(FlexDevice, FloatDType::F64);
+    let want = reference.run(g, &params, feeds).unwrap();
+    let on_reference = reference.run(&fused, &params, feeds).unwrap();
+    let plan = lower(&fused, &bind_inputs(g, feeds).unwrap(), &LowerOptions::default()).unwrap();
+    check_memory(&plan).unwrap();
+    let types = fused.outputs.iter().map(|o| fused.value_type(o.value).dtype).collect();
+    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(WgpuRuntime::client(&WgpuDevice::default()), plan, types);
+    exec.poison();
+    exec.load_params(&params).unwrap();
+    let on_device = exec.run(feeds).unwrap();
+    for (name, w) in &want {
+        let w = w.data.to_f64();
+        let exact = on_reference[name].data.to_f64();
+        assert!(
+            w.iter().zip(&exact).all(|(a, b)| a == b || (a - b).abs() <= 1e-12 * (1.0 + a.abs())),
+            "`{name}`: the fused graph computes something else on the reference"
+        );
+        let d = on_device[name].data.to_f64();
+        let scale = w.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
+        for (i, (a, b)) in w.iter().zip(&d).enumerate() {
+            let err = (a - b).abs() / scale;
+            assert!(err <= tol, "`{name}`[{i}]: device {b}, reference {a} (relative error {err:.2e})");
+        }
+    }
+    report.log
+}
+
+fn fired(log: &PassLog, pass: &str) -> usize {
+    log.of(pass).filter(|n| n.fired).count()
+}
+
+fn declined(log: &PassLog, pass: &str) -> Vec<String> {
+    log.of(pass).filter(|n| !n.fired).map(|n| n.detail.clone()).collect()
+}
+
+/// Masks with one real token in sample 0, none in sample 1 (if `empty` and there is one),
+/// random lengths after.
+fn awkward_mask(feeds: &mut BTreeMap<String, HostTensor>, batch: usize, tokens: usize, empty: bool) {
+    let mut mask = feeds["mask"].data.to_f64();
+    for t in 0..tokens {
+        mask[t] = if t == 0 { 1.0 } else { 0.0 };
+        if empty && batch > 1 {
+            mask[tokens + t] = 0.0;
+        }
+    }
+    feeds.insert("mask".into(), HostTensor::f32(vec![batch, tokens], mask.iter().map(|&x| x as f32).collect()));
+}
+
+/// A cluster head of `clusters` on a stream of `width` columns, as CALM's stage 3 builds it.
+fn pool_graph(batch: u64, tokens: u64, width: u64, clusters: u64, noise: bool) -> Graph {
+    let mut cfg = CalmConfig::preset("tiny").unwrap();
+    cfg.clusters = clusters;
+    cfg.cluster_hidden = 9;
+    let mut b = GraphBuilder::new("pool");
+    let x = b.input("x", F, shape![batch, tokens, width]).unwrap();
+    let mask = b.input("mask", F, shape![batch, tokens]).unwrap();
+    let tau = b.input("temperature", F, shape![]).unwrap();
+    if noise {
+        b.enable_randomness().unwrap();
+    }
+    let (pooled, assign) = cluster(&mut b, &cfg, x, mask, tau, noise).unwrap();
+    b.output("pooled", pooled);
+    b.output("assign", assign);
+    b.finish().unwrap()
+}
+
+fn pool_feeds(g: &Graph, batch: usize, tokens: usize) -> BTreeMap<String, HostTensor> {
+    let mut feeds = random_inputs(g, &Bindings::new(), 11).unwrap();
+    awkward_mask(&mut feeds, batch, tokens, true);
+    feeds
+}
+
+#[test]
+fn gumbel_pool_matches_the_reference_at_awkward_sizes() {
+    // (batch, tokens, width, clusters): one token; K = 1 and K = 7; more tokens than a tile
+    // (130 > 128 threads); widths that do not divide among the threads.
+    for (batch, tokens, width, clusters) in [(1, 1, 1, 1), (3, 7, 33, 7), (2, 130, 130, 5), (5, 9, 17, 3)] {
+        for noise in [true, false] {
+            let g = pool_graph(batch, tokens, width, clusters, noise);
+            let feeds = pool_feeds(&g, batch as usize, tokens as usize);
+            let log = check_fused(&g, &feeds, 1e-4);
+            assert_eq!(fired(&log, "fuse_gumbel_pool"), 1, "{batch}x{tokens}x{width} K={clusters}: {:?}", log.notes);
+        }
+    }
+}
+
+#[test]
+fn gumbel_pool_writes_the_assignment_only_when_asked() {
+    let mut g = pool_graph(3, 7, 33, 5, true);
+    g.outputs.retain(|o| o.name != "assign");
+    calm_passes::dce(&mut g).unwrap();
+    let feeds = pool_feeds(&g, 3, 7);
+    assert_eq!(fired(&check_fused(&g, &feeds, 1e-4), "fuse_gumbel_pool"), 1);
+    let mut fused = g.clone();
+    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+    let plan = lower(&fused, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default()).unwrap();
+    let launch = plan.launches.iter().find(|l| l.kernel.name() == "gumbel_pool").unwrap();
+    assert_eq!(plan.buffers[launch.writes[1] as usize].len, 1, "a placeholder, not [B, T, K]");
+}
+
+#[test]
+fn broken_pool_patterns_decline_and_stay_correct() {
+    // The logits read elsewhere: declines, names the logits.
+    let mut g = pool_graph(3, 7, 33, 5, true);
+    let softmax = g.nodes.iter().find(|(_, n)| matches!(n.op, Op::Softmax { .. })).map(|(id, _)| id).unwrap();
+    let tempered = g.nodes[softmax].args[0];
+    g.outputs.push(Output { name: "probe".into(), value: tempered });
+    let log = check_fused(&g, &pool_feeds(&g, 3, 7), 1e-4);
+    assert_eq!(fired(&log, "fuse_gumbel_pool"), 0);
+    assert!(declined(&log, "fuse_gumbel_pool").iter().any(|r| r.contains("tempered logit")), "{:?}", log.notes);
+
+    // The softmax over tokens instead of clusters: not this pattern (nothing is noted, since
+    // the pass looks only at softmaxes over the last axis), and still correct.
+    let mut g = pool_graph(3, 7, 33, 5, true);
+    g.nodes[softmax].op = Op::Softmax { axis: 1 };
+    let log = check_fused(&g, &pool_feeds(&g, 3, 7), 1e-4);
+    assert_eq!(fired(&log, "fuse_gumbel_pool"), 0);
+
+    // The pooled numerator read elsewhere.
+    let mut g = pool_graph(3, 7, 33, 5, false);
+    let numerator = g
+        .nodes
+        .values()
+        .find(|n| n.op == (Op::MatMul { transpose_a: true, transpose_b: false }))
+        .map(|n| n.results[0])
+        .unwrap();
+    g.outputs.push(Output { name: "probe".into(), value: numerator });
+    let log = check_fused(&g, &pool_feeds(&g, 3, 7), 1e-4);
+    assert!(declined(&log, "fuse_gumbel_pool").iter().any(|r| r.contains("numerator")), "{:?}", log.notes);
+}
+
+fn attention_graph(batch: u64, q_len: u64, kv_len: u64, width: u64, heads: u64, masked: bool) -> Graph {
+    let mut b = GraphBuilder::new("attention");
+    let q = b.input("q", F, shape![batch, q_len, width]).unwrap();
+    let k = b.input("k", F, shape![batch, kv_len, width]).unwrap();
+    let v = b.input("v", F, shape![batch, kv_len, width]).unwrap();
+    let bias = if masked {
+        let mask = b.input("mask", F, shape![batch, kv_len]).unwrap();
+        Some(nn::key_mask_bias(&mut b, mask, -10000.0).unwrap())
+    } else {
+        None
+    };
+    let out = nn::attention(&mut b, q, k, v, heads, bias).unwrap();
+    b.output("out", out);
+    b.finish().unwrap()
+}
+
+#[test]
+fn attention_matches_the_reference_at_awkward_sizes() {
+    // (batch, q_len, kv_len, width, heads): single key, the cluster shape (K = 5), keys longer
+    // than queries, one head.
+    for (batch, q_len, kv_len, width, heads) in
+        [(1, 1, 1, 4, 1), (3, 5, 5, 24, 8), (2, 7, 33, 12, 3), (5, 1, 130, 6, 2)]
+    {
+        for masked in [false, true] {
+            let g = attention_graph(batch, q_len, kv_len, width, heads, masked);
+            let mut feeds = random_inputs(&g, &Bindings::new(), 5).unwrap();
+            if masked {
+                awkward_mask(&mut feeds, batch as usize, kv_len as usize, false);
+            }
+            let log = check_fused(&g, &feeds, 1e-4);
+            assert_eq!(fired(&log, "fuse_attention"), 1, "{:?}", log.notes);
+        }
+    }
+    // A sample whose keys are all masked: every score is s − 10000, which f32 holds to about
+    // 1e-3 (the reference runs in f64), so the probabilities agree only to that; the unfused
+    // device plan loses the same.
+    let g = attention_graph(3, 5, 7, 12, 3, true);
+    let mut feeds = random_inputs(&g, &Bindings::new(), 5).unwrap();
+    awkward_mask(&mut feeds, 3, 7, true);
+    assert_eq!(fired(&check_fused(&g, &feeds, 2e-3), "fuse_attention"), 1);
+}
+
+#[test]
+fn broken_attention_patterns_decline_and_stay_correct() {
+    let g = attention_graph(3, 5, 7, 12, 3, true);
+    let softmax = g.nodes.iter().find(|(_, n)| matches!(n.op, Op::Softmax { .. })).map(|(id, _)| id).unwrap();
+    let probs = g.nodes[softmax].results[0];
+
+    // The probabilities are a graph output.
+    let mut probe = g.clone();
+    probe.outputs.push(Output { name: "probs".into(), value: probs });
+    let log = check_fused(&probe, &random_inputs(&probe, &Bindings::new(), 3).unwrap(), 1e-4);
+    assert_eq!(fired(&log, "fuse_attention"), 0);
+    assert!(declined(&log, "fuse_attention").iter().any(|r| r.contains("probabilities")), "{:?}", log.notes);
+
+    // A softmax over the queries: not attention. (Without the mask: a masked key's scores all
+    // sit near −10000 in this column, which f32 holds only to about 1e-3.)
+    let g = attention_graph(3, 5, 7, 12, 3, false);
+    let softmax = g.nodes.iter().find(|(_, n)| matches!(n.op, Op::Softmax { .. })).map(|(id, _)| id).unwrap();
+    let mut axis = g.clone();
+    axis.nodes[softmax].op = Op::Softmax { axis: 2 };
+    let log = check_fused(&axis, &random_inputs(&axis, &Bindings::new(), 3).unwrap(), 1e-4);
+    assert_eq!(fired(&log, "fuse_attention"), 0);
+
+    // The scale multiplies by a computed value, not a constant.
+    let mut scale = g.clone();
+    let scaled = scale.nodes.values().find(|n| n.op == Op::Mul).map(|n| n.args.clone()).unwrap();
+    let constant = scaled.into_iter().find(|&a| matches!(scale.nodes[scale.producer(a)].op, Op::Constant { .. }));
+    let c = constant.unwrap();
+    let node = scale.producer(c);
+    let scope = scale.nodes[node].scope.clone();
+    let ty = scale.value_type(c).clone();
+    let doubled = scale.add_node(Op::Add, vec![c, c], vec![ty], &scope);
+    let doubled: ValueId = scale.result(doubled);
+    let reader = scale.nodes.iter().find(|(_, n)| n.op == Op::Mul && n.args.contains(&c)).map(|(id, _)| id).unwrap();
+    for a in scale.nodes[reader].args.iter_mut() {
+        if *a == c {
+            *a = doubled;
+        }
+    }
+    let log = check_fused(&scale, &random_inputs(&scale, &Bindings::new(), 3).unwrap(), 1e-4);
+    assert!(declined(&log, "fuse_attention").iter().any(|r| r.contains("scale")), "{:?}", log.notes);
+}
+
+#[test]
+fn fused_runs_are_deterministic() {
+    let g = pool_graph(3, 130, 33, 5, true);
+    let feeds = pool_feeds(&g, 3, 130);
+    let mut fused = g.clone();
+    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+    let params = ParamStore::init(&g, 1);
+    let plan = lower(&fused, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default()).unwrap();
+    let types: Vec<DType> = fused.outputs.iter().map(|o| fused.value_type(o.value).dtype).collect();
+    let run = || {
+        let client = WgpuRuntime::client(&WgpuDevice::default());
+        let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(client, plan.clone(), types.clone());
+        exec.load_params(&params).unwrap();
+        exec.run(&feeds).unwrap()
+    };
+    let (a, b) = (run(), run());
+    for (name, x) in &a {
+        let (HostData::F32(x), HostData::F32(y)) = (&x.data, &b[name].data) else { panic!("f32 outputs") };
+        assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "`{name}` differs between runs");
+    }
+}
