@@ -107,6 +107,11 @@ pub fn node_cost(g: &Graph, n: NodeId, bindings: &Bindings) -> Result<Cost, Cost
                 let assign = g.value_type(node.results[1]).numel(bindings)?;
                 mul(assign, 2 * h + 2 * d + 11, out)?
             }
+            Op::Fused(crate::fused::FusedOp::Route { top_k, .. }) => {
+                // The logits (2·m per probability), softmax (5), top-k (k per probability).
+                let m = arg(0).shape[1].resolve(bindings)?;
+                mul(out_elems, 2 * m + 5 + top_k, out)?
+            }
             other => unreachable!("{} has no cost rule", other.name()),
         };
         Ok(Cost { flops, bytes_read, bytes_written })

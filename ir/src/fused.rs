@@ -34,6 +34,12 @@ pub enum FusedOp {
     /// `u` drawn at each element of `[B, T, K]` on `noise_stream`, the results are
     /// `pooled: [B, K, D] = Σ_t A x / (Σ_t A + eps)` and the assignment `A: [B, T, K]`.
     GumbelPool { transpose_w: bool, temperature: bool, noise_stream: Option<u32>, eps: f64 },
+    /// Top-k routing (CALM stage 4): arguments `x: [B, m]`, `w` (`[m, E]`, or `[E, m]` if
+    /// `transpose_w`), `bias: [E]`. With `p = softmax(x·w + bias)` and the `top_k` largest
+    /// probabilities (ties to the lower index) renormalised to sum to one, the results are the
+    /// gate matrix `[B, E]` (those gates, zero elsewhere), `p: [B, E]`, and the choices one-hot
+    /// `[B, top_k, E]` (f32).
+    Route { top_k: u64, transpose_w: bool },
 }
 
 impl FusedOp {
@@ -43,6 +49,7 @@ impl FusedOp {
             FusedOp::MatMulEpilogue { .. } => "fused_matmul",
             FusedOp::Attention { .. } => "fused_attention",
             FusedOp::GumbelPool { .. } => "fused_gumbel_pool",
+            FusedOp::Route { .. } => "fused_route",
         }
     }
 
@@ -54,6 +61,7 @@ impl FusedOp {
             FusedOp::GumbelPool { temperature, noise_stream, .. } => {
                 Arity::Exact(5 + *temperature as usize + 2 * noise_stream.is_some() as usize)
             }
+            FusedOp::Route { .. } => Arity::Exact(3),
         }
     }
 
@@ -62,6 +70,7 @@ impl FusedOp {
             FusedOp::Elementwise { program, .. } => program.outputs.len(),
             FusedOp::MatMulEpilogue { .. } | FusedOp::Attention { .. } => 1,
             FusedOp::GumbelPool { .. } => 2,
+            FusedOp::Route { .. } => 3,
         }
     }
 
@@ -93,6 +102,7 @@ impl FusedOp {
                 }
                 parts.join(" ")
             }
+            FusedOp::Route { top_k, transpose_w } => format!("k={top_k}{}", if *transpose_w { " tW" } else { "" }),
         }
     }
 
@@ -126,6 +136,7 @@ impl FusedOp {
             }
             FusedOp::Attention { heads, bias, .. } => infer_attention(args, *heads, *bias),
             FusedOp::GumbelPool { transpose_w, .. } => infer_gumbel_pool(args, *transpose_w),
+            FusedOp::Route { top_k, transpose_w } => infer_route(args, *top_k, *transpose_w),
         }
     }
 }
@@ -184,4 +195,29 @@ fn infer_gumbel_pool(args: &[&TensorType], transpose_w: bool) -> Result<Vec<Tens
     let (b, t, k, d) = (hidden[0].clone(), hidden[1].clone(), bias[0].clone(), x[2].clone());
     let dtype = args[3].dtype;
     Ok(vec![TensorType::new(dtype, vec![b.clone(), k.clone(), d]), TensorType::new(dtype, vec![b, t, k])])
+}
+
+fn infer_route(args: &[&TensorType], top_k: u64, transpose_w: bool) -> Result<Vec<TensorType>, TypeError> {
+    let (x, w, bias) = (&args[0].shape, &args[1].shape, &args[2].shape);
+    let t = transpose_w as usize;
+    let ok = x.len() == 2
+        && w.len() == 2
+        && bias.len() == 1
+        && w[t] == x[1]
+        && w[1 - t] == bias[0]
+        && bias[0].fixed().is_some_and(|e| top_k >= 1 && top_k <= e)
+        && args.iter().all(|a| a.dtype.is_float());
+    if !ok {
+        return Err(shape_error(
+            &format!("route needs x [B, m], w [m, E] (or [E, m]), bias [E] with 1 <= {top_k} <= E"),
+            args,
+        ));
+    }
+    let (b, e) = (x[0].clone(), bias[0].clone());
+    let dtype = args[0].dtype;
+    Ok(vec![
+        TensorType::new(dtype, vec![b.clone(), e.clone()]),
+        TensorType::new(dtype, vec![b.clone(), e.clone()]),
+        TensorType::new(DType::F32, vec![b, Dim::Fixed(top_k), e]),
+    ])
 }

@@ -11,4 +11,5 @@ pub mod matmul;
 pub mod peak;
 pub mod philox;
 pub mod philox_cube;
+pub mod route;
 pub mod rows;

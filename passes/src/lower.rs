@@ -174,6 +174,7 @@ struct Lowering<'a> {
     buffer_of: SecondaryMap<ValueId, Option<u32>>,
     /// Parameters stored transposed (see [`LowerOptions::transpose_weights`]).
     transposed: SecondaryMap<ValueId, bool>,
+    users: SecondaryMap<ValueId, Vec<NodeId>>,
 }
 
 /// Rank-2 parameters read only as the `B` of `A · Bᵀ` products.
@@ -255,6 +256,40 @@ impl Lowering<'_> {
             scope: node.scope.clone(),
             cost,
         });
+        Ok(())
+    }
+
+    /// Whether a node or a graph output reads `v`.
+    fn is_read(&self, v: ValueId) -> bool {
+        !self.users[v].is_empty() || self.g.outputs.iter().any(|o| o.value == v)
+    }
+
+    /// Emits a launch of `kernel` reading all of node `n`'s arguments and writing its results,
+    /// each only where `written` says so: the others get a one-element placeholder buffer (the
+    /// kernel is told not to write it) and leave the launch's modelled bytes.
+    fn emit_optional_results(&mut self, n: NodeId, kernel: Kernel, written: &[bool]) -> Result<(), LowerError> {
+        let node = &self.g.nodes[n];
+        let reads = node.args.iter().map(|&a| self.buf(a)).collect();
+        let mut writes = Vec::new();
+        let mut unwritten = 0u64;
+        for (&r, &w) in node.results.iter().zip(written) {
+            if w {
+                writes.push(self.new_buffer(r, Role::Temp)?);
+            } else {
+                unwritten += self.g.value_type(r).size_bytes(self.bindings)?;
+                writes.push(self.plan.buffers.len() as u32);
+                let value = format!("{r} (not written)");
+                self.plan.buffers.push(Buffer {
+                    storage: Storage::of(self.g.value_type(r).dtype),
+                    len: 1,
+                    role: Role::Temp,
+                    value,
+                });
+            }
+        }
+        self.emit(n, kernel, reads, writes)?;
+        let cost = &mut self.plan.launches.last_mut().expect("just emitted").cost;
+        cost.bytes_written = cost.bytes_written.saturating_sub(unwritten);
         Ok(())
     }
 
@@ -518,8 +553,7 @@ impl Lowering<'_> {
                 let (hidden, x) = (self.shape(args[0])?, self.shape(args[3])?);
                 let clusters = self.shape(args[2])?[0];
                 // The assignment is written only if something reads it.
-                let assign = node.results[1];
-                let write_assign = !g.users()[assign].is_empty() || g.outputs.iter().any(|o| o.value == assign);
+                let write_assign = self.is_read(node.results[1]);
                 let kernel = Kernel::GumbelPool {
                     batch: hidden[0],
                     tokens: hidden[1],
@@ -533,22 +567,22 @@ impl Lowering<'_> {
                     eps: *eps,
                     write_assign,
                 };
-                let reads = args.iter().map(|&a| self.buf(a)).collect();
-                let pooled = self.new_buffer(out, Role::Temp)?;
-                let assign = if write_assign {
-                    self.new_buffer(assign, Role::Temp)?
-                } else {
-                    let id = self.plan.buffers.len() as u32;
-                    let value = format!("{assign} (not written)");
-                    self.plan.buffers.push(Buffer { storage: Storage::Float, len: 1, role: Role::Temp, value });
-                    id
+                self.emit_optional_results(n, kernel, &[true, write_assign])?;
+            }
+            Op::Fused(FusedOp::Route { top_k, transpose_w }) => {
+                let x = self.shape(args[0])?;
+                let [_, prob, chosen] = node.results[..] else { unreachable!("route has three results") };
+                let (write_prob, write_chosen) = (self.is_read(prob), self.is_read(chosen));
+                let kernel = Kernel::Route {
+                    batch: x[0],
+                    width: x[1],
+                    experts: self.shape(args[2])?[0],
+                    top_k: *top_k,
+                    transpose_w: *transpose_w,
+                    write_prob,
+                    write_chosen,
                 };
-                self.emit(n, kernel, reads, vec![pooled, assign])?;
-                if !write_assign {
-                    let unwritten = g.value_type(node.results[1]).size_bytes(self.bindings)?;
-                    let cost = &mut self.plan.launches.last_mut().expect("just emitted").cost;
-                    cost.bytes_written = cost.bytes_written.saturating_sub(unwritten);
-                }
+                self.emit_optional_results(n, kernel, &[true, write_prob, write_chosen])?;
             }
             op => {
                 let arg_types: Vec<DType> = args.iter().map(|&a| g.value_type(a).dtype).collect();
@@ -593,6 +627,7 @@ pub fn lower(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> Result<Kern
         },
         buffer_of: SecondaryMap::with_default(None),
         transposed: if opts.transpose_weights { transposable_weights(g) } else { SecondaryMap::new() },
+        users: g.users(),
     };
     for n in g.topo_order().expect("verified graphs are acyclic") {
         l.lower_node(n)?;

@@ -188,6 +188,10 @@ pub enum Kernel {
         eps: f64,
         write_assign: bool,
     },
+    /// Top-k routing, one thread per unit; reads `x [batch, width], w, bias [experts]`, writes
+    /// the gate matrix, the probabilities and the one-hot choices (the last two one-element
+    /// placeholders unless `write_prob`, `write_chosen`).
+    Route { batch: u64, width: u64, experts: u64, top_k: u64, transpose_w: bool, write_prob: bool, write_chosen: bool },
 }
 
 /// Which GEMM kernel computes a matmul, and its blocking.
@@ -260,6 +264,7 @@ impl Kernel {
             Kernel::Copy { .. } => "copy",
             Kernel::Attention { .. } => "attention",
             Kernel::GumbelPool { .. } => "gumbel_pool",
+            Kernel::Route { .. } => "route",
         }
     }
 
@@ -278,7 +283,7 @@ impl Kernel {
             Kernel::ScatterAdd { outer, rows, inner, .. } => outer * rows * inner,
             Kernel::OneHot { count, depth } => count * depth,
             Kernel::Attention { batch, q_len, heads, .. } => batch * heads * q_len,
-            Kernel::GumbelPool { batch, .. } => *batch,
+            Kernel::GumbelPool { batch, .. } | Kernel::Route { batch, .. } => *batch,
         }
     }
 

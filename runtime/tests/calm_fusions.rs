@@ -267,3 +267,88 @@ fn fused_runs_are_deterministic() {
         assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "`{name}` differs between runs");
     }
 }
+
+/// A router as CALM's stage 4 builds it, with the weights as inputs so tests can force ties.
+fn route_graph(batch: u64, width: u64, experts: u64, k: u64, all_outputs: bool) -> Graph {
+    let mut b = GraphBuilder::new("route");
+    let x = b.input("x", F, shape![batch, width]).unwrap();
+    let w = b.input("w", F, shape![experts, width]).unwrap();
+    let bias = b.input("bias", F, shape![experts]).unwrap();
+    let product = b.matmul(x, w, false, true).unwrap();
+    let logits = b.add(product, bias).unwrap();
+    let prob = b.softmax(logits, -1).unwrap();
+    let (values, indices) = b.top_k(prob, k).unwrap();
+    let total = b.reduce_sum(values, &[-1], true).unwrap();
+    let gates = b.div(values, total).unwrap();
+    let chosen = b.one_hot(indices, experts, F).unwrap();
+    let gates = b.reshape(gates, shape![batch, k, 1u64]).unwrap();
+    let weighted = b.mul(chosen, gates).unwrap();
+    let matrix = b.reduce_sum(weighted, &[1], false).unwrap();
+    b.output("gates", matrix);
+    if all_outputs {
+        b.output("prob", prob);
+        b.output("chosen", chosen);
+    }
+    b.finish().unwrap()
+}
+
+#[test]
+fn routing_matches_the_reference() {
+    // (batch, width, experts, k): k = 1, k = E, odd sizes; with all results read or only gates.
+    for (batch, width, experts, k) in [(1, 1, 1, 1), (7, 33, 4, 2), (5, 17, 3, 3), (130, 9, 5, 1)] {
+        for all_outputs in [true, false] {
+            let g = route_graph(batch, width, experts, k, all_outputs);
+            let feeds = random_inputs(&g, &Bindings::new(), 9).unwrap();
+            let log = check_fused(&g, &feeds, 1e-5);
+            assert_eq!(fired(&log, "fuse_route"), 1, "{:?}", log.notes);
+        }
+    }
+}
+
+#[test]
+fn routing_breaks_ties_to_the_lower_expert_and_may_send_everything_to_one() {
+    let (batch, width, experts) = (7usize, 5usize, 4usize);
+    for (bias, k, want) in [
+        // Experts 0, 1 and 3 tie: top-2 takes 0 and 1.
+        (vec![0.5f32, 0.5, 0.1, 0.5], 2, vec![0.5f32, 0.5, 0.0, 0.0]),
+        // Everything to expert 2; the others receive no unit.
+        (vec![0.0, 0.0, 10.0, 0.0], 1, vec![0.0, 0.0, 1.0, 0.0]),
+    ] {
+        let g = route_graph(batch as u64, width as u64, experts as u64, k, true);
+        let mut feeds = random_inputs(&g, &Bindings::new(), 9).unwrap();
+        feeds.insert("w".into(), HostTensor::f32(vec![experts, width], vec![0.0; experts * width]));
+        feeds.insert("bias".into(), HostTensor::f32(vec![experts], bias));
+        let log = check_fused(&g, &feeds, 1e-6);
+        assert_eq!(fired(&log, "fuse_route"), 1);
+        // The reference agrees with the fused kernel (checked above); here, with the rule.
+        let mut fused = g.clone();
+        Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+        let got =
+            Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(&fused, &ParamStore::init(&g, 1), &feeds).unwrap();
+        let gates = got["gates"].data.to_f64();
+        for row in gates.chunks(experts) {
+            let row: Vec<f32> = row.iter().map(|&x| x as f32).collect();
+            assert_eq!(row, want);
+        }
+    }
+}
+
+#[test]
+fn broken_routing_declines_and_stays_correct() {
+    // The top-k values read elsewhere.
+    let mut g = route_graph(7, 33, 4, 2, false);
+    let values = g.nodes.values().find(|n| matches!(n.op, Op::TopK { .. })).map(|n| n.results[0]).unwrap();
+    g.outputs.push(Output { name: "values".into(), value: values });
+    let log = check_fused(&g, &random_inputs(&g, &Bindings::new(), 9).unwrap(), 1e-5);
+    assert_eq!(fired(&log, "fuse_route"), 0);
+    assert!(declined(&log, "fuse_route").iter().any(|r| r.contains("top-k values")), "{:?}", log.notes);
+    // Gates not renormalised (the division removed): declines.
+    let mut g = route_graph(7, 33, 4, 2, false);
+    let divide = g.nodes.iter().find(|(_, n)| n.op == Op::Div).map(|(id, _)| id).unwrap();
+    let numerator = g.nodes[divide].args[0];
+    let quotient = g.nodes[divide].results[0];
+    g.replace_all_uses(quotient, numerator).unwrap();
+    calm_passes::dce(&mut g).unwrap();
+    let log = check_fused(&g, &random_inputs(&g, &Bindings::new(), 9).unwrap(), 1e-5);
+    assert_eq!(fired(&log, "fuse_route"), 0, "{:?}", log.notes);
+}

@@ -4,6 +4,7 @@ use calm_kernels::attention::{self, AttentionShapeLaunch};
 use calm_kernels::elementwise::{self, Buf};
 use calm_kernels::gumbel_pool::{self, PoolConfig};
 use calm_kernels::matmul::{self, GemmConfig, GemmShape, LanesConfig, VectorConfig};
+use calm_kernels::route::{self, RouteConfig};
 use calm_kernels::{index, rows};
 use calm_passes::plan::{Gemm, Kernel, Launch, ReduceOp, Storage};
 use cubecl::prelude::*;
@@ -307,6 +308,29 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 *tokens as u32,
                 *hidden as u32,
                 *eps as f32,
+                cfg,
+            );
+        }
+        Kernel::Route { batch, width, experts, top_k, transpose_w, write_prob, write_chosen } => {
+            let cfg = RouteConfig {
+                experts: *experts as u32,
+                top_k: *top_k as u32,
+                transpose_w: *transpose_w,
+                write_prob: *write_prob,
+                write_chosen: *write_chosen,
+            };
+            route::route::launch::<F, R>(
+                client,
+                count,
+                dim,
+                arg(&reads[0].1),
+                arg(&reads[1].1),
+                arg(&reads[2].1),
+                arg(&writes[0].1),
+                arg(&writes[1].1),
+                arg(&writes[2].1),
+                *batch as u32,
+                *width as u32,
                 cfg,
             );
         }

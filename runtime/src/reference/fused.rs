@@ -87,3 +87,20 @@ pub fn gumbel_pool<B: Backend>(
     let pooled = prim(ctx, Op::Div, &[&num, &den], &[b, k, d])?;
     Ok(vec![pooled, assign])
 }
+
+/// [`calm_ir::fused::FusedOp::Route`]: arguments `x, w, bias`; results `gates, p, chosen`.
+pub fn route<B: Backend>(ctx: &Ctx<B>, args: &[&Value<B>], top_k: u64, transpose_w: bool) -> OpResult<Vec<Value<B>>> {
+    let (b, e, k) = (args[0].shape[0], args[2].shape[0], top_k as usize);
+    let product = prim(ctx, Op::MatMul { transpose_a: false, transpose_b: transpose_w }, &[args[0], args[1]], &[b, e])?;
+    let logits = prim(ctx, Op::Add, &[&product, args[2]], &[b, e])?;
+    let p = prim(ctx, Op::Softmax { axis: 1 }, &[&logits], &[b, e])?;
+    let mut top = apply(ctx, &Op::TopK { k: top_k }, &[&p], &[vec![b, k], vec![b, k]])?;
+    let (values, indices) = (top.remove(0), top.remove(0));
+    let total = prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: true }, &[&values], &[b, 1])?;
+    let gates = prim(ctx, Op::Div, &[&values, &total], &[b, k])?;
+    let chosen = prim(ctx, Op::OneHot { depth: e as u64, dtype: DType::F32 }, &[&indices], &[b, k, e])?;
+    let column = prim(ctx, Op::Reshape { shape: vec![] }, &[&gates], &[b, k, 1])?;
+    let weighted = prim(ctx, Op::Mul, &[&chosen, &column], &[b, k, e])?;
+    let matrix = prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: false }, &[&weighted], &[b, e])?;
+    Ok(vec![matrix, p, chosen])
+}

@@ -311,6 +311,7 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
         Op::Fused(FusedOp::GumbelPool { transpose_w, temperature, noise_stream, eps }) => {
             super::fused::gumbel_pool(ctx, args, *transpose_w, *temperature, *noise_stream, *eps)
         }
+        Op::Fused(FusedOp::Route { top_k, transpose_w }) => super::fused::route(ctx, args, *top_k, *transpose_w),
     }
 }
 
