@@ -18,6 +18,14 @@ pub struct AttentionShape {
     pub batch: u32,
     pub q_len: u32,
     pub kv_len: u32,
+    /// Row stride and start of `q`, `k` and `v` in their buffers (`m` and 0 unless a slice of a
+    /// joint projection is read in place).
+    pub q_stride: u32,
+    pub q_offset: u32,
+    pub k_stride: u32,
+    pub k_offset: u32,
+    pub v_stride: u32,
+    pub v_offset: u32,
     /// Strides of the bias over `[B, heads, Lq, Lk]` (0 where it broadcasts).
     pub bias_b: u32,
     pub bias_h: u32,
@@ -25,8 +33,8 @@ pub struct AttentionShape {
     pub bias_j: u32,
 }
 
-/// `q: [B, Lq, m]`, `k, v: [B, Lk, m]`, `bias` read at `bias_strides` if `has_bias` (any buffer
-/// otherwise), `out: [B, Lq, m]` with `m = heads · head_dim`.
+/// `q: [B, Lq, m]`, `k, v: [B, Lk, m]` (rows as `shape` says), `bias` read at its strides if
+/// `has_bias` (any buffer otherwise), `out: [B, Lq, m]` contiguous, with `m = heads · head_dim`.
 #[cube(launch)]
 pub fn attention<F: Float>(
     q: &Array<F>,
@@ -48,7 +56,7 @@ pub fn attention<F: Float>(
     let h = (pos / shape.q_len) % heads;
     let b = pos / (shape.q_len * heads);
     let width = comptime![heads * head_dim];
-    let q_base = (b * shape.q_len + i) * width + h * head_dim;
+    let q_base = (b * shape.q_len + i) * shape.q_stride + shape.q_offset + h * head_dim;
     let mut qv = Array::<f32>::new(comptime![head_dim as usize]);
     let mut acc = Array::<f32>::new(comptime![head_dim as usize]);
     for d in 0..head_dim {
@@ -62,10 +70,12 @@ pub fn attention<F: Float>(
     let mut max = neg_infinity();
     let mut sum = 0.0f32;
     for j in 0..shape.kv_len {
-        let kv_base = (b * shape.kv_len + j) * width + h * head_dim;
+        let key = b * shape.kv_len + j;
+        let k_base = key * shape.k_stride + shape.k_offset + h * head_dim;
+        let v_base = key * shape.v_stride + shape.v_offset + h * head_dim;
         let mut s = 0.0f32;
         for d in 0..head_dim {
-            s += qv[d as usize] * f32::cast_from(k[(kv_base + d) as usize]);
+            s += qv[d as usize] * f32::cast_from(k[(k_base + d) as usize]);
         }
         s *= scale;
         if comptime![has_bias] {
@@ -78,14 +88,15 @@ pub fn attention<F: Float>(
             let p = f32::exp(s - next);
             sum = sum * rescale + p;
             for d in 0..head_dim {
-                acc[d as usize] = acc[d as usize] * rescale + p * f32::cast_from(v[(kv_base + d) as usize]);
+                acc[d as usize] = acc[d as usize] * rescale + p * f32::cast_from(v[(v_base + d) as usize]);
             }
             max = next;
         }
     }
     // A row with every key at −∞ gives 0/0 = NaN, as the reference's softmax does.
     let inv = 1.0 / sum;
+    let out_base = (b * shape.q_len + i) * width + h * head_dim;
     for d in 0..head_dim {
-        out[(q_base + d) as usize] = F::cast_from(acc[d as usize] * inv);
+        out[(out_base + d) as usize] = F::cast_from(acc[d as usize] * inv);
     }
 }

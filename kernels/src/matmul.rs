@@ -39,6 +39,8 @@ pub struct GemmShape {
     /// Row and column strides of A and B.
     pub a: [u32; 2],
     pub b: [u32; 2],
+    /// Where A starts in its buffer.
+    pub a_offset: u32,
     /// Batch dimensions, and the batch strides of A and B (same length).
     pub batch: Vec<u32>,
     pub a_batch: Vec<u32>,
@@ -46,10 +48,10 @@ pub struct GemmShape {
 }
 
 impl GemmShape {
-    /// The metadata array: `m, n, k, a_row, a_col, b_row, b_col, batch dims, a batch strides,
-    /// b batch strides`, then per extra argument `batch strides, row stride, column stride`.
+    /// The metadata array: `m, n, k, a_row, a_col, b_row, b_col, a_offset, batch dims, a batch
+    /// strides, b batch strides`, then per extra argument `batch strides, row stride, column stride`.
     pub fn meta(&self, extra: &[Vec<u32>]) -> Vec<u32> {
-        let mut out = vec![self.m, self.n, self.k, self.a[0], self.a[1], self.b[0], self.b[1]];
+        let mut out = vec![self.m, self.n, self.k, self.a[0], self.a[1], self.b[0], self.b[1], self.a_offset];
         out.extend_from_slice(&self.batch);
         out.extend_from_slice(&self.a_batch);
         out.extend_from_slice(&self.b_batch);
@@ -65,16 +67,17 @@ impl GemmShape {
 #[cube]
 fn batch_offsets(meta: &Array<u32>, bz: u32, #[comptime] batch_rank: usize) -> (u32, u32) {
     let mut rem = bz;
-    let mut a_off = 0u32;
+    // A may start inside its buffer (a slice of a wider result read in place).
+    let mut a_off = meta[7];
     let mut b_off = 0u32;
     #[unroll]
     for r in 0..batch_rank {
         let d = batch_rank - 1 - r;
-        let size = meta[7 + d];
+        let size = meta[8 + d];
         let coord = rem % size;
         rem /= size;
-        a_off += coord * meta[7 + batch_rank + d];
-        b_off += coord * meta[7 + 2 * batch_rank + d];
+        a_off += coord * meta[8 + batch_rank + d];
+        b_off += coord * meta[8 + 2 * batch_rank + d];
     }
     (a_off, b_off)
 }
@@ -205,7 +208,7 @@ fn epilogue<F: Float>(
     match program {
         None => acc,
         Some((ops, out)) => {
-            let extra_base = comptime![7 + 3 * batch_rank];
+            let extra_base = comptime![8 + 3 * batch_rank];
             let per_arg = comptime![batch_rank + 2];
             let mut regs = Sequence::<f32>::new();
             // Indexing, not iteration: `#[unroll]` needs a comptime range.
@@ -223,7 +226,7 @@ fn epilogue<F: Float>(
                         #[unroll]
                         for r in 0..batch_rank {
                             let d = batch_rank - 1 - r;
-                            let size = meta[7 + d];
+                            let size = meta[8 + d];
                             off += (rem % size) * meta[base + d];
                             rem /= size;
                         }

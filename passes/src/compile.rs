@@ -7,6 +7,7 @@ use crate::fuse_attention::fuse_attention;
 use crate::fuse_elementwise::fuse_elementwise;
 use crate::fuse_gumbel_pool::fuse_gumbel_pool;
 use crate::fuse_matmul::fuse_matmul_epilogues;
+use crate::fuse_projections::fuse_projections;
 use crate::fuse_route::fuse_route;
 use crate::lower::{lower, LowerError, LowerOptions};
 use crate::pipeline::{Pass, PassError, PassLog, Pipeline};
@@ -19,6 +20,7 @@ pub fn fusion_passes() -> Vec<Pass> {
         Pass { name: "fuse_gumbel_pool", run: fuse_gumbel_pool },
         Pass { name: "fuse_attention", run: fuse_attention },
         Pass { name: "fuse_route", run: fuse_route },
+        Pass { name: "fuse_projections", run: fuse_projections },
         Pass { name: "fuse_elementwise", run: |g, _| fuse_elementwise(g) },
         Pass { name: "fuse_matmul_epilogues", run: |g, _| fuse_matmul_epilogues(g) },
     ]

@@ -15,6 +15,7 @@ pub mod fuse_attention;
 pub mod fuse_elementwise;
 pub mod fuse_gumbel_pool;
 pub mod fuse_matmul;
+pub mod fuse_projections;
 pub mod fuse_route;
 pub mod lower;
 pub mod memory;

@@ -11,6 +11,7 @@ use calm_ir::types::ShapeError;
 use calm_ir::{verify, Bindings, DType, Graph, NodeId, Op, ValueId, VerifyErrors};
 use thiserror::Error;
 
+use crate::fuse_projections::reads_slices_in_place;
 use crate::memory::plan_memory;
 use crate::plan::*;
 
@@ -45,7 +46,15 @@ impl Default for LowerOptions {
 }
 
 /// The GEMM kernel for an `m × n` product given the layouts of `A` and `B`.
-fn choose_gemm(strategy: GemmStrategy, m: u64, n: u64, k: u64, a_strides: [u64; 2], b_strides: [u64; 2]) -> Gemm {
+fn choose_gemm(
+    strategy: GemmStrategy,
+    m: u64,
+    n: u64,
+    k: u64,
+    a_strides: [u64; 2],
+    b_strides: [u64; 2],
+    a_offset: u64,
+) -> Gemm {
     match strategy {
         GemmStrategy::SharedTiles(t) => Gemm::SharedTiles(t),
         GemmStrategy::Registers => {
@@ -53,7 +62,14 @@ fn choose_gemm(strategy: GemmStrategy, m: u64, n: u64, k: u64, a_strides: [u64; 
             match width {
                 // Measured on lavapipe (see BENCHMARKS.md): 32 rows by 16 columns per thread,
                 // 8 threads per cube; fewer rows when the product has fewer.
-                Some(width) if a_strides[1] == 1 && k.is_multiple_of(4) && b_strides[1] == 1 => {
+                // A is read four elements at a time: its rows must start on multiples of 4.
+                Some(width)
+                    if a_strides[1] == 1
+                        && k.is_multiple_of(4)
+                        && a_strides[0].is_multiple_of(4)
+                        && a_offset.is_multiple_of(4)
+                        && b_strides[1] == 1 =>
+                {
                     Gemm::Vectors { rows: m.clamp(1, 32) as u32, width, threads: 8 }
                 }
                 _ => Gemm::Registers { rows: m.clamp(1, 8) as u32, cols: 2, threads: 64 },
@@ -175,13 +191,36 @@ struct Lowering<'a> {
     /// Parameters stored transposed (see [`LowerOptions::transpose_weights`]).
     transposed: SecondaryMap<ValueId, bool>,
     users: SecondaryMap<ValueId, Vec<NodeId>>,
+    /// Slices read in place: no buffer of their own (see [`View`]).
+    views: SecondaryMap<ValueId, Option<View>>,
 }
 
-/// Rank-2 parameters read only as the `B` of `A · Bᵀ` products.
+/// A slice along the last axis of a contiguous result, read where it lies: element `[.., j]` of
+/// row `r` is at `offset + r · row_stride + j` in `buffer`.
+#[derive(Copy, Clone, Debug)]
+struct View {
+    buffer: u32,
+    offset: u64,
+    row_stride: u64,
+}
+
+/// The parameter names a `Concat` node joins, if every argument is a parameter: the lowering
+/// builds such a concatenation when the weights are loaded instead of launching a copy.
+fn param_concat(g: &Graph, n: NodeId) -> Option<Vec<&str>> {
+    let node = &g.nodes[n];
+    if !matches!(node.op, Op::Concat { .. }) {
+        return None;
+    }
+    node.args.iter().map(|&a| g.nodes[g.producer(a)].op.param_name()).collect()
+}
+
+/// Rank-2 weights (parameters, and load-time concatenations of them) read only as the `B` of
+/// `A · Bᵀ` products.
 fn transposable_weights(g: &Graph) -> SecondaryMap<ValueId, bool> {
     let users = g.users();
     let mut out: SecondaryMap<ValueId, bool> = SecondaryMap::new();
-    for (_, node) in g.nodes.iter().filter(|(_, n)| matches!(n.op, Op::Param { .. })) {
+    let weights = g.nodes.iter().filter(|&(id, n)| matches!(n.op, Op::Param { .. }) || param_concat(g, id).is_some());
+    for (_, node) in weights {
         let v = node.results[0];
         let as_weight = |u: NodeId| {
             let reader = &g.nodes[u];
@@ -261,7 +300,19 @@ impl Lowering<'_> {
 
     /// Whether a node or a graph output reads `v`.
     fn is_read(&self, v: ValueId) -> bool {
-        !self.users[v].is_empty() || self.g.outputs.iter().any(|o| o.value == v)
+        !self.users[v].is_empty() || self.is_output(v)
+    }
+
+    fn is_output(&self, v: ValueId) -> bool {
+        self.g.outputs.iter().any(|o| o.value == v)
+    }
+
+    /// Where the rows of `v` (`width` wide) lie: its buffer, their stride and the start.
+    fn rows_of(&self, v: ValueId, width: u64) -> (u32, u64, u64) {
+        match self.views[v] {
+            Some(view) => (view.buffer, view.row_stride, view.offset),
+            None => (self.buf(v), width, 0),
+        }
     }
 
     /// Emits a launch of `kernel` reading all of node `n`'s arguments and writing its results,
@@ -361,9 +412,10 @@ impl Lowering<'_> {
                 Some(Epilogue { program: program.clone(), strides })
             }
         };
-        // op(A)[i, kk] and op(B)[kk, j] in contiguous A and B; a weight stored transposed is
-        // read as the row-major `k × n` matrix it is on the device.
-        let a_strides = if ta { [1, m] } else { [k, 1] };
+        // op(A)[i, kk] and op(B)[kk, j] in contiguous A and B (A may be a slice read in place);
+        // a weight stored transposed is read as the row-major `k × n` matrix it is on the device.
+        let (a_buffer, a_row, a_offset) = self.rows_of(args[0], k);
+        let a_strides = if ta { [1, m] } else { [a_row, 1] };
         let b_strides = if tb && !self.transposed[args[1]] { [1, k] } else { [n_, 1] };
         let kernel = Kernel::MatMul {
             a_batch_strides,
@@ -374,10 +426,11 @@ impl Lowering<'_> {
             k,
             a_strides,
             b_strides,
-            gemm: choose_gemm(self.opts.gemm, m, n_, k, a_strides, b_strides),
+            a_offset,
+            gemm: choose_gemm(self.opts.gemm, m, n_, k, a_strides, b_strides, a_offset),
             epilogue,
         };
-        let mut reads = vec![self.buf(args[0]), self.buf(args[1])];
+        let mut reads = vec![a_buffer, self.buf(args[1])];
         reads.extend(args[2..].iter().map(|&e| self.buf(e)));
         let w = self.new_buffer(out, Role::Temp)?;
         self.emit(n, kernel, reads, vec![w])
@@ -392,12 +445,23 @@ impl Lowering<'_> {
         match &node.op {
             Op::Input { name, .. } => {
                 let b = self.new_buffer(out, Role::Input)?;
-                self.plan.inputs.push(Port { name: name.clone(), buffer: b, shape: out_shape, transposed: false });
+                self.plan.inputs.push(Port::plain(name, b, out_shape));
             }
+            // Read only by load-time concatenations: uploaded as part of those.
+            Op::Param { .. }
+                if !self.users[out].is_empty() && self.users[out].iter().all(|&u| param_concat(g, u).is_some()) => {}
             Op::Param { name, .. } => {
                 let b = self.new_buffer(out, Role::Param)?;
-                let transposed = self.transposed[out];
-                self.plan.params.push(Port { name: name.clone(), buffer: b, shape: out_shape, transposed });
+                let port = Port { transposed: self.transposed[out], ..Port::plain(name, b, out_shape) };
+                self.plan.params.push(port);
+            }
+            Op::Concat { axis } if param_concat(g, n).is_some() => {
+                let parts = param_concat(g, n).expect("checked").into_iter().map(str::to_string).collect::<Vec<_>>();
+                let b = self.new_buffer(out, Role::Param)?;
+                let name = format!("concat({})", parts.join(", "));
+                let concat = Some(ParamConcat { parts, axis: *axis });
+                let port = Port { transposed: self.transposed[out], concat, ..Port::plain(&name, b, out_shape) };
+                self.plan.params.push(port);
             }
             // Contiguous data reshaped is the same data.
             Op::Reshape { .. } => self.buffer_of[out] = Some(self.buf(args[0])),
@@ -457,6 +521,16 @@ impl Lowering<'_> {
             Op::Broadcast { .. } => {
                 let src_strides = broadcast_strides(&self.shape(args[0])?, &out_shape);
                 self.emit_copy(n, args[0], out, src_strides, 0, &out_shape)?;
+            }
+            Op::Slice { axis, start, .. }
+                if *axis + 1 == out_shape.len()
+                    && self.views[args[0]].is_none()
+                    && !self.is_output(out)
+                    && !self.users[out].is_empty()
+                    && self.users[out].iter().all(|&u| reads_slices_in_place(g, u, out)) =>
+            {
+                let row_stride = *self.shape(args[0])?.last().expect("a slice has rank >= 1");
+                self.views[out] = Some(View { buffer: self.buf(args[0]), offset: *start, row_stride });
             }
             Op::Slice { axis, start, .. } => {
                 let own = contiguous_strides(&self.shape(args[0])?);
@@ -536,16 +610,20 @@ impl Lowering<'_> {
                 } else {
                     None
                 };
+                let width = q[2];
+                let rows: Vec<(u32, u64, u64)> = args[..3].iter().map(|&a| self.rows_of(a, width)).collect();
                 let kernel = Kernel::Attention {
                     batch,
                     q_len,
                     kv_len,
                     heads: *heads,
-                    head_dim: q[2] / heads,
+                    head_dim: width / heads,
                     scale: *scale,
                     bias_strides,
+                    layout: [0, 1, 2].map(|i| [rows[i].1, rows[i].2]),
                 };
-                let reads = args.iter().map(|&a| self.buf(a)).collect();
+                let mut reads: Vec<u32> = rows.iter().map(|r| r.0).collect();
+                reads.extend(args[3..].iter().map(|&a| self.buf(a)));
                 let w = self.new_buffer(out, Role::Temp)?;
                 self.emit(n, kernel, reads, vec![w])?;
             }
@@ -628,6 +706,7 @@ pub fn lower(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> Result<Kern
         buffer_of: SecondaryMap::with_default(None),
         transposed: if opts.transpose_weights { transposable_weights(g) } else { SecondaryMap::new() },
         users: g.users(),
+        views: SecondaryMap::with_default(None),
     };
     for n in g.topo_order().expect("verified graphs are acyclic") {
         l.lower_node(n)?;
@@ -635,7 +714,7 @@ pub fn lower(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> Result<Kern
     for o in &g.outputs {
         let shape = l.shape(o.value)?;
         let buffer = l.buf(o.value);
-        l.plan.outputs.push(Port { name: o.name.clone(), buffer, shape, transposed: false });
+        l.plan.outputs.push(Port::plain(&o.name, buffer, shape));
     }
     let mut plan = l.plan;
     plan.memory = plan_memory(&plan);

@@ -99,6 +99,24 @@ pub struct Port {
     /// that the GEMM reads it row by row).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub transposed: bool,
+    /// For a parameter buffer built at load time from several parameters (the weights a
+    /// horizontal fusion concatenated): the parts, joined along `axis` before any transpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concat: Option<ParamConcat>,
+}
+
+/// The parameters a load-time concatenation joins, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamConcat {
+    pub parts: Vec<String>,
+    pub axis: usize,
+}
+
+impl Port {
+    /// A port for a graph input, output or parameter stored as it is.
+    pub fn plain(name: &str, buffer: u32, shape: Vec<u64>) -> Port {
+        Port { name: name.to_string(), buffer, shape, transposed: false, concat: None }
+    }
 }
 
 /// Reductions along one axis.
@@ -138,6 +156,9 @@ pub enum Kernel {
         k: u64,
         a_strides: [u64; 2],
         b_strides: [u64; 2],
+        /// Where `A` starts in its buffer (non-zero for a slice of a wider result).
+        #[serde(default)]
+        a_offset: u64,
         gemm: Gemm,
         epilogue: Option<Epilogue>,
     },
@@ -161,8 +182,9 @@ pub enum Kernel {
     /// `shape`; reads `src`, writes `dst` (permutes, broadcasts, slices, concatenation parts).
     Copy { shape: Vec<u64>, src_strides: Vec<u64>, src_offset: u64, dst_strides: Vec<u64>, dst_offset: u64 },
     /// Multi-head attention with an online softmax, one thread per query row and head; reads
-    /// `q [batch, q_len, heads·head_dim]`, `k, v [batch, kv_len, ..]` and, with `bias_strides`
-    /// (over `[batch, heads, q_len, kv_len]`), the score bias; writes the merged context.
+    /// `q [batch, q_len, heads·head_dim]`, `k, v [batch, kv_len, ..]` (rows at `layout`) and,
+    /// with `bias_strides` (over `[batch, heads, q_len, kv_len]`), the score bias; writes the
+    /// merged context.
     Attention {
         batch: u64,
         q_len: u64,
@@ -171,6 +193,9 @@ pub enum Kernel {
         head_dim: u64,
         scale: f64,
         bias_strides: Option<[u64; 4]>,
+        /// Row stride and start of `q`, `k` and `v` in their buffers: `[m, 0]` for a tensor of
+        /// its own, wider for a slice of a joint projection read in place.
+        layout: [[u64; 2]; 3],
     },
     /// Gumbel-softmax clustering and pooling, one cube of `threads` per sample; reads `hidden,
     /// w, bias, x, mask[, τ][, seed, offset]`, writes `pooled` and `assign` (the latter a

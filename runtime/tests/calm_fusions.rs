@@ -352,3 +352,56 @@ fn broken_routing_declines_and_stays_correct() {
     let log = check_fused(&g, &random_inputs(&g, &Bindings::new(), 9).unwrap(), 1e-5);
     assert_eq!(fired(&log, "fuse_route"), 0, "{:?}", log.notes);
 }
+
+/// Three linears with a ReLU reading one input, each read by a second linear (stage 1's form).
+fn three_channels(batch: u64, tokens: u64, width: u64, hidden: u64) -> Graph {
+    let mut b = GraphBuilder::new("channels");
+    let x = b.input("x", F, shape![batch, tokens, width]).unwrap();
+    for name in ["s", "e", "l"] {
+        let h = nn::linear(&mut b, &format!("{name}1"), x, hidden).unwrap();
+        let h = b.relu(h).unwrap();
+        let y = nn::linear(&mut b, &format!("{name}2"), h, 7).unwrap();
+        b.output(name, y);
+    }
+    b.finish().unwrap()
+}
+
+#[test]
+fn linears_reading_one_input_run_as_one_gemm() {
+    // Widths that keep the joint GEMM on the vector kernel (multiples of 4) and ones that do not.
+    for (batch, tokens, width, hidden) in [(3, 7, 12, 8), (2, 5, 9, 5)] {
+        let g = three_channels(batch, tokens, width, hidden);
+        let feeds = random_inputs(&g, &Bindings::new(), 4).unwrap();
+        let log = check_fused(&g, &feeds, 1e-5);
+        assert_eq!(fired(&log, "fuse_projections"), 1, "{:?}", log.notes);
+        let mut fused = g.clone();
+        Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+        let plan = lower(&fused, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default()).unwrap();
+        // One joint GEMM, three second layers, and no copies of the slices.
+        assert_eq!(plan.launches.len(), 4, "{:?}", plan.launches.iter().map(|l| l.kernel.name()).collect::<Vec<_>>());
+        assert_eq!(plan.params.iter().filter(|p| p.concat.is_some()).count(), 2, "weights and biases joined at load");
+    }
+}
+
+#[test]
+fn self_attention_projections_and_attention_fuse_together() {
+    let mut b = GraphBuilder::new("self_attention");
+    let x = b.input("x", F, shape![3u64, 5u64, 24u64]).unwrap();
+    let y = nn::multi_head_attention(&mut b, "attention", x, x, 4, None).unwrap();
+    b.output("y", y);
+    let g = b.finish().unwrap();
+    let log = check_fused(&g, &random_inputs(&g, &Bindings::new(), 4).unwrap(), 1e-5);
+    assert_eq!(fired(&log, "fuse_attention"), 1);
+    assert!(log.of("fuse_projections").any(|n| n.fired && n.detail.contains("query, key, value")), "{:?}", log.notes);
+}
+
+#[test]
+fn projections_decline_where_a_slice_would_be_copied() {
+    let mut g = three_channels(3, 7, 12, 8);
+    // A branch's activation is also a graph output.
+    let relu = g.nodes.values().find(|n| n.op == Op::Relu).map(|n| n.results[0]).unwrap();
+    g.outputs.push(Output { name: "probe".into(), value: relu });
+    let log = check_fused(&g, &random_inputs(&g, &Bindings::new(), 4).unwrap(), 1e-5);
+    assert_eq!(fired(&log, "fuse_projections"), 0);
+    assert!(declined(&log, "fuse_projections").iter().any(|r| r.contains("graph output")), "{:?}", log.notes);
+}

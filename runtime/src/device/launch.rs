@@ -30,7 +30,19 @@ pub fn meta(kernel: &Kernel) -> Option<Vec<u32>> {
             m.push(*dst_offset as u32);
             Some(m)
         }
-        Kernel::MatMul { batch, a_batch_strides, b_batch_strides, m, n, k, a_strides, b_strides, epilogue, .. } => {
+        Kernel::MatMul {
+            batch,
+            a_batch_strides,
+            b_batch_strides,
+            m,
+            n,
+            k,
+            a_strides,
+            b_strides,
+            a_offset,
+            epilogue,
+            ..
+        } => {
             let extra: Vec<Vec<u32>> =
                 epilogue.as_ref().map(|e| e.strides.iter().map(|s| u32s(s)).collect()).unwrap_or_default();
             let shape = GemmShape {
@@ -39,6 +51,7 @@ pub fn meta(kernel: &Kernel) -> Option<Vec<u32>> {
                 k: *k as u32,
                 a: [a_strides[0] as u32, a_strides[1] as u32],
                 b: [b_strides[0] as u32, b_strides[1] as u32],
+                a_offset: *a_offset as u32,
                 batch: u32s(batch),
                 a_batch: u32s(a_batch_strides),
                 b_batch: u32s(b_batch_strides),
@@ -236,11 +249,26 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 }
             }
         }
-        Kernel::Attention { batch, q_len, kv_len, heads, head_dim, scale, bias_strides } => {
+        Kernel::Attention { batch, q_len, kv_len, heads, head_dim, scale, bias_strides, layout } => {
             // Without a bias the kernel reads none; any buffer fills the slot.
             let bias = reads.get(3).unwrap_or(&reads[0]);
             let [bb, bh, bi, bj] = bias_strides.map_or([0; 4], |s| s.map(|x| x as u32));
-            let shape = AttentionShapeLaunch::new(*batch as u32, *q_len as u32, *kv_len as u32, bb, bh, bi, bj);
+            let [[qs, qo], [ks, ko], [vs, vo]] = layout.map(|l| l.map(|x| x as u32));
+            let shape = AttentionShapeLaunch::new(
+                *batch as u32,
+                *q_len as u32,
+                *kv_len as u32,
+                qs,
+                qo,
+                ks,
+                ko,
+                vs,
+                vo,
+                bb,
+                bh,
+                bi,
+                bj,
+            );
             attention::attention::launch::<F, R>(
                 client,
                 count,

@@ -189,10 +189,22 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
 
     /// Uploads the weights (kept on the device until replaced).
     pub fn load_params(&mut self, params: &ParamStore) -> Result<(), DeviceError> {
+        let get =
+            |name: &str| params.get(name).ok_or_else(|| DeviceError::Missing { what: "parameter", name: name.into() });
         for p in self.plan.params.clone() {
-            let t =
-                params.get(&p.name).ok_or_else(|| DeviceError::Missing { what: "parameter", name: p.name.clone() })?;
-            self.upload("parameter", &p, t)?;
+            match &p.concat {
+                None => self.upload("parameter", &p, get(&p.name)?)?,
+                Some(c) => {
+                    let parts = c.parts.iter().map(|name| get(name)).collect::<Result<Vec<_>, _>>()?;
+                    let joined = concat(&parts, c.axis).ok_or_else(|| DeviceError::Shape {
+                        what: "parameter",
+                        name: p.name.clone(),
+                        expected: p.shape.clone(),
+                        found: parts.iter().flat_map(|t| t.shape.clone()).collect(),
+                    })?;
+                    self.upload("parameter", &p, &joined)?;
+                }
+            }
         }
         Ok(())
     }
@@ -263,6 +275,29 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
 }
 
 /// A rank-2 host tensor transposed (float data; others are never stored transposed).
+/// `parts` joined along `axis`, or `None` if their shapes disagree elsewhere.
+fn concat(parts: &[&HostTensor], axis: usize) -> Option<HostTensor> {
+    let first = &parts.first()?.shape;
+    let same_rest = |s: &Vec<usize>| {
+        s.len() == first.len() && axis < s.len() && (0..s.len()).all(|d| d == axis || s[d] == first[d])
+    };
+    if !parts.iter().all(|t| same_rest(&t.shape)) {
+        return None;
+    }
+    let (outer, inner): (usize, usize) = (first[..axis].iter().product(), first[axis + 1..].iter().product());
+    let data: Vec<Vec<f64>> = parts.iter().map(|t| t.data.to_f64()).collect();
+    let mut out = Vec::with_capacity(data.iter().map(Vec::len).sum());
+    for o in 0..outer {
+        for (t, d) in parts.iter().zip(&data) {
+            let chunk = t.shape[axis] * inner;
+            out.extend_from_slice(&d[o * chunk..(o + 1) * chunk]);
+        }
+    }
+    let mut shape = first.clone();
+    shape[axis] = parts.iter().map(|t| t.shape[axis]).sum();
+    Some(HostTensor::new(shape, HostData::F64(out)))
+}
+
 fn transpose(t: &HostTensor) -> HostTensor {
     let (rows, cols) = (t.shape[0], t.shape[1]);
     let v = t.data.to_f64();

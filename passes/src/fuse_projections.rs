@@ -1,0 +1,186 @@
+//! Horizontal fusion of linear layers that read the same input: `x·W_iᵀ + b_i` for several `i`
+//! become one GEMM with the weights and biases concatenated (joined once, when the weights are
+//! loaded), so `x` is read once and one launch replaces several. Each branch's result is a
+//! slice of the joint result, which its readers take in place (no copy). This is how attention's
+//! projections become one GEMM (q, k, v; k and v of a cross-attention) and how CALM's stage 1
+//! reads the backbone states `H` once for its three channels.
+//!
+//! A branch is `add(matmul(x, W, tB?), b)` with `W` a rank-2 parameter and `b` a rank-1
+//! parameter, optionally followed by one unary activation that every branch of the group
+//! applies (ReLU in stage 1), which then runs once in the joint GEMM's epilogue.
+//!
+//! It declines a group when a branch's result would have to be copied out of the joint result:
+//! the readers that take a slice in place are the row operand of a matmul against a matrix and
+//! the q, k, v of a fused attention.
+
+use std::collections::BTreeMap;
+
+use calm_ir::fused::FusedOp;
+use calm_ir::{Graph, NodeId, Op, ValueId};
+
+use crate::dce::dce;
+use crate::pattern::Matcher;
+use crate::pipeline::{PassError, PassLog};
+
+const PASS: &str = "fuse_projections";
+
+/// One linear layer reading the shared input.
+#[derive(Clone)]
+struct Branch {
+    weight: ValueId,
+    bias: ValueId,
+    /// The value the branch's readers read (after the activation, if absorbed).
+    out: ValueId,
+    scope: String,
+}
+
+/// Whether node `reader` can read `v` as a view into a wider row-major result.
+pub fn reads_slices_in_place(g: &Graph, reader: NodeId, v: ValueId) -> bool {
+    let node = &g.nodes[reader];
+    match &node.op {
+        Op::MatMul { transpose_a: false, .. } | Op::Fused(FusedOp::MatMulEpilogue { transpose_a: false, .. }) => {
+            node.args[0] == v && !node.args[1..].contains(&v) && g.value_type(node.args[1]).rank() == 2
+        }
+        Op::Fused(FusedOp::Attention { bias, .. }) => !*bias || node.args[3] != v,
+        _ => false,
+    }
+}
+
+/// The branch rooted at matmul `n`, if it is a linear layer of parameters.
+fn branch(m: &Matcher, n: NodeId) -> Option<(ValueId, bool, Branch)> {
+    let g = m.g;
+    let node = &g.nodes[n];
+    let Op::MatMul { transpose_a: false, transpose_b } = node.op else { return None };
+    let (x, weight) = (node.args[0], node.args[1]);
+    if !matches!(m.def(weight).op, Op::Param { .. }) || m.shape(weight).len() != 2 {
+        return None;
+    }
+    let product = node.results[0];
+    let add = m.only_user(product)?;
+    if g.nodes[add].op != Op::Add {
+        return None;
+    }
+    let bias = m.other_arg(add, product)?;
+    let width = m.shape(product).last()?;
+    if !matches!(m.def(bias).op, Op::Param { .. }) || m.shape(bias) != std::slice::from_ref(width) {
+        return None;
+    }
+    let out = g.nodes[add].results[0];
+    Some((x, transpose_b, Branch { weight, bias, out, scope: node.scope.clone() }))
+}
+
+/// The unary activation every branch applies alone to its result, if there is one.
+fn common_activation(m: &Matcher, branches: &[Branch]) -> Option<Op> {
+    let ops: Option<Vec<&Op>> = branches
+        .iter()
+        .map(|b| m.only_user(b.out).map(|u| &m.g.nodes[u].op).filter(|op| op.is_elementwise() && op.arity().accepts(1)))
+        .collect();
+    let ops = ops?;
+    let first = ops[0];
+    (ops.iter().all(|op| *op == first) && !first.is_random()).then(|| first.clone())
+}
+
+/// Fuses every group of two or more linears that read the same input; returns whether
+/// anything changed.
+pub fn fuse_projections(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError> {
+    // Groups by (input, transpose, input width), in node order so the rewrite is deterministic.
+    let mut groups: BTreeMap<(ValueId, bool), Vec<Branch>> = BTreeMap::new();
+    let plans: Vec<(ValueId, bool, Vec<Branch>, Option<Op>)> = {
+        let m = Matcher::new(g);
+        for n in g.nodes.keys() {
+            if let Some((x, tb, b)) = branch(&m, n) {
+                groups.entry((x, tb)).or_default().push(b);
+            }
+        }
+        let mut plans = Vec::new();
+        for ((x, tb), mut branches) in std::mem::take(&mut groups) {
+            if branches.len() < 2 {
+                continue;
+            }
+            let activation = common_activation(&m, &branches);
+            if activation.is_some() {
+                for b in &mut branches {
+                    b.out = m.g.nodes[m.only_user(b.out).expect("checked")].results[0];
+                }
+            }
+            let blocked = branches.iter().find_map(|b| {
+                let bad = m.users[b.out].iter().find(|&&u| !reads_slices_in_place(g, u, b.out));
+                let why = if m.is_output(b.out) {
+                    Some("is a graph output".to_string())
+                } else {
+                    bad.map(|&u| format!("is read by {} ({})", g.nodes[u].op.name(), g.nodes[u].scope))
+                };
+                why.map(|w| format!("the result of {} {w}, which would need a copy of its slice", b.scope))
+            });
+            if let Some(reason) = blocked {
+                log.declined(PASS, &branches[0].scope, reason);
+                continue;
+            }
+            plans.push((x, tb, branches, activation));
+        }
+        plans
+    };
+    let changed = !plans.is_empty();
+    let fail = |e: calm_ir::infer::TypeError| PassError::Failed { pass: PASS, message: e.to_string() };
+    for (x, tb, branches, activation) in plans {
+        let scope = common_scope(branches.iter().map(|b| b.scope.as_str()));
+        let weights: Vec<ValueId> = branches.iter().map(|b| b.weight).collect();
+        let biases: Vec<ValueId> = branches.iter().map(|b| b.bias).collect();
+        let widths: Vec<u64> = branches.iter().map(|b| g.value_type(b.bias).shape[0].fixed().unwrap_or(0)).collect();
+        let total: u64 = widths.iter().sum();
+        let weight = concat(g, &weights, if tb { 0 } else { 1 }, &scope).map_err(fail)?;
+        let bias = concat(g, &biases, 0, &scope).map_err(fail)?;
+        let mut joint =
+            add_op(g, Op::MatMul { transpose_a: false, transpose_b: tb }, vec![x, weight], &scope).map_err(fail)?;
+        joint = add_op(g, Op::Add, vec![joint, bias], &scope).map_err(fail)?;
+        if let Some(op) = &activation {
+            joint = add_op(g, op.clone(), vec![joint], &scope).map_err(fail)?;
+        }
+        let axis = g.value_type(joint).rank() - 1;
+        let mut start = 0;
+        for (b, w) in branches.iter().zip(&widths) {
+            let slice = add_op(g, Op::Slice { axis, start, end: start + w }, vec![joint], &b.scope).map_err(fail)?;
+            g.replace_all_uses(b.out, slice).map_err(fail)?;
+            start += w;
+        }
+        // Named by their weights' scopes: `.../query/weight` is `query`.
+        let names: Vec<String> = branches
+            .iter()
+            .map(|b| {
+                let name = g.nodes[g.producer(b.weight)].op.param_name().unwrap_or_default();
+                name.rsplit('/').nth(1).unwrap_or(name).to_string()
+            })
+            .collect();
+        let act = activation.map(|a| format!(" and {}", a.name())).unwrap_or_default();
+        log.fired(
+            PASS,
+            &scope,
+            format!("{} linears ({}) as one GEMM of width {total}{act}", branches.len(), names.join(", ")),
+        );
+    }
+    if changed {
+        dce(g)?;
+    }
+    Ok(changed)
+}
+
+fn add_op(g: &mut Graph, op: Op, args: Vec<ValueId>, scope: &str) -> Result<ValueId, calm_ir::infer::TypeError> {
+    let types: Vec<_> = args.iter().map(|&a| g.value_type(a)).collect();
+    let ty = calm_ir::infer::infer(&op, &types)?.remove(0);
+    let n = g.add_node(op, args, vec![ty], scope);
+    Ok(g.result(n))
+}
+
+fn concat(g: &mut Graph, parts: &[ValueId], axis: usize, scope: &str) -> Result<ValueId, calm_ir::infer::TypeError> {
+    add_op(g, Op::Concat { axis }, parts.to_vec(), scope)
+}
+
+/// The longest scope prefix (whole segments) the scopes share.
+fn common_scope<'a>(mut scopes: impl Iterator<Item = &'a str>) -> String {
+    let first: Vec<&str> = scopes.next().unwrap_or("").split('/').collect();
+    let mut len = first.len();
+    for s in scopes {
+        len = len.min(first.iter().zip(s.split('/')).take_while(|(a, b)| *a == b).count());
+    }
+    first[..len].join("/")
+}
