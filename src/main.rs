@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Output piped into `head` and the like: end quietly when the reader goes away, as other
+    // command-line tools do, instead of panicking on the failed write (Rust ignores SIGPIPE).
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = calm::cli::Cli::parse();
     match calm::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
