@@ -18,8 +18,7 @@ pub struct GemmConfig {
     pub tile_k: u32,
     pub thread_m: u32,
     pub thread_n: u32,
-    /// Rank of the batch.
-    pub batch_rank: usize,
+    pub batch: Batching,
     /// The epilogue: ops over argument 0 (the accumulator) and extra arguments 1.., the register
     /// to store. `Arg(i)` for `i ≥ 1` reads extra argument `i − 1`.
     pub epilogue: Option<(Vec<Op>, usize)>,
@@ -62,22 +61,67 @@ impl GemmShape {
     }
 }
 
+/// Where an operand's batch coordinate comes from. Grouped GEMMs (a mixture of experts over
+/// routed slots: batch entry = slot) read B at the slot's expert and may read an epilogue
+/// argument at the slot's unit, from the launch's index array (`S` experts, then `S` units).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum BatchIndex {
+    Own,
+    Expert,
+    Unit,
+}
+
+/// The batch of a GEMM launch: its rank and where each operand's coordinate comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Batching {
+    pub rank: usize,
+    /// B's coordinate (`Own` but in grouped GEMMs, which have rank 1).
+    pub b: BatchIndex,
+    /// Each epilogue argument's coordinate (missing ones: `Own`).
+    pub extras: Vec<BatchIndex>,
+}
+
+impl Batching {
+    /// A plain batch of `rank` dimensions.
+    pub fn own(rank: usize) -> Batching {
+        Batching { rank, b: BatchIndex::Own, extras: Vec::new() }
+    }
+
+    fn extra(&self, i: usize) -> BatchIndex {
+        self.extras.get(i).copied().unwrap_or(BatchIndex::Own)
+    }
+}
+
+/// Coordinate `coord` of a batch of `slots` entries, looked up as `mode` says.
+#[cube]
+fn remap(index: &Array<u32>, coord: u32, slots: u32, #[comptime] mode: BatchIndex) -> u32 {
+    let mut out = coord;
+    if comptime![mode == BatchIndex::Expert] {
+        out = index[coord as usize];
+    }
+    if comptime![mode == BatchIndex::Unit] {
+        out = index[(slots + coord) as usize];
+    }
+    out
+}
+
 /// The offsets of batch entry `bz`'s `A` and `B`, from the batch dimensions and strides in
 /// `meta` (see [`GemmShape::meta`]).
 #[cube]
-fn batch_offsets(meta: &Array<u32>, bz: u32, #[comptime] batch_rank: usize) -> (u32, u32) {
+fn batch_offsets(meta: &Array<u32>, index: &Array<u32>, bz: u32, #[comptime] batch: Batching) -> (u32, u32) {
+    let rank = comptime![batch.rank];
     let mut rem = bz;
     // A may start inside its buffer (a slice of a wider result read in place).
     let mut a_off = meta[7];
     let mut b_off = 0u32;
     #[unroll]
-    for r in 0..batch_rank {
-        let d = batch_rank - 1 - r;
+    for r in 0..rank {
+        let d = rank - 1 - r;
         let size = meta[8 + d];
         let coord = rem % size;
         rem /= size;
-        a_off += coord * meta[8 + batch_rank + d];
-        b_off += coord * meta[8 + 2 * batch_rank + d];
+        a_off += coord * meta[8 + rank + d];
+        b_off += remap(index, coord, size, comptime![batch.b]) * meta[8 + 2 * rank + d];
     }
     (a_off, b_off)
 }
@@ -89,12 +133,12 @@ pub fn matmul<F: Float>(
     extra: &Sequence<Array<F>>,
     c: &mut Array<F>,
     meta: &Array<u32>,
+    index: &Array<u32>,
     #[comptime] cfg: GemmConfig,
 ) {
     let (tm, tn, tk) = comptime![(cfg.tile_m, cfg.tile_n, cfg.tile_k)];
     let (thm, thn) = comptime![(cfg.thread_m, cfg.thread_n)];
     let threads = comptime![cfg.threads()];
-    let batch_rank = comptime![cfg.batch_rank];
     let m = meta[0];
     let n = meta[1];
     let k = meta[2];
@@ -102,7 +146,7 @@ pub fn matmul<F: Float>(
 
     // The batch entry of this cube, and the offsets of its A and B.
     let bz = CUBE_POS_Z;
-    let (a_off, b_off) = batch_offsets(meta, bz, batch_rank);
+    let (a_off, b_off) = batch_offsets(meta, index, bz, cfg.batch.clone());
 
     let tid = UNIT_POS_X;
     let per_row = comptime![tn / thn];
@@ -185,8 +229,17 @@ pub fn matmul<F: Float>(
             let row = row0 + trow * thm + r;
             let col = col0 + tcol * thn + cc;
             if row < m && col < n {
-                let value =
-                    epilogue(acc[(r * thn + cc) as usize], extra, meta, bz, row, col, batch_rank, cfg.epilogue.clone());
+                let value = epilogue(
+                    acc[(r * thn + cc) as usize],
+                    extra,
+                    meta,
+                    index,
+                    bz,
+                    row,
+                    col,
+                    cfg.batch.clone(),
+                    cfg.epilogue.clone(),
+                );
                 c[((bz * m + row) * n + col) as usize] = F::cast_from(value);
             }
         }
@@ -195,16 +248,19 @@ pub fn matmul<F: Float>(
 
 /// The epilogue program at one output element (the accumulator as is without one).
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn epilogue<F: Float>(
     acc: f32,
     extra: &Sequence<Array<F>>,
     meta: &Array<u32>,
+    index: &Array<u32>,
     bz: u32,
     row: u32,
     col: u32,
-    #[comptime] batch_rank: usize,
+    #[comptime] batch: Batching,
     #[comptime] program: Option<(Vec<Op>, usize)>,
 ) -> f32 {
+    let batch_rank = comptime![batch.rank];
     match program {
         None => acc,
         Some((ops, out)) => {
@@ -227,7 +283,7 @@ fn epilogue<F: Float>(
                         for r in 0..batch_rank {
                             let d = batch_rank - 1 - r;
                             let size = meta[8 + d];
-                            off += (rem % size) * meta[base + d];
+                            off += remap(index, rem % size, size, comptime![batch.extra(slot)]) * meta[base + d];
                             rem /= size;
                         }
                         f32::cast_from(extra[slot][off as usize])
@@ -252,7 +308,7 @@ pub struct LanesConfig {
     pub rows: u32,
     /// Columns per thread, `threads` apart (so neighbouring threads read neighbouring columns).
     pub cols: u32,
-    pub batch_rank: usize,
+    pub batch: Batching,
     pub epilogue: Option<(Vec<Op>, usize)>,
 }
 
@@ -267,16 +323,16 @@ pub fn matmul_lanes<F: Float>(
     extra: &Sequence<Array<F>>,
     c: &mut Array<F>,
     meta: &Array<u32>,
+    index: &Array<u32>,
     #[comptime] cfg: LanesConfig,
 ) {
     let (rows, cols) = comptime![(cfg.rows, cfg.cols)];
-    let batch_rank = comptime![cfg.batch_rank];
     let m = meta[0];
     let n = meta[1];
     let k = meta[2];
     let (a_rs, a_cs, b_rs, b_cs) = (meta[3], meta[4], meta[5], meta[6]);
     let bz = CUBE_POS_Z;
-    let (a_off, b_off) = batch_offsets(meta, bz, batch_rank);
+    let (a_off, b_off) = batch_offsets(meta, index, bz, cfg.batch.clone());
     let threads = CUBE_DIM_X;
     let row0 = CUBE_POS_Y * rows;
     let col0 = CUBE_POS_X * threads * cols + UNIT_POS_X;
@@ -322,10 +378,11 @@ pub fn matmul_lanes<F: Float>(
                     acc[(r * cols + cc) as usize],
                     extra,
                     meta,
+                    index,
                     bz,
                     row,
                     col,
-                    batch_rank,
+                    cfg.batch.clone(),
                     cfg.epilogue.clone(),
                 );
                 c[((bz * m + row) * n + col) as usize] = F::cast_from(value);
@@ -339,7 +396,7 @@ pub fn matmul_lanes<F: Float>(
 pub struct VectorConfig {
     /// Rows of `C` per cube.
     pub rows: u32,
-    pub batch_rank: usize,
+    pub batch: Batching,
     pub epilogue: Option<(Vec<Op>, usize)>,
 }
 
@@ -355,17 +412,17 @@ pub fn matmul_vector<F: Float, N: Size>(
     extra: &Sequence<Array<F>>,
     c: &mut Array<Vector<F, N>>,
     meta: &Array<u32>,
+    index: &Array<u32>,
     #[comptime] cfg: VectorConfig,
 ) {
     let rows = comptime![cfg.rows];
-    let batch_rank = comptime![cfg.batch_rank];
     let width = N::value() as u32;
     let m = meta[0];
     let n = meta[1];
     let k = meta[2];
     let (a_rs, b_rs) = (meta[3], meta[5]);
     let bz = CUBE_POS_Z;
-    let (a_off, b_off) = batch_offsets(meta, bz, batch_rank);
+    let (a_off, b_off) = batch_offsets(meta, index, bz, cfg.batch.clone());
     let nv = n / width;
     let col = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
     let col_load = select(col < nv, col, nv - 1);
@@ -405,8 +462,17 @@ pub fn matmul_vector<F: Float, N: Size>(
                 let mut out = Vector::<F, N>::new(F::new(0.0));
                 #[unroll]
                 for e in 0..N::value() {
-                    let value =
-                        epilogue(v[e], extra, meta, bz, row, col * width + e as u32, batch_rank, cfg.epilogue.clone());
+                    let value = epilogue(
+                        v[e],
+                        extra,
+                        meta,
+                        index,
+                        bz,
+                        row,
+                        col * width + e as u32,
+                        cfg.batch.clone(),
+                        cfg.epilogue.clone(),
+                    );
                     out[e] = F::cast_from(value);
                 }
                 c[((bz * m + row) * nv + col) as usize] = out;

@@ -1,4 +1,5 @@
-//! Kernels along one axis: softmax and log-softmax, layer norm, and sum/mean/max reductions.
+//! Kernels along one axis: softmax and log-softmax, layer norm (also per expert over routed
+//! slots), and sum/mean/max reductions.
 //!
 //! The data is `[outer, len, inner]` (the axis in the middle); one thread owns one
 //! `(outer, inner)` line and walks it, accumulating in f32, so results are the same on every run
@@ -48,21 +49,47 @@ pub fn softmax<F: Float>(x: &Array<F>, out: &mut Array<F>, outer: u32, len: u32,
     }
 }
 
+/// Layer norms of a mixture of experts over routed slots (rows `[slots, tokens, cols]`): each
+/// row's gamma and beta are its slot's expert's (stacked `[E, cols]`), and with `gather` the
+/// input rows are the slot's unit's (`x: [units, tokens, cols]`). The index array holds the
+/// experts of the slots, then their units.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupedRows {
+    pub tokens: u32,
+    pub gather: bool,
+}
+
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 pub fn layer_norm<F: Float>(
     x: &Array<F>,
     gamma: &Array<F>,
     beta: &Array<F>,
+    index: &Array<u32>,
     out: &mut Array<F>,
     rows: u32,
     cols: u32,
     eps: f32,
+    #[comptime] grouped: Option<GroupedRows>,
 ) {
     let row = linear_pos();
     if row >= rows {
         terminate!();
     }
-    let base = row * cols;
+    let mut base = row * cols;
+    let mut params = 0u32;
+    match grouped {
+        Some(g) => {
+            let slot = row / g.tokens;
+            params = index[slot as usize] * cols;
+            if comptime![g.gather] {
+                let slots = rows / g.tokens;
+                base = (index[(slots + slot) as usize] * g.tokens + row % g.tokens) * cols;
+            }
+        }
+        None => {}
+    }
+    let out_base = row * cols;
     let mut sum = 0.0f32;
     for c in 0..cols {
         sum += f32::cast_from(x[(base + c) as usize]);
@@ -76,9 +103,9 @@ pub fn layer_norm<F: Float>(
     }
     let inv = 1.0 / f32::sqrt(var / f32::cast_from(cols) + eps);
     for c in 0..cols {
-        let at = (base + c) as usize;
-        let y = (f32::cast_from(x[at]) - mean) * inv;
-        out[at] = F::cast_from(y * f32::cast_from(gamma[c as usize]) + f32::cast_from(beta[c as usize]));
+        let y = (f32::cast_from(x[(base + c) as usize]) - mean) * inv;
+        let p = (params + c) as usize;
+        out[(out_base + c) as usize] = F::cast_from(y * f32::cast_from(gamma[p]) + f32::cast_from(beta[p]));
     }
 }
 

@@ -5,6 +5,7 @@ use thiserror::Error;
 
 use crate::fuse_attention::fuse_attention;
 use crate::fuse_elementwise::fuse_elementwise;
+use crate::fuse_experts::fuse_experts;
 use crate::fuse_gumbel_pool::fuse_gumbel_pool;
 use crate::fuse_matmul::fuse_matmul_epilogues;
 use crate::fuse_projections::fuse_projections;
@@ -20,6 +21,7 @@ pub fn fusion_passes() -> Vec<Pass> {
         Pass { name: "fuse_gumbel_pool", run: fuse_gumbel_pool },
         Pass { name: "fuse_attention", run: fuse_attention },
         Pass { name: "fuse_route", run: fuse_route },
+        Pass { name: "fuse_experts", run: fuse_experts },
         Pass { name: "fuse_projections", run: fuse_projections },
         Pass { name: "fuse_elementwise", run: |g, _| fuse_elementwise(g) },
         Pass { name: "fuse_matmul_epilogues", run: |g, _| fuse_matmul_epilogues(g) },

@@ -13,6 +13,7 @@ pub mod compile;
 pub mod dce;
 pub mod fuse_attention;
 pub mod fuse_elementwise;
+pub mod fuse_experts;
 pub mod fuse_gumbel_pool;
 pub mod fuse_matmul;
 pub mod fuse_projections;

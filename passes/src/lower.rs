@@ -5,7 +5,7 @@
 
 use calm_ir::cost::node_cost;
 use calm_ir::entity::SecondaryMap;
-use calm_ir::fused::FusedOp;
+use calm_ir::fused::{FusedOp, EXPERT_LAYER_PARAMS};
 use calm_ir::program::{BinaryFn, Instr, Program, UnaryFn};
 use calm_ir::types::ShapeError;
 use calm_ir::{verify, Bindings, DType, Graph, NodeId, Op, ValueId, VerifyErrors};
@@ -224,6 +224,9 @@ fn transposable_weights(g: &Graph) -> SecondaryMap<ValueId, bool> {
         let v = node.results[0];
         let as_weight = |u: NodeId| {
             let reader = &g.nodes[u];
+            if let Op::Fused(f @ FusedOp::ExpertMixture { .. }) = &reader.op {
+                return reader.args.iter().enumerate().all(|(i, &a)| a != v || f.reads_as_weight(i));
+            }
             let transposed_b = match &reader.op {
                 Op::MatMul { transpose_b, .. } | Op::Fused(FusedOp::MatMulEpilogue { transpose_b, .. }) => *transpose_b,
                 _ => false,
@@ -282,8 +285,28 @@ impl Lowering<'_> {
     }
 
     fn emit(&mut self, n: NodeId, kernel: Kernel, reads: Vec<u32>, writes: Vec<u32>) -> Result<(), LowerError> {
-        let node = &self.g.nodes[n];
         let cost = node_cost(self.g, n, self.bindings).map_err(|e| e.source)?;
+        self.emit_costed(n, kernel, reads, writes, cost);
+        Ok(())
+    }
+
+    /// A launch that computes part of node `n`, with its own cost: `flops`, and the bytes of the
+    /// buffers it reads and writes.
+    fn emit_part(&mut self, n: NodeId, kernel: Kernel, reads: Vec<u32>, writes: Vec<u32>, flops: u64) {
+        let bytes = |bs: &[u32]| bs.iter().map(|&b| self.plan.buffer_bytes(b)).sum::<u64>();
+        let cost = calm_ir::cost::Cost { flops, bytes_read: bytes(&reads), bytes_written: bytes(&writes) };
+        self.emit_costed(n, kernel, reads, writes, cost);
+    }
+
+    /// A buffer for an intermediate of a multi-launch op (no graph value holds it).
+    fn scratch(&mut self, n: NodeId, storage: Storage, len: u64, what: &str) -> u32 {
+        let id = self.plan.buffers.len() as u32;
+        self.plan.buffers.push(Buffer { storage, len: len.max(1), role: Role::Temp, value: format!("{n}.{what}") });
+        id
+    }
+
+    fn emit_costed(&mut self, n: NodeId, kernel: Kernel, reads: Vec<u32>, writes: Vec<u32>, cost: calm_ir::cost::Cost) {
+        let node = &self.g.nodes[n];
         let (cube_count, cube_dim) = kernel.launch_dims();
         self.plan.launches.push(Launch {
             kernel,
@@ -295,7 +318,6 @@ impl Lowering<'_> {
             scope: node.scope.clone(),
             cost,
         });
-        Ok(())
     }
 
     /// Whether a node or a graph output reads `v`.
@@ -429,11 +451,132 @@ impl Lowering<'_> {
             a_offset,
             gemm: choose_gemm(self.opts.gemm, m, n_, k, a_strides, b_strides, a_offset),
             epilogue,
+            grouped: None,
         };
         let mut reads = vec![a_buffer, self.buf(args[1])];
         reads.extend(args[2..].iter().map(|&e| self.buf(e)));
         let w = self.new_buffer(out, Role::Temp)?;
         self.emit(n, kernel, reads, vec![w])
+    }
+
+    /// A sparse mixture of experts ([`FusedOp::ExpertMixture`]) as launches over the routed
+    /// slots: dispatch; per layer a grouped layer norm, the joint q/k/v GEMM, attention, the
+    /// output projection with the residual, a grouped layer norm and the two FFN GEMMs; the mean
+    /// over each slot's tokens; the combine into units.
+    fn lower_experts(&mut self, n: NodeId, heads: u64, scale: f64, eps: f64) -> Result<(), LowerError> {
+        let g = self.g;
+        let node = &g.nodes[n];
+        let args = node.args.clone();
+        let Op::Fused(FusedOp::ExpertMixture { experts, top_k, layers, .. }) = node.op else { unreachable!() };
+        let z = self.shape(args[0])?;
+        let (units, tokens, m) = (z[0], z[1], z[2]);
+        let slots = units * top_k;
+        let rows = slots * tokens;
+        let ffn = self.shape(args[3 + 9])?[0] / experts;
+        let index = self.scratch(n, Storage::U32, 2 * slots, "index");
+        let slot_gate = self.scratch(n, Storage::Float, slots, "slot_gate");
+        let unit_slot = self.scratch(n, Storage::U32, slots, "unit_slot");
+        let dispatch = Kernel::Dispatch { units, experts, top_k };
+        let reads = vec![self.buf(args[2]), self.buf(args[1])];
+        self.emit_part(n, dispatch, reads, vec![index, slot_gate, unit_slot], 0);
+        // [x, gamma, beta, index] -> [rows, m]
+        let norm = |l: &mut Self, x: u32, gamma: ValueId, beta: ValueId, gather: bool, what: &str| -> u32 {
+            let out = l.scratch(n, Storage::Float, rows * m, what);
+            let kernel = Kernel::LayerNorm { rows, cols: m, eps, grouped: Some(GroupedNorm { tokens, gather }) };
+            let reads = vec![x, l.buf(gamma), l.buf(beta), index];
+            l.emit_part(n, kernel, reads, vec![out], 8 * rows * m);
+            out
+        };
+        // Per slot: [tokens, k_in] rows of `a` (at `a_row`, `a_offset`) times its expert's
+        // `k_in × width` block of the stacked, transposed weight, plus its expert's bias, then
+        // `tail` (a residual read as `residual`, GELU).
+        #[allow(clippy::too_many_arguments)]
+        let gemm = |l: &mut Self,
+                    a: u32,
+                    k_in: u64,
+                    weight: ValueId,
+                    bias: ValueId,
+                    width: u64,
+                    residual: Option<(u32, BatchIndex)>,
+                    gelu: bool,
+                    what: &str|
+         -> u32 {
+            let out = l.scratch(n, Storage::Float, rows * width, what);
+            let stacked = experts * width;
+            let mut instrs =
+                vec![Instr::Arg { index: 0 }, Instr::Arg { index: 1 }, Instr::Binary { f: BinaryFn::Add, a: 0, b: 1 }];
+            let mut strides = vec![vec![width, 0, 1]];
+            let mut extras = vec![BatchIndex::Expert];
+            let mut reads = vec![a, l.buf(weight), l.buf(bias)];
+            if let Some((r, at)) = residual {
+                let last = instrs.len() as u32 - 1;
+                instrs.push(Instr::Arg { index: 2 });
+                instrs.push(Instr::Binary { f: BinaryFn::Add, a: last, b: last + 1 });
+                strides.push(vec![tokens * width, width, 1]);
+                extras.push(at);
+                reads.push(r);
+            }
+            if gelu {
+                let last = instrs.len() as u32 - 1;
+                instrs.push(Instr::Unary { f: UnaryFn::Gelu, x: last });
+            }
+            let program = Program { outputs: vec![(instrs.len() as u32 - 1, DType::F32)], instrs };
+            reads.push(index);
+            // Expert e's `k_in × width` block: columns e·width.. of the transposed stack, or
+            // rows e·width.. of the stack as stored.
+            let (b_strides, b_expert) =
+                if l.transposed[weight] { ([stacked, 1], width) } else { ([1, k_in], width * k_in) };
+            let a_strides = [k_in, 1];
+            let kernel = Kernel::MatMul {
+                batch: vec![slots],
+                a_batch_strides: vec![tokens * k_in],
+                b_batch_strides: vec![b_expert],
+                m: tokens,
+                n: width,
+                k: k_in,
+                a_strides,
+                b_strides,
+                a_offset: 0,
+                gemm: choose_gemm(l.opts.gemm, tokens, width, k_in, a_strides, b_strides, 0),
+                epilogue: Some(Epilogue { program, strides }),
+                grouped: Some(Grouped { b: BatchIndex::Expert, extras }),
+            };
+            l.emit_part(n, kernel, reads, vec![out], 2 * rows * k_in * width);
+            out
+        };
+        let z_buf = self.buf(args[0]);
+        let mut x = z_buf;
+        for layer in 0..layers as usize {
+            let p = |i: usize| args[3 + layer * EXPERT_LAYER_PARAMS.len() + i];
+            let first = layer == 0;
+            let h = norm(self, x, p(0), p(1), first, "ln1");
+            let qkv = gemm(self, h, m, p(2), p(3), 3 * m, None, false, "qkv");
+            let ctx = self.scratch(n, Storage::Float, rows * m, "attention");
+            let attention = Kernel::Attention {
+                batch: slots,
+                q_len: tokens,
+                kv_len: tokens,
+                heads,
+                head_dim: m / heads,
+                scale,
+                bias_strides: None,
+                layout: [[3 * m, 0], [3 * m, m], [3 * m, 2 * m]],
+            };
+            self.emit_part(n, attention, vec![qkv, qkv, qkv], vec![ctx], 4 * rows * tokens * m);
+            // The first layer's residual is the unit's own rows of z.
+            let from = if first { BatchIndex::Unit } else { BatchIndex::Own };
+            let x1 = gemm(self, ctx, m, p(4), p(5), m, Some((x, from)), false, "x1");
+            let h = norm(self, x1, p(6), p(7), false, "ln2");
+            let up = gemm(self, h, m, p(8), p(9), ffn, None, true, "ffn1");
+            x = gemm(self, up, ffn, p(10), p(11), m, Some((x1, BatchIndex::Own)), false, "x2");
+        }
+        let means = self.scratch(n, Storage::Float, slots * m, "mean");
+        let mean = Kernel::Reduce { op: ReduceOp::Mean, outer: slots, len: tokens, inner: m };
+        self.emit_part(n, mean, vec![x], vec![means], rows * m);
+        let out = self.new_buffer(node.results[0], Role::Temp)?;
+        let combine = Kernel::Combine { units, width: m, top_k };
+        self.emit_part(n, combine, vec![means, slot_gate, unit_slot], vec![out], 2 * slots * m);
+        Ok(())
     }
 
     fn lower_node(&mut self, n: NodeId) -> Result<(), LowerError> {
@@ -478,7 +621,7 @@ impl Lowering<'_> {
                 let rows = out_shape.iter().product::<u64>() / cols;
                 let reads = args.iter().map(|&a| self.buf(a)).collect();
                 let w = self.new_buffer(out, Role::Temp)?;
-                self.emit(n, Kernel::LayerNorm { rows, cols, eps: *eps }, reads, vec![w])?;
+                self.emit(n, Kernel::LayerNorm { rows, cols, eps: *eps, grouped: None }, reads, vec![w])?;
             }
             Op::ReduceSum { axes, .. } | Op::ReduceMean { axes, .. } | Op::ReduceMax { axes, .. } => {
                 let op = match node.op {
@@ -646,6 +789,9 @@ impl Lowering<'_> {
                     write_assign,
                 };
                 self.emit_optional_results(n, kernel, &[true, write_assign])?;
+            }
+            Op::Fused(FusedOp::ExpertMixture { heads, scale, eps, .. }) => {
+                self.lower_experts(n, *heads, *scale, *eps)?
             }
             Op::Fused(FusedOp::Route { top_k, transpose_w }) => {
                 let x = self.shape(args[0])?;

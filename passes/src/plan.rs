@@ -161,11 +161,22 @@ pub enum Kernel {
         a_offset: u64,
         gemm: Gemm,
         epilogue: Option<Epilogue>,
+        /// A grouped GEMM over routed slots (batch = slots, rank 1): where B and each epilogue
+        /// argument find their batch entry; the index buffer is then the last read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grouped: Option<Grouped>,
     },
     /// Softmax (or log-softmax) along the middle axis of `[outer, len, inner]`; reads `x`.
     Softmax { outer: u64, len: u64, inner: u64, log: bool },
-    /// Layer norm of `rows × cols`; reads `x, gamma, beta`.
-    LayerNorm { rows: u64, cols: u64, eps: f64 },
+    /// Layer norm of `rows × cols`; reads `x, gamma, beta` (and, if `grouped`, the index
+    /// buffer: rows are routed slots' tokens, gamma and beta per expert).
+    LayerNorm {
+        rows: u64,
+        cols: u64,
+        eps: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grouped: Option<GroupedNorm>,
+    },
     /// `[outer, len, inner] → [outer, inner]`; reads `x`.
     Reduce { op: ReduceOp, outer: u64, len: u64, inner: u64 },
     /// `out[o, c, i] = table[o, idx[c], i]`; reads `table, idx`.
@@ -213,10 +224,45 @@ pub enum Kernel {
         eps: f64,
         write_assign: bool,
     },
+    /// Orders the routed (unit, expert) pairs by expert: reads the one-hot choices
+    /// `[units, top_k, experts]` and the gate matrix; writes the index buffer (each slot's
+    /// expert, then its unit), each slot's gate and each (unit, choice)'s slot.
+    Dispatch { units: u64, experts: u64, top_k: u64 },
+    /// Mixes `[slots, width]` back into `[units, width]` with the slots' gates; reads `x,
+    /// slot_gate, unit_slot`.
+    Combine { units: u64, width: u64, top_k: u64 },
     /// Top-k routing, one thread per unit; reads `x [batch, width], w, bias [experts]`, writes
     /// the gate matrix, the probabilities and the one-hot choices (the last two one-element
     /// placeholders unless `write_prob`, `write_chosen`).
     Route { batch: u64, width: u64, experts: u64, top_k: u64, transpose_w: bool, write_prob: bool, write_chosen: bool },
+}
+
+/// Where an operand of a grouped GEMM finds its batch entry (see `calm_kernels::matmul::BatchIndex`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchIndex {
+    /// The slot itself.
+    Own,
+    /// The slot's expert.
+    Expert,
+    /// The slot's unit.
+    Unit,
+}
+
+/// The operands of a grouped GEMM: B (the stacked experts' weights) and the epilogue arguments.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Grouped {
+    pub b: BatchIndex,
+    pub extras: Vec<BatchIndex>,
+}
+
+/// A layer norm over routed slots' tokens.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GroupedNorm {
+    /// Tokens per slot.
+    pub tokens: u64,
+    /// Read the input rows at the slot's unit (the experts' first layer reads the units).
+    pub gather: bool,
 }
 
 /// Which GEMM kernel computes a matmul, and its blocking.
@@ -290,6 +336,8 @@ impl Kernel {
             Kernel::Attention { .. } => "attention",
             Kernel::GumbelPool { .. } => "gumbel_pool",
             Kernel::Route { .. } => "route",
+            Kernel::Dispatch { .. } => "dispatch",
+            Kernel::Combine { .. } => "combine",
         }
     }
 
@@ -309,6 +357,8 @@ impl Kernel {
             Kernel::OneHot { count, depth } => count * depth,
             Kernel::Attention { batch, q_len, heads, .. } => batch * heads * q_len,
             Kernel::GumbelPool { batch, .. } | Kernel::Route { batch, .. } => *batch,
+            Kernel::Dispatch { .. } => 1,
+            Kernel::Combine { units, width, .. } => units * width,
         }
     }
 

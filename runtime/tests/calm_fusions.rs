@@ -28,18 +28,21 @@ const F: DType = DType::F32;
 /// Runs the fusion passes on `g`, then compares the fused graph on the device (and on the
 /// reference) with the unfused graph on the reference in f64. Returns the passes' notes.
 fn check_fused(g: &Graph, feeds: &BTreeMap<String, HostTensor>, tol: f64) -> PassLog {
+    check_fused_with(g, feeds, &ParamStore::init(g, 7), tol)
+}
+
+fn check_fused_with(g: &Graph, feeds: &BTreeMap<String, HostTensor>, params: &ParamStore, tol: f64) -> PassLog {
     let mut fused = g.clone();
     let report = Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
-    let params = ParamStore::init(g, 7);
     let reference = Reference::<Flex>::new(FlexDevice, FloatDType::F64);
-    let want = reference.run(g, &params, feeds).unwrap();
-    let on_reference = reference.run(&fused, &params, feeds).unwrap();
+    let want = reference.run(g, params, feeds).unwrap();
+    let on_reference = reference.run(&fused, params, feeds).unwrap();
     let plan = lower(&fused, &bind_inputs(g, feeds).unwrap(), &LowerOptions::default()).unwrap();
     check_memory(&plan).unwrap();
     let types = fused.outputs.iter().map(|o| fused.value_type(o.value).dtype).collect();
     let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(WgpuRuntime::client(&WgpuDevice::default()), plan, types);
     exec.poison();
-    exec.load_params(&params).unwrap();
+    exec.load_params(params).unwrap();
     let on_device = exec.run(feeds).unwrap();
     for (name, w) in &want {
         let w = w.data.to_f64();
@@ -404,4 +407,55 @@ fn projections_decline_where_a_slice_would_be_copied() {
     let log = check_fused(&g, &random_inputs(&g, &Bindings::new(), 4).unwrap(), 1e-5);
     assert_eq!(fired(&log, "fuse_projections"), 0);
     assert!(declined(&log, "fuse_projections").iter().any(|r| r.contains("graph output")), "{:?}", log.notes);
+}
+
+/// The tiny CALM inference graph with `experts` experts per dimension, `top_k` chosen, and
+/// `layers` expert layers.
+fn moe_graph(experts: u64, top_k: u64, layers: u64) -> Graph {
+    let mut cfg = CalmConfig::preset("tiny").unwrap();
+    cfg.experts = experts;
+    cfg.top_k = top_k;
+    cfg.expert_layers = layers;
+    calm_models::build(&cfg, calm_models::Mode::Inference).unwrap()
+}
+
+#[test]
+fn sparse_experts_match_the_dense_mixture() {
+    // k = 2 of 4 with two layers, k = E, a single expert; an odd batch. (k = 1 is the tiny
+    // preset's, run with every ablation in `fusion.rs`.)
+    for (experts, top_k, layers) in [(4, 2, 2), (3, 3, 1), (1, 1, 1)] {
+        let g = moe_graph(experts, top_k, layers);
+        let b = Bindings::new().with("batch", 7).with("tokens", 5);
+        let feeds = random_inputs(&g, &b, 3).unwrap();
+        let log = check_fused(&g, &feeds, 1e-4);
+        let dims = g.nodes.values().filter(|n| matches!(n.op, Op::TopK { .. })).count();
+        assert_eq!(fired(&log, "fuse_experts"), dims, "E={experts} k={top_k}: {:?}", log.notes);
+    }
+}
+
+#[test]
+fn sparse_experts_with_all_units_on_one_expert() {
+    // Router biases so large that every unit picks expert 2 first (and 0 second): the other
+    // experts receive no unit, expert 2 receives all of them.
+    let g = moe_graph(4, 2, 1);
+    let b = Bindings::new().with("batch", 9).with("tokens", 5);
+    let feeds = random_inputs(&g, &b, 3).unwrap();
+    let mut params = ParamStore::init(&g, 7);
+    let names: Vec<String> = g.params().map(|(_, n, _)| n.to_string()).filter(|n| n.ends_with("router/bias")).collect();
+    assert!(!names.is_empty());
+    for name in names {
+        params.set(&name, vec![30.0, 0.0, 60.0, 0.0]);
+    }
+    let log = check_fused_with(&g, &feeds, &params, 1e-4);
+    assert!(fired(&log, "fuse_experts") > 0, "{:?}", log.notes);
+}
+
+#[test]
+fn dense_gates_decline_the_sparse_dispatch() {
+    let mut g = moe_graph(3, 2, 1);
+    calm_passes::ablate(&mut g, calm_passes::Ablation::DenseMoe).unwrap();
+    let b = Bindings::new().with("batch", 5).with("tokens", 4);
+    let log = check_fused(&g, &random_inputs(&g, &b, 3).unwrap(), 1e-4);
+    assert_eq!(fired(&log, "fuse_experts"), 0);
+    assert!(declined(&log, "fuse_experts").iter().any(|r| r.contains("router")), "{:?}", log.notes);
 }

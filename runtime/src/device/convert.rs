@@ -97,3 +97,18 @@ pub fn elementwise(p: &IrProgram, rank: usize, args: &[Storage]) -> Program {
         outputs: p.outputs.iter().zip(out_slots).map(|(&(reg, _), (k, slot))| (reg as usize, k, slot)).collect(),
     }
 }
+
+/// The kernels' batching of a GEMM launch from the plan's.
+pub fn batching(rank: usize, grouped: Option<&calm_passes::plan::Grouped>) -> calm_kernels::matmul::Batching {
+    use calm_kernels::matmul::{BatchIndex as K, Batching};
+    use calm_passes::plan::BatchIndex as P;
+    let map = |b: &P| match b {
+        P::Own => K::Own,
+        P::Expert => K::Expert,
+        P::Unit => K::Unit,
+    };
+    match grouped {
+        None => Batching::own(rank),
+        Some(g) => Batching { rank, b: map(&g.b), extras: g.extras.iter().map(map).collect() },
+    }
+}

@@ -5,7 +5,7 @@ use calm_kernels::elementwise::{self, Buf};
 use calm_kernels::gumbel_pool::{self, PoolConfig};
 use calm_kernels::matmul::{self, GemmConfig, GemmShape, LanesConfig, VectorConfig};
 use calm_kernels::route::{self, RouteConfig};
-use calm_kernels::{index, rows};
+use calm_kernels::{index, moe, rows};
 use calm_passes::plan::{Gemm, Kernel, Launch, ReduceOp, Storage};
 use cubecl::prelude::*;
 
@@ -86,14 +86,20 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
             let outs: Vec<_> = writes.iter().map(|(s, b)| (convert::kind(*s), b)).collect();
             elementwise::launch::<R, F>(client, &p, &args, &outs, meta(), items, count, dim);
         }
-        Kernel::MatMul { batch, gemm, epilogue, .. } => {
-            let batch_rank = batch.len();
+        Kernel::MatMul { batch, gemm, epilogue, grouped, .. } => {
             let epilogue = epilogue.as_ref().map(|e| (convert::ops(&e.program), e.program.outputs[0].0 as usize));
+            // A grouped GEMM's index buffer is its last read; a plain one reads none (any
+            // buffer fills the slot).
+            let (extras, index) = match grouped {
+                Some(_) => (&reads[2..reads.len() - 1], &reads[reads.len() - 1].1),
+                None => (&reads[2..], meta()),
+            };
+            let batch = convert::batching(batch.len(), grouped.as_ref());
             let mut extra = SequenceArg::new();
-            for (_, b) in &reads[2..] {
+            for (_, b) in extras {
                 extra.push(arg::<R>(b));
             }
-            let (a, b, c, m) = (&reads[0].1, &reads[1].1, &writes[0].1, arg(meta()));
+            let (a, b, c, m, index) = (&reads[0].1, &reads[1].1, &writes[0].1, arg(meta()), arg(index));
             // The kernels read in bounds by construction (checked by the plan's shapes), so they
             // are launched without per-access bounds checks.
             unsafe {
@@ -105,7 +111,7 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                             tile_k: t.tile_k,
                             thread_m: t.thread_m,
                             thread_n: t.thread_n,
-                            batch_rank,
+                            batch,
                             epilogue,
                         };
                         matmul::matmul::launch_unchecked::<F, R>(
@@ -117,11 +123,12 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                             extra,
                             arg(c),
                             m,
+                            index,
                             cfg,
                         )
                     }
                     Gemm::Registers { rows, cols, .. } => {
-                        let cfg = LanesConfig { rows, cols, batch_rank, epilogue };
+                        let cfg = LanesConfig { rows, cols, batch, epilogue };
                         matmul::matmul_lanes::launch_unchecked::<F, R>(
                             client,
                             count,
@@ -131,12 +138,13 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                             extra,
                             arg(c),
                             m,
+                            index,
                             cfg,
                         )
                     }
                     Gemm::Vectors { rows, width, .. } => {
                         let w = width as usize;
-                        let cfg = VectorConfig { rows, batch_rank, epilogue };
+                        let cfg = VectorConfig { rows, batch, epilogue };
                         let vec_arg =
                             |x: &Buf, width: usize| ArrayArg::<R>::from_raw_parts(x.handle.clone(), x.len / width);
                         matmul::matmul_vector::launch_unchecked::<F, R>(
@@ -149,6 +157,7 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                             extra,
                             vec_arg(c, w),
                             m,
+                            index,
                             cfg,
                         )
                     }
@@ -168,8 +177,11 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 *log,
             );
         }
-        Kernel::LayerNorm { rows: r, cols, eps } => {
+        Kernel::LayerNorm { rows: r, cols, eps, grouped } => {
             let (x, g, b) = (&reads[0].1, &reads[1].1, &reads[2].1);
+            // Grouped norms read the index buffer; plain ones none (any buffer fills the slot).
+            let index = reads.get(3).map_or(x, |(_, i)| i);
+            let grouped = grouped.map(|gr| rows::GroupedRows { tokens: gr.tokens as u32, gather: gr.gather });
             rows::layer_norm::launch::<F, R>(
                 client,
                 count,
@@ -177,10 +189,41 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 arg(x),
                 arg(g),
                 arg(b),
+                arg(index),
                 arg(&writes[0].1),
                 *r as u32,
                 *cols as u32,
                 *eps as f32,
+                grouped,
+            );
+        }
+        Kernel::Dispatch { units, experts, top_k } => {
+            moe::dispatch::launch::<F, R>(
+                client,
+                count,
+                dim,
+                arg(&reads[0].1),
+                arg(&reads[1].1),
+                arg(&writes[0].1),
+                arg(&writes[1].1),
+                arg(&writes[2].1),
+                *units as u32,
+                *experts as u32,
+                *top_k as u32,
+            );
+        }
+        Kernel::Combine { units, width, top_k } => {
+            moe::combine::launch::<F, R>(
+                client,
+                count,
+                dim,
+                arg(&reads[0].1),
+                arg(&reads[1].1),
+                arg(&reads[2].1),
+                arg(&writes[0].1),
+                *units as u32,
+                *width as u32,
+                *top_k as u32,
             );
         }
         Kernel::Reduce { op, outer, len, inner } => {

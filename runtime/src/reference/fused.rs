@@ -104,3 +104,71 @@ pub fn route<B: Backend>(ctx: &Ctx<B>, args: &[&Value<B>], top_k: u64, transpose
     let matrix = prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: false }, &[&weighted], &[b, e])?;
     Ok(vec![matrix, p, chosen])
 }
+
+/// Rows `start..start + len` of a stacked parameter (axis 0).
+fn rows<B: Backend>(ctx: &Ctx<B>, v: &Value<B>, start: usize, len: usize) -> OpResult<Value<B>> {
+    let mut shape = v.shape.clone();
+    shape[0] = len;
+    let op = Op::Slice { axis: 0, start: start as u64, end: (start + len) as u64 };
+    prim(ctx, op, &[v], &shape)
+}
+
+/// [`calm_ir::fused::FusedOp::ExpertMixture`], densely: every expert on every unit, as the
+/// unfused graph computes it (the choices are not needed; the gates are zero off them).
+pub fn expert_mixture<B: Backend>(
+    ctx: &Ctx<B>,
+    args: &[&Value<B>],
+    experts: u64,
+    heads: u64,
+    scale: f64,
+    eps: f64,
+) -> OpResult<Vec<Value<B>>> {
+    let (z, gates) = (args[0], args[1]);
+    let (b, k, m) = (z.shape[0], z.shape[1], z.shape[2]);
+    let e_count = experts as usize;
+    let per_layer = calm_ir::fused::EXPERT_LAYER_PARAMS.len();
+    let layers = (args.len() - 3) / per_layer;
+    let tokens = [b, k, m];
+    let linear = |x: &Value<B>, w: &Value<B>, bias: &Value<B>, out: usize| -> OpResult<Value<B>> {
+        let shape = [b, k, out];
+        let y = prim(ctx, Op::MatMul { transpose_a: false, transpose_b: true }, &[x, w], &shape)?;
+        prim(ctx, Op::Add, &[&y, bias], &shape)
+    };
+    let mut outs = Vec::with_capacity(e_count);
+    for e in 0..e_count {
+        let mut x = z.clone();
+        for l in 0..layers {
+            let p = |i: usize| args[3 + l * per_layer + i];
+            let ffn = p(9).shape[0] / e_count;
+            let norm = |x: &Value<B>, g: usize| -> OpResult<Value<B>> {
+                let (gamma, beta) = (rows(ctx, p(g), e * m, m)?, rows(ctx, p(g + 1), e * m, m)?);
+                prim(ctx, Op::LayerNorm { eps }, &[x, &gamma, &beta], &tokens)
+            };
+            let h = norm(&x, 0)?;
+            let mut qkv = Vec::new();
+            for j in 0..3 {
+                let at = (3 * e + j) * m;
+                qkv.push(linear(&h, &rows(ctx, p(2), at, m)?, &rows(ctx, p(3), at, m)?, m)?);
+            }
+            let ctx_v = attention(ctx, &[&qkv[0], &qkv[1], &qkv[2]], heads, scale)?.remove(0);
+            let a = linear(&ctx_v, &rows(ctx, p(4), e * m, m)?, &rows(ctx, p(5), e * m, m)?, m)?;
+            let x1 = prim(ctx, Op::Add, &[&x, &a], &tokens)?;
+            let h = norm(&x1, 6)?;
+            let h = linear(&h, &rows(ctx, p(8), e * ffn, ffn)?, &rows(ctx, p(9), e * ffn, ffn)?, ffn)?;
+            let h = prim(ctx, Op::Gelu, &[&h], &[b, k, ffn])?;
+            let h = linear(&h, &rows(ctx, p(10), e * m, m)?, &rows(ctx, p(11), e * m, m)?, m)?;
+            x = prim(ctx, Op::Add, &[&x1, &h], &tokens)?;
+        }
+        let mean = prim(ctx, Op::ReduceMean { axes: vec![1], keep_dims: false }, &[&x], &[b, m])?;
+        outs.push(prim(ctx, Op::Reshape { shape: vec![] }, &[&mean], &[b, 1, m])?);
+    }
+    let stacked = if e_count == 1 {
+        outs.remove(0)
+    } else {
+        let refs: Vec<&Value<B>> = outs.iter().collect();
+        prim(ctx, Op::Concat { axis: 1 }, &refs, &[b, e_count, m])?
+    };
+    let column = prim(ctx, Op::Reshape { shape: vec![] }, &[gates], &[b, e_count, 1])?;
+    let weighted = prim(ctx, Op::Mul, &[&stacked, &column], &[b, e_count, m])?;
+    Ok(vec![prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: false }, &[&weighted], &[b, m])?])
+}

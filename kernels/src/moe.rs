@@ -1,0 +1,74 @@
+//! The two ends of a sparse mixture of experts: `dispatch` orders the routed (unit, expert)
+//! pairs by expert into slots, and `combine` mixes the experts' outputs back into units with
+//! the gates. Between them every expert layer runs over the slots (grouped GEMMs and layer
+//! norms that look up each slot's expert and unit in the index array `dispatch` writes).
+//!
+//! Dropless: each unit has exactly `top_k` slots, so there are always `units · top_k` of them,
+//! however uneven the routing.
+
+use cubecl::prelude::*;
+
+use crate::elementwise::linear_pos;
+
+/// From the one-hot choices `[units, k, E]` and the gate matrix `[units, E]`: the index array
+/// (`slots` experts, then `slots` units), each slot's gate, and each (unit, choice)'s slot;
+/// slots ordered by expert, then unit, then choice. One thread: the work is `units · k · E`
+/// comparisons, and the order is then the same on every run.
+#[cube(launch)]
+pub fn dispatch<F: Float>(
+    chosen: &Array<F>,
+    gates: &Array<F>,
+    index: &mut Array<u32>,
+    slot_gate: &mut Array<F>,
+    unit_slot: &mut Array<u32>,
+    units: u32,
+    #[comptime] experts: u32,
+    #[comptime] top_k: u32,
+) {
+    if linear_pos() > 0 {
+        terminate!();
+    }
+    let slots = units * top_k;
+    let mut next = 0u32;
+    #[unroll]
+    for e in 0..experts {
+        for u in 0..units {
+            #[unroll]
+            for j in 0..top_k {
+                if f32::cast_from(chosen[((u * top_k + j) * experts + e) as usize]) > 0.5 {
+                    index[next as usize] = e;
+                    index[(slots + next) as usize] = u;
+                    slot_gate[next as usize] = gates[(u * experts + e) as usize];
+                    unit_slot[(u * top_k + j) as usize] = next;
+                    next += 1;
+                }
+            }
+        }
+    }
+}
+
+/// `out[u, c] = Σ_j gate(slot(u, j)) · x[slot(u, j), c]`: the experts' outputs `x: [slots,
+/// width]` mixed back into units, one thread per output element, choices in order.
+#[cube(launch)]
+pub fn combine<F: Float>(
+    x: &Array<F>,
+    slot_gate: &Array<F>,
+    unit_slot: &Array<u32>,
+    out: &mut Array<F>,
+    units: u32,
+    width: u32,
+    #[comptime] top_k: u32,
+) {
+    let pos = linear_pos();
+    if pos >= units * width {
+        terminate!();
+    }
+    let (u, c) = (pos / width, pos % width);
+    let mut sum = 0.0f32;
+    #[unroll]
+    for j in 0..top_k {
+        let slot = unit_slot[(u * top_k + j) as usize];
+        sum += f32::cast_from(slot_gate[slot as usize]) * f32::cast_from(x[(slot * width + c) as usize]);
+    }
+    out[pos as usize] = F::cast_from(sum);
+}
