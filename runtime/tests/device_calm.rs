@@ -8,7 +8,9 @@ use burn::tensor::FloatDType;
 use calm_ir::{Bindings, Graph};
 use calm_models::{build, CalmConfig, Mode};
 use calm_passes::ablate::{ablate, Ablation};
+use calm_passes::compile::fusion_passes;
 use calm_passes::lower::{lower, LowerOptions};
+use calm_passes::Pipeline;
 use calm_runtime::device::DeviceExecutor;
 use calm_runtime::host::HostTensor;
 use calm_runtime::inputs::random_inputs;
@@ -67,11 +69,21 @@ fn tiny_calm_and_every_ablation_match_the_reference() {
     }
 }
 
+/// `g` through every fusion pass, as `calm compile` and `calm run` compile it.
+fn fused(g: &Graph) -> Graph {
+    let mut f = g.clone();
+    Pipeline::new(fusion_passes()).run(&mut f).unwrap();
+    f
+}
+
 #[test]
 fn paper_preset_matches_at_small_batch() {
     let c = CalmConfig::preset("paper").unwrap();
     let b = Bindings::new().with("batch", 3).with("tokens", 7);
-    check(&build(&c, Mode::Inference).unwrap(), &b, "paper inference");
+    let g = build(&c, Mode::Inference).unwrap();
+    check(&g, &b, "paper inference");
+    // Fused, with the sparse experts: the reference runs the fused ops as their primitives.
+    check(&fused(&g), &b, "paper inference, fused");
 }
 
 #[test]
@@ -83,15 +95,17 @@ fn half_precision_buffers_stay_close_to_the_reference() {
     let feeds = random_inputs(&g, &b, 11).unwrap();
     let want = Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(&g, &params, &feeds).unwrap();
     let opts = LowerOptions { float: FloatType::F16, ..LowerOptions::default() };
-    let plan = lower(&g, &b, &opts).unwrap();
-    let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
-    let mut exec =
-        DeviceExecutor::<WgpuRuntime, half::f16>::new(WgpuRuntime::client(&WgpuDevice::default()), plan, types);
-    exec.poison();
-    exec.load_params(&params).unwrap();
-    let got = exec.run(&feeds).unwrap();
-    for (name, err) in errors(&want, &got) {
-        // f16 keeps 11 significant bits: about 5e-4 per rounding, a few roundings deep.
-        assert!(err < 1e-2, "f16: output `{name}` differs by {err:.2e} relative");
+    for (what, graph) in [("unfused", g.clone()), ("fused", fused(&g))] {
+        let plan = lower(&graph, &b, &opts).unwrap();
+        let types = graph.outputs.iter().map(|o| graph.value_type(o.value).dtype).collect();
+        let client = WgpuRuntime::client(&WgpuDevice::default());
+        let mut exec = DeviceExecutor::<WgpuRuntime, half::f16>::new(client, plan, types);
+        exec.poison();
+        exec.load_params(&params).unwrap();
+        let got = exec.run(&feeds).unwrap();
+        for (name, err) in errors(&want, &got) {
+            // f16 keeps 11 significant bits: about 5e-4 per rounding, a few roundings deep.
+            assert!(err < 1e-2, "f16 {what}: output `{name}` differs by {err:.2e} relative");
+        }
     }
 }
