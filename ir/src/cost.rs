@@ -112,16 +112,17 @@ pub fn node_cost(g: &Graph, n: NodeId, bindings: &Bindings) -> Result<Cost, Cost
                 let m = arg(0).shape[1].resolve(bindings)?;
                 mul(out_elems, 2 * m + 5 + top_k, out)?
             }
-            Op::Fused(crate::fused::FusedOp::ExpertMixture { experts, top_k, layers, .. }) => {
+            Op::Fused(f @ crate::fused::FusedOp::ExpertMixture { groups, experts, top_k, layers, .. }) => {
                 // What the chosen experts compute (k of E per unit): per layer and token the
                 // projections and FFN (2·(4m² + 2mF)), attention over the unit's tokens
                 // (4·K·m), norms and residuals (~20m).
                 let z = arg(0);
                 let (b, kk, m) =
                     (z.shape[0].resolve(bindings)?, z.shape[1].resolve(bindings)?, z.shape[2].resolve(bindings)?);
-                let f = g.value_type(node.args[3 + 9]).shape[0].resolve(bindings)? / experts.max(&1);
-                let per_token = 2 * (4 * m * m + 2 * m * f) + 4 * kk * m + 20 * m;
-                let tokens = mul(mul(b, *top_k, out)?, kk, out)?;
+                let first = f.first_expert_param().expect("an expert mixture");
+                let ffn = g.value_type(node.args[first + 9]).shape[0].resolve(bindings)? / (groups * experts).max(1);
+                let per_token = 2 * (4 * m * m + 2 * m * ffn) + 4 * kk * m + 20 * m;
+                let tokens = mul(mul(mul(b, *top_k, out)?, kk, out)?, *groups, out)?;
                 mul(mul(tokens, per_token, out)?, *layers, out)?
             }
             other => unreachable!("{} has no cost rule", other.name()),

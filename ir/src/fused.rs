@@ -40,18 +40,19 @@ pub enum FusedOp {
     /// gate matrix `[B, E]` (those gates, zero elsewhere), `p: [B, E]`, and the choices one-hot
     /// `[B, top_k, E]` (f32).
     Route { top_k: u64, transpose_w: bool },
-    /// A mixture of `experts` pre-LN transformer experts of `layers` layers each (CALM stage 4)
-    /// over units `z: [B, K, m]`. Arguments: `z`, the gate matrix `[B, E]` and the one-hot
-    /// choices `[B, top_k, E]` of a [`FusedOp::Route`], then per layer the experts' parameters
-    /// stacked along axis 0, in the order of [`EXPERT_LAYER_PARAMS`] (for each expert its block:
-    /// `ln1` gamma and beta `[E·m]`, q, k, v weights `[E·3m, m]` (each expert's `[q; k; v]`) and
-    /// biases `[E·3m]`, output projection `[E·m, m]` and `[E·m]`, `ln2`, `ffn1` `[E·F, m]` and
-    /// `[E·F]`, `ffn2` `[E·m, F]` and `[E·m]`; weights as `x·Wᵀ`). Result `[B, m]`:
-    /// `Σ_e gates[b, e] · mean_K(expert_e(z[b]))`, each layer
+    /// `groups` mixtures (CALM's communicative dimensions) of `experts` pre-LN transformer
+    /// experts of `layers` layers each (CALM stage 4) over the same units `z: [B, K, m]`.
+    /// Arguments: `z`; per group the gate matrix `[B, E]` and the one-hot choices
+    /// `[B, top_k, E]` of a [`FusedOp::Route`]; then per layer the parameters of all `G·E`
+    /// experts (group-major) stacked along axis 0, in the order of [`EXPERT_LAYER_PARAMS`] (for
+    /// each expert its block: `ln1` gamma and beta `[G·E·m]`, q, k, v weights `[G·E·3m, m]`
+    /// (each expert's `[q; k; v]`) and biases, output projection `[G·E·m, m]` and bias, `ln2`,
+    /// `ffn1` `[G·E·F, m]` and bias, `ffn2` `[G·E·m, F]` and bias; weights as `x·Wᵀ`). Result
+    /// `g`, `[B, m]`: `Σ_e gates_g[b, e] · mean_K(expert_{g,e}(z[b]))`, each layer
     /// `x += attn(ln1(x)) W_oᵀ + b_o; x += gelu(ln2(x) W_1ᵀ + b_1) W_2ᵀ + b_2`. The reference
     /// computes every expert on every unit (the gates are zero off the choices); kernels compute
     /// only the chosen ones, which is the same wherever the experts' outputs are finite.
-    ExpertMixture { experts: u64, top_k: u64, layers: u64, heads: u64, scale: f64, eps: f64 },
+    ExpertMixture { groups: u64, experts: u64, top_k: u64, layers: u64, heads: u64, scale: f64, eps: f64 },
 }
 
 /// The stacked parameters of one expert layer, in argument order (see [`FusedOp::ExpertMixture`]).
@@ -74,12 +75,21 @@ pub const EXPERT_LAYER_PARAMS: [&str; 12] = [
 pub const EXPERT_LAYER_WEIGHTS: [usize; 4] = [2, 4, 8, 10];
 
 impl FusedOp {
+    /// The position of an expert mixture's first stacked parameter.
+    pub fn first_expert_param(&self) -> Option<usize> {
+        match self {
+            FusedOp::ExpertMixture { groups, .. } => Some(1 + 2 * *groups as usize),
+            _ => None,
+        }
+    }
+
     /// Whether argument `i` of this op is a weight read as `x·Wᵀ` (the lowering may store it
     /// transposed).
     pub fn reads_as_weight(&self, i: usize) -> bool {
         match self {
-            FusedOp::ExpertMixture { .. } => {
-                i >= 3 && EXPERT_LAYER_WEIGHTS.contains(&((i - 3) % EXPERT_LAYER_PARAMS.len()))
+            FusedOp::ExpertMixture { groups, .. } => {
+                let first = self.first_expert_param().unwrap_or(1 + 2 * *groups as usize);
+                i >= first && EXPERT_LAYER_WEIGHTS.contains(&((i - first) % EXPERT_LAYER_PARAMS.len()))
             }
             _ => false,
         }
@@ -107,14 +117,17 @@ impl FusedOp {
                 Arity::Exact(5 + *temperature as usize + 2 * noise_stream.is_some() as usize)
             }
             FusedOp::Route { .. } => Arity::Exact(3),
-            FusedOp::ExpertMixture { layers, .. } => Arity::Exact(3 + EXPERT_LAYER_PARAMS.len() * *layers as usize),
+            FusedOp::ExpertMixture { groups, layers, .. } => {
+                Arity::Exact(1 + 2 * *groups as usize + EXPERT_LAYER_PARAMS.len() * *layers as usize)
+            }
         }
     }
 
     pub fn num_results(&self) -> usize {
         match self {
             FusedOp::Elementwise { program, .. } => program.outputs.len(),
-            FusedOp::MatMulEpilogue { .. } | FusedOp::Attention { .. } | FusedOp::ExpertMixture { .. } => 1,
+            FusedOp::MatMulEpilogue { .. } | FusedOp::Attention { .. } => 1,
+            FusedOp::ExpertMixture { groups, .. } => *groups as usize,
             FusedOp::GumbelPool { .. } => 2,
             FusedOp::Route { .. } => 3,
         }
@@ -149,8 +162,8 @@ impl FusedOp {
                 parts.join(" ")
             }
             FusedOp::Route { top_k, transpose_w } => format!("k={top_k}{}", if *transpose_w { " tW" } else { "" }),
-            FusedOp::ExpertMixture { experts, top_k, layers, heads, .. } => {
-                format!("experts={experts} k={top_k} layers={layers} heads={heads}")
+            FusedOp::ExpertMixture { groups, experts, top_k, layers, heads, .. } => {
+                format!("groups={groups} experts={experts} k={top_k} layers={layers} heads={heads}")
             }
         }
     }
@@ -186,7 +199,9 @@ impl FusedOp {
             FusedOp::Attention { heads, bias, .. } => infer_attention(args, *heads, *bias),
             FusedOp::GumbelPool { transpose_w, .. } => infer_gumbel_pool(args, *transpose_w),
             FusedOp::Route { top_k, transpose_w } => infer_route(args, *top_k, *transpose_w),
-            FusedOp::ExpertMixture { experts, top_k, heads, .. } => infer_experts(args, *experts, *top_k, *heads),
+            FusedOp::ExpertMixture { groups, experts, top_k, heads, .. } => {
+                infer_experts(args, *groups, *experts, *top_k, *heads)
+            }
         }
     }
 }
@@ -272,46 +287,62 @@ fn infer_route(args: &[&TensorType], top_k: u64, transpose_w: bool) -> Result<Ve
     ])
 }
 
-fn infer_experts(args: &[&TensorType], experts: u64, top_k: u64, heads: u64) -> Result<Vec<TensorType>, TypeError> {
-    let (z, gates, chosen) = (&args[0].shape, &args[1].shape, &args[2].shape);
+fn infer_experts(
+    args: &[&TensorType],
+    groups: u64,
+    experts: u64,
+    top_k: u64,
+    heads: u64,
+) -> Result<Vec<TensorType>, TypeError> {
+    let z = &args[0].shape;
+    let g = groups as usize;
     let e = Dim::Fixed(experts);
     let width = z.get(2).and_then(Dim::fixed);
-    let ok = z.len() == 3
-        && gates[..] == [z[0].clone(), e.clone()]
-        && chosen[..] == [z[0].clone(), Dim::Fixed(top_k), e.clone()]
+    let routing_ok = (0..g).all(|i| {
+        let (gates, chosen) = (&args[1 + 2 * i].shape, &args[2 + 2 * i].shape);
+        z.len() == 3
+            && gates[..] == [z[0].clone(), e.clone()]
+            && chosen[..] == [z[0].clone(), Dim::Fixed(top_k), e.clone()]
+    });
+    let ok = groups >= 1
+        && routing_ok
         && heads > 0
         && width.is_some_and(|m| m % heads == 0)
         && args.iter().all(|a| a.dtype.is_float());
     if !ok {
         return Err(shape_error(
-            &format!("expert_mixture needs z [B, K, m] (m divisible by {heads} heads), gates [B, {experts}], choices [B, {top_k}, {experts}]"),
+            &format!(
+                "expert_mixture needs z [B, K, m] (m divisible by {heads} heads), then {groups} pairs of gates [B, {experts}] and choices [B, {top_k}, {experts}]"
+            ),
             args,
         ));
     }
     let m = width.expect("checked");
+    let all = groups * experts;
+    let first = 1 + 2 * g;
     // The FFN width from the first layer's ffn1 bias.
-    let ffn = args.get(3 + 9).and_then(|t| t.shape.first()).and_then(Dim::fixed).map(|n| n / experts.max(1));
+    let ffn = args.get(first + 9).and_then(|t| t.shape.first()).and_then(Dim::fixed).map(|n| n / all.max(1));
     let Some(f) = ffn else { return Err(shape_error("expert_mixture needs every layer's parameters", args)) };
     let expected = |p: usize| -> Vec<u64> {
         match p {
-            0 | 1 | 5 | 6 | 7 | 11 => vec![experts * m],
-            2 => vec![experts * 3 * m, m],
-            3 => vec![experts * 3 * m],
-            4 => vec![experts * m, m],
-            8 => vec![experts * f, m],
-            9 => vec![experts * f],
-            _ => vec![experts * m, f],
+            0 | 1 | 5 | 6 | 7 | 11 => vec![all * m],
+            2 => vec![all * 3 * m, m],
+            3 => vec![all * 3 * m],
+            4 => vec![all * m, m],
+            8 => vec![all * f, m],
+            9 => vec![all * f],
+            _ => vec![all * m, f],
         }
     };
-    for (i, t) in args[3..].iter().enumerate() {
+    for (i, t) in args[first..].iter().enumerate() {
         let want: Vec<Dim> = expected(i % EXPERT_LAYER_PARAMS.len()).into_iter().map(Dim::Fixed).collect();
         if t.shape != want {
             return Err(TypeError::Shape(format!(
                 "expert_mixture argument {} ({}) is {t}, expected {want:?}",
-                3 + i,
+                first + i,
                 EXPERT_LAYER_PARAMS[i % EXPERT_LAYER_PARAMS.len()]
             )));
         }
     }
-    Ok(vec![TensorType::new(args[0].dtype, vec![z[0].clone(), z[2].clone()])])
+    Ok(vec![TensorType::new(args[0].dtype, vec![z[0].clone(), z[2].clone()]); g])
 }

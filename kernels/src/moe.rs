@@ -10,11 +10,14 @@ use cubecl::prelude::*;
 
 use crate::elementwise::linear_pos;
 
-/// From the one-hot choices `[units, k, E]` and the gate matrix `[units, E]`: the index array
-/// (`slots` experts, then `slots` units), each slot's gate, and each (unit, choice)'s slot;
+/// One group of a mixture (one of CALM's dimensions): from its one-hot choices `[units, k, E]`
+/// and gate matrix `[units, E]`, its `units · k` slots starting at `first`: their experts
+/// (numbered from `first_expert`) and units in the index array (`slots` experts, then `slots`
+/// units, over all groups), their gates, and each (unit, choice)'s slot (at `first + u·k + j`);
 /// slots ordered by expert, then unit, then choice. One thread: the work is `units · k · E`
 /// comparisons, and the order is then the same on every run.
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 pub fn dispatch<F: Float>(
     chosen: &Array<F>,
     gates: &Array<F>,
@@ -22,24 +25,26 @@ pub fn dispatch<F: Float>(
     slot_gate: &mut Array<F>,
     unit_slot: &mut Array<u32>,
     units: u32,
+    slots: u32,
+    first: u32,
+    first_expert: u32,
     #[comptime] experts: u32,
     #[comptime] top_k: u32,
 ) {
     if linear_pos() > 0 {
         terminate!();
     }
-    let slots = units * top_k;
-    let mut next = 0u32;
+    let mut next = first;
     #[unroll]
     for e in 0..experts {
         for u in 0..units {
             #[unroll]
             for j in 0..top_k {
                 if f32::cast_from(chosen[((u * top_k + j) * experts + e) as usize]) > 0.5 {
-                    index[next as usize] = e;
+                    index[next as usize] = first_expert + e;
                     index[(slots + next) as usize] = u;
                     slot_gate[next as usize] = gates[(u * experts + e) as usize];
-                    unit_slot[(u * top_k + j) as usize] = next;
+                    unit_slot[(first + u * top_k + j) as usize] = next;
                     next += 1;
                 }
             }
@@ -47,9 +52,11 @@ pub fn dispatch<F: Float>(
     }
 }
 
-/// `out[u, c] = Σ_j gate(slot(u, j)) · x[slot(u, j), c]`: the experts' outputs `x: [slots,
-/// width]` mixed back into units, one thread per output element, choices in order.
+/// `out[u, c] = Σ_j gate(slot(u, j)) · x[slot(u, j), c]` for one group (its choices' slots from
+/// `first` in `unit_slot`): the experts' outputs `x: [slots, width]` mixed back into units,
+/// one thread per output element, choices in order.
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 pub fn combine<F: Float>(
     x: &Array<F>,
     slot_gate: &Array<F>,
@@ -57,6 +64,7 @@ pub fn combine<F: Float>(
     out: &mut Array<F>,
     units: u32,
     width: u32,
+    first: u32,
     #[comptime] top_k: u32,
 ) {
     let pos = linear_pos();
@@ -67,7 +75,7 @@ pub fn combine<F: Float>(
     let mut sum = 0.0f32;
     #[unroll]
     for j in 0..top_k {
-        let slot = unit_slot[(u * top_k + j) as usize];
+        let slot = unit_slot[(first + u * top_k + j) as usize];
         sum += f32::cast_from(slot_gate[slot as usize]) * f32::cast_from(x[(slot * width + c) as usize]);
     }
     out[pos as usize] = F::cast_from(sum);

@@ -16,7 +16,9 @@
 //! ```
 //!
 //! with `gates` and the one-hot choices from one [`FusedOp::Route`], every weight a parameter
-//! and every expert of the same shape. The experts' parameters are stacked (joined once, when
+//! and every expert of the same shape. Mixtures over the same units with experts of the same
+//! form (CALM's communicative dimensions) become one op with a group each, so they share the
+//! dispatch order and every layer step is one launch for all of them. The experts' parameters are stacked (joined once, when
 //! the weights are loaded). It declines when the gates do not come from a fused top-k router
 //! (`dense-moe` uses every expert), when an intermediate is read elsewhere, or when the experts
 //! differ.
@@ -242,29 +244,40 @@ pub fn fuse_experts(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError>
             .map(|s| (s, match_mixture(&m, s)))
             .collect()
     };
-    let mut changed = false;
+    // Mixtures over the same units with experts of the same form run together (one dispatch
+    // order, one grouped launch per layer step for all of them): CALM's dimensions.
+    let mut batches: Vec<(String, Vec<Found>)> = Vec::new();
     for (sum, found) in found {
         let scope = g.nodes[sum].scope.clone();
-        let f = match found {
-            Ok(f) => f,
-            Err(reason) => {
-                log.declined(PASS, &scope, reason);
-                continue;
-            }
-        };
-        let Op::Fused(FusedOp::Route { top_k, .. }) = g.nodes[f.route].op else { unreachable!() };
-        let (gates, chosen) = (g.nodes[f.route].results[0], g.nodes[f.route].results[2]);
-        let first = &f.experts[0][0];
+        match found {
+            Ok(f) => match batches.iter_mut().find(|(_, b)| same_form(g, &b[0], &f)) {
+                Some((_, b)) => b.push(f),
+                None => batches.push((scope, vec![f])),
+            },
+            Err(reason) => log.declined(PASS, &scope, reason),
+        }
+    }
+    let changed = !batches.is_empty();
+    for (scope, mixtures) in batches {
+        // The common scope of the mixtures (`calm/moe` for CALM's dimensions).
+        let scope = if mixtures.len() > 1 { parent_scope(&scope) } else { scope };
+        let first = &mixtures[0].experts[0][0];
         let (heads, scale, eps) = (first.heads, first.scale, first.eps);
-        let (experts, layers) = (f.experts.len(), f.experts[0].len());
-        let mut args = vec![f.z, gates, chosen];
+        let (experts, layers) = (mixtures[0].experts.len(), mixtures[0].experts[0].len());
+        let Op::Fused(FusedOp::Route { top_k, .. }) = g.nodes[mixtures[0].route].op else { unreachable!() };
+        let mut args = vec![mixtures[0].z];
+        for f in &mixtures {
+            args.extend([g.nodes[f.route].results[0], g.nodes[f.route].results[2]]);
+        }
         for l in 0..layers {
-            // Parameter p of every expert, joined along axis 0; q, k, v per expert together.
-            let each = |p: usize| -> Vec<ValueId> { f.experts.iter().map(|e| e[l].params[p]).collect() };
+            // Parameter p of every expert of every mixture, joined along axis 0; q, k, v per
+            // expert together.
+            let all = || mixtures.iter().flat_map(|f| f.experts.iter());
+            let each = |p: usize| -> Vec<ValueId> { all().map(|e| e[l].params[p]).collect() };
             let qkv = |w: usize| -> Vec<ValueId> {
-                f.experts.iter().flat_map(|e| [e[l].params[w], e[l].params[w + 2], e[l].params[w + 4]]).collect()
+                all().flat_map(|e| [e[l].params[w], e[l].params[w + 2], e[l].params[w + 4]]).collect()
             };
-            let groups: [Vec<ValueId>; 12] = [
+            let kinds: [Vec<ValueId>; 12] = [
                 each(0),
                 each(1),
                 qkv(2),
@@ -278,26 +291,57 @@ pub fn fuse_experts(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError>
                 each(14),
                 each(15),
             ];
-            for parts in groups {
+            for parts in kinds {
                 let stacked = stack(g, parts, &scope)?;
                 args.push(stacked);
             }
         }
-        debug_assert_eq!(args.len(), 3 + EXPERT_LAYER_PARAMS.len() * layers);
-        let op = FusedOp::ExpertMixture { experts: experts as u64, top_k, layers: layers as u64, heads, scale, eps };
-        let ty = g.value_type(f.mixed).clone();
-        let fused = g.add_node(Op::Fused(op), args, vec![ty], &scope);
-        let out = g.result(fused);
-        g.replace_all_uses(f.mixed, out).map_err(|e| PassError::Failed { pass: PASS, message: e.to_string() })?;
+        let groups = mixtures.len() as u64;
+        debug_assert_eq!(args.len(), 1 + 2 * mixtures.len() + EXPERT_LAYER_PARAMS.len() * layers);
+        let op =
+            FusedOp::ExpertMixture { groups, experts: experts as u64, top_k, layers: layers as u64, heads, scale, eps };
+        let types = mixtures.iter().map(|f| g.value_type(f.mixed).clone()).collect();
+        let fused = g.add_node(Op::Fused(op), args, types, &scope);
+        let results = g.nodes[fused].results.clone();
+        for (f, out) in mixtures.iter().zip(results) {
+            g.replace_all_uses(f.mixed, out).map_err(|e| PassError::Failed { pass: PASS, message: e.to_string() })?;
+        }
         log.fired(
             PASS,
             &scope,
-            format!("{experts} experts of {layers} layers, top-{top_k}: only routed units computed"),
+            format!(
+                "{groups} mixture(s) of {experts} experts of {layers} layers, top-{top_k}: only routed units computed"
+            ),
         );
-        changed = true;
     }
     if changed {
         dce(g)?;
     }
     Ok(changed)
+}
+
+/// Whether two matched mixtures read the same units with experts of the same form.
+fn same_form(g: &Graph, a: &Found, b: &Found) -> bool {
+    let (x, y) = (&a.experts[0], &b.experts[0]);
+    let route_k = |f: &Found| match g.nodes[f.route].op {
+        Op::Fused(FusedOp::Route { top_k, .. }) => top_k,
+        _ => 0,
+    };
+    a.z == b.z
+        && a.experts.len() == b.experts.len()
+        && route_k(a) == route_k(b)
+        && x.len() == y.len()
+        && x.iter().zip(y).all(|(p, q)| {
+            p.heads == q.heads
+                && p.scale == q.scale
+                && p.eps == q.eps
+                && p.params.iter().zip(&q.params).all(|(&u, &v)| g.value_type(u) == g.value_type(v))
+        })
+}
+
+/// The scope two levels above a combine's, which CALM's dimensions share
+/// (`calm/moe/dim0/combine` → `calm/moe`).
+fn parent_scope(scope: &str) -> String {
+    let parts: Vec<&str> = scope.split('/').collect();
+    parts[..parts.len().saturating_sub(2).max(1)].join("/")
 }

@@ -467,18 +467,28 @@ impl Lowering<'_> {
         let g = self.g;
         let node = &g.nodes[n];
         let args = node.args.clone();
-        let Op::Fused(FusedOp::ExpertMixture { experts, top_k, layers, .. }) = node.op else { unreachable!() };
+        let Op::Fused(f @ FusedOp::ExpertMixture { groups, experts, top_k, layers, .. }) = &node.op else {
+            unreachable!()
+        };
+        let (groups, experts, top_k, layers) = (*groups, *experts, *top_k, *layers);
+        let params = f.first_expert_param().expect("an expert mixture");
         let z = self.shape(args[0])?;
         let (units, tokens, m) = (z[0], z[1], z[2]);
-        let slots = units * top_k;
+        let per_group = units * top_k;
+        let slots = groups * per_group;
         let rows = slots * tokens;
-        let ffn = self.shape(args[3 + 9])?[0] / experts;
+        let ffn = self.shape(args[params + 9])?[0] / (groups * experts);
         let index = self.scratch(n, Storage::U32, 2 * slots, "index");
         let slot_gate = self.scratch(n, Storage::Float, slots, "slot_gate");
         let unit_slot = self.scratch(n, Storage::U32, slots, "unit_slot");
-        let dispatch = Kernel::Dispatch { units, experts, top_k };
-        let reads = vec![self.buf(args[2]), self.buf(args[1])];
-        self.emit_part(n, dispatch, reads, vec![index, slot_gate, unit_slot], 0);
+        for group in 0..groups {
+            let (first, first_expert) = (group * per_group, group * experts);
+            let dispatch = Kernel::Dispatch { units, experts, top_k, slots, first, first_expert };
+            let (gates, chosen) = (args[1 + 2 * group as usize], args[2 + 2 * group as usize]);
+            let reads = vec![self.buf(chosen), self.buf(gates)];
+            self.emit_part(n, dispatch, reads, vec![index, slot_gate, unit_slot], 0);
+        }
+        let experts = groups * experts;
         // [x, gamma, beta, index] -> [rows, m]
         let norm = |l: &mut Self, x: u32, gamma: ValueId, beta: ValueId, gather: bool, what: &str| -> u32 {
             let out = l.scratch(n, Storage::Float, rows * m, what);
@@ -547,7 +557,7 @@ impl Lowering<'_> {
         let z_buf = self.buf(args[0]);
         let mut x = z_buf;
         for layer in 0..layers as usize {
-            let p = |i: usize| args[3 + layer * EXPERT_LAYER_PARAMS.len() + i];
+            let p = |i: usize| args[params + layer * EXPERT_LAYER_PARAMS.len() + i];
             let first = layer == 0;
             let h = norm(self, x, p(0), p(1), first, "ln1");
             let qkv = gemm(self, h, m, p(2), p(3), 3 * m, None, false, "qkv");
@@ -573,9 +583,11 @@ impl Lowering<'_> {
         let means = self.scratch(n, Storage::Float, slots * m, "mean");
         let mean = Kernel::Reduce { op: ReduceOp::Mean, outer: slots, len: tokens, inner: m };
         self.emit_part(n, mean, vec![x], vec![means], rows * m);
-        let out = self.new_buffer(node.results[0], Role::Temp)?;
-        let combine = Kernel::Combine { units, width: m, top_k };
-        self.emit_part(n, combine, vec![means, slot_gate, unit_slot], vec![out], 2 * slots * m);
+        for (group, &result) in node.results.iter().enumerate() {
+            let out = self.new_buffer(result, Role::Temp)?;
+            let combine = Kernel::Combine { units, width: m, top_k, first: group as u64 * per_group };
+            self.emit_part(n, combine, vec![means, slot_gate, unit_slot], vec![out], 2 * per_group * m);
+        }
         Ok(())
     }
 

@@ -224,13 +224,14 @@ pub enum Kernel {
         eps: f64,
         write_assign: bool,
     },
-    /// Orders the routed (unit, expert) pairs by expert: reads the one-hot choices
-    /// `[units, top_k, experts]` and the gate matrix; writes the index buffer (each slot's
-    /// expert, then its unit), each slot's gate and each (unit, choice)'s slot.
-    Dispatch { units: u64, experts: u64, top_k: u64 },
-    /// Mixes `[slots, width]` back into `[units, width]` with the slots' gates; reads `x,
-    /// slot_gate, unit_slot`.
-    Combine { units: u64, width: u64, top_k: u64 },
+    /// Orders one group's routed (unit, expert) pairs by expert into slots `first..first +
+    /// units·top_k` of `slots`: reads the one-hot choices `[units, top_k, experts]` and the gate
+    /// matrix; writes the index buffer (each slot's expert, from `first_expert`, then its unit),
+    /// each slot's gate and each (unit, choice)'s slot.
+    Dispatch { units: u64, experts: u64, top_k: u64, slots: u64, first: u64, first_expert: u64 },
+    /// Mixes one group's `[slots, width]` back into `[units, width]` with the slots' gates
+    /// (its choices' slots from `first`); reads `x, slot_gate, unit_slot`.
+    Combine { units: u64, width: u64, top_k: u64, first: u64 },
     /// Top-k routing, one thread per unit; reads `x [batch, width], w, bias [experts]`, writes
     /// the gate matrix, the probabilities and the one-hot choices (the last two one-element
     /// placeholders unless `write_prob`, `write_chosen`).

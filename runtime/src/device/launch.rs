@@ -197,7 +197,7 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 grouped,
             );
         }
-        Kernel::Dispatch { units, experts, top_k } => {
+        Kernel::Dispatch { units, experts, top_k, slots, first, first_expert } => {
             moe::dispatch::launch::<F, R>(
                 client,
                 count,
@@ -208,11 +208,14 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 arg(&writes[1].1),
                 arg(&writes[2].1),
                 *units as u32,
+                *slots as u32,
+                *first as u32,
+                *first_expert as u32,
                 *experts as u32,
                 *top_k as u32,
             );
         }
-        Kernel::Combine { units, width, top_k } => {
+        Kernel::Combine { units, width, top_k, first } => {
             moe::combine::launch::<F, R>(
                 client,
                 count,
@@ -223,6 +226,7 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 arg(&writes[0].1),
                 *units as u32,
                 *width as u32,
+                *first as u32,
                 *top_k as u32,
             );
         }

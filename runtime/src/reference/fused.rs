@@ -118,14 +118,43 @@ fn rows<B: Backend>(ctx: &Ctx<B>, v: &Value<B>, start: usize, len: usize) -> OpR
 pub fn expert_mixture<B: Backend>(
     ctx: &Ctx<B>,
     args: &[&Value<B>],
+    groups: u64,
     experts: u64,
     heads: u64,
     scale: f64,
     eps: f64,
 ) -> OpResult<Vec<Value<B>>> {
+    let g = groups as usize;
+    let stacked = &args[1 + 2 * g..];
+    let e_count = experts as usize;
+    (0..g)
+        .map(|group| {
+            // This group's experts' rows of each stacked parameter.
+            let own = stacked
+                .iter()
+                .map(|p| {
+                    let per_group = p.shape[0] / g;
+                    rows(ctx, p, group * per_group, per_group)
+                })
+                .collect::<OpResult<Vec<_>>>()?;
+            let mut group_args = vec![args[0], args[1 + 2 * group], args[2 + 2 * group]];
+            group_args.extend(own.iter());
+            one_mixture(ctx, &group_args, e_count, heads, scale, eps)
+        })
+        .collect()
+}
+
+/// One group of [`expert_mixture`]: arguments `z, gates, chosen, stacked parameters..`.
+fn one_mixture<B: Backend>(
+    ctx: &Ctx<B>,
+    args: &[&Value<B>],
+    e_count: usize,
+    heads: u64,
+    scale: f64,
+    eps: f64,
+) -> OpResult<Value<B>> {
     let (z, gates) = (args[0], args[1]);
     let (b, k, m) = (z.shape[0], z.shape[1], z.shape[2]);
-    let e_count = experts as usize;
     let per_layer = calm_ir::fused::EXPERT_LAYER_PARAMS.len();
     let layers = (args.len() - 3) / per_layer;
     let tokens = [b, k, m];
@@ -170,5 +199,5 @@ pub fn expert_mixture<B: Backend>(
     };
     let column = prim(ctx, Op::Reshape { shape: vec![] }, &[gates], &[b, e_count, 1])?;
     let weighted = prim(ctx, Op::Mul, &[&stacked, &column], &[b, e_count, m])?;
-    Ok(vec![prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: false }, &[&weighted], &[b, m])?])
+    prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: false }, &[&weighted], &[b, m])
 }

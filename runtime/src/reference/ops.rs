@@ -312,8 +312,8 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             super::fused::gumbel_pool(ctx, args, *transpose_w, *temperature, *noise_stream, *eps)
         }
         Op::Fused(FusedOp::Route { top_k, transpose_w }) => super::fused::route(ctx, args, *top_k, *transpose_w),
-        Op::Fused(FusedOp::ExpertMixture { experts, heads, scale, eps, .. }) => {
-            super::fused::expert_mixture(ctx, args, *experts, *heads, *scale, *eps)
+        Op::Fused(FusedOp::ExpertMixture { groups, experts, heads, scale, eps, .. }) => {
+            super::fused::expert_mixture(ctx, args, *groups, *experts, *heads, *scale, *eps)
         }
     }
 }
