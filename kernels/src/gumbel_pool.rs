@@ -12,8 +12,8 @@
 
 use cubecl::prelude::*;
 
-use crate::elementwise::neg_infinity;
 use crate::philox_cube::uniform_at;
+use crate::rows::{row_times_matrix, softmax_in_registers};
 
 /// Compile-time shape and options of one launch.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -52,7 +52,8 @@ pub fn gumbel_at(seed: u32, offset: u32, #[comptime] stream: u32, index: u32) ->
 /// element, read if `temperature`), `seed`, `offset` (1 element each, read if noise), results
 /// `pooled [B, K, D]` and `assign [B, T, K]` (written if `write_assign`).
 #[cube(launch)]
-#[allow(clippy::too_many_arguments)]
+// `match` on comptime options: the cube macro expands it, not `if let`.
+#[allow(clippy::too_many_arguments, clippy::single_match)]
 pub fn gumbel_pool<F: Float>(
     hidden: &Array<F>,
     w: &Array<F>,
@@ -97,19 +98,7 @@ pub fn gumbel_pool<F: Float>(
         let t = tile * threads + tid;
         if t < tokens {
             let row = b * tokens + t;
-            #[unroll]
-            for j in 0..k {
-                logit[j as usize] = 0.0;
-            }
-            for hh in 0..hid {
-                let hv = f32::cast_from(hidden[(row * hid + hh) as usize]);
-                #[unroll]
-                for j in 0..k {
-                    let at = if comptime![cfg.transpose_w] { j * hid + hh } else { hh * k + j };
-                    logit[j as usize] += hv * f32::cast_from(w[at as usize]);
-                }
-            }
-            let mut max = neg_infinity();
+            row_times_matrix(hidden, row * hid, hid, w, &mut logit, k, comptime![cfg.transpose_w]);
             #[unroll]
             for j in 0..k {
                 let mut y = logit[j as usize] + f32::cast_from(bias[j as usize]);
@@ -124,19 +113,12 @@ pub fn gumbel_pool<F: Float>(
                     y /= f32::cast_from(tau[0]);
                 }
                 logit[j as usize] = y;
-                max = select(y > max || y.is_nan(), y, max);
             }
-            let mut total = 0.0f32;
-            #[unroll]
-            for j in 0..k {
-                let e = f32::exp(logit[j as usize] - max);
-                logit[j as usize] = e;
-                total += e;
-            }
+            softmax_in_registers(&mut logit, k);
             let keep = f32::cast_from(mask[row as usize]);
             #[unroll]
             for j in 0..k {
-                let a = logit[j as usize] / total * keep;
+                let a = logit[j as usize] * keep;
                 tile_a[(tid * k + j) as usize] = a;
                 if comptime![cfg.write_assign] {
                     assign[(row * k + j) as usize] = F::cast_from(a);

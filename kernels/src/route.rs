@@ -6,6 +6,7 @@
 use cubecl::prelude::*;
 
 use crate::elementwise::{linear_pos, neg_infinity};
+use crate::rows::{row_times_matrix, softmax_in_registers};
 
 /// Compile-time shape and options of one launch.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -39,35 +40,14 @@ pub fn route<F: Float>(
     let e_count = comptime![cfg.experts];
     let k = comptime![cfg.top_k];
     let mut p = Array::<f32>::new(comptime![cfg.experts as usize]);
+    row_times_matrix(x, b * width, width, w, &mut p, e_count, comptime![cfg.transpose_w]);
     #[unroll]
     for e in 0..e_count {
-        p[e as usize] = 0.0;
+        p[e as usize] += f32::cast_from(bias[e as usize]);
     }
-    for c in 0..width {
-        let xv = f32::cast_from(x[(b * width + c) as usize]);
-        #[unroll]
-        for e in 0..e_count {
-            let at = if comptime![cfg.transpose_w] { e * width + c } else { c * e_count + e };
-            p[e as usize] += xv * f32::cast_from(w[at as usize]);
-        }
-    }
-    let mut max = neg_infinity();
+    softmax_in_registers(&mut p, e_count);
     #[unroll]
     for e in 0..e_count {
-        let logit = p[e as usize] + f32::cast_from(bias[e as usize]);
-        p[e as usize] = logit;
-        max = select(logit > max || logit.is_nan(), logit, max);
-    }
-    let mut total = 0.0f32;
-    #[unroll]
-    for e in 0..e_count {
-        let v = f32::exp(p[e as usize] - max);
-        p[e as usize] = v;
-        total += v;
-    }
-    #[unroll]
-    for e in 0..e_count {
-        p[e as usize] /= total;
         gates[(b * e_count + e) as usize] = F::new(0.0);
         if comptime![cfg.write_prob] {
             prob[(b * e_count + e) as usize] = F::cast_from(p[e as usize]);

@@ -60,7 +60,8 @@ pub struct GroupedRows {
 }
 
 #[cube(launch)]
-#[allow(clippy::too_many_arguments)]
+// `match` on comptime options: the cube macro expands it, not `if let`.
+#[allow(clippy::too_many_arguments, clippy::single_match)]
 pub fn layer_norm<F: Float>(
     x: &Array<F>,
     gamma: &Array<F>,
@@ -131,4 +132,53 @@ pub fn reduce<F: Float>(x: &Array<F>, out: &mut Array<F>, outer: u32, len: u32, 
         acc /= f32::cast_from(len);
     }
     out[line as usize] = F::cast_from(acc);
+}
+
+/// `out[j] = Σ_c x[base + c] · w[c, j]` for `j < n` (`w[j, c]` if `transpose_w`): a row times a
+/// narrow matrix into registers, for kernels that keep `n` values per thread (K cluster logits,
+/// E router logits).
+#[cube]
+pub fn row_times_matrix<F: Float>(
+    x: &Array<F>,
+    base: u32,
+    len: u32,
+    w: &Array<F>,
+    out: &mut Array<f32>,
+    #[comptime] n: u32,
+    #[comptime] transpose_w: bool,
+) {
+    #[unroll]
+    for j in 0..n {
+        out[j as usize] = 0.0;
+    }
+    for c in 0..len {
+        let xv = f32::cast_from(x[(base + c) as usize]);
+        #[unroll]
+        for j in 0..n {
+            let at = if transpose_w { j * len + c } else { c * n + j };
+            out[j as usize] += xv * f32::cast_from(w[at as usize]);
+        }
+    }
+}
+
+/// `v ← softmax(v)` over `n` registers, as the row kernel computes it (NaN propagates).
+#[cube]
+pub fn softmax_in_registers(v: &mut Array<f32>, #[comptime] n: u32) {
+    let mut max = neg_infinity();
+    #[unroll]
+    for j in 0..n {
+        let x = v[j as usize];
+        max = select(x > max || x.is_nan(), x, max);
+    }
+    let mut total = 0.0f32;
+    #[unroll]
+    for j in 0..n {
+        let e = f32::exp(v[j as usize] - max);
+        v[j as usize] = e;
+        total += e;
+    }
+    #[unroll]
+    for j in 0..n {
+        v[j as usize] /= total;
+    }
 }

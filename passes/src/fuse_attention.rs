@@ -15,10 +15,9 @@
 //! the head split is not the one above.
 
 use calm_ir::fused::FusedOp;
-use calm_ir::{Dim, Graph, NodeId, Op, ValueId};
+use calm_ir::{Dim, Graph, Node, NodeId, Op, ValueId};
 
-use crate::dce::dce;
-use crate::pattern::Matcher;
+use crate::pattern::{replace, rewrite_matches, Matcher};
 use crate::pipeline::{PassError, PassLog};
 
 const PASS: &str = "fuse_attention";
@@ -122,42 +121,16 @@ fn match_attention(m: &Matcher, softmax_node: NodeId) -> Result<Found, String> {
 
 /// Fuses every attention that matches; returns whether anything changed.
 pub fn fuse_attention(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError> {
-    let softmaxes: Vec<NodeId> = g
-        .nodes
-        .iter()
-        .filter(|(_, n)| matches!(n.op, Op::Softmax { axis: 3 }) && g.value_type(n.results[0]).rank() == 4)
-        .map(|(id, _)| id)
-        .collect();
-    let found: Vec<(NodeId, Result<Found, String>)> = {
-        let m = Matcher::new(g);
-        softmaxes.into_iter().map(|s| (s, match_attention(&m, s))).collect()
-    };
-    let mut changed = false;
-    for (softmax, found) in found {
-        let scope = g.nodes[softmax].scope.clone();
-        let f = match found {
-            Ok(f) => f,
-            Err(reason) => {
-                log.declined(PASS, &scope, reason);
-                continue;
-            }
-        };
+    let softmax_over_keys =
+        |g: &Graph, n: &Node| matches!(n.op, Op::Softmax { axis: 3 }) && g.value_type(n.results[0]).rank() == 4;
+    rewrite_matches(g, log, PASS, softmax_over_keys, match_attention, |g, scope, f: Found| {
         let mut args = vec![f.q, f.k, f.v];
         args.extend(f.bias);
         let op = Op::Fused(FusedOp::Attention { heads: f.heads, scale: f.scale, bias: f.bias.is_some() });
         let ty = g.value_type(f.out).clone();
-        let fused = g.add_node(op, args, vec![ty], &scope);
+        let fused = g.add_node(op, args, vec![ty], scope);
         let new = g.result(fused);
-        g.replace_all_uses(f.out, new).map_err(|e| PassError::Failed { pass: PASS, message: e.to_string() })?;
-        log.fired(
-            PASS,
-            &scope,
-            format!("{} heads{}", f.heads, if f.bias.is_some() { ", with a score bias" } else { "" }),
-        );
-        changed = true;
-    }
-    if changed {
-        dce(g)?;
-    }
-    Ok(changed)
+        replace(g, PASS, f.out, new)?;
+        Ok(format!("{} heads{}", f.heads, if f.bias.is_some() { ", with a score bias" } else { "" }))
+    })
 }

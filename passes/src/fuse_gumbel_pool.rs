@@ -17,10 +17,9 @@
 //! elsewhere or is a graph output, when ε is not a constant, or when the pieces do not line up.
 
 use calm_ir::fused::FusedOp;
-use calm_ir::{Graph, NodeId, Op, ValueId};
+use calm_ir::{Graph, Node, NodeId, Op, ValueId};
 
-use crate::dce::dce;
-use crate::pattern::Matcher;
+use crate::pattern::{replace, rewrite_matches, Matcher};
 use crate::pipeline::{PassError, PassLog};
 
 const PASS: &str = "fuse_gumbel_pool";
@@ -156,41 +155,18 @@ fn match_pool(m: &Matcher, softmax_node: NodeId) -> Result<Found, String> {
 
 /// Fuses every Gumbel-softmax clustering that matches; returns whether anything changed.
 pub fn fuse_gumbel_pool(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError> {
-    let softmaxes: Vec<NodeId> = g
-        .nodes
-        .iter()
-        .filter(|(_, n)| matches!(n.op, Op::Softmax { axis: 2 }) && g.value_type(n.results[0]).rank() == 3)
-        .map(|(id, _)| id)
-        .collect();
-    let found: Vec<(NodeId, Result<Found, String>)> = {
-        let m = Matcher::new(g);
-        softmaxes.into_iter().map(|s| (s, match_pool(&m, s))).collect()
-    };
-    let mut changed = false;
-    let fail = |e: calm_ir::infer::TypeError| PassError::Failed { pass: PASS, message: e.to_string() };
-    for (softmax, found) in found {
-        let scope = g.nodes[softmax].scope.clone();
-        let f = match found {
-            Ok(f) => f,
-            Err(reason) => {
-                log.declined(PASS, &scope, reason);
-                continue;
-            }
-        };
+    let softmax_over_clusters =
+        |g: &Graph, n: &Node| matches!(n.op, Op::Softmax { axis: 2 }) && g.value_type(n.results[0]).rank() == 3;
+    rewrite_matches(g, log, PASS, softmax_over_clusters, match_pool, |g, scope, f: Found| {
         let detail = match &f.op {
             FusedOp::GumbelPool { noise_stream: Some(s), .. } => format!("with Gumbel noise (stream {s})"),
             _ => "without noise".to_string(),
         };
         let types = vec![g.value_type(f.pooled).clone(), g.value_type(f.assign).clone()];
-        let fused = g.add_node(Op::Fused(f.op), f.args, types, &scope);
+        let fused = g.add_node(Op::Fused(f.op), f.args, types, scope);
         let (pooled, assign) = (g.nodes[fused].results[0], g.nodes[fused].results[1]);
-        g.replace_all_uses(f.pooled, pooled).map_err(fail)?;
-        g.replace_all_uses(f.assign, assign).map_err(fail)?;
-        log.fired(PASS, &scope, detail);
-        changed = true;
-    }
-    if changed {
-        dce(g)?;
-    }
-    Ok(changed)
+        replace(g, PASS, f.pooled, pooled)?;
+        replace(g, PASS, f.assign, assign)?;
+        Ok(detail)
+    })
 }

@@ -17,10 +17,9 @@
 //! or is a graph output, or when the pieces do not line up.
 
 use calm_ir::fused::FusedOp;
-use calm_ir::{Graph, NodeId, Op, ValueId};
+use calm_ir::{Graph, Node, NodeId, Op, ValueId};
 
-use crate::dce::dce;
-use crate::pattern::Matcher;
+use crate::pattern::{replace, rewrite_matches, Matcher};
 use crate::pipeline::{PassError, PassLog};
 
 const PASS: &str = "fuse_route";
@@ -109,34 +108,15 @@ fn match_route(m: &Matcher, top_k_node: NodeId) -> Result<Found, String> {
 
 /// Fuses every routing that matches; returns whether anything changed.
 pub fn fuse_route(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError> {
-    let top_ks: Vec<NodeId> =
-        g.nodes.iter().filter(|(_, n)| matches!(n.op, Op::TopK { .. })).map(|(id, _)| id).collect();
-    let found: Vec<(NodeId, Result<Found, String>)> = {
-        let m = Matcher::new(g);
-        top_ks.into_iter().map(|n| (n, match_route(&m, n))).collect()
-    };
-    let mut changed = false;
-    for (top_k, found) in found {
-        let scope = g.nodes[top_k].scope.clone();
-        let f = match found {
-            Ok(f) => f,
-            Err(reason) => {
-                log.declined(PASS, &scope, reason);
-                continue;
-            }
-        };
+    let top_k = |_: &Graph, n: &Node| matches!(n.op, Op::TopK { .. });
+    rewrite_matches(g, log, PASS, top_k, match_route, |g, scope, f: Found| {
         let FusedOp::Route { top_k: k, .. } = f.op else { unreachable!() };
         let types = f.replaces.iter().map(|&v| g.value_type(v).clone()).collect();
-        let fused = g.add_node(Op::Fused(f.op), f.args, types, &scope);
+        let fused = g.add_node(Op::Fused(f.op), f.args, types, scope);
         let results = g.nodes[fused].results.clone();
         for (old, new) in f.replaces.into_iter().zip(results) {
-            g.replace_all_uses(old, new).map_err(|e| PassError::Failed { pass: PASS, message: e.to_string() })?;
+            replace(g, PASS, old, new)?;
         }
-        log.fired(PASS, &scope, format!("top-{k} routing"));
-        changed = true;
-    }
-    if changed {
-        dce(g)?;
-    }
-    Ok(changed)
+        Ok(format!("top-{k} routing"))
+    })
 }

@@ -4,6 +4,9 @@
 use calm_ir::entity::SecondaryMap;
 use calm_ir::{Dim, Graph, Node, NodeId, Op, ValueId};
 
+use crate::dce::dce;
+use crate::pipeline::{PassError, PassLog};
+
 /// A read-only view of a graph for matching.
 pub struct Matcher<'g> {
     pub g: &'g Graph,
@@ -55,4 +58,44 @@ impl<'g> Matcher<'g> {
             _ => None,
         }
     }
+}
+
+/// The frame of a pattern rewrite: every node that `candidate` selects is matched on the graph
+/// as it is; then each match is rewritten by `rewrite` (which says what it did, for the log) and
+/// each decline is logged with its reason; dead code goes at the end. Returns whether anything
+/// changed.
+pub fn rewrite_matches<T>(
+    g: &mut Graph,
+    log: &mut PassLog,
+    pass: &'static str,
+    candidate: impl Fn(&Graph, &Node) -> bool,
+    matcher: impl Fn(&Matcher, NodeId) -> Result<T, String>,
+    mut rewrite: impl FnMut(&mut Graph, &str, T) -> Result<String, PassError>,
+) -> Result<bool, PassError> {
+    let found: Vec<(NodeId, Result<T, String>)> = {
+        let m = Matcher::new(g);
+        let nodes: Vec<NodeId> = g.nodes.iter().filter(|(_, n)| candidate(g, n)).map(|(id, _)| id).collect();
+        nodes.into_iter().map(|n| (n, matcher(&m, n))).collect()
+    };
+    let mut changed = false;
+    for (n, found) in found {
+        let scope = g.nodes[n].scope.clone();
+        match found {
+            Ok(f) => {
+                let detail = rewrite(g, &scope, f)?;
+                log.fired(pass, &scope, detail);
+                changed = true;
+            }
+            Err(reason) => log.declined(pass, &scope, reason),
+        }
+    }
+    if changed {
+        dce(g)?;
+    }
+    Ok(changed)
+}
+
+/// `g.replace_all_uses(old, new)` for a pass, its failure named.
+pub fn replace(g: &mut Graph, pass: &'static str, old: ValueId, new: ValueId) -> Result<(), PassError> {
+    g.replace_all_uses(old, new).map(|_| ()).map_err(|e| PassError::Failed { pass, message: e.to_string() })
 }
