@@ -330,6 +330,7 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 *heads as u32,
                 *head_dim as u32,
                 bias_strides.is_some(),
+                (*kv_len <= attention::SHORT_KEYS as u64).then_some(*kv_len as u32),
             );
         }
         Kernel::GumbelPool {
