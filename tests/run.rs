@@ -133,6 +133,13 @@ fn fused_executor_compiles_runs_and_compares() {
     };
     assert!(count("fused") < count("unfused"), "{stdout}");
     assert!(stdout.contains("memory:"), "{stdout}");
+    // The fusion report names what fired, grouping numbered scopes.
+    let (ok, fusions, stderr) = calm(&["compile", s(&graph), "--bind", "batch=6,tokens=5", "--emit", "fusions"]);
+    assert!(ok, "{stderr}");
+    for pass in ["fuse_gumbel_pool", "fuse_attention", "fuse_route", "fuse_experts", "fuse_projections"] {
+        assert!(fusions.lines().any(|l| l.trim_start().starts_with(pass)), "{pass} missing: {fusions}");
+    }
+    assert!(fusions.contains("calm/moe/dim*/expert*/layer*/attention ("), "{fusions}");
     let (ok, plan, _) = calm(&["compile", s(&graph), "--bind", "batch=6,tokens=5", "--emit", "plan"]);
     assert!(ok);
     let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();

@@ -143,14 +143,14 @@ pub fn fuse_projections(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassEr
             g.replace_all_uses(b.out, slice).map_err(fail)?;
             start += w;
         }
-        // Named by their weights' scopes: `.../query/weight` is `query`.
-        let names: Vec<String> = branches
+        // Named by the first scope segment their weights' names differ in: `.../query/weight`
+        // is `query`, `.../mlp_s/l1/weight` is `mlp_s`.
+        let paths: Vec<Vec<&str>> = branches
             .iter()
-            .map(|b| {
-                let name = g.nodes[g.producer(b.weight)].op.param_name().unwrap_or_default();
-                name.rsplit('/').nth(1).unwrap_or(name).to_string()
-            })
+            .map(|b| g.nodes[g.producer(b.weight)].op.param_name().unwrap_or_default().split('/').collect())
             .collect();
+        let differs = (0..paths[0].len()).find(|&i| paths.iter().any(|p| p.get(i) != paths[0].get(i)));
+        let names: Vec<&str> = paths.iter().map(|p| differs.and_then(|i| p.get(i).copied()).unwrap_or("?")).collect();
         let act = activation.map(|a| format!(" and {}", a.name())).unwrap_or_default();
         log.fired(
             PASS,

@@ -108,8 +108,37 @@ fn print_fusions(log: &PassLog, fuse: bool) {
     for fired in [true, false] {
         let notes: Vec<_> = log.notes.iter().filter(|n| n.fired == fired).collect();
         println!("{} ({}):", if fired { "fired" } else { "declined" }, notes.len());
+        // Notes that differ only in numbered scopes (`expert0`, `expert1`, ...) on one line.
+        let mut groups: Vec<(&str, String, &str, Vec<&str>)> = Vec::new();
         for n in notes {
-            println!("  {:<18} {:<48} {}", n.pass, n.scope, n.detail);
+            let pattern = numbers_as_stars(&n.scope);
+            match groups.iter_mut().find(|g| g.0 == n.pass && g.1 == pattern && g.2 == n.detail) {
+                Some(g) => g.3.push(&n.scope),
+                None => groups.push((n.pass, pattern, &n.detail, vec![&n.scope])),
+            }
+        }
+        for (pass, pattern, detail, scopes) in groups {
+            let scope =
+                if scopes.len() == 1 { scopes[0].to_string() } else { format!("{pattern} ({}×)", scopes.len()) };
+            println!("  {pass:<18} {scope:<48} {detail}");
         }
     }
+}
+
+/// `calm/moe/dim0/expert3` → `calm/moe/dim*/expert*`.
+fn numbers_as_stars(scope: &str) -> String {
+    let mut out = String::with_capacity(scope.len());
+    let mut in_number = false;
+    for c in scope.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('*');
+            }
+            in_number = true;
+        } else {
+            out.push(c);
+            in_number = false;
+        }
+    }
+    out
 }
