@@ -18,7 +18,7 @@ pub enum Emit {
     Plan,
     /// Launches by kernel, modelled FLOPs and bytes, memory; before and after fusion.
     Summary,
-    /// Every CALM fusion that fired and every one that declined, with the reason.
+    /// Every pattern fusion that fired and every one that declined, with the reason.
     Fusions,
 }
 

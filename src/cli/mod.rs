@@ -117,7 +117,8 @@ pub enum Command {
         /// Sizes of the graph's symbols, e.g. `batch=64,tokens=128`.
         #[arg(long)]
         bind: Option<String>,
-        /// `summary`: launches, FLOPs and bytes before and after fusion, memory; `plan`: the plan as JSON.
+        /// `summary`: launches, FLOPs and bytes before and after fusion, memory; `plan`: the plan as JSON;
+        /// `fusions`: which fusions fired and which declined, and why.
         #[arg(long, value_enum, default_value_t = compile::Emit::Summary)]
         emit: compile::Emit,
         /// Skip the fusion passes.
