@@ -32,12 +32,22 @@ fn check_fused(g: &Graph, feeds: &BTreeMap<String, HostTensor>, tol: f64) -> Pas
 }
 
 fn check_fused_with(g: &Graph, feeds: &BTreeMap<String, HostTensor>, params: &ParamStore, tol: f64) -> PassLog {
+    check_fused_lowered(g, feeds, params, tol, &LowerOptions::default())
+}
+
+fn check_fused_lowered(
+    g: &Graph,
+    feeds: &BTreeMap<String, HostTensor>,
+    params: &ParamStore,
+    tol: f64,
+    opts: &LowerOptions,
+) -> PassLog {
     let mut fused = g.clone();
     let report = Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
     let reference = Reference::<Flex>::new(FlexDevice, FloatDType::F64);
     let want = reference.run(g, params, feeds).unwrap();
     let on_reference = reference.run(&fused, params, feeds).unwrap();
-    let plan = lower(&fused, &bind_inputs(g, feeds).unwrap(), &LowerOptions::default()).unwrap();
+    let plan = lower(&fused, &bind_inputs(g, feeds).unwrap(), opts).unwrap();
     check_memory(&plan).unwrap();
     let types = fused.outputs.iter().map(|o| fused.value_type(o.value).dtype).collect();
     let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(WgpuRuntime::client(&WgpuDevice::default()), plan, types);
@@ -468,4 +478,40 @@ fn dense_gates_decline_the_sparse_dispatch() {
     let log = check_fused(&g, &random_inputs(&g, &b, 3).unwrap(), 1e-4);
     assert_eq!(fired(&log, "fuse_experts"), 0);
     assert!(declined(&log, "fuse_experts").iter().any(|r| r.contains("router")), "{:?}", log.notes);
+}
+
+#[test]
+fn grouped_gemms_work_in_every_gemm_variant() {
+    use calm_passes::lower::GemmStrategy;
+    use calm_passes::plan::{Gemm, GemmTile, Kernel};
+    // Widths that are no multiple of 4 push the lowering off the vector GEMM onto the register
+    // one; the shared-tile GEMM (GPUs) is asked for explicitly.
+    let mut cfg = CalmConfig::preset("tiny").unwrap();
+    (cfg.width, cfg.heads, cfg.expert_ffn, cfg.experts, cfg.top_k) = (30, 3, 18, 3, 2);
+    let g = calm_models::build(&cfg, calm_models::Mode::Inference).unwrap();
+    let b = Bindings::new().with("batch", 5).with("tokens", 4);
+    let feeds = random_inputs(&g, &b, 3).unwrap();
+    let params = ParamStore::init(&g, 7);
+    for strategy in [GemmStrategy::Registers, GemmStrategy::SharedTiles(GemmTile::DEFAULT)] {
+        let opts = LowerOptions { gemm: strategy, ..LowerOptions::default() };
+        let log = check_fused_lowered(&g, &feeds, &params, 1e-4, &opts);
+        assert_eq!(fired(&log, "fuse_experts"), 1, "{:?}", log.notes);
+        let mut fused = g.clone();
+        Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+        let plan = lower(&fused, &b, &opts).unwrap();
+        let grouped: Vec<Gemm> = plan
+            .launches
+            .iter()
+            .filter_map(|l| match &l.kernel {
+                Kernel::MatMul { gemm, grouped: Some(_), .. } => Some(*gemm),
+                _ => None,
+            })
+            .collect();
+        assert!(!grouped.is_empty());
+        let expected = |g: &Gemm| match strategy {
+            GemmStrategy::Registers => matches!(g, Gemm::Registers { .. }),
+            GemmStrategy::SharedTiles(_) => matches!(g, Gemm::SharedTiles(_)),
+        };
+        assert!(grouped.iter().all(expected), "{grouped:?}");
+    }
 }
