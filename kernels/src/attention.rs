@@ -88,10 +88,8 @@ pub fn attention<F: Float>(
     let width = comptime![heads * head_dim];
     let q_base = (b * shape.q_len + i) * shape.q_stride + shape.q_offset + h * head_dim;
     let mut qv = Array::<f32>::new(comptime![head_dim as usize]);
-    let mut acc = Array::<f32>::new(comptime![head_dim as usize]);
     for d in 0..head_dim {
         qv[d as usize] = f32::cast_from(q[(q_base + d) as usize]);
-        acc[d as usize] = 0.0;
     }
     let mut bias_base = 0u32;
     if comptime![has_bias] {
@@ -122,6 +120,10 @@ pub fn attention<F: Float>(
             }
         }
         None => {
+            let mut acc = Array::<f32>::new(comptime![head_dim as usize]);
+            for d in 0..head_dim {
+                acc[d as usize] = 0.0;
+            }
             let mut max = neg_infinity();
             let mut sum = 0.0f32;
             for j in 0..shape.kv_len {

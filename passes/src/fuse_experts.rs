@@ -27,7 +27,7 @@ use calm_ir::fused::{FusedOp, EXPERT_LAYER_PARAMS};
 use calm_ir::{Dim, Graph, NodeId, Op, ValueId};
 
 use crate::dce::dce;
-use crate::pattern::Matcher;
+use crate::pattern::{add_value, replace, Matcher};
 use crate::pipeline::{PassError, PassLog};
 
 const PASS: &str = "fuse_experts";
@@ -167,15 +167,18 @@ fn match_mixture(m: &Matcher, sum_node: NodeId) -> Match<Found> {
         let mut x = m.def(mean).args[0];
         let mut stack = Vec::new();
         // Walk back through the layers until the input every expert shares.
-        while let Ok((input, layer)) = match_layer(m, x) {
-            stack.push(layer);
-            x = input;
-            if Some(x) == z || m.users[x].len() > 2 {
-                break;
+        loop {
+            match match_layer(m, x) {
+                Ok((input, layer)) => {
+                    stack.push(layer);
+                    x = input;
+                    if Some(x) == z || m.users[x].len() > 2 {
+                        break;
+                    }
+                }
+                Err(reason) if stack.is_empty() => return Err(reason),
+                Err(_) => break,
             }
-        }
-        if stack.is_empty() {
-            return Err(match_layer(m, x).err().unwrap_or_default());
         }
         stack.reverse();
         match z {
@@ -200,17 +203,6 @@ fn match_mixture(m: &Matcher, sum_node: NodeId) -> Match<Found> {
         return Err("the experts' input is not [B, K, m]".into());
     }
     Ok(Found { z, route, experts: layers, mixed: g.nodes[sum_node].results[0] })
-}
-
-/// Concatenates `parts` along axis 0 under `scope`.
-fn stack(g: &mut Graph, parts: Vec<ValueId>, scope: &str) -> Result<ValueId, PassError> {
-    let types: Vec<_> = parts.iter().map(|&p| g.value_type(p)).collect();
-    let op = Op::Concat { axis: 0 };
-    let ty = calm_ir::infer::infer(&op, &types)
-        .map_err(|e| PassError::Failed { pass: PASS, message: e.to_string() })?
-        .remove(0);
-    let n = g.add_node(op, parts, vec![ty], scope);
-    Ok(g.result(n))
 }
 
 /// Fuses every sparse-routed mixture of experts; returns whether anything changed.
@@ -292,8 +284,7 @@ pub fn fuse_experts(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError>
                 each(15),
             ];
             for parts in kinds {
-                let stacked = stack(g, parts, &scope)?;
-                args.push(stacked);
+                args.push(add_value(g, PASS, Op::Concat { axis: 0 }, parts, &scope)?);
             }
         }
         let groups = mixtures.len() as u64;
@@ -304,7 +295,7 @@ pub fn fuse_experts(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError>
         let fused = g.add_node(Op::Fused(op), args, types, &scope);
         let results = g.nodes[fused].results.clone();
         for (f, out) in mixtures.iter().zip(results) {
-            g.replace_all_uses(f.mixed, out).map_err(|e| PassError::Failed { pass: PASS, message: e.to_string() })?;
+            replace(g, PASS, f.mixed, out)?;
         }
         log.fired(
             PASS,

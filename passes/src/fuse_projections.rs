@@ -19,7 +19,7 @@ use calm_ir::fused::FusedOp;
 use calm_ir::{Graph, NodeId, Op, ValueId};
 
 use crate::dce::dce;
-use crate::pattern::Matcher;
+use crate::pattern::{add_value, replace, Matcher};
 use crate::pipeline::{PassError, PassLog};
 
 const PASS: &str = "fuse_projections";
@@ -121,26 +121,25 @@ pub fn fuse_projections(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassEr
         plans
     };
     let changed = !plans.is_empty();
-    let fail = |e: calm_ir::infer::TypeError| PassError::Failed { pass: PASS, message: e.to_string() };
     for (x, tb, branches, activation) in plans {
         let scope = common_scope(branches.iter().map(|b| b.scope.as_str()));
         let weights: Vec<ValueId> = branches.iter().map(|b| b.weight).collect();
         let biases: Vec<ValueId> = branches.iter().map(|b| b.bias).collect();
         let widths: Vec<u64> = branches.iter().map(|b| g.value_type(b.bias).shape[0].fixed().unwrap_or(0)).collect();
         let total: u64 = widths.iter().sum();
-        let weight = concat(g, &weights, if tb { 0 } else { 1 }, &scope).map_err(fail)?;
-        let bias = concat(g, &biases, 0, &scope).map_err(fail)?;
-        let mut joint =
-            add_op(g, Op::MatMul { transpose_a: false, transpose_b: tb }, vec![x, weight], &scope).map_err(fail)?;
-        joint = add_op(g, Op::Add, vec![joint, bias], &scope).map_err(fail)?;
+        let weight = add_value(g, PASS, Op::Concat { axis: if tb { 0 } else { 1 } }, weights, &scope)?;
+        let bias = add_value(g, PASS, Op::Concat { axis: 0 }, biases, &scope)?;
+        let product = Op::MatMul { transpose_a: false, transpose_b: tb };
+        let mut joint = add_value(g, PASS, product, vec![x, weight], &scope)?;
+        joint = add_value(g, PASS, Op::Add, vec![joint, bias], &scope)?;
         if let Some(op) = &activation {
-            joint = add_op(g, op.clone(), vec![joint], &scope).map_err(fail)?;
+            joint = add_value(g, PASS, op.clone(), vec![joint], &scope)?;
         }
         let axis = g.value_type(joint).rank() - 1;
         let mut start = 0;
         for (b, w) in branches.iter().zip(&widths) {
-            let slice = add_op(g, Op::Slice { axis, start, end: start + w }, vec![joint], &b.scope).map_err(fail)?;
-            g.replace_all_uses(b.out, slice).map_err(fail)?;
+            let slice = add_value(g, PASS, Op::Slice { axis, start, end: start + w }, vec![joint], &b.scope)?;
+            replace(g, PASS, b.out, slice)?;
             start += w;
         }
         // Named by the first scope segment their weights' names differ in: `.../query/weight`
@@ -162,17 +161,6 @@ pub fn fuse_projections(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassEr
         dce(g)?;
     }
     Ok(changed)
-}
-
-fn add_op(g: &mut Graph, op: Op, args: Vec<ValueId>, scope: &str) -> Result<ValueId, calm_ir::infer::TypeError> {
-    let types: Vec<_> = args.iter().map(|&a| g.value_type(a)).collect();
-    let ty = calm_ir::infer::infer(&op, &types)?.remove(0);
-    let n = g.add_node(op, args, vec![ty], scope);
-    Ok(g.result(n))
-}
-
-fn concat(g: &mut Graph, parts: &[ValueId], axis: usize, scope: &str) -> Result<ValueId, calm_ir::infer::TypeError> {
-    add_op(g, Op::Concat { axis }, parts.to_vec(), scope)
 }
 
 /// The longest scope prefix (whole segments) the scopes share.

@@ -216,8 +216,7 @@ fn param_concat(g: &Graph, n: NodeId) -> Option<Vec<&str>> {
 
 /// Rank-2 weights (parameters, and load-time concatenations of them) read only as the `B` of
 /// `A · Bᵀ` products.
-fn transposable_weights(g: &Graph) -> SecondaryMap<ValueId, bool> {
-    let users = g.users();
+fn transposable_weights(g: &Graph, users: &SecondaryMap<ValueId, Vec<NodeId>>) -> SecondaryMap<ValueId, bool> {
     let mut out: SecondaryMap<ValueId, bool> = SecondaryMap::new();
     let weights = g.nodes.iter().filter(|&(id, n)| matches!(n.op, Op::Param { .. }) || param_concat(g, id).is_some());
     for (_, node) in weights {
@@ -298,10 +297,11 @@ impl Lowering<'_> {
         self.emit_costed(n, kernel, reads, writes, cost);
     }
 
-    /// A buffer for an intermediate of a multi-launch op (no graph value holds it).
-    fn scratch(&mut self, n: NodeId, storage: Storage, len: u64, what: &str) -> u32 {
+    /// A temporary buffer no graph value holds: an intermediate of a multi-launch op, or the
+    /// placeholder of a result that is not written. `label` names it in the plan.
+    fn scratch(&mut self, storage: Storage, len: u64, label: String) -> u32 {
         let id = self.plan.buffers.len() as u32;
-        self.plan.buffers.push(Buffer { storage, len: len.max(1), role: Role::Temp, value: format!("{n}.{what}") });
+        self.plan.buffers.push(Buffer { storage, len: len.max(1), role: Role::Temp, value: label });
         id
     }
 
@@ -350,14 +350,7 @@ impl Lowering<'_> {
                 writes.push(self.new_buffer(r, Role::Temp)?);
             } else {
                 unwritten += self.g.value_type(r).size_bytes(self.bindings)?;
-                writes.push(self.plan.buffers.len() as u32);
-                let value = format!("{r} (not written)");
-                self.plan.buffers.push(Buffer {
-                    storage: Storage::of(self.g.value_type(r).dtype),
-                    len: 1,
-                    role: Role::Temp,
-                    value,
-                });
+                writes.push(self.scratch(Storage::of(self.g.value_type(r).dtype), 1, format!("{r} (not written)")));
             }
         }
         self.emit(n, kernel, reads, writes)?;
@@ -478,9 +471,9 @@ impl Lowering<'_> {
         let slots = groups * per_group;
         let rows = slots * tokens;
         let ffn = self.shape(args[params + 9])?[0] / (groups * experts);
-        let index = self.scratch(n, Storage::U32, 2 * slots, "index");
-        let slot_gate = self.scratch(n, Storage::Float, slots, "slot_gate");
-        let unit_slot = self.scratch(n, Storage::U32, slots, "unit_slot");
+        let index = self.scratch(Storage::U32, 2 * slots, format!("{n}.index"));
+        let slot_gate = self.scratch(Storage::Float, slots, format!("{n}.slot_gate"));
+        let unit_slot = self.scratch(Storage::U32, slots, format!("{n}.unit_slot"));
         for group in 0..groups {
             let (first, first_expert) = (group * per_group, group * experts);
             let dispatch = Kernel::Dispatch { units, experts, top_k, slots, first, first_expert };
@@ -491,15 +484,15 @@ impl Lowering<'_> {
         let experts = groups * experts;
         // [x, gamma, beta, index] -> [rows, m]
         let norm = |l: &mut Self, x: u32, gamma: ValueId, beta: ValueId, gather: bool, what: &str| -> u32 {
-            let out = l.scratch(n, Storage::Float, rows * m, what);
+            let out = l.scratch(Storage::Float, rows * m, format!("{n}.{what}"));
             let kernel = Kernel::LayerNorm { rows, cols: m, eps, grouped: Some(GroupedNorm { tokens, gather }) };
             let reads = vec![x, l.buf(gamma), l.buf(beta), index];
             l.emit_part(n, kernel, reads, vec![out], 8 * rows * m);
             out
         };
-        // Per slot: [tokens, k_in] rows of `a` (at `a_row`, `a_offset`) times its expert's
-        // `k_in × width` block of the stacked, transposed weight, plus its expert's bias, then
-        // `tail` (a residual read as `residual`, GELU).
+        // Per slot: its [tokens, k_in] rows of `a` times its expert's `k_in × width` block of
+        // the stacked weight, plus its expert's bias, then the residual (read at the slot itself
+        // or at its unit) and GELU where asked.
         #[allow(clippy::too_many_arguments)]
         let gemm = |l: &mut Self,
                     a: u32,
@@ -511,7 +504,7 @@ impl Lowering<'_> {
                     gelu: bool,
                     what: &str|
          -> u32 {
-            let out = l.scratch(n, Storage::Float, rows * width, what);
+            let out = l.scratch(Storage::Float, rows * width, format!("{n}.{what}"));
             let stacked = experts * width;
             let mut instrs =
                 vec![Instr::Arg { index: 0 }, Instr::Arg { index: 1 }, Instr::Binary { f: BinaryFn::Add, a: 0, b: 1 }];
@@ -561,7 +554,7 @@ impl Lowering<'_> {
             let first = layer == 0;
             let h = norm(self, x, p(0), p(1), first, "ln1");
             let qkv = gemm(self, h, m, p(2), p(3), 3 * m, None, false, "qkv");
-            let ctx = self.scratch(n, Storage::Float, rows * m, "attention");
+            let ctx = self.scratch(Storage::Float, rows * m, format!("{n}.attention"));
             let attention = Kernel::Attention {
                 batch: slots,
                 q_len: tokens,
@@ -580,7 +573,7 @@ impl Lowering<'_> {
             let up = gemm(self, h, m, p(8), p(9), ffn, None, true, "ffn1");
             x = gemm(self, up, ffn, p(10), p(11), m, Some((x1, BatchIndex::Own)), false, "x2");
         }
-        let means = self.scratch(n, Storage::Float, slots * m, "mean");
+        let means = self.scratch(Storage::Float, slots * m, format!("{n}.mean"));
         let mean = Kernel::Reduce { op: ReduceOp::Mean, outer: slots, len: tokens, inner: m };
         self.emit_part(n, mean, vec![x], vec![means], rows * m);
         for (group, &result) in node.results.iter().enumerate() {
@@ -655,14 +648,7 @@ impl Lowering<'_> {
                     let w = if i + 1 == sorted.len() {
                         self.new_buffer(out, Role::Temp)?
                     } else {
-                        let id = self.plan.buffers.len() as u32;
-                        self.plan.buffers.push(Buffer {
-                            storage: Storage::Float,
-                            len: outer * inner,
-                            role: Role::Temp,
-                            value: format!("{out}.{i}"),
-                        });
-                        id
+                        self.scratch(Storage::Float, outer * inner, format!("{out}.{i}"))
                     };
                     self.emit(n, Kernel::Reduce { op, outer, len, inner }, vec![src], vec![w])?;
                     src = w;
@@ -845,6 +831,7 @@ impl Lowering<'_> {
 /// Lowers `g` for the symbol sizes `bindings`.
 pub fn lower(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> Result<KernelPlan, LowerError> {
     verify(g)?;
+    let users = g.users();
     let mut l = Lowering {
         g,
         bindings,
@@ -862,8 +849,8 @@ pub fn lower(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> Result<Kern
             memory: MemoryPlan::default(),
         },
         buffer_of: SecondaryMap::with_default(None),
-        transposed: if opts.transpose_weights { transposable_weights(g) } else { SecondaryMap::new() },
-        users: g.users(),
+        transposed: if opts.transpose_weights { transposable_weights(g, &users) } else { SecondaryMap::new() },
+        users,
         views: SecondaryMap::with_default(None),
     };
     for n in g.topo_order().expect("verified graphs are acyclic") {

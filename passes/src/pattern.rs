@@ -95,6 +95,22 @@ pub fn rewrite_matches<T>(
     Ok(changed)
 }
 
+/// A new node of `op` on `args` under `scope`, its one result typed by the shape rules; for
+/// a pass, its failure named.
+pub fn add_value(
+    g: &mut Graph,
+    pass: &'static str,
+    op: Op,
+    args: Vec<ValueId>,
+    scope: &str,
+) -> Result<ValueId, PassError> {
+    let types: Vec<_> = args.iter().map(|&a| g.value_type(a)).collect();
+    let ty =
+        calm_ir::infer::infer(&op, &types).map_err(|e| PassError::Failed { pass, message: e.to_string() })?.remove(0);
+    let n = g.add_node(op, args, vec![ty], scope);
+    Ok(g.result(n))
+}
+
 /// `g.replace_all_uses(old, new)` for a pass, its failure named.
 pub fn replace(g: &mut Graph, pass: &'static str, old: ValueId, new: ValueId) -> Result<(), PassError> {
     g.replace_all_uses(old, new).map(|_| ()).map_err(|e| PassError::Failed { pass, message: e.to_string() })
