@@ -153,3 +153,123 @@ fn fused_executor_compiles_runs_and_compares() {
         assert!(stderr.contains("CUDA did not start") && stderr.lines().count() == 1, "{stderr}");
     }
 }
+
+/// `calm` with `CALM_HOME` set (the device-peak cache lives there).
+fn calm_at(home: &Path, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_calm")).env("CALM_HOME", home).args(args).output().expect("calm runs");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn profile_times_every_launch_and_writes_json_trace_and_roofline() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let (json_out, trace, plot) = (dir.path().join("p.json"), dir.path().join("t.json"), dir.path().join("r.svg"));
+    let args = [
+        "profile",
+        "--preset",
+        "tiny",
+        "--bind",
+        "batch=2,tokens=3",
+        "--iters",
+        "1",
+        "--device",
+        "wgpu",
+        "--json",
+        s(&json_out),
+        "--trace",
+        s(&trace),
+        "--plot",
+        s(&plot),
+    ];
+    let (ok, stdout, stderr) = calm_at(&home, &args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("peaks: FMA") && stdout.contains("measured now"), "{stdout}");
+    for peer in ["calm fused", "calm unfused", "burn wgpu (fusion)", "burn flex (cpu)"] {
+        assert!(stdout.contains(peer), "{peer} missing: {stdout}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
+    let launches = report["launches"].as_array().unwrap();
+    // As many launches as the compiled plan has, each named and timed.
+    let g = dir.path().join("g.json");
+    assert!(calm(&["build", "--preset", "tiny", "-o", s(&g)]).0);
+    let (_, plan, _) = calm(&["compile", s(&g), "--bind", "batch=2,tokens=3", "--emit", "plan"]);
+    let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(launches.len(), plan["launches"].as_array().unwrap().len());
+    for l in launches {
+        assert!(l["kernel"].is_string() && l["seconds"].as_f64().unwrap() > 0.0, "{l}");
+    }
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let events = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count();
+    assert_eq!(events, launches.len());
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    // The second run reads the cached peaks.
+    let (ok, stdout, stderr) = calm_at(
+        &home,
+        &[
+            "profile",
+            "--preset",
+            "tiny",
+            "--bind",
+            "batch=2,tokens=3",
+            "--iters",
+            "1",
+            "--no-peers",
+            "--device",
+            "wgpu",
+        ],
+    );
+    assert!(ok && stdout.contains("cached in"), "{stdout}{stderr}");
+    assert!(!stdout.contains("calm unfused"), "--no-peers: {stdout}");
+}
+
+#[test]
+fn profile_models_the_qwen_head_on_an_h200() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "profile",
+        "--preset",
+        "paper",
+        "--backbone",
+        "qwen3-32b-states",
+        "--bind",
+        "batch=64,tokens=512",
+        "--model",
+        "h200",
+    ];
+    let (ok, stdout, stderr) = calm_at(dir.path(), &args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("MODELLED, not measured"), "{stdout}");
+    let ms = |plan: &str| -> f64 {
+        let line = stdout.lines().find(|l| l.starts_with(plan)).unwrap_or_else(|| panic!("no {plan} row: {stdout}"));
+        line.split_whitespace().rev().nth(1).unwrap().parse().unwrap()
+    };
+    assert!(ms("fused") < ms("unfused"), "{stdout}");
+}
+
+#[test]
+fn compile_writes_the_cuda_source_of_every_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("g.json");
+    assert!(calm(&["build", "--preset", "tiny", "-o", s(&g)]).0);
+    let out = dir.path().join("cuda");
+    let (ok, stdout, stderr) =
+        calm(&["compile", s(&g), "--bind", "batch=2,tokens=3", "--target", "cuda", "--emit", "cuda", s(&out)]);
+    assert!(ok, "{stderr}");
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("kernels.json")).unwrap()).unwrap();
+    let kernels = index["kernels"].as_array().unwrap();
+    assert!(stdout.contains(&format!("wrote {} CUDA kernels", kernels.len())), "{stdout}");
+    for k in kernels {
+        let source = std::fs::read_to_string(out.join(format!("{}.cu", k["name"].as_str().unwrap()))).unwrap();
+        assert!(source.contains("#include <cuda_runtime.h>") && source.contains("__global__"), "{k}");
+    }
+    // CUDA output needs the CUDA target, and a folder.
+    let (ok, _, stderr) = calm(&["compile", s(&g), "--bind", "batch=2,tokens=3", "--emit", "cuda", s(&out)]);
+    assert!(!ok && stderr.contains("add --target cuda"), "{stderr}");
+    let (ok, _, stderr) = calm(&["compile", s(&g), "--bind", "batch=2,tokens=3", "--target", "cuda", "--emit", "ptx"]);
+    assert!(!ok && stderr.contains("--emit ptx needs a folder"), "{stderr}");
+}

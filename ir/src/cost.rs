@@ -50,15 +50,33 @@ fn mul(a: u64, b: u64, what: &TensorType) -> Result<u64, ShapeError> {
 
 /// The cost of node `n` of a verified graph.
 pub fn node_cost(g: &Graph, n: NodeId, bindings: &Bindings) -> Result<Cost, CostError> {
+    node_cost_stored(g, n, bindings, None)
+}
+
+/// [`node_cost`] with float values stored in `float_bytes` bytes each (the kernel plan's float
+/// type) instead of their IR type's size.
+pub fn node_cost_stored(
+    g: &Graph,
+    n: NodeId,
+    bindings: &Bindings,
+    float_bytes: Option<u64>,
+) -> Result<Cost, CostError> {
     let node = &g.nodes[n];
     let wrap = |source| CostError { node: n, op: node.op.name(), scope: node.scope.clone(), source };
     let compute = || -> Result<Cost, ShapeError> {
         let arg = |i: usize| g.value_type(node.args[i]);
         let out = g.value_type(node.results[0]);
+        let size = |t: &TensorType| -> Result<u64, ShapeError> {
+            match float_bytes {
+                Some(b) if t.dtype.is_float() => mul(t.numel(bindings)?, b, t),
+                _ => t.size_bytes(bindings),
+            }
+        };
         let sum_bytes = |values: &[crate::graph::ValueId]| -> Result<u64, ShapeError> {
-            values.iter().map(|&v| g.value_type(v)).try_fold(0u64, |acc, t| {
-                acc.checked_add(t.size_bytes(bindings)?).ok_or_else(|| ShapeError::Overflow(t.to_string()))
-            })
+            values
+                .iter()
+                .map(|&v| g.value_type(v))
+                .try_fold(0u64, |acc, t| acc.checked_add(size(t)?).ok_or_else(|| ShapeError::Overflow(t.to_string())))
         };
         let mut bytes_read = sum_bytes(&node.args)?;
         let bytes_written = sum_bytes(&node.results)?;
@@ -78,7 +96,7 @@ pub fn node_cost(g: &Graph, n: NodeId, bindings: &Bindings) -> Result<Cost, Cost
             Op::LayerNorm { .. } => mul(8, out_elems, out)?,
             Op::ReduceSum { .. } | Op::ReduceMean { .. } | Op::ReduceMax { .. } => arg(0).numel(bindings)?,
             Op::Gather { .. } => {
-                bytes_read = out.size_bytes(bindings)?.saturating_add(arg(1).size_bytes(bindings)?);
+                bytes_read = size(out)?.saturating_add(size(arg(1))?);
                 0
             }
             Op::ScatterAdd { .. } => arg(2).numel(bindings)?,

@@ -47,6 +47,25 @@ pub fn human_bytes(n: u64) -> String {
     scaled(n, 1024.0, ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"], " B")
 }
 
+/// A scope with each run of digits as `*`: `calm/moe/dim0/expert3` → `calm/moe/dim*/expert*`,
+/// so that reports can group the launches or notes of repeated blocks.
+pub fn numbers_as_stars(scope: &str) -> String {
+    let mut out = String::with_capacity(scope.len());
+    let mut in_number = false;
+    for c in scope.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('*');
+            }
+            in_number = true;
+        } else {
+            out.push(c);
+            in_number = false;
+        }
+    }
+    out
+}
+
 /// Inputs, outputs, parameter totals, op histogram and node counts per scope.
 pub fn summary(g: &Graph, scope_depth: usize) -> String {
     let mut out = String::new();

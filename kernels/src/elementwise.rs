@@ -119,7 +119,17 @@ fn coordinate(pos: u32, meta: &Array<u32>, #[comptime] rank: usize, #[comptime] 
 /// −∞ (WGSL has no literal for it).
 #[cube]
 pub fn neg_infinity() -> f32 {
-    f32::reinterpret(0xFF80_0000u32)
+    f32_from_bits(0xFF80_0000u32)
+}
+
+/// The float with these bits, for the values no literal spells (±∞, NaN). The bits are or-ed
+/// with a zero CubeCL cannot fold (`UNIT_POS_X & 0`): CubeCL 0.10's CUDA compiler emits the
+/// bitcast of a constant as `reinterpret_cast<float const&>(uint32(…))`, which NVRTC rejects
+/// (a reference to a temporary); of a variable, it is valid C++ and WGSL alike.
+#[cube]
+#[allow(clippy::erasing_op)]
+fn f32_from_bits(#[comptime] bits: u32) -> f32 {
+    f32::reinterpret(bits | (UNIT_POS_X & 0))
 }
 
 #[cube]
@@ -127,7 +137,7 @@ pub(crate) fn constant(#[comptime] bits: u32) -> f32 {
     if comptime![f32::from_bits(bits).is_finite()] {
         f32::new(comptime![f32::from_bits(bits)])
     } else {
-        f32::reinterpret(bits)
+        f32_from_bits(bits)
     }
 }
 
@@ -236,6 +246,7 @@ pub fn elementwise<F: Float>(
 }
 
 /// A device buffer argument: its handle and length in elements.
+#[derive(Clone)]
 pub struct Buf {
     pub handle: cubecl::server::Handle,
     pub len: usize,

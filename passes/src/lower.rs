@@ -3,7 +3,7 @@
 //! (the result aliases its argument's buffer); every other op maps to one kernel, or for
 //! reductions over several axes, one per axis.
 
-use calm_ir::cost::node_cost;
+use calm_ir::cost::node_cost_stored;
 use calm_ir::entity::SecondaryMap;
 use calm_ir::fused::{FusedOp, EXPERT_LAYER_PARAMS};
 use calm_ir::program::{BinaryFn, Instr, Program, UnaryFn};
@@ -37,6 +37,15 @@ pub struct LowerOptions {
     /// Store weights that are only multiplied as `x · Wᵀ` transposed, so the GEMM reads them
     /// row-major.
     pub transpose_weights: bool,
+}
+
+impl LowerOptions {
+    /// For GPUs (CUDA): GEMMs in shared-memory tiles. The register-blocked GEMMs suit lavapipe,
+    /// but their 32 × 16 accumulators per thread spill on a GPU (ptxas: 168–255 registers and
+    /// ~10 KB of spills per thread on sm_90).
+    pub fn gpu() -> Self {
+        LowerOptions { gemm: GemmStrategy::SharedTiles(crate::plan::GemmTile::DEFAULT), ..LowerOptions::default() }
+    }
 }
 
 impl Default for LowerOptions {
@@ -284,7 +293,8 @@ impl Lowering<'_> {
     }
 
     fn emit(&mut self, n: NodeId, kernel: Kernel, reads: Vec<u32>, writes: Vec<u32>) -> Result<(), LowerError> {
-        let cost = node_cost(self.g, n, self.bindings).map_err(|e| e.source)?;
+        let float_bytes = Some(self.plan.float.size_bytes());
+        let cost = node_cost_stored(self.g, n, self.bindings, float_bytes).map_err(|e| e.source)?;
         self.emit_costed(n, kernel, reads, writes, cost);
         Ok(())
     }
@@ -349,8 +359,11 @@ impl Lowering<'_> {
             if w {
                 writes.push(self.new_buffer(r, Role::Temp)?);
             } else {
-                unwritten += self.g.value_type(r).size_bytes(self.bindings)?;
-                writes.push(self.scratch(Storage::of(self.g.value_type(r).dtype), 1, format!("{r} (not written)")));
+                // As the cost model counts it: floats at the plan's float size.
+                let t = self.g.value_type(r);
+                let size = if t.dtype.is_float() { self.plan.float.size_bytes() } else { t.dtype.size_bytes() };
+                unwritten += t.numel(self.bindings)? * size;
+                writes.push(self.scratch(Storage::of(t.dtype), 1, format!("{r} (not written)")));
             }
         }
         self.emit(n, kernel, reads, writes)?;

@@ -19,7 +19,8 @@ pub fn run(gemm: &str, head: &str, iters: usize, json: Option<&Path>) -> Result<
     let bindings: Bindings = head.parse()?;
     let Device::Wgpu(client) = Device::open(DeviceChoice::Wgpu)? else { unreachable!("asked for wgpu") };
     let device = Device::Wgpu(client.clone()).name();
-    let (peak_flops, peak_bw) = bench::device_peaks(&client, iters);
+    let peaks = calm_runtime::profile::peaks::measure(&client, iters);
+    let (peak_flops, peak_bw) = (peaks.fma_gflops, peaks.copy_gbps);
     println!("device: {device}");
     println!("peaks: FMA {peak_flops:.1} GFLOP/s, copy {peak_bw:.1} GB/s (calm_kernels::peak)\n");
     println!("linear + ReLU, {m}x{k} by {k}x{n}, f32 (median of {iters}):");

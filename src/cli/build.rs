@@ -1,6 +1,8 @@
 //! `calm build`: the CALM graph from a preset or config; `calm preset`: a preset as TOML.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use calm_ir::Graph;
 
 use calm_ir::text::group_digits;
 use calm_models::{build, Backbone, CalmConfig, Mode};
@@ -8,46 +10,68 @@ use calm_passes::{ablate_all, Ablation};
 
 use super::error::{write_graph, CliError};
 
-pub struct Args {
+/// Where a CALM graph comes from: a preset or config, a backbone, the mode and ablations.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GraphSource {
+    /// Built-in config: `paper` (the spec's defaults) or `tiny` (small sizes for quick runs).
+    #[arg(long, conflicts_with = "config", default_value = "paper")]
     pub preset: String,
+    /// Config file (TOML, or JSON by extension); fields it omits keep the paper defaults.
+    #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Backbone: `states` (hidden states are an input), `minilm-l6` (token ids in, the encoder
+    /// in the graph) or `qwen3-32b-states` (states input of width 5120).
+    #[arg(long)]
     pub backbone: Option<String>,
+    /// Build the training graph: labels, temperature and random keys in; every loss term out.
+    #[arg(long)]
     pub train: bool,
+    /// Ablations to apply after building, comma-separated (see `calm ablations`).
+    #[arg(long)]
     pub variant: Option<String>,
-    pub output: PathBuf,
 }
 
-pub fn run(args: Args) -> Result<(), CliError> {
-    let (mut config, source) = match &args.config {
-        Some(path) => (CalmConfig::from_file(path)?, path.display().to_string()),
-        None => (CalmConfig::preset(&args.preset)?, format!("preset {}", args.preset)),
-    };
-    if let Some(name) = &args.backbone {
-        config.backbone = Backbone::parse(name)?;
-    }
-    let mode = if args.train { Mode::Training } else { Mode::Inference };
-    // Check the variant names before the (longer) build.
-    let ablations = Ablation::parse_list(args.variant.as_deref().unwrap_or(""))?;
-    let mut g = build(&config, mode)?;
-    let mut applied = Vec::new();
-    for a in ablations {
-        if mode == Mode::Inference && a.training_only() {
-            eprintln!(
-                "calm: note: `{}` changes only the training graph; the inference graph is the full model's",
-                a.name()
-            );
-            continue;
+impl GraphSource {
+    /// Builds the graph; also returns a description (`preset paper inference graph without ...`).
+    pub fn build(&self) -> Result<(Graph, String), CliError> {
+        let (mut config, source) = match &self.config {
+            Some(path) => (CalmConfig::from_file(path)?, path.display().to_string()),
+            None => (CalmConfig::preset(&self.preset)?, format!("preset {}", self.preset)),
+        };
+        if let Some(name) = &self.backbone {
+            config.backbone = Backbone::parse(name)?;
         }
-        ablate_all(&mut g, &[a])?;
-        applied.push(a.name());
+        let mode = if self.train { Mode::Training } else { Mode::Inference };
+        // Check the variant names before the (longer) build.
+        let ablations = Ablation::parse_list(self.variant.as_deref().unwrap_or(""))?;
+        let mut g = build(&config, mode)?;
+        let mut applied = Vec::new();
+        for a in ablations {
+            if mode == Mode::Inference && a.training_only() {
+                eprintln!(
+                    "calm: note: `{}` changes only the training graph; the inference graph is the full model's",
+                    a.name()
+                );
+                continue;
+            }
+            ablate_all(&mut g, &[a])?;
+            applied.push(a.name());
+        }
+        let description = format!(
+            "{source} {} graph{}",
+            if self.train { "training" } else { "inference" },
+            if applied.is_empty() { String::new() } else { format!(" without {}", applied.join(", ")) },
+        );
+        Ok((g, description))
     }
-    write_graph(&g, &args.output)?;
+}
+
+pub fn run(source: &GraphSource, output: &Path) -> Result<(), CliError> {
+    let (g, description) = source.build()?;
+    write_graph(&g, output)?;
     println!(
-        "wrote {}: {} {} graph{}, {} nodes, {} parameters",
-        args.output.display(),
-        source,
-        if args.train { "training" } else { "inference" },
-        if applied.is_empty() { String::new() } else { format!(" without {}", applied.join(", ")) },
+        "wrote {}: {description}, {} nodes, {} parameters",
+        output.display(),
         g.nodes.len(),
         group_digits(g.param_count())
     );

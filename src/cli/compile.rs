@@ -1,7 +1,7 @@
 //! `calm compile GRAPH --bind ... --emit plan|summary`: the kernel plan of a graph.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 
 use calm_ir::text::{group_digits, human_bytes, human_count};
 use calm_ir::Bindings;
@@ -10,9 +10,11 @@ use calm_passes::lower::LowerOptions;
 use calm_passes::plan::{FloatType, KernelPlan};
 use calm_passes::PassLog;
 
-use super::error::{read_graph, CliError};
+use super::cuda;
+use super::error::{read_graph, CliError, OtherError};
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+/// What `calm compile` prints or writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Emit {
     /// The whole plan as JSON.
     Plan,
@@ -20,6 +22,67 @@ pub enum Emit {
     Summary,
     /// Every pattern fusion that fired and every one that declined, with the reason.
     Fusions,
+    /// The CUDA C++ of every kernel, one file each, into a folder.
+    Cuda(PathBuf),
+    /// The CUDA C++ and its sm_90 PTX (NVRTC), with ptxas's registers, shared memory and spills.
+    Ptx(PathBuf),
+}
+
+impl Emit {
+    fn parse(values: &[String]) -> Result<Emit, OtherError> {
+        let dir = |what: &str| match values.get(1) {
+            Some(d) => Ok(PathBuf::from(d)),
+            None => Err(OtherError(format!("--emit {what} needs a folder: --emit {what} DIR"))),
+        };
+        let no_dir = |e: Emit| match values.get(1) {
+            Some(d) => {
+                Err(OtherError(format!("--emit {}: unexpected `{d}` (only cuda and ptx write a folder)", values[0])))
+            }
+            None => Ok(e),
+        };
+        match values.first().map(String::as_str) {
+            Some("summary") | None => no_dir(Emit::Summary),
+            Some("plan") => no_dir(Emit::Plan),
+            Some("fusions") => no_dir(Emit::Fusions),
+            Some("cuda") => Ok(Emit::Cuda(dir("cuda")?)),
+            Some("ptx") => Ok(Emit::Ptx(dir("ptx")?)),
+            Some(other) => {
+                Err(OtherError(format!("--emit `{other}`: expected summary, plan, fusions, cuda DIR or ptx DIR")))
+            }
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Vulkan through wgpu (WGSL).
+    Wgpu,
+    /// CUDA, Hopper (sm_90): CUDA C++ by CubeCL's CUDA compiler.
+    Cuda,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Graph file (calm-ir/1 JSON).
+    pub file: PathBuf,
+    /// Sizes of the graph's symbols, e.g. `batch=64,tokens=128`.
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// `summary`: launches, FLOPs and bytes before and after fusion, memory; `plan`: the plan as
+    /// JSON; `fusions`: which fusions fired and which declined, and why; `cuda DIR` (with
+    /// --target cuda): the CUDA C++ of every kernel into DIR; `ptx DIR`: that, compiled to sm_90
+    /// PTX by NVRTC, with each kernel's registers, shared memory and spills.
+    #[arg(long, num_args = 1..=2, value_names = ["WHAT", "DIR"], default_value = "summary")]
+    pub emit: Vec<String>,
+    /// The device the kernels are generated for.
+    #[arg(long, value_enum, default_value_t = Target::Wgpu)]
+    pub target: Target,
+    /// Skip the fusion passes.
+    #[arg(long)]
+    pub no_fuse: bool,
+    /// Element type of float buffers on the device.
+    #[arg(long, value_enum, default_value_t = Float::F32)]
+    pub float: Float,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,11 +110,23 @@ fn totals(plan: &KernelPlan) -> (usize, u64, u64) {
     (plan.launches.len(), flops, bytes)
 }
 
-pub fn run(file: &Path, bind: &str, emit: Emit, fuse: bool, float: Float) -> Result<(), CliError> {
+pub fn run(args: Args) -> Result<(), CliError> {
+    let emit = Emit::parse(&args.emit)?;
+    if matches!(emit, Emit::Cuda(_) | Emit::Ptx(_)) && args.target != Target::Cuda {
+        return Err(OtherError("--emit cuda and --emit ptx generate CUDA: add --target cuda".into()).into());
+    }
+    if args.float == Float::Bf16 && args.target != Target::Cuda {
+        return Err(OtherError("--float bf16 needs --target cuda (WGSL has no bf16)".into()).into());
+    }
+    let (file, fuse, float) = (args.file.as_path(), !args.no_fuse, args.float);
     let g = read_graph(file)?;
-    let bindings: Bindings = bind.parse()?;
+    let bindings: Bindings = args.bind.as_deref().unwrap_or("").parse()?;
     super::stats::check_bound(&g, &bindings, file)?;
-    let opts = LowerOptions { float: float.plan_type(), ..LowerOptions::default() };
+    let base = match args.target {
+        Target::Wgpu => LowerOptions::default(),
+        Target::Cuda => LowerOptions::gpu(),
+    };
+    let opts = LowerOptions { float: float.plan_type(), ..base };
     let compiled = compile(&g, &bindings, fuse, &opts)?;
     let plan = compiled.plan;
     match emit {
@@ -63,6 +138,8 @@ pub fn run(file: &Path, bind: &str, emit: Emit, fuse: bool, float: Float) -> Res
             print_fusions(&compiled.log, fuse);
             return Ok(());
         }
+        Emit::Cuda(dir) => return cuda::write_sources(&plan, &dir, false),
+        Emit::Ptx(dir) => return cuda::write_sources(&plan, &dir, true),
         Emit::Summary => {}
     }
     let unfused = compile(&g, &bindings, false, &opts)?.plan;
@@ -111,7 +188,7 @@ fn print_fusions(log: &PassLog, fuse: bool) {
         // Notes that differ only in numbered scopes (`expert0`, `expert1`, ...) on one line.
         let mut groups: Vec<(&str, String, &str, Vec<&str>)> = Vec::new();
         for n in notes {
-            let pattern = numbers_as_stars(&n.scope);
+            let pattern = calm_ir::text::numbers_as_stars(&n.scope);
             match groups.iter_mut().find(|g| g.0 == n.pass && g.1 == pattern && g.2 == n.detail) {
                 Some(g) => g.3.push(&n.scope),
                 None => groups.push((n.pass, pattern, &n.detail, vec![&n.scope])),
@@ -123,22 +200,4 @@ fn print_fusions(log: &PassLog, fuse: bool) {
             println!("  {pass:<18} {scope:<48} {detail}");
         }
     }
-}
-
-/// `calm/moe/dim0/expert3` → `calm/moe/dim*/expert*`.
-fn numbers_as_stars(scope: &str) -> String {
-    let mut out = String::with_capacity(scope.len());
-    let mut in_number = false;
-    for c in scope.chars() {
-        if c.is_ascii_digit() {
-            if !in_number {
-                out.push('*');
-            }
-            in_number = true;
-        } else {
-            out.push(c);
-            in_number = false;
-        }
-    }
-    out
 }

@@ -40,6 +40,8 @@ pub enum CliError {
     #[error("{0}")]
     Select(#[from] calm_runtime::device::select::SelectError),
     #[error("{0}")]
+    Profile(#[from] calm_runtime::profile::ProfileError),
+    #[error("{0}")]
     Other(#[from] OtherError),
 }
 

@@ -5,8 +5,10 @@ mod bench;
 mod build;
 mod check;
 mod compile;
+mod cuda;
 mod diff;
 mod error;
+mod profile;
 mod run;
 mod sample;
 mod show;
@@ -64,22 +66,8 @@ pub enum Command {
     },
     /// Build the CALM graph from a preset or config file (inference graph, or --train).
     Build {
-        /// Built-in config: `paper` (the spec's defaults) or `tiny` (small sizes for quick runs).
-        #[arg(long, conflicts_with = "config", default_value = "paper")]
-        preset: String,
-        /// Config file (TOML, or JSON by extension); fields it omits keep the paper defaults.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Backbone: `states` (hidden states are an input), `minilm-l6` (token ids in, the encoder
-        /// in the graph) or `qwen3-32b-states` (states input of width 5120).
-        #[arg(long)]
-        backbone: Option<String>,
-        /// Build the training graph: labels, temperature and random keys in; every loss term out.
-        #[arg(long)]
-        train: bool,
-        /// Ablations to apply after building, comma-separated (see `calm ablations`).
-        #[arg(long)]
-        variant: Option<String>,
+        #[command(flatten)]
+        source: build::GraphSource,
         /// Where to write the graph.
         #[arg(short, long)]
         output: PathBuf,
@@ -111,23 +99,7 @@ pub enum Command {
         params: bool,
     },
     /// Compile a graph to a kernel plan for given symbol sizes: fusion passes, lowering, memory plan.
-    Compile {
-        /// Graph file (calm-ir/1 JSON).
-        file: PathBuf,
-        /// Sizes of the graph's symbols, e.g. `batch=64,tokens=128`.
-        #[arg(long)]
-        bind: Option<String>,
-        /// `summary`: launches, FLOPs and bytes before and after fusion, memory; `plan`: the plan as JSON;
-        /// `fusions`: which fusions fired and which declined, and why.
-        #[arg(long, value_enum, default_value_t = compile::Emit::Summary)]
-        emit: compile::Emit,
-        /// Skip the fusion passes.
-        #[arg(long)]
-        no_fuse: bool,
-        /// Element type of float buffers on the device.
-        #[arg(long, value_enum, default_value_t = compile::Float::F32)]
-        float: compile::Float,
-    },
+    Compile(compile::Args),
     /// Run a graph and summarise each output: on a device (compiled, fused kernels) when one
     /// starts, else on the reference executor.
     ///
@@ -151,6 +123,14 @@ pub enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Time every launch of the fused plan on the device, against the cost model and the
+    /// device's measured ceilings (a roofline), beside calm unfused, Burn's fusion engine and
+    /// Burn Flex in the same run. `--model h200` gives modelled times instead, with no device.
+    ///
+    /// The device's peaks are measured once and cached in $CALM_HOME/device-peaks.json
+    /// (default ~/.cache/calm). Outputs: a table per kernel and scope pattern (--all: per
+    /// launch), --json, --trace (Chrome trace for Perfetto), --plot (roofline SVG).
+    Profile(profile::Args),
     /// Print a preset config as TOML, to start a config file from.
     Preset {
         /// `paper` or `tiny`.
@@ -171,18 +151,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Check { file } => check::run(&file),
         Command::Show { file, format, depth } => show::run(&file, format, depth),
         Command::Stats { file, bind, depth, json } => stats::run(&file, bind.as_deref().unwrap_or(""), depth, json),
-        Command::Build { preset, config, backbone, train, variant, output } => {
-            build::run(build::Args { preset, config, backbone, train, variant, output })
-        }
+        Command::Build { source, output } => build::run(&source, &output),
         Command::Ablate { file, drop, output } => ablate::run(&file, &drop, &output),
         Command::Ablations => ablate::list(),
         Command::Diff { a, b, depth, params } => diff::run(&a, &b, depth, params),
         Command::Preset { name } => build::preset(&name),
         Command::Bench { gemm, head, iters, json } => bench::run(&gemm, &head, iters, json.as_deref()),
-        Command::Compile { file, bind, emit, no_fuse, float } => {
-            compile::run(&file, bind.as_deref().unwrap_or(""), emit, !no_fuse, float)
-        }
+        Command::Compile(args) => compile::run(args),
         Command::Run(args) => run::run(args),
+        Command::Profile(args) => profile::run(args),
         Command::Sample { output } => sample::run(&output),
     }
 }

@@ -107,7 +107,7 @@ fn fused(
     inputs: &Outputs,
 ) -> Result<(Outputs, String), CliError> {
     let bindings = bind_inputs(g, inputs)?;
-    let opts = LowerOptions { float: args.float.plan_type(), ..LowerOptions::default() };
+    let opts = LowerOptions { float: args.float.plan_type(), ..device.lower_options() };
     let calm_passes::compile::Compiled { graph: compiled, plan, .. } = compile(g, &bindings, !args.no_fuse, &opts)?;
     let launches = plan.launches.len();
     let out = device.run(&compiled, plan, params, inputs)?;

@@ -30,6 +30,18 @@ pub enum DeviceError {
     DType { what: &'static str, name: String, found: &'static str, expected: Storage },
     #[error("reading from the device failed: {0}")]
     Read(String),
+    #[error("profiling a launch failed: {0}")]
+    Profile(String),
+}
+
+/// Which clock timed a launch.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Timer {
+    /// The device's timestamps around the kernel alone.
+    Device,
+    /// The host clock around the launch and a synchronisation (includes launch overhead).
+    Host,
 }
 
 /// Element types a plan's floats can be stored in.
@@ -209,6 +221,18 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
         Ok(())
     }
 
+    /// Gives every input and parameter buffer that holds no upload uninitialised device
+    /// memory, so that the plan can be launched without values: for runtimes that compile
+    /// instead of running ([`crate::cuda_target`]).
+    pub fn allocate_unloaded(&mut self) {
+        for (b, buf) in self.plan.buffers.iter().enumerate() {
+            if buf.role != Role::Temp && !self.pinned.contains_key(&(b as u32)) {
+                let bytes = buf.len.max(1) * buf.storage.size_bytes(self.plan.float);
+                self.pinned.insert(b as u32, self.client.empty(bytes as usize));
+            }
+        }
+    }
+
     /// The device handle and length of a buffer.
     fn buf(&self, b: u32) -> Buf {
         let len = self.plan.buffers[b as usize].len as usize;
@@ -232,12 +256,14 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
         }
     }
 
-    /// Runs each launch alone, waiting for the device after it, and returns the host-clock time
-    /// of each (inputs must be uploaded by a previous [`run`](Self::run)).
-    pub fn time_launches(&self) -> Vec<std::time::Duration> {
-        let sync = || cubecl::future::block_on(self.client.sync()).expect("device sync");
-        sync();
-        self.plan
+    /// Runs each launch alone under the runtime's profiler and returns its time and whether
+    /// the device's own timer measured it (timestamp queries) or the host clock around a
+    /// synchronisation (runtimes without them). Inputs must be uploaded by a previous
+    /// [`run`](Self::run).
+    pub fn profile_launches(&self) -> Result<(Vec<std::time::Duration>, Timer), DeviceError> {
+        let mut timer = Timer::Device;
+        let times = self
+            .plan
             .launches
             .iter()
             .zip(&self.metas)
@@ -246,12 +272,20 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
                     l.reads.iter().map(|&b| (self.plan.buffers[b as usize].storage, self.buf(b))).collect();
                 let writes: Vec<(Storage, Buf)> =
                     l.writes.iter().map(|&b| (self.plan.buffers[b as usize].storage, self.buf(b))).collect();
-                let t = std::time::Instant::now();
-                launch::launch::<R, F>(&self.client, l, &reads, &writes, meta.as_ref());
-                sync();
-                t.elapsed()
+                let client = self.client.clone();
+                let l = l.clone();
+                let meta = meta.clone();
+                let ((), duration) = self
+                    .client
+                    .profile(move || launch::launch::<R, F>(&client, &l, &reads, &writes, meta.as_ref()), "launch")
+                    .map_err(|e| DeviceError::Profile(format!("{e:?}")))?;
+                if duration.timing_method() == cubecl::profile::TimingMethod::System {
+                    timer = Timer::Host;
+                }
+                Ok(cubecl::future::block_on(duration.resolve()).duration())
             })
-            .collect()
+            .collect::<Result<Vec<_>, DeviceError>>()?;
+        Ok((times, timer))
     }
 
     /// Runs the plan on `inputs` and reads every output back.

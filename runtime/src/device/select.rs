@@ -69,10 +69,19 @@ impl Device {
         }
     }
 
+    /// How to lower plans for this device: GPU GEMM tiles on CUDA, register blocking on Vulkan
+    /// (where the only device here is lavapipe, on the CPU).
+    pub fn lower_options(&self) -> calm_passes::lower::LowerOptions {
+        match self {
+            Device::Wgpu(_) => calm_passes::lower::LowerOptions::default(),
+            Device::Cuda(_) => calm_passes::lower::LowerOptions::gpu(),
+        }
+    }
+
     /// A name for reports: the runtime and the adapter.
     pub fn name(&self) -> String {
         match self {
-            Device::Wgpu(c) => format!("wgpu ({})", WgpuRuntime::name(c)),
+            Device::Wgpu(c) => format!("{} ({})", WgpuRuntime::name(c), vulkan_adapters()),
             Device::Cuda(c) => format!("cuda ({})", CudaRuntime::name(c)),
         }
     }
@@ -109,6 +118,27 @@ impl Device {
                 Err(SelectError::Float(FloatType::Bf16, "WGSL has no bf16; use --float f32 or f16".into()).into())
             }
         }
+    }
+}
+
+/// The names and drivers of the Vulkan adapters (`llvmpipe (LLVM 15.0.6, 256 bits), Mesa
+/// 22.3.6`): what identifies the device behind wgpu's default choice in reports and caches.
+fn vulkan_adapters() -> String {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::VULKAN,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let names: Vec<String> = cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN))
+        .iter()
+        .map(|a| {
+            let info = a.get_info();
+            format!("{}, {} {}", info.name, info.driver, info.driver_info)
+        })
+        .collect();
+    if names.is_empty() {
+        "no Vulkan adapter".into()
+    } else {
+        names.join("; ")
     }
 }
 

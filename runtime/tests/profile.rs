@@ -1,0 +1,215 @@
+//! The profiler: its FLOP and byte counts against hand-computed values for a GEMM and each
+//! fused kernel, device timing, the modelled roofline time, the trace; and the CUDA target:
+//! every launch's kernel as CUDA C++ and, where NVRTC is installed, compiled for sm_90.
+
+use calm_ir::{nn, shape, Bindings, DType, GraphBuilder};
+use calm_models::{build, CalmConfig, Mode};
+use calm_passes::compile::compile;
+use calm_passes::lower::LowerOptions;
+use calm_passes::plan::FloatType;
+use calm_runtime::cuda_target::cuda_sources;
+use calm_runtime::cuda_target::nvrtc::{Nvrtc, Toolkit};
+use calm_runtime::device::DeviceExecutor;
+use calm_runtime::inputs::random_inputs;
+use calm_runtime::params::ParamStore;
+use calm_runtime::profile::{self, Ceilings, LaunchProfile, H200};
+use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+use cubecl::Runtime;
+
+/// Profiles `g` on lavapipe (one timed round): one profile per launch.
+fn profiled(g: &calm_ir::Graph, bindings: &Bindings) -> Vec<LaunchProfile> {
+    let plan = compile(g, bindings, true, &LowerOptions::default()).unwrap().plan;
+    let client = WgpuRuntime::client(&WgpuDevice::default());
+    let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
+    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(client, plan, types);
+    exec.load_params(&ParamStore::init(g, 1)).unwrap();
+    exec.run(&random_inputs(g, bindings, 1).unwrap()).unwrap();
+    let (launches, _) = profile::profile_plan(&exec, 1).unwrap();
+    assert_eq!(launches.len(), exec.plan().launches.len());
+    for l in &launches {
+        assert!(l.seconds > 0.0 && l.min_seconds <= l.seconds, "launch {} ({}) timed {l:?}", l.index, l.kernel);
+    }
+    launches
+}
+
+fn find<'a>(launches: &'a [LaunchProfile], kernel: &str, scope: &str) -> &'a LaunchProfile {
+    launches
+        .iter()
+        .find(|l| l.kernel == kernel && l.scope.starts_with(scope))
+        .unwrap_or_else(|| panic!("no `{kernel}` launch at {scope}"))
+}
+
+#[test]
+fn gemm_counts_are_the_hand_values() {
+    let (m, k, n) = (7u64, 33u64, 130u64);
+    let mut b = GraphBuilder::new("gemm");
+    let x = b.input("x", DType::F32, shape![m, k]).unwrap();
+    let y = nn::linear(&mut b, "lin", x, n).unwrap();
+    let y = b.relu(y).unwrap();
+    b.output("y", y);
+    let g = b.finish().unwrap();
+    let launches = profiled(&g, &Bindings::new());
+    assert_eq!(launches.len(), 1, "one fused matmul + bias + relu");
+    let l = &launches[0];
+    // 2mkn for the product, then per output a bias add and a max with 0.
+    assert_eq!(l.flops, 2 * m * k * n + 2 * m * n);
+    // x, W and b read once, y written once, 4 bytes each.
+    assert_eq!(l.bytes, 4 * (m * k + k * n + n + m * n));
+    let c = Ceilings { flops_per_s: 1e9, bytes_per_s: 1e9 };
+    assert!((l.share_of_peak(&c) - c.floor_seconds(l.flops, l.bytes) / l.seconds).abs() < 1e-12);
+}
+
+#[test]
+fn fused_kernel_counts_are_the_hand_values() {
+    let c = CalmConfig::preset("tiny").unwrap();
+    let g = build(&c, Mode::Inference).unwrap();
+    let (b, t) = (3u64, 5u64);
+    let launches = profiled(&g, &"batch=3,tokens=5".parse().unwrap());
+    let (d, h, kk, heads) = (c.width, c.cluster_hidden, c.clusters, c.heads);
+
+    // Gumbel pool: per assignment element (b·t·K) the logit (2h), noise, softmax and mask (11)
+    // and its share of the pooled sums (2d). Reads the hidden layer, W, b, the stream X, the
+    // mask and the key; writes the pooled clusters and the assignment (an output).
+    let pool = find(&launches, "gumbel_pool", "calm/identity_pool/cluster_l");
+    assert_eq!(pool.flops, b * t * kk * (2 * h + 2 * d + 11));
+    assert_eq!(pool.bytes, 4 * (b * t * h + h * kk + kk + b * t * d + b * t + 1) + 4 * (b * kk * d + b * t * kk));
+
+    // Cross-attention, K explicit clusters attending to K latent ones: per query row (b·K) and
+    // key (K), scores and weighted values (4d) and the softmax (5 per head); q, k, v read.
+    let att = find(&launches, "attention", "calm/identity_pool/cross_attention");
+    assert_eq!(att.flops, b * kk * kk * (4 * d + 5 * heads));
+    assert_eq!(att.bytes, 4 * (3 * b * kk * d) + 4 * (b * kk * d));
+
+    // Routing of one dimension's units (b of them) over E experts: logits (2d per
+    // probability), softmax (5) and top-k (k); reads z, W, b; writes the gates and the choice.
+    let (e, top_k) = (c.experts, c.top_k);
+    let route = find(&launches, "route", "calm/moe/dim0");
+    assert_eq!(route.flops, b * e * (2 * d + 5 + top_k));
+    assert_eq!(route.bytes, 4 * (b * d + d * e + e) + 4 * (2 * b * e));
+
+    // The experts' first grouped GEMM (q, k, v of every routed unit's K tokens at once): one
+    // unit slot per (unit, dimension, choice), each a K × d by d × 3d product.
+    let slots = b * c.dimensions * top_k;
+    let qkv = find(&launches, "matmul+epilogue", "calm/moe");
+    assert_eq!(qkv.flops, 2 * kk * d * (3 * d) * slots);
+}
+
+#[test]
+fn modelled_time_is_the_roofline_floor_plus_the_launch_overhead() {
+    // 4096³ in bf16 on an H200: compute-bound (1.37e11 FLOPs at 790 TFLOP/s = 174 µs; 100 MB
+    // at 4.3 TB/s = 23 µs), plus 3 µs to launch.
+    let n = 4096u64;
+    let mut b = GraphBuilder::new("gemm");
+    let x = b.input("x", DType::F32, shape![n, n]).unwrap();
+    let y = nn::linear(&mut b, "lin", x, n).unwrap();
+    b.output("y", y);
+    let g = b.finish().unwrap();
+    let opts = LowerOptions { float: FloatType::Bf16, ..LowerOptions::gpu() };
+    let plan = compile(&g, &Bindings::new(), true, &opts).unwrap().plan;
+    let flops = 2 * n * n * n + n * n;
+    let bytes = 2 * (3 * n * n + n);
+    assert_eq!(
+        (plan.launches[0].cost.flops, plan.launches[0].cost.bytes_read + plan.launches[0].cost.bytes_written),
+        (flops, bytes)
+    );
+    let t = profile::modelled_seconds(&plan, &H200, profile::CUDA_LAUNCH_OVERHEAD_S);
+    let want = flops as f64 / 790e12 + 3e-6;
+    assert!((t[0] - want).abs() < 1e-12, "{} vs {want}", t[0]);
+    assert_eq!(H200.bound(flops, bytes), profile::Bound::Compute);
+}
+
+#[test]
+fn the_trace_names_every_launch() {
+    let c = CalmConfig::preset("tiny").unwrap();
+    let g = build(&c, Mode::Inference).unwrap();
+    let launches = profiled(&g, &"batch=2,tokens=3".parse().unwrap());
+    let ceilings = Ceilings { flops_per_s: 50e9, bytes_per_s: 20e9 };
+    let trace = profile::chrome_trace("lavapipe", calm_runtime::device::Timer::Device, &launches, &ceilings);
+    let text = serde_json::to_string(&trace).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let events: Vec<&serde_json::Value> =
+        parsed["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").collect();
+    assert_eq!(events.len(), launches.len());
+    let mut end = 0.0;
+    for (e, l) in events.iter().zip(&launches) {
+        assert_eq!(e["name"], format!("{} {}", l.kernel, l.scope));
+        assert_eq!(e["args"]["launch"], l.index);
+        // Back to back, in plan order.
+        assert!((e["ts"].as_f64().unwrap() - end).abs() < 1e-6);
+        end += e["dur"].as_f64().unwrap();
+    }
+    let groups = profile::group(
+        profile::launch_keys(
+            &compile(&g, &"batch=2,tokens=3".parse().unwrap(), true, &LowerOptions::default()).unwrap().plan,
+        ),
+        launches.iter().map(|l| l.seconds),
+    );
+    assert_eq!(groups.iter().map(|g| g.launches).sum::<usize>(), launches.len());
+    let svg = profile::roofline_svg("tiny", &groups, &ceilings);
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    // A point per group with FLOPs, and one legend mark per kernel among them.
+    let plotted: Vec<_> = groups.iter().filter(|g| g.flops > 0 && g.bytes > 0).collect();
+    let mut kernels: Vec<&str> = plotted.iter().map(|g| g.kernel.as_str()).collect();
+    kernels.sort();
+    kernels.dedup();
+    assert_eq!(svg.matches("<circle").count(), plotted.len() + kernels.len());
+}
+
+fn paper_plan(float: FloatType) -> calm_passes::plan::KernelPlan {
+    let g = build(&CalmConfig::preset("paper").unwrap(), Mode::Inference).unwrap();
+    let opts = LowerOptions { float, ..LowerOptions::gpu() };
+    compile(&g, &"batch=3,tokens=7".parse().unwrap(), true, &opts).unwrap().plan
+}
+
+#[test]
+fn every_launch_of_the_paper_plan_has_cuda_source() {
+    for float in [FloatType::F32, FloatType::Bf16] {
+        let plan = paper_plan(float);
+        let kernels = cuda_sources(&plan).unwrap();
+        let mut covered: Vec<usize> = kernels.iter().flat_map(|k| k.launches.clone()).collect();
+        covered.sort();
+        assert_eq!(covered, (0..plan.launches.len()).collect::<Vec<_>>(), "each launch exactly once");
+        for k in &kernels {
+            assert!(
+                k.source.contains("extern \"C\" __global__ void") && k.source.contains(&format!("{} (", k.entry)),
+                "{}: not a CUDA kernel:\n{}",
+                k.name,
+                &k.source[..k.source.len().min(400)]
+            );
+            for &l in &k.launches {
+                assert_eq!(plan.launches[l].kernel.name(), k.plan_kernel);
+                assert_eq!(plan.launches[l].cube_dim, k.cube_dim, "{}: launched as compiled", k.name);
+            }
+        }
+        if float == FloatType::Bf16 {
+            assert!(kernels.iter().any(|k| k.source.contains("__nv_bfloat16")), "bf16 buffers are bf16 in CUDA");
+        }
+    }
+}
+
+/// With NVRTC installed (`scripts/fetch-cuda`, which `scripts/test` runs and which sets
+/// CALM_REQUIRE_NVRTC), every kernel of the paper plan compiles for sm_90 without spills.
+#[test]
+fn the_paper_plan_compiles_for_sm_90_without_spills() {
+    let toolkit = match Toolkit::find() {
+        Ok(t) => t,
+        Err(e) if std::env::var_os("CALM_REQUIRE_NVRTC").is_some() => panic!("{e}"),
+        Err(e) => {
+            eprintln!("SKIPPED the_paper_plan_compiles_for_sm_90_without_spills: {e}");
+            return;
+        }
+    };
+    let nvrtc = Nvrtc::load(&toolkit).unwrap();
+    for float in [FloatType::F32, FloatType::Bf16] {
+        for k in cuda_sources(&paper_plan(float)).unwrap() {
+            let compiled = nvrtc.compile(&k.name, &k.source, "sm_90").unwrap_or_else(|e| panic!("{float:?}: {e}"));
+            assert!(compiled.ptx.contains(".target sm_90"), "{}: PTX for sm_90", k.name);
+            let r =
+                compiled.resources.iter().find(|r| r.function == k.entry).unwrap_or_else(|| {
+                    panic!("{}: no ptxas report for {} in {:?}", k.name, k.entry, compiled.resources)
+                });
+            assert!(r.registers > 0 && r.registers <= 255, "{}: {r:?}", k.name);
+            assert_eq!((r.spill_store_bytes, r.spill_load_bytes), (0, 0), "{float:?} {}: spills", k.name);
+        }
+    }
+}
