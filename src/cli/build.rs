@@ -58,7 +58,8 @@ impl GraphSource {
             applied.push(a.name());
         }
         let description = format!(
-            "{source} {} graph{}",
+            "{source}{} {} graph{}",
+            self.backbone.as_ref().map(|b| format!(" ({b} backbone)")).unwrap_or_default(),
             if self.train { "training" } else { "inference" },
             if applied.is_empty() { String::new() } else { format!(" without {}", applied.join(", ")) },
         );

@@ -131,6 +131,16 @@ pub enum Command {
     /// (default ~/.cache/calm). Outputs: a table per kernel and scope pattern (--all: per
     /// launch), --json, --trace (Chrome trace for Perfetto), --plot (roofline SVG).
     Profile(profile::Args),
+    /// The device's two ceilings, FMA throughput and copy bandwidth, by microbenchmark: measured
+    /// once per device and cached in $CALM_HOME/device-peaks.json (default ~/.cache/calm).
+    DevicePeak {
+        /// `auto` tries CUDA, then Vulkan through wgpu.
+        #[arg(long, value_enum, default_value_t = run::DeviceArg::Auto)]
+        device: run::DeviceArg,
+        /// Measure again (on a quiet machine) instead of reading the cache.
+        #[arg(long)]
+        remeasure: bool,
+    },
     /// Print a preset config as TOML, to start a config file from.
     Preset {
         /// `paper` or `tiny`.
@@ -160,6 +170,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Compile(args) => compile::run(args),
         Command::Run(args) => run::run(args),
         Command::Profile(args) => profile::run(args),
+        Command::DevicePeak { device, remeasure } => profile::device_peak(device, remeasure),
         Command::Sample { output } => sample::run(&output),
     }
 }

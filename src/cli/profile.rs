@@ -9,7 +9,7 @@ use calm_ir::{Bindings, Graph};
 use calm_passes::compile::compile;
 use calm_passes::lower::LowerOptions;
 use calm_passes::plan::{FloatType, KernelPlan, Role};
-use calm_runtime::device::select::{Device, DeviceChoice};
+use calm_runtime::device::select::Device;
 use calm_runtime::device::Timer;
 use calm_runtime::profile::peaks::PeakCache;
 use calm_runtime::profile::{self, Ceilings, KernelGroup, LaunchProfile};
@@ -76,12 +76,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     if let Some(Model::H200) = args.model {
         return modelled(&g, &description, &bindings, &profile::H200, profile::CUDA_LAUNCH_OVERHEAD_S, &args);
     }
-    let choice = match args.device {
-        DeviceArg::Auto => DeviceChoice::Auto,
-        DeviceArg::Wgpu => DeviceChoice::Wgpu,
-        DeviceArg::Cuda => DeviceChoice::Cuda,
-    };
-    let device = Device::open(choice)?;
+    let device = Device::open(args.device.into())?;
     let opts = profile::Options {
         iters: args.iters,
         peers: !args.no_peers,
@@ -170,6 +165,17 @@ pub fn run(args: Args) -> Result<(), CliError> {
         write(path, profile::roofline_svg(&title, &groups, &ceilings).as_bytes())?;
         println!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+/// `calm device-peak`: the device's FMA and copy ceilings, cached or measured.
+pub fn device_peak(device: DeviceArg, remeasure: bool) -> Result<(), CliError> {
+    let device = Device::open(device.into())?;
+    let (peaks, note) = profile::device_peaks(&device, &PeakCache::default_path(), remeasure)?;
+    println!("device: {}", device.name());
+    println!("FMA {:.1} GFLOP/s, copy {:.1} GB/s ({note})", peaks.fma_gflops, peaks.copy_gbps);
+    let ridge = peaks.ceilings().ridge();
+    println!("ridge: {ridge:.2} FLOP/byte (kernels below it are bound by bytes, above it by FLOPs)");
     Ok(())
 }
 

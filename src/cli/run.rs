@@ -39,6 +39,16 @@ pub enum DeviceArg {
     Cuda,
 }
 
+impl From<DeviceArg> for DeviceChoice {
+    fn from(d: DeviceArg) -> DeviceChoice {
+        match d {
+            DeviceArg::Auto => DeviceChoice::Auto,
+            DeviceArg::Wgpu => DeviceChoice::Wgpu,
+            DeviceArg::Cuda => DeviceChoice::Cuda,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Graph file (calm-ir/1 JSON).
@@ -158,11 +168,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             (random_inputs(&g, &bindings, args.seed)?, format!("random from seed {}", args.seed))
         }
     };
-    let choice = match args.device {
-        DeviceArg::Auto => DeviceChoice::Auto,
-        DeviceArg::Wgpu => DeviceChoice::Wgpu,
-        DeviceArg::Cuda => DeviceChoice::Cuda,
-    };
+    let choice = DeviceChoice::from(args.device);
     // The fused executor by default when a device starts; a device asked for must start.
     let device = match (args.executor, args.compare) {
         (Some(Executor::Reference), false) => None,

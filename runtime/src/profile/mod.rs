@@ -301,6 +301,21 @@ fn profile_on<R: Runtime>(
     Ok(Report { device, timer, peaks, peaks_note, launches, peers })
 }
 
+/// The peaks of `device`: from the cache at `cache` unless `remeasure`, else measured now and
+/// cached. Also says where they came from.
+pub fn device_peaks(
+    device: &crate::device::select::Device,
+    cache: &std::path::Path,
+    remeasure: bool,
+) -> Result<(peaks::DevicePeaks, String), ProfileError> {
+    use crate::device::select::Device;
+    let opts = Options { iters: 0, peers: false, remeasure_peaks: remeasure, peak_cache: cache.to_path_buf() };
+    match device {
+        Device::Wgpu(c) => cached_peaks(c, &device.name(), &opts),
+        Device::Cuda(c) => cached_peaks(c, &device.name(), &opts),
+    }
+}
+
 /// The device's peaks: from the cache, or measured now and cached.
 fn cached_peaks<R: Runtime>(
     client: &ComputeClient<R>,
