@@ -322,7 +322,13 @@ fn cached_peaks<R: Runtime>(
     device: &str,
     opts: &Options,
 ) -> Result<(peaks::DevicePeaks, String), ProfileError> {
-    let mut cache = peaks::PeakCache::open(&opts.peak_cache)?;
+    // Remeasuring replaces a cache that does not parse (the error says to do so).
+    let mut cache = match peaks::PeakCache::open(&opts.peak_cache) {
+        Err(peaks::PeakCacheError::Parse { .. }) if opts.remeasure_peaks => {
+            peaks::PeakCache::replacing(&opts.peak_cache)
+        }
+        other => other?,
+    };
     if let (Some(p), false) = (cache.get(device), opts.remeasure_peaks) {
         return Ok((p.clone(), format!("cached in {}", opts.peak_cache.display())));
     }

@@ -34,7 +34,7 @@ impl DevicePeaks {
 pub enum PeakCacheError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not a device-peak cache ({source}); delete it or pass --remeasure")]
+    #[error("{path}: not a device-peak cache ({source}); delete it or measure again (calm device-peak --remeasure)")]
     Parse { path: PathBuf, source: serde_json::Error },
 }
 
@@ -143,6 +143,11 @@ impl PeakCache {
         Ok(PeakCache { path: path.to_path_buf(), entries })
     }
 
+    /// An empty cache that will be written to `path` (replacing whatever is there).
+    pub fn replacing(path: &Path) -> PeakCache {
+        PeakCache { path: path.to_path_buf(), entries: BTreeMap::new() }
+    }
+
     /// The default cache, `$CALM_HOME/device-peaks.json`.
     pub fn default_path() -> PathBuf {
         calm_home().join("device-peaks.json")
@@ -165,5 +170,27 @@ impl PeakCache {
         }
         let json = serde_json::to_string_pretty(&self.entries).expect("peaks serialise");
         calm_ir::files::write_atomic(&self.path, json.as_bytes()).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_round_trips_and_a_broken_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/device-peaks.json");
+        let mut cache = PeakCache::open(&path).unwrap();
+        assert!(cache.get("dev").is_none());
+        let p = DevicePeaks { fma_gflops: 80.0, copy_gbps: 20.0, measured_unix: 1, iters: 9 };
+        cache.insert("dev", p.clone()).unwrap();
+        assert_eq!(PeakCache::open(&path).unwrap().get("dev"), Some(&p));
+        std::fs::write(&path, "{bad").unwrap();
+        let err = PeakCache::open(&path).err().expect("a parse error").to_string();
+        assert!(err.contains("device-peaks.json") && err.contains("--remeasure"), "{err}");
+        let mut fresh = PeakCache::replacing(&path);
+        fresh.insert("dev", p.clone()).unwrap();
+        assert_eq!(PeakCache::open(&path).unwrap().get("dev"), Some(&p));
     }
 }
