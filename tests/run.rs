@@ -13,7 +13,12 @@ use calm::runtime::reference::Reference;
 use calm::runtime::safetensors;
 
 fn calm(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_calm")).args(args).output().expect("calm runs");
+    output(Command::new(env!("CARGO_BIN_EXE_calm")).args(args))
+}
+
+/// Runs `command`: whether it succeeded, its stdout and its stderr.
+fn output(command: &mut Command) -> (bool, String, String) {
+    let o = command.output().expect("calm runs");
     (
         o.status.success(),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -156,12 +161,7 @@ fn fused_executor_compiles_runs_and_compares() {
 
 /// `calm` with `CALM_HOME` set (the device-peak cache lives there).
 fn calm_at(home: &Path, args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_calm")).env("CALM_HOME", home).args(args).output().expect("calm runs");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    output(Command::new(env!("CARGO_BIN_EXE_calm")).env("CALM_HOME", home).args(args))
 }
 
 #[test]

@@ -22,7 +22,7 @@ use crate::device::DeviceExecutor;
 use crate::host::HostTensor;
 use crate::inputs::random_inputs;
 use crate::params::ParamStore;
-use crate::profile::peaks::median;
+use crate::profile::peaks::{median, sync};
 use crate::reference::Reference;
 
 /// One measured line of a benchmark table.
@@ -38,10 +38,6 @@ impl Measurement {
     pub fn gflops(&self) -> f64 {
         self.flops / self.seconds / 1e9
     }
-}
-
-fn sync<R: Runtime>(client: &ComputeClient<R>) {
-    cubecl::future::block_on(client.sync()).expect("device sync");
 }
 
 /// `relu(x Wᵀ + b)` with `x: m × k`, `W: n × k`, as a graph.

@@ -7,7 +7,7 @@ use calm_models::{build, CalmConfig, Mode};
 use calm_runtime::bench;
 use calm_runtime::device::select::{Device, DeviceChoice};
 
-use super::error::{CliError, OtherError};
+use super::error::{write_file, CliError, OtherError};
 
 pub fn run(gemm: &str, head: &str, iters: usize, json: Option<&Path>) -> Result<(), CliError> {
     let sizes: Vec<u64> = gemm
@@ -55,8 +55,7 @@ pub fn run(gemm: &str, head: &str, iters: usize, json: Option<&Path>) -> Result<
             "gemm": { "m": m, "k": k, "n": n, "rows": gemm_rows },
             "head": { "bindings": bindings.to_string(), "rows": head_rows.iter().map(|(n, t, l)| serde_json::json!({"name": n, "seconds": t.as_secs_f64(), "launches": l})).collect::<Vec<_>>() },
         });
-        calm_ir::files::write_atomic(path, serde_json::to_string_pretty(&doc).expect("json").as_bytes())
-            .map_err(|source| CliError::Write { path: path.to_path_buf(), source })?;
+        write_file(path, serde_json::to_string_pretty(&doc).expect("json").as_bytes())?;
     }
     Ok(())
 }

@@ -7,21 +7,17 @@ use calm_passes::plan::KernelPlan;
 use calm_runtime::cuda_target::nvrtc::{Nvrtc, Resources, Toolkit};
 use calm_runtime::cuda_target::{cuda_sources, CudaKernel};
 
-use super::error::{CliError, OtherError};
+use super::error::{write_file, CliError, OtherError};
 
 /// The sm_90 target named by the issue and by `CudaRuntime` for Hopper (without the `a`
 /// features: the kernels use no wgmma or TMA).
 const ARCH: &str = "sm_90";
 
-fn write(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    calm_ir::files::write_atomic(path, bytes).map_err(|source| CliError::Write { path: path.to_path_buf(), source })
-}
-
 pub fn write_sources(plan: &KernelPlan, dir: &Path, ptx: bool) -> Result<(), CliError> {
     let kernels = cuda_sources(plan).map_err(|e| OtherError(e.to_string()))?;
     std::fs::create_dir_all(dir).map_err(|source| CliError::Write { path: dir.to_path_buf(), source })?;
     for k in &kernels {
-        write(&dir.join(format!("{}.cu", k.name)), k.source.as_bytes())?;
+        write_file(&dir.join(format!("{}.cu", k.name)), k.source.as_bytes())?;
     }
     println!("wrote {} CUDA kernels ({} launches) to {}", kernels.len(), plan.launches.len(), dir.display());
     let mut index: Vec<serde_json::Value> = kernels.iter().map(|k| serde_json::to_value(k).expect("json")).collect();
@@ -38,7 +34,7 @@ pub fn write_sources(plan: &KernelPlan, dir: &Path, ptx: bool) -> Result<(), Cli
         for (k, entry) in kernels.iter().zip(index.iter_mut()) {
             match nvrtc.compile(&k.name, &k.source, ARCH) {
                 Ok(c) => {
-                    write(&dir.join(format!("{}.ptx", k.name)), c.ptx.as_bytes())?;
+                    write_file(&dir.join(format!("{}.ptx", k.name)), c.ptx.as_bytes())?;
                     let r = c.resources.iter().find(|r| r.function == k.entry).cloned().unwrap_or_default();
                     print_row(k, &r);
                     if r.spill_store_bytes + r.spill_load_bytes > 0 {
@@ -60,7 +56,7 @@ pub fn write_sources(plan: &KernelPlan, dir: &Path, ptx: bool) -> Result<(), Cli
         );
     }
     let doc = serde_json::json!({ "arch": ARCH, "float": plan.float, "kernels": index });
-    write(&dir.join("kernels.json"), serde_json::to_string_pretty(&doc).expect("json").as_bytes())?;
+    write_file(&dir.join("kernels.json"), serde_json::to_string_pretty(&doc).expect("json").as_bytes())?;
     match failures.first() {
         None => Ok(()),
         Some(first) => {

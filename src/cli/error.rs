@@ -55,6 +55,11 @@ pub fn write_graph(g: &calm_ir::Graph, path: &std::path::Path) -> Result<(), Cli
     calm_ir::json::write_file(g, path).map_err(|source| CliError::Write { path: path.to_path_buf(), source })
 }
 
+/// Writes an output file atomically, naming it in any error.
+pub fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), CliError> {
+    calm_ir::files::write_atomic(path, bytes).map_err(|source| CliError::Write { path: path.to_path_buf(), source })
+}
+
 /// Reads and verifies a graph file, naming the file in any error.
 pub fn read_graph(path: &std::path::Path) -> Result<calm_ir::Graph, CliError> {
     calm_ir::json::read_file(path).map_err(|source| CliError::Read { path: path.to_path_buf(), source })

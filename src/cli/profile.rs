@@ -15,7 +15,7 @@ use calm_runtime::profile::peaks::PeakCache;
 use calm_runtime::profile::{self, Ceilings, KernelGroup, LaunchProfile};
 
 use super::build::GraphSource;
-use super::error::{read_graph, CliError};
+use super::error::{read_graph, write_file, CliError};
 use super::run::DeviceArg;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +60,6 @@ pub struct Args {
     /// Instead of running: the plan's modelled time on this device (no device needed).
     #[arg(long, value_enum)]
     pub model: Option<Model>,
-}
-
-fn write(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    calm_ir::files::write_atomic(path, bytes).map_err(|source| CliError::Write { path: path.to_path_buf(), source })
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
@@ -152,17 +148,17 @@ pub fn run(args: Args) -> Result<(), CliError> {
             "groups": groups,
             "peers": report.peers,
         });
-        write(path, serde_json::to_string_pretty(&doc).expect("json").as_bytes())?;
+        write_file(path, serde_json::to_string_pretty(&doc).expect("json").as_bytes())?;
         println!("wrote {}", path.display());
     }
     if let Some(path) = &args.trace {
         let trace = profile::chrome_trace(&report.device, report.timer, launches, &ceilings);
-        write(path, serde_json::to_string(&trace).expect("json").as_bytes())?;
+        write_file(path, serde_json::to_string(&trace).expect("json").as_bytes())?;
         println!("wrote {} (open in ui.perfetto.dev)", path.display());
     }
     if let Some(path) = &args.plot {
         let title = format!("{description}, {bindings} on {}", report.device);
-        write(path, profile::roofline_svg(&title, &groups, &ceilings).as_bytes())?;
+        write_file(path, profile::roofline_svg(&title, &groups, &ceilings).as_bytes())?;
         println!("wrote {}", path.display());
     }
     Ok(())
@@ -296,7 +292,7 @@ fn modelled(
             "graph": description, "bindings": bindings.to_string(), "modelled": "h200",
             "ceilings": c, "launch_overhead_s": overhead, "floor_seconds": floor, "plans": rows, "groups": groups,
         });
-        write(path, serde_json::to_string_pretty(&doc).expect("json").as_bytes())?;
+        write_file(path, serde_json::to_string_pretty(&doc).expect("json").as_bytes())?;
         println!("wrote {}", path.display());
     }
     Ok(())

@@ -248,12 +248,14 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
     /// Enqueues every launch (after [`load_params`](Self::load_params) and the inputs).
     pub fn launch_all(&self) {
         for (l, meta) in self.plan.launches.iter().zip(&self.metas) {
-            let reads: Vec<(Storage, Buf)> =
-                l.reads.iter().map(|&b| (self.plan.buffers[b as usize].storage, self.buf(b))).collect();
-            let writes: Vec<(Storage, Buf)> =
-                l.writes.iter().map(|&b| (self.plan.buffers[b as usize].storage, self.buf(b))).collect();
+            let (reads, writes) = (self.args(&l.reads), self.args(&l.writes));
             launch::launch::<R, F>(&self.client, l, &reads, &writes, meta.as_ref());
         }
+    }
+
+    /// Buffers as a launch takes them: storage and device handle.
+    fn args(&self, buffers: &[u32]) -> Vec<(Storage, Buf)> {
+        buffers.iter().map(|&b| (self.plan.buffers[b as usize].storage, self.buf(b))).collect()
     }
 
     /// Runs each launch alone under the runtime's profiler and returns its time and whether
@@ -268,10 +270,7 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
             .iter()
             .zip(&self.metas)
             .map(|(l, meta)| {
-                let reads: Vec<(Storage, Buf)> =
-                    l.reads.iter().map(|&b| (self.plan.buffers[b as usize].storage, self.buf(b))).collect();
-                let writes: Vec<(Storage, Buf)> =
-                    l.writes.iter().map(|&b| (self.plan.buffers[b as usize].storage, self.buf(b))).collect();
+                let (reads, writes) = (self.args(&l.reads), self.args(&l.writes));
                 let client = self.client.clone();
                 let l = l.clone();
                 let meta = meta.clone();

@@ -269,7 +269,7 @@ fn profile_on<R: Runtime>(
     bindings: &calm_ir::Bindings,
     opts: &Options,
 ) -> Result<Report, ProfileError> {
-    let (peaks, peaks_note) = cached_peaks(client, &device, opts)?;
+    let (peaks, peaks_note) = cached_peaks(client, &device, &opts.peak_cache, opts.remeasure_peaks)?;
     let plan = calm_passes::compile::compile(g, bindings, true, lower)?.plan;
     let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
     let mut exec = DeviceExecutor::<R, f32>::new(client.clone(), plan, types);
@@ -309,10 +309,9 @@ pub fn device_peaks(
     remeasure: bool,
 ) -> Result<(peaks::DevicePeaks, String), ProfileError> {
     use crate::device::select::Device;
-    let opts = Options { iters: 0, peers: false, remeasure_peaks: remeasure, peak_cache: cache.to_path_buf() };
     match device {
-        Device::Wgpu(c) => cached_peaks(c, &device.name(), &opts),
-        Device::Cuda(c) => cached_peaks(c, &device.name(), &opts),
+        Device::Wgpu(c) => cached_peaks(c, &device.name(), cache, remeasure),
+        Device::Cuda(c) => cached_peaks(c, &device.name(), cache, remeasure),
     }
 }
 
@@ -320,20 +319,19 @@ pub fn device_peaks(
 fn cached_peaks<R: Runtime>(
     client: &ComputeClient<R>,
     device: &str,
-    opts: &Options,
+    path: &std::path::Path,
+    remeasure: bool,
 ) -> Result<(peaks::DevicePeaks, String), ProfileError> {
     // Remeasuring replaces a cache that does not parse (the error says to do so).
-    let mut cache = match peaks::PeakCache::open(&opts.peak_cache) {
-        Err(peaks::PeakCacheError::Parse { .. }) if opts.remeasure_peaks => {
-            peaks::PeakCache::replacing(&opts.peak_cache)
-        }
+    let mut cache = match peaks::PeakCache::open(path) {
+        Err(peaks::PeakCacheError::Parse { .. }) if remeasure => peaks::PeakCache::replacing(path),
         other => other?,
     };
-    if let (Some(p), false) = (cache.get(device), opts.remeasure_peaks) {
-        return Ok((p.clone(), format!("cached in {}", opts.peak_cache.display())));
+    if let (Some(p), false) = (cache.get(device), remeasure) {
+        return Ok((p.clone(), format!("cached in {}", path.display())));
     }
     eprintln!("calm: measuring the device's peaks (once per device)...");
     let p = peaks::measure(client, 9);
     cache.insert(device, p.clone())?;
-    Ok((p, format!("measured now, cached in {}", opts.peak_cache.display())))
+    Ok((p, format!("measured now, cached in {}", path.display())))
 }

@@ -38,23 +38,8 @@ pub enum PeakCacheError {
     Parse { path: PathBuf, source: serde_json::Error },
 }
 
-/// The median of `iters` timed runs of `f` (host clock) after one untimed run.
-pub fn median(iters: usize, mut f: impl FnMut()) -> Duration {
-    f();
-    let mut times: Vec<Duration> = (0..iters.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[times.len() / 2]
-}
-
-/// The fastest of `iters` timed runs of `f` after one untimed run: a ceiling is what the device
-/// can do, and on a shared machine slower runs measure the neighbours.
-fn fastest(iters: usize, mut f: impl FnMut()) -> Duration {
+/// The host-clock times of `iters` runs of `f` after one untimed run.
+fn timed_runs(iters: usize, mut f: impl FnMut()) -> Vec<Duration> {
     f();
     (0..iters.max(1))
         .map(|_| {
@@ -62,11 +47,24 @@ fn fastest(iters: usize, mut f: impl FnMut()) -> Duration {
             f();
             t.elapsed()
         })
-        .min()
-        .expect("at least one run")
+        .collect()
 }
 
-fn sync<R: Runtime>(client: &ComputeClient<R>) {
+/// The median of `iters` timed runs of `f` (host clock) after one untimed run.
+pub fn median(iters: usize, f: impl FnMut()) -> Duration {
+    let mut times = timed_runs(iters, f);
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// The fastest of `iters` timed runs of `f` after one untimed run: a ceiling is what the device
+/// can do, and on a shared machine slower runs measure the neighbours.
+fn fastest(iters: usize, f: impl FnMut()) -> Duration {
+    timed_runs(iters, f).into_iter().min().expect("at least one run")
+}
+
+/// Waits for everything enqueued on `client`'s device.
+pub(crate) fn sync<R: Runtime>(client: &ComputeClient<R>) {
     cubecl::future::block_on(client.sync()).expect("device sync");
 }
 
