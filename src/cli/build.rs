@@ -13,7 +13,7 @@ use super::error::{write_graph, CliError};
 /// Where a CALM graph comes from: a preset or config, a backbone, the mode and ablations.
 #[derive(clap::Args, Debug, Clone)]
 pub struct GraphSource {
-    /// Built-in config: `paper` (the spec's defaults) or `tiny` (small sizes for quick runs).
+    /// Built-in config: `paper` (the spec's defaults), `small` (quarter widths) or `tiny` (small sizes for quick runs).
     #[arg(long, conflicts_with = "config", default_value = "paper")]
     pub preset: String,
     /// Config file (TOML, or JSON by extension); fields it omits keep the paper defaults.

@@ -41,6 +41,10 @@ pub enum CliError {
     Select(#[from] calm_runtime::device::select::SelectError),
     #[error("{0}")]
     Profile(#[from] calm_runtime::profile::ProfileError),
+    #[error(transparent)]
+    Data(#[from] calm_data::DataError),
+    #[error("{0}")]
+    Train(#[from] calm_train::TrainError),
     #[error("{0}")]
     Other(#[from] OtherError),
 }

@@ -6,6 +6,7 @@ mod build;
 mod check;
 mod compile;
 mod cuda;
+mod data;
 mod diff;
 mod error;
 mod profile;
@@ -13,6 +14,7 @@ mod run;
 mod sample;
 mod show;
 mod stats;
+mod train;
 
 use std::path::PathBuf;
 
@@ -141,9 +143,32 @@ pub enum Command {
         #[arg(long)]
         remeasure: bool,
     },
+    /// Datasets for training and evaluation: `calm data stats FILE` counts samples per culture
+    /// and class.
+    ///
+    /// A dataset is a CREHate split (a CSV with five countries' labels a post) or a CSV/JSONL
+    /// table given the names of its text, culture and label columns.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Train CALM (or a baseline) on a cultural dataset from the frozen backbone's states.
+    ///
+    /// Texts are encoded once by all-MiniLM-L6-v2 (scripts/fetch-minilm installs it) and the
+    /// states cached in $CALM_HOME/states. Each step runs the training graph under Burn's
+    /// autodiff (Flex on the CPU by default) with every loss term of the spec, then AdamW with
+    /// warm-up and linear decay. After every epoch: validation, OUT/last.safetensors and, when
+    /// better, OUT/best.safetensors (weights, optimizer state and step in one file, written
+    /// atomically). --resume continues exactly where a run stopped.
+    Train(Box<train::TrainArgs>),
+    /// Score a checkpoint on a split: accuracy and macro-F1 per culture and overall, on the
+    /// reference executor or the fused plan (--compare: both, and how often they agree).
+    Eval(train::EvalArgs),
+    /// Train and score every variant (CALM, its ablations, the linear and MLP baselines) with
+    /// several seeds; writes a markdown table (mean ± std per culture), an SVG bar chart and the
+    /// results as JSON. Runs already finished in --out are kept, so a stopped study resumes.
+    Study(Box<train::StudyArgs>),
     /// Print a preset config as TOML, to start a config file from.
     Preset {
-        /// `paper` or `tiny`.
+        /// `paper`, `small` or `tiny`.
         #[arg(default_value = "paper")]
         name: String,
     },
@@ -172,5 +197,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Profile(args) => profile::run(args),
         Command::DevicePeak { device, remeasure } => profile::device_peak(device, remeasure),
         Command::Sample { output } => sample::run(&output),
+        Command::Data(command) => data::run(command),
+        Command::Train(args) => train::train(*args),
+        Command::Eval(args) => train::eval(args),
+        Command::Study(args) => train::study(*args),
     }
 }

@@ -1,0 +1,175 @@
+//! `calm train`, `calm eval` and `calm study` end to end on the tiny backbone (a random BERT
+//! with a character tokenizer: no download) and the first CREHate posts; errors on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs calm with `CALM_HOME` in `home`: success, stdout, stderr.
+fn calm(home: &Path, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_calm")).env("CALM_HOME", home).args(args).output().expect("calm runs");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn crehate(split: &str) -> String {
+    let p: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../shared/data/crehate/CREHate_{split}.csv"));
+    p.to_str().unwrap().to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn train_then_eval_on_both_executors() {
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("run");
+    let log = home.path().join("log.jsonl");
+    let (train, valid) = (crehate("train"), crehate("valid"));
+    let common = ["--backbone", "tiny", "--preset", "tiny", "--limit", "10", "--batch", "16", "--lr", "1e-3", "-q"];
+    let mut args =
+        vec!["train", "--train", &train, "--valid", &valid, "--epochs", "2", "--out", s(&out), "--json", s(&log)];
+    args.extend(common);
+    let (ok, stdout, stderr) = calm(home.path(), &args);
+    assert!(ok, "{stderr}");
+    // 10 posts × 5 countries = 50 samples: 4 steps an epoch.
+    assert!(stdout.contains("trained 8 of 8 steps"), "{stdout}");
+    assert!(stdout.contains("best: epoch"), "{stdout}");
+    assert!(out.join("last.safetensors").is_file() && out.join("best.safetensors").is_file());
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2, "no temporary files left");
+    // The states were cached once per split.
+    assert_eq!(std::fs::read_dir(home.path().join("states")).unwrap().count(), 2);
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(lines.lines().filter(|l| l.contains("\"step\"") && l.contains("\"losses\"")).count(), 8);
+
+    let best = out.join("best.safetensors");
+    let json = home.path().join("eval.json");
+    let (ok, stdout, stderr) = calm(
+        home.path(),
+        &[
+            "eval",
+            "--checkpoint",
+            s(&best),
+            "--data",
+            &valid,
+            "--limit",
+            "10",
+            "--executor",
+            "fused",
+            "--device",
+            "wgpu",
+            "--compare",
+            "--json",
+            s(&json),
+            "-q",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    for country in ["Australia", "United_States", "United_Kingdom", "South_Africa", "Singapore", "overall"] {
+        assert!(stdout.lines().any(|l| l.starts_with(country)), "{country}: {stdout}");
+    }
+    let agree = stdout.lines().find(|l| l.contains("agree on")).unwrap_or_else(|| panic!("{stdout}"));
+    let share: f64 = agree.rsplit('(').next().unwrap().trim_end_matches("%)").parse().unwrap();
+    assert!(share >= 99.5, "fused and reference agree on only {share}%: {agree}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["report"]["overall"]["samples"], 50);
+
+    // Resuming a finished run does nothing more; a missing run is an error naming the file.
+    let mut args = vec!["train", "--train", &train, "--out", s(&out), "--resume"];
+    args.extend(common);
+    let (ok, stdout, stderr) = calm(home.path(), &args);
+    assert!(ok && stdout.contains("trained 8 of 8 steps"), "{stdout}{stderr}");
+    let nowhere = home.path().join("nowhere");
+    let mut args = vec!["train", "--train", &train, "--out", s(&nowhere), "--resume"];
+    args.extend(common);
+    let (ok, _, stderr) = calm(home.path(), &args);
+    assert!(!ok && stderr.contains("nowhere/last.safetensors"), "{stderr}");
+}
+
+#[test]
+fn bad_inputs_are_one_line_errors() {
+    let home = tempfile::tempdir().unwrap();
+    let train = crehate("train");
+    // No MiniLM in this CALM_HOME: say how to get it.
+    let (ok, _, stderr) = calm(home.path(), &["train", "--train", &train, "--out", s(&home.path().join("r")), "-q"]);
+    assert!(!ok && stderr.contains("scripts/fetch-minilm"), "{stderr}");
+    // A weight file that is not a checkpoint.
+    let w = home.path().join("w.safetensors");
+    std::fs::write(&w, b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ").unwrap();
+    let (ok, _, stderr) = calm(home.path(), &["eval", "--checkpoint", s(&w), "--data", &train, "-q"]);
+    assert!(!ok && stderr.contains("w.safetensors") && stderr.lines().count() == 1, "{stderr}");
+    let (ok, _, stderr) = calm(
+        home.path(),
+        &[
+            "train",
+            "--train",
+            &train,
+            "--backbone",
+            "tiny",
+            "--preset",
+            "tiny",
+            "--variant",
+            "no-such",
+            "-q",
+            "--limit",
+            "2",
+        ],
+    );
+    assert!(!ok && stderr.contains("no-such"), "{stderr}");
+}
+
+#[test]
+fn a_smoke_study_writes_its_table_and_chart_and_resumes() {
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("study");
+    let (train, valid) = (crehate("train"), crehate("valid"));
+    let args = [
+        "study",
+        "--train",
+        &train,
+        "--valid",
+        &valid,
+        "--backbone",
+        "tiny",
+        "--preset",
+        "tiny",
+        "--limit",
+        "8",
+        "--variants",
+        "full,no-moe,no-reflection,linear,mlp",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--batch",
+        "16",
+        "--lr",
+        "1e-3",
+        "--out",
+        s(&out),
+        "-q",
+    ];
+    let (ok, stdout, stderr) = calm(home.path(), &args);
+    assert!(ok, "{stderr}");
+    let table = std::fs::read_to_string(out.join("study.md")).unwrap();
+    for v in ["full", "no-moe", "no-reflection", "linear", "mlp"] {
+        let row = table.lines().find(|l| l.starts_with(&format!("| {v} |"))).unwrap_or_else(|| panic!("{v}: {table}"));
+        assert!(row.starts_with(&format!("| {v} | 2 |")), "{row}");
+        assert_eq!(row.matches('±').count(), 7, "five countries, overall accuracy and macro-F1: {row}");
+    }
+    assert!(stdout.contains("10 runs"), "{stdout}");
+    let svg = std::fs::read_to_string(out.join("study.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<rect").count() == 6 * 5 + 5, "bars and legend");
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("study.json")).unwrap()).unwrap();
+    assert_eq!(results.as_array().unwrap().len(), 10);
+    // Again: every run is kept, nothing retrained, the same table.
+    let mut again = args.to_vec();
+    again.pop();
+    let (ok, _, stderr) = calm(home.path(), &again);
+    assert!(ok, "{stderr}");
+    assert_eq!(stderr.matches("done before, kept").count(), 10, "{stderr}");
+    assert_eq!(std::fs::read_to_string(out.join("study.md")).unwrap(), table);
+}

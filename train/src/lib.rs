@@ -1,0 +1,24 @@
+//! `calm-train`: trains and evaluates CALM and its baselines on real data.
+//!
+//! - [`backbone`]: all-MiniLM-L6-v2 (or a tiny random BERT), its tokenizer, and the states of a
+//!   dataset's texts, computed once and cached;
+//! - [`model`]: what is trained (CALM with ablations, or a baseline) as graphs;
+//! - [`batch`]: samples as a graph's inputs; deterministic shuffles;
+//! - [`optim`]: AdamW and the learning-rate schedule;
+//! - [`checkpoint`]: weights, optimizer state and run state in one atomic file;
+//! - [`trainer`]: the training loop and prediction on either executor;
+//! - [`metrics`]: accuracy and macro-F1, overall and per culture;
+//! - [`study`]: every variant and baseline over several seeds, as a table and a chart.
+
+pub mod backbone;
+pub mod batch;
+pub mod checkpoint;
+mod error;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod progress;
+pub mod study;
+pub mod trainer;
+
+pub use error::TrainError;

@@ -1,0 +1,123 @@
+//! What is trained: CALM (a config and named ablations) or one of the two baselines, as the
+//! training and inference graphs the trainer and evaluator run.
+//!
+//! Baselines read the same cached states as CALM: the masked mean of the states concatenated
+//! with the one-hot culture (so they can give one post different labels for different
+//! countries, as CALM can), then a linear layer (`linear`) or the spec's `MLP(d+C→512→Y)`
+//! (`mlp`). Their inputs and outputs are named as CALM's, so everything else is shared.
+
+use calm_ir::{nn, BuildResult, DType, Graph, GraphBuilder};
+use calm_models::{CalmConfig, Mode};
+use calm_passes::{ablate_all, Ablation};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// Which model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    Calm,
+    /// Linear probe on mean-pooled states and the one-hot culture.
+    Linear,
+    /// Two-layer MLP on the same features.
+    Mlp,
+}
+
+/// A model to train: its kind, the CALM config (sizes: `states_width`, `cultures`, `classes`,
+/// dropout and the rest), and for CALM the ablations applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub kind: ModelKind,
+    pub config: CalmConfig,
+    /// Ablation names, in order (CALM only).
+    pub variants: Vec<String>,
+}
+
+impl ModelSpec {
+    /// Parses a study variant: `full`, an ablation name (or several joined by `+`), `linear` or
+    /// `mlp`.
+    pub fn variant(name: &str, config: &CalmConfig) -> Result<Self, TrainError> {
+        let (kind, variants) = match name {
+            "full" => (ModelKind::Calm, Vec::new()),
+            "linear" => (ModelKind::Linear, Vec::new()),
+            "mlp" => (ModelKind::Mlp, Vec::new()),
+            list => {
+                let parsed = Ablation::parse_list(&list.replace('+', ","))?;
+                (ModelKind::Calm, parsed.iter().map(|a| a.name().to_string()).collect())
+            }
+        };
+        Ok(ModelSpec { kind, config: config.clone(), variants })
+    }
+
+    /// A short name: `full`, `no-moe`, `linear`, ...
+    pub fn name(&self) -> String {
+        match self.kind {
+            ModelKind::Calm if self.variants.is_empty() => "full".into(),
+            ModelKind::Calm => self.variants.join("+"),
+            ModelKind::Linear => "linear".into(),
+            ModelKind::Mlp => "mlp".into(),
+        }
+    }
+
+    fn ablations(&self) -> Result<Vec<Ablation>, TrainError> {
+        Ok(Ablation::parse_list(&self.variants.join(","))?)
+    }
+
+    /// The training graph: `loss` (and CALM's terms) from states, mask, culture and labels.
+    pub fn training_graph(&self) -> Result<Graph, TrainError> {
+        self.graph(Mode::Training)
+    }
+
+    /// The inference graph: `logits` from states, mask and culture.
+    pub fn inference_graph(&self) -> Result<Graph, TrainError> {
+        self.graph(Mode::Inference)
+    }
+
+    fn graph(&self, mode: Mode) -> Result<Graph, TrainError> {
+        match self.kind {
+            ModelKind::Calm => {
+                let mut g = calm_models::build(&self.config, mode)?;
+                let ablations: Vec<Ablation> =
+                    self.ablations()?.into_iter().filter(|a| mode == Mode::Training || !a.training_only()).collect();
+                ablate_all(&mut g, &ablations)?;
+                Ok(g)
+            }
+            ModelKind::Linear | ModelKind::Mlp => {
+                let mut b = GraphBuilder::new("baseline");
+                baseline(&mut b, &self.config, self.kind == ModelKind::Mlp, mode == Mode::Training)
+                    .map_err(|e| TrainError::Model(e.into()))?;
+                b.finish().map_err(|e| TrainError::Model(e.into()))
+            }
+        }
+    }
+}
+
+fn baseline(b: &mut GraphBuilder, cfg: &CalmConfig, mlp: bool, training: bool) -> BuildResult<()> {
+    let (states, mask, culture, labels) = b.scoped("inputs", |b| {
+        let states = b.input("states", DType::F32, calm_ir::shape!["batch", "tokens", cfg.backbone_width()])?;
+        let mask = b.input("mask", DType::F32, calm_ir::shape!["batch", "tokens"])?;
+        let culture = b.input("culture", DType::I32, calm_ir::shape!["batch"])?;
+        let labels = if training { Some(b.input("labels", DType::I32, calm_ir::shape!["batch"])?) } else { None };
+        if training && mlp {
+            b.enable_randomness()?;
+        }
+        b.set_training(training);
+        Ok((states, mask, culture, labels))
+    })?;
+    let pooled = nn::masked_mean(b, states, mask)?;
+    let one_hot = b.one_hot(culture, cfg.cultures, DType::F32)?;
+    let features = b.concat(&[pooled, one_hot], -1)?;
+    let logits = if mlp {
+        nn::mlp(b, "mlp", features, cfg.width, cfg.classes, cfg.dropout)?
+    } else {
+        nn::linear(b, "linear", features, cfg.classes)?
+    };
+    b.output("logits", logits);
+    if let Some(labels) = labels {
+        let loss = b.scoped("loss", |b| nn::cross_entropy(b, logits, labels))?;
+        b.output("loss_ce", loss);
+        b.output("loss", loss);
+    }
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! The training loop (`calm train`) and prediction (`calm eval`).
+//!
+//! Each step runs the training graph on the reference executor under Burn's autodiff (Flex on
+//! the CPU by default, f32), then AdamW. Batch order, dropout and Gumbel noise are functions
+//! of (seed, epoch, step), and checkpoints hold the weights, the optimizer's moments and the
+//! step, so `--resume` continues a run exactly where it stopped.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::backend::flex::{Flex, FlexDevice};
+use burn::backend::wgpu::{Wgpu, WgpuDevice};
+use burn::tensor::FloatDType;
+use calm_ir::Graph;
+use calm_passes::lower::LowerOptions;
+use calm_passes::plan::FloatType;
+use calm_runtime::device::select::Device;
+use calm_runtime::host::HostTensor;
+use calm_runtime::params::ParamStore;
+use calm_runtime::reference::{bind_inputs, gradients, Gradients, Reference};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::batch::{self, Split, StepKeys};
+use crate::checkpoint::{params_for, Best, Checkpoint, RunState};
+use crate::metrics::Report;
+use crate::model::ModelSpec;
+use crate::optim::{learning_rate, AdamW};
+use crate::progress::Progress;
+use crate::TrainError;
+
+/// The Burn backend of the reference executor.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Burn Flex on the CPU.
+    Flex,
+    /// Burn wgpu (the Vulkan device).
+    Wgpu,
+}
+
+/// Optimisation settings; stored in checkpoints (a resumed run keeps them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub epochs: u64,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub warmup_fraction: f64,
+    pub seed: u64,
+    pub backend: Backend,
+    /// Texts were truncated to this many tokens (with `[CLS]` and `[SEP]`).
+    pub max_tokens: usize,
+}
+
+/// Where a run writes: `DIR/last.safetensors` (every epoch and at the end), `DIR/best.safetensors`
+/// (best validation macro-F1), and an optional JSON-lines log.
+pub struct Outputs {
+    pub dir: PathBuf,
+    pub log: Option<PathBuf>,
+}
+
+impl Outputs {
+    pub fn last(&self) -> PathBuf {
+        self.dir.join("last.safetensors")
+    }
+    pub fn best(&self) -> PathBuf {
+        self.dir.join("best.safetensors")
+    }
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub steps: u64,
+    pub total_steps: u64,
+    pub seconds: f64,
+    pub seconds_per_step: f64,
+    pub samples_per_second: f64,
+    pub best: Option<Best>,
+    pub last_loss: f64,
+}
+
+/// A fingerprint of a dataset's texts and labels with the backbone that encoded it: a resumed
+/// run must see the same data.
+pub fn fingerprint(split: &Split) -> String {
+    let mut h = Sha256::new();
+    for t in &split.data.texts {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    for s in &split.data.samples {
+        h.update([s.text as u64, s.culture as u64, s.label as u64].map(u64::to_le_bytes).concat());
+    }
+    h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn step_gradients(
+    backend: Backend,
+    g: &Graph,
+    params: &ParamStore,
+    inputs: &BTreeMap<String, HostTensor>,
+) -> Result<Gradients, TrainError> {
+    Ok(match backend {
+        Backend::Flex => gradients::<Flex>(FlexDevice, FloatDType::F32, g, params, inputs, "loss")?,
+        Backend::Wgpu => gradients::<Wgpu>(WgpuDevice::default(), FloatDType::F32, g, params, inputs, "loss")?,
+    })
+}
+
+/// Loss terms a step logs: every scalar output named `loss*`.
+fn loss_terms(outputs: &BTreeMap<String, HostTensor>) -> BTreeMap<String, f64> {
+    outputs
+        .iter()
+        .filter(|(n, t)| n.starts_with("loss") && t.shape.is_empty())
+        .map(|(n, t)| (n.clone(), t.data.to_f64()[0]))
+        .collect()
+}
+
+struct Log(Option<std::fs::File>);
+
+impl Log {
+    fn open(path: Option<&Path>, append: bool) -> Result<Self, TrainError> {
+        let Some(path) = path else { return Ok(Log(None)) };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(path)
+            .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+        Ok(Log(Some(file)))
+    }
+
+    fn line(&mut self, value: serde_json::Value) {
+        if let Some(f) = &mut self.0 {
+            // A log line that cannot be written does not stop training; checkpoints matter.
+            let _ = writeln!(f, "{value}").and_then(|_| f.flush());
+        }
+    }
+}
+
+/// A new run's starting point, or the checkpoint to resume.
+pub enum Start {
+    Fresh { model: Box<ModelSpec>, settings: Settings },
+    Resume(PathBuf),
+}
+
+/// Trains until the schedule's last step or until `stop_after` steps in total, validating and
+/// checkpointing at every epoch's end and when it stops.
+pub fn train(
+    start: Start,
+    train: &Split,
+    valid: Option<&Split>,
+    backbone: &str,
+    out: &Outputs,
+    stop_after: Option<u64>,
+    progress: &Progress,
+) -> Result<Summary, TrainError> {
+    let data = format!("{}:{}", fingerprint(train), backbone);
+    let resuming = matches!(start, Start::Resume(_));
+    let Checkpoint { mut state, mut params, optimizer: mut opt } = match start {
+        Start::Resume(path) => {
+            let ck = Checkpoint::load(&path)?;
+            if ck.state.data != data {
+                let reason = "it was trained on other data or with another backbone than given now".into();
+                return Err(TrainError::Checkpoint { path, reason });
+            }
+            ck
+        }
+        Start::Fresh { model, settings } => fresh(*model, settings, train, data, backbone)?,
+    };
+    let g = state.model.training_graph()?;
+    let inference = state.model.inference_graph()?;
+    let settings = state.settings.clone();
+    let n = train.data.samples.len();
+    let end = stop_after.map_or(state.total_steps, |s| s.min(state.total_steps));
+    let mut log = Log::open(out.log.as_deref(), resuming)?;
+    let bar = progress.bar(state.total_steps, &format!("training {}", state.model.name()));
+    bar.set_position(state.step);
+    let started = Instant::now();
+    let first = state.step;
+    let mut order: Option<(u64, Vec<usize>)> = None;
+    let mut last_loss = f64::NAN;
+    let mut samples_seen = 0usize;
+    while state.step < end {
+        let step = state.step;
+        let epoch = step / state.steps_per_epoch;
+        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            order = Some((epoch, batch::shuffled(n, settings.seed, epoch)));
+        }
+        let order_now = &order.as_ref().expect("set above").1;
+        let at = ((step % state.steps_per_epoch) as usize) * settings.batch_size;
+        let idx = &order_now[at..(at + settings.batch_size).min(n)];
+        let keys = StepKeys {
+            temperature: state.model.config.gumbel.temperature(step, state.total_steps),
+            seed: settings.seed as u32,
+            offset: step as u32,
+        };
+        let inputs = batch::inputs(&g, train, idx, None, Some(keys));
+        let grads = step_gradients(settings.backend, &g, &params, &inputs)?;
+        if !grads.loss.is_finite() {
+            return Err(TrainError::NonFinite { step, value: grads.loss });
+        }
+        let lr = learning_rate(settings.learning_rate, settings.warmup_fraction, step, state.total_steps);
+        opt.step(&mut params, &grads.grads, lr);
+        state.step += 1;
+        samples_seen += idx.len();
+        last_loss = grads.loss;
+        let terms = loss_terms(&grads.outputs);
+        let elapsed = started.elapsed().as_secs_f64();
+        let rate = samples_seen as f64 / elapsed.max(1e-9);
+        bar.set_position(state.step);
+        bar.set_message(format!(
+            "epoch {} loss {:.4} ({}) {:.1} samples/s",
+            epoch + 1,
+            grads.loss,
+            terms
+                .iter()
+                .filter(|(k, _)| *k != "loss")
+                .map(|(k, v)| format!("{}={v:.3}", &k[5..]))
+                .collect::<Vec<_>>()
+                .join(" "),
+            rate
+        ));
+        log.line(serde_json::json!({"event": "step", "step": state.step, "epoch": epoch + 1, "lr": lr,
+            "losses": terms, "samples": idx.len(), "elapsed_s": elapsed}));
+        let epoch_done = state.step % state.steps_per_epoch == 0;
+        if epoch_done || state.step == end {
+            if let (Some(valid), true) = (valid, epoch_done) {
+                let weights = params_for(&inference, &params, &out.last())?;
+                let preds = predict(
+                    &inference,
+                    &weights,
+                    valid,
+                    Executor::Reference(settings.backend),
+                    settings.batch_size,
+                    progress,
+                )?;
+                let report = score(valid, &preds, &state);
+                log.line(
+                    serde_json::json!({"event": "valid", "step": state.step, "epoch": epoch + 1, "report": report}),
+                );
+                bar.suspend(|| {
+                    progress.note(&format!(
+                        "epoch {}: valid accuracy {:.4}, macro-F1 {:.4}",
+                        epoch + 1,
+                        report.overall.accuracy,
+                        report.overall.macro_f1
+                    ))
+                });
+                let better = state.best.as_ref().is_none_or(|b| report.overall.macro_f1 > b.macro_f1);
+                if better {
+                    state.best = Some(Best {
+                        epoch: epoch + 1,
+                        step: state.step,
+                        macro_f1: report.overall.macro_f1,
+                        accuracy: report.overall.accuracy,
+                    });
+                }
+                let ck = Checkpoint { state: state.clone(), params: params.clone(), optimizer: opt.clone() };
+                ck.save(&out.last())?;
+                if better {
+                    ck.save(&out.best())?;
+                }
+            } else {
+                let ck = Checkpoint { state: state.clone(), params: params.clone(), optimizer: opt.clone() };
+                ck.save(&out.last())?;
+                if valid.is_none() {
+                    ck.save(&out.best())?;
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let steps = state.step - first;
+    Ok(Summary {
+        steps: state.step,
+        total_steps: state.total_steps,
+        seconds,
+        seconds_per_step: seconds / steps.max(1) as f64,
+        samples_per_second: samples_seen as f64 / seconds.max(1e-9),
+        best: state.best,
+        last_loss,
+    })
+}
+
+fn fresh(
+    model: ModelSpec,
+    settings: Settings,
+    train: &Split,
+    data: String,
+    backbone: &str,
+) -> Result<Checkpoint, TrainError> {
+    if settings.batch_size == 0 || settings.epochs == 0 {
+        return Err(TrainError::Settings("--batch and --epochs must be at least 1".into()));
+    }
+    if train.data.samples.is_empty() {
+        return Err(TrainError::Settings(format!("{} has no samples", train.data.source.display())));
+    }
+    let c = &model.config;
+    if train.data.cultures.len() as u64 > c.cultures || train.data.classes.len() as u64 > c.classes {
+        return Err(TrainError::Settings(format!(
+            "the data has {} cultures and {} classes; the model was built for {} and {}",
+            train.data.cultures.len(),
+            train.data.classes.len(),
+            c.cultures,
+            c.classes
+        )));
+    }
+    let g = model.training_graph()?;
+    let params = ParamStore::init(&g, settings.seed);
+    let steps_per_epoch = (train.data.samples.len() as u64).div_ceil(settings.batch_size as u64);
+    let optimizer = AdamW::new(settings.weight_decay);
+    let state = RunState {
+        format: 1,
+        cultures: train.data.cultures.clone(),
+        classes: train.data.classes.clone(),
+        step: 0,
+        total_steps: steps_per_epoch * settings.epochs,
+        steps_per_epoch,
+        best: None,
+        data,
+        backbone: backbone.to_string(),
+        model,
+        settings,
+    };
+    Ok(Checkpoint { state, params, optimizer })
+}
+
+/// Scores of predictions on a split, with the run's culture names.
+pub fn score(split: &Split, preds: &[u32], state: &RunState) -> Report {
+    let s = &split.data.samples;
+    let truth: Vec<u32> = s.iter().map(|x| x.label).collect();
+    let culture: Vec<u32> = s.iter().map(|x| x.culture).collect();
+    Report::of(preds, &truth, &culture, &state.cultures, state.classes.len())
+}
+
+/// Which executor predicts.
+pub enum Executor<'a> {
+    Reference(Backend),
+    /// The compiled, fused plan on a device.
+    Fused {
+        device: &'a Device,
+        float: FloatType,
+    },
+}
+
+/// The predicted class (argmax of the logits) of every sample of `split`, in batches of
+/// `batch_size`. The fused executor runs every batch at one shape (the split's longest text,
+/// the last batch filled with copies of its last sample), so the plan compiles once.
+pub fn predict(
+    g: &Graph,
+    params: &ParamStore,
+    split: &Split,
+    executor: Executor<'_>,
+    batch_size: usize,
+    progress: &Progress,
+) -> Result<Vec<u32>, TrainError> {
+    let n = split.data.samples.len();
+    let mut preds = Vec::with_capacity(n);
+    let bar = progress.bar(n as u64, "predicting");
+    let mut compiled: Option<calm_passes::compile::Compiled> = None;
+    for start in (0..n).step_by(batch_size.max(1)) {
+        let real: Vec<usize> = (start..(start + batch_size).min(n)).collect();
+        let logits = match &executor {
+            Executor::Reference(backend) => {
+                let inputs = batch::inputs(g, split, &real, None, None);
+                let out = match backend {
+                    Backend::Flex => Reference::<Flex>::new(FlexDevice, FloatDType::F32).run(g, params, &inputs)?,
+                    Backend::Wgpu => {
+                        Reference::<Wgpu>::new(WgpuDevice::default(), FloatDType::F32).run(g, params, &inputs)?
+                    }
+                };
+                out["logits"].clone()
+            }
+            Executor::Fused { device, float } => {
+                let mut idx = real.clone();
+                idx.resize(batch_size, *real.last().expect("batches are not empty"));
+                let inputs = batch::inputs(g, split, &idx, Some(split.states.tokens), None);
+                if compiled.is_none() {
+                    let bindings = bind_inputs(g, &inputs)?;
+                    let opts = LowerOptions { float: *float, ..device.lower_options() };
+                    compiled = Some(calm_passes::compile::compile(g, &bindings, true, &opts)?);
+                }
+                let c = compiled.as_ref().expect("compiled above");
+                device.run(&c.graph, c.plan.clone(), params, &inputs)?["logits"].clone()
+            }
+        };
+        let classes = *logits.shape.last().expect("logits are [batch, classes]");
+        let values = logits.data.to_f64();
+        for r in 0..real.len() {
+            let row = &values[r * classes..(r + 1) * classes];
+            // Ties go to the lower class, as argmax does.
+            let best = (0..classes).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+            preds.push(best as u32);
+        }
+        bar.inc(real.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(preds)
+}
