@@ -11,8 +11,8 @@ use calm_train::batch::Split;
 use calm_train::checkpoint::{params_for, Checkpoint};
 use calm_train::model::{ModelKind, ModelSpec};
 use calm_train::progress::Progress;
-use calm_train::trainer::{self, predict, score, Backend, Executor, Outputs, Settings, Start};
 use calm_train::study;
+use calm_train::trainer::{self, predict, score, Backend, Executor, Outputs, Settings, Start};
 use clap::{Args, ValueEnum};
 
 use super::compile::Float;
@@ -351,10 +351,10 @@ pub fn eval(args: EvalArgs) -> Result<(), CliError> {
         Ok((preds, device.name()))
     };
     let (preds, how, agreement) = match (args.executor, args.compare) {
-        (ExecutorArg::Reference, false) => (reference()?, "reference executor".to_string(), None),
+        (ExecutorArg::Reference, false) => (reference()?, "the reference executor".to_string(), None),
         (ExecutorArg::Fused, false) => {
             let (p, name) = fused()?;
-            (p, format!("fused plan on {name}"), None)
+            (p, format!("the fused plan on {name}"), None)
         }
         (executor, true) => {
             let r = reference()?;
@@ -366,12 +366,7 @@ pub fn eval(args: EvalArgs) -> Result<(), CliError> {
         }
     };
     let report = score(&split, &preds, &ck.state);
-    println!(
-        "{} on {} ({} samples) by the {how}:",
-        ck.state.model.name(),
-        args.data.display(),
-        split.data.samples.len()
-    );
+    println!("{} on {} ({} samples) by {how}:", ck.state.model.name(), args.data.display(), split.data.samples.len());
     print!("{report}");
     if let Some((same, a)) = agreement {
         println!("fused and reference predictions agree on {same} of {} samples ({:.2}%)", preds.len(), 100.0 * a);

@@ -153,14 +153,22 @@ pub fn chart(results: &[RunResult], title: &str) -> String {
     let (bar, gap, left, top, height) = (10.0, 18.0, 50.0, 40.0, 260.0);
     let group = bar * variants.len() as f64 + gap;
     let width = left + group * cols.len() as f64 + 170.0;
-    let y = |v: f64| top + height * (1.0 - v);
+    // The axis spans the data (to 5% steps), so differences of a point stay visible; the
+    // caption says where it starts.
+    let stats: Vec<(f64, f64)> = per_col.iter().flatten().map(|(_, v)| mean_std(v)).collect();
+    let lo_data = stats.iter().map(|(m, sd)| m - sd).fold(1.0, f64::min);
+    let hi_data = stats.iter().map(|(m, sd)| m + sd).fold(0.0, f64::max);
+    let lo = ((lo_data * 20.0).floor() / 20.0 - 0.05).max(0.0);
+    let hi = ((hi_data * 20.0).ceil() / 20.0).clamp(lo + 0.05, 1.0);
+    let y = |v: f64| top + height * (1.0 - (v.clamp(lo, hi) - lo) / (hi - lo));
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n",
         top + height + 50.0
     );
     s += &format!("<text x=\"{left}\" y=\"20\" font-size=\"13\">{}</text>\n", escape(title));
-    for tick in 0..=5 {
-        let v = tick as f64 / 5.0;
+    let ticks = ((hi - lo) * 20.0).round() as usize;
+    for tick in 0..=ticks {
+        let v = lo + tick as f64 * (hi - lo) / ticks.max(1) as f64;
         s += &format!(
             "<line x1=\"{left}\" x2=\"{:.0}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}%</text>\n",
             left + group * cols.len() as f64,
@@ -180,7 +188,7 @@ pub fn chart(results: &[RunResult], title: &str) -> String {
                 "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/>\n",
                 y(m),
                 bar - 1.0,
-                (height * m).max(0.0),
+                (y(lo) - y(m)).max(0.0),
                 COLOURS[vi % COLOURS.len()]
             );
             if sd > 0.0 {
@@ -211,8 +219,9 @@ pub fn chart(results: &[RunResult], title: &str) -> String {
         );
     }
     s += &format!(
-        "<text x=\"{left}\" y=\"{:.0}\">validation accuracy, mean ± std over seeds</text>\n</svg>\n",
-        top + height + 36.0
+        "<text x=\"{left}\" y=\"{:.0}\">validation accuracy, mean ± std over seeds (the axis starts at {:.0}%)</text>\n</svg>\n",
+        top + height + 36.0,
+        lo * 100.0
     );
     s
 }
