@@ -1,7 +1,7 @@
 //! `calm data stats` end to end: the real CREHate train split as a table and as JSON, a generic
 //! table, and a malformed file's one-line error.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn calm(args: &[&str]) -> (bool, Option<i32>, String, String) {
@@ -15,7 +15,7 @@ fn calm(args: &[&str]) -> (bool, Option<i32>, String, String) {
 }
 
 fn train_split() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/crehate/CREHate_train.csv")
+    calm_data::crehate_dir().unwrap().join("CREHate_train.csv")
 }
 
 const COUNTRIES: [&str; 5] = ["Australia", "United_States", "United_Kingdom", "South_Africa", "Singapore"];

@@ -15,7 +15,7 @@ fn calm(home: &Path, args: &[&str]) -> (bool, String, String) {
 }
 
 fn crehate(split: &str) -> String {
-    let p: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../shared/data/crehate/CREHate_{split}.csv"));
+    let p: PathBuf = calm_data::crehate_dir().unwrap().join(format!("CREHate_{split}.csv"));
     p.to_str().unwrap().to_string()
 }
 

@@ -36,29 +36,27 @@ impl Dataset {
     /// [`Dataset::cultures`]. Every culture of the dataset must be in `names`; `names` may hold
     /// more. An error names the cultures that are not.
     pub fn remap_cultures(&mut self, names: &[String]) -> Result<(), DataError> {
-        let mut map = Vec::with_capacity(self.cultures.len());
-        let mut unknown = Vec::new();
-        for c in &self.cultures {
-            match names.iter().position(|n| n == c) {
-                Some(i) => map.push(i as u32),
-                None => {
-                    map.push(u32::MAX);
-                    unknown.push(c.clone());
-                }
-            }
-        }
-        if !unknown.is_empty() {
-            return Err(DataError::file(
-                &self.source,
-                DataErrorKind::UnknownCultures { names: unknown, known: names.to_vec() },
-            ));
-        }
+        let map = index_map(&self.cultures, names).map_err(|unknown| {
+            DataError::file(&self.source, DataErrorKind::UnknownCultures { names: unknown, known: names.to_vec() })
+        })?;
         for s in &mut self.samples {
-            if let Some(&to) = map.get(s.culture as usize) {
-                s.culture = to;
-            }
+            s.culture = map[s.culture as usize];
         }
         self.cultures = names.to_vec();
+        Ok(())
+    }
+
+    /// Renumbers the samples' labels as `names` (a model's classes): a model scores a file
+    /// whose string labels sort differently, or lack a class, by the same indices it was trained
+    /// with. A label not in `names` is an error naming it.
+    pub fn remap_classes(&mut self, names: &[String]) -> Result<(), DataError> {
+        let map = index_map(&self.classes, names).map_err(|unknown| {
+            DataError::file(&self.source, DataErrorKind::UnknownClasses { names: unknown, known: names.to_vec() })
+        })?;
+        for s in &mut self.samples {
+            s.label = map[s.label as usize];
+        }
+        self.classes = names.to_vec();
         Ok(())
     }
 
@@ -96,6 +94,17 @@ impl Interner {
     }
 }
 
+/// For each of `have`, its index in `want`; the names missing from `want` as the error.
+fn index_map(have: &[String], want: &[String]) -> Result<Vec<u32>, Vec<String>> {
+    let found: Vec<Option<u32>> = have.iter().map(|c| want.iter().position(|n| n == c).map(|i| i as u32)).collect();
+    let unknown: Vec<String> = have.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(c, _)| c.clone()).collect();
+    if unknown.is_empty() {
+        Ok(found.into_iter().map(|f| f.expect("all found")).collect())
+    } else {
+        Err(unknown)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +130,17 @@ mod tests {
         assert_eq!(cultures, [2, 1, 1, 2]);
         let labels: Vec<u32> = d.samples.iter().map(|s| s.label).collect();
         assert_eq!(labels, [1, 0, 1, 0]);
+    }
+
+    #[test]
+    fn remap_classes_follows_the_model_and_names_unknown_labels() {
+        let mut d = tiny();
+        let names: Vec<String> = ["maybe", "yes", "no"].map(String::from).to_vec();
+        d.remap_classes(&names).unwrap();
+        let labels: Vec<u32> = d.samples.iter().map(|s| s.label).collect();
+        assert_eq!(labels, [1, 2, 1, 2]);
+        let e = tiny().remap_classes(&["no".to_string()]).unwrap_err().to_string();
+        assert!(e.contains("tiny.csv") && e.contains("yes"), "{e}");
     }
 
     #[test]

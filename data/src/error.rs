@@ -50,6 +50,8 @@ pub enum DataErrorKind {
     Csv(String),
     #[error("{} {} not among the given cultures ({})", plural(.names.len(), "culture"), quoted(.names), quoted(.known))]
     UnknownCultures { names: Vec<String>, known: Vec<String> },
+    #[error("{} {} not among the model's classes ({})", plural(.names.len(), "label"), quoted(.names), quoted(.known))]
+    UnknownClasses { names: Vec<String>, known: Vec<String> },
 }
 
 impl DataError {

@@ -1,12 +1,12 @@
 //! The real CREHate splits, with counts computed independently (Python's `csv` module), and
 //! every malformed-file case on small files.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use calm_data::{load, load_crehate, DataError, DataErrorKind, Dataset};
 
 fn split(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/crehate").join(name)
+    calm_data::crehate_dir().unwrap().join(name)
 }
 
 const CULTURES: [&str; 5] = ["Australia", "United_States", "United_Kingdom", "South_Africa", "Singapore"];

@@ -51,21 +51,22 @@ pub struct DataArgs {
     pub max_tokens: usize,
 }
 
-/// Loads a dataset (cultures renumbered as `cultures` when given) and its states, encoded by
-/// `encoder` once and cached in $CALM_HOME/states.
+/// Loads a dataset (cultures and classes renumbered as a model's `names` when given) and its
+/// states, encoded by `encoder` once and cached in $CALM_HOME/states.
 fn load_split(
     path: &Path,
     data: &DataArgs,
     encoder: &Encoder,
-    cultures: Option<&[String]>,
+    names: Option<(&[String], &[String])>,
     progress: &Progress,
 ) -> Result<Split, CliError> {
     let mut ds = calm_data::load(path, data.columns.spec().as_ref())?;
     if let Some(n) = data.limit {
         ds = ds.take(n);
     }
-    if let Some(names) = cultures {
-        ds.remap_cultures(names)?;
+    if let Some((cultures, classes)) = names {
+        ds.remap_cultures(cultures)?;
+        ds.remap_classes(classes)?;
     }
     let cache = calm_runtime::profile::peaks::calm_home().join("states");
     let states = encoder.cached_states(&ds.texts, data.max_tokens, &cache, progress)?;
@@ -243,9 +244,9 @@ pub fn train(args: TrainArgs) -> Result<(), CliError> {
         let ck = Checkpoint::load(&outputs.last())?;
         let enc = encoder_of(&ck.state.backbone)?;
         let data = DataArgs { max_tokens: ck.state.settings.max_tokens, ..args.data.clone() };
-        let train = load_split(&args.train, &data, &enc, Some(&ck.state.cultures), &progress)?;
+        let train = load_split(&args.train, &data, &enc, Some((&ck.state.cultures, &ck.state.classes)), &progress)?;
         let valid = match &args.valid {
-            Some(v) => Some(load_split(v, &data, &enc, Some(&ck.state.cultures), &progress)?),
+            Some(v) => Some(load_split(v, &data, &enc, Some((&ck.state.cultures, &ck.state.classes)), &progress)?),
             None => None,
         };
         progress.note(&format!(
@@ -259,7 +260,9 @@ pub fn train(args: TrainArgs) -> Result<(), CliError> {
         let enc = encoder(args.backbone, args.optim.seed)?;
         let train = load_split(&args.train, &args.data, &enc, None, &progress)?;
         let valid = match &args.valid {
-            Some(v) => Some(load_split(v, &args.data, &enc, Some(&train.data.cultures), &progress)?),
+            Some(v) => {
+                Some(load_split(v, &args.data, &enc, Some((&train.data.cultures, &train.data.classes)), &progress)?)
+            }
             None => None,
         };
         let config = args.model_args.config(&enc, &train)?;
@@ -272,6 +275,9 @@ pub fn train(args: TrainArgs) -> Result<(), CliError> {
             return Err(OtherError("--variant applies to --model calm only".into()).into());
         }
         let mut model = ModelSpec::variant(args.variant.as_deref().unwrap_or("full"), &config)?;
+        if model.kind != ModelKind::Calm {
+            return Err(OtherError(format!("--variant {}: use --model {} instead", model.name(), model.name())).into());
+        }
         model.kind = kind;
         let settings = args.optim.settings(&config, args.data.max_tokens)?;
         (Start::Fresh { model: Box::new(model), settings }, enc, train, valid)
@@ -339,7 +345,7 @@ pub fn eval(args: EvalArgs) -> Result<(), CliError> {
     let ck = Checkpoint::load(&args.checkpoint)?;
     let enc = encoder_of(&ck.state.backbone)?;
     let data = DataArgs { max_tokens: ck.state.settings.max_tokens, ..args.data_args.clone() };
-    let split = load_split(&args.data, &data, &enc, Some(&ck.state.cultures), &progress)?;
+    let split = load_split(&args.data, &data, &enc, Some((&ck.state.cultures, &ck.state.classes)), &progress)?;
     let g = ck.state.model.inference_graph()?;
     let weights = params_for(&g, &ck.params, &args.checkpoint)?;
     let batch = args.batch.max(1);
@@ -414,7 +420,8 @@ pub fn study(args: StudyArgs) -> Result<(), CliError> {
     let progress = progress(args.quiet);
     let enc = encoder(args.backbone, 0)?;
     let train = load_split(&args.train, &args.data, &enc, None, &progress)?;
-    let valid = load_split(&args.valid, &args.data, &enc, Some(&train.data.cultures), &progress)?;
+    let valid =
+        load_split(&args.valid, &args.data, &enc, Some((&train.data.cultures, &train.data.classes)), &progress)?;
     let config = ModelArgs { preset: args.preset.clone(), config: args.config.clone() }.config(&enc, &train)?;
     let names: Vec<String> = match &args.variants {
         Some(list) => list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),

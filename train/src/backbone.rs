@@ -35,6 +35,8 @@ pub struct Encoder {
     graph: Graph,
     params: ParamStore,
     tokenizer: tokenizers::Tokenizer,
+    /// Where the tokenizer came from, for errors.
+    tokenizer_path: PathBuf,
     /// Identifies the weights and tokenizer (a hash of their files); part of cache keys.
     pub fingerprint: String,
 }
@@ -89,7 +91,7 @@ impl Encoder {
         hash_file(&mut h, &model)?;
         hash_file(&mut h, &tok)?;
         let fingerprint = format!("minilm-l6:{}", hex(&h.finalize()[..12]));
-        Ok(Encoder { bert, graph, params, tokenizer, fingerprint })
+        Ok(Encoder { bert, graph, params, tokenizer, tokenizer_path: tok, fingerprint })
     }
 
     /// A tiny BERT with random weights (from `seed`) and a character-level WordPiece tokenizer:
@@ -99,7 +101,8 @@ impl Encoder {
         let graph = encoder_graph(&bert).expect("the tiny encoder builds");
         let params = ParamStore::init(&graph, seed);
         let tokenizer: tokenizers::Tokenizer = tiny_tokenizer_json().parse().expect("the tiny tokenizer parses");
-        Encoder { bert, graph, params, tokenizer, fingerprint: format!("tiny-bert:{seed}") }
+        let (tokenizer_path, fingerprint) = (PathBuf::from("<tiny tokenizer>"), format!("tiny-bert:{seed}"));
+        Encoder { bert, graph, params, tokenizer, tokenizer_path, fingerprint }
     }
 
     /// d, the width of the states.
@@ -114,13 +117,13 @@ impl Encoder {
         let mut tok = self.tokenizer.clone();
         tok.with_padding(None);
         tok.with_truncation(Some(tokenizers::TruncationParams { max_length: max_tokens, ..Default::default() }))
-            .map_err(|e| TrainError::Tokenizer { path: PathBuf::from("<tokenizer>"), reason: e.to_string() })?;
+            .map_err(|e| TrainError::Tokenizer { path: self.tokenizer_path.clone(), reason: e.to_string() })?;
         texts
             .iter()
             .map(|t| {
                 tok.encode(t.as_str(), true)
                     .map(|e| e.get_ids().to_vec())
-                    .map_err(|e| TrainError::Tokenizer { path: PathBuf::from("<tokenizer>"), reason: e.to_string() })
+                    .map_err(|e| TrainError::Tokenizer { path: self.tokenizer_path.clone(), reason: e.to_string() })
             })
             .collect()
     }

@@ -111,6 +111,18 @@ impl Checkpoint {
         }
         let graph = state.model.training_graph()?;
         let params = ParamStore::from_tensors(&graph, path, weights)?;
+        // AdamW's moments: both or neither for a parameter, each the parameter's size.
+        for (name, t) in params.iter() {
+            let (m, v) = (optimizer.m.get(name).map(Vec::len), optimizer.v.get(name).map(Vec::len));
+            match (m, v) {
+                (None, None) => {}
+                (Some(a), Some(b)) if a == t.numel() && b == t.numel() => {}
+                _ => return Err(bad(format!("AdamW moments of `{name}` are missing or of the wrong size"))),
+            }
+        }
+        if let Some(name) = optimizer.m.keys().chain(optimizer.v.keys()).find(|n| params.get(n).is_none()) {
+            return Err(bad(format!("AdamW moments of `{name}`, which is not a parameter")));
+        }
         Ok(Checkpoint { state, params, optimizer })
     }
 }

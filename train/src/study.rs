@@ -26,6 +26,9 @@ pub struct RunResult {
     pub steps: u64,
     pub seconds: f64,
     pub best_epoch: u64,
+    /// What was trained (model, settings, backbone, data fingerprints): a result is reused only
+    /// by a study asking for exactly this.
+    pub key: String,
     /// (culture, accuracy, macro-F1) on the validation split, then `overall`.
     pub scores: Vec<(String, f64, f64)>,
 }
@@ -53,10 +56,23 @@ pub fn run(plan: &Plan<'_>, train: &Split, valid: &Split, progress: &Progress) -
         for &seed in seeds {
             let dir = out.join("runs").join(format!("{}-seed{seed}", model.name()));
             let result_path = dir.join("result.json");
-            if let Some(done) = std::fs::read(&result_path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
-                progress.note(&format!("{}, seed {seed}: done before, kept", model.name()));
-                results.push(done);
-                continue;
+            let run_settings = Settings { seed, ..settings.clone() };
+            let key = serde_json::json!({"model": model, "settings": run_settings, "backbone": backbone,
+                "train": trainer::fingerprint(train), "valid": trainer::fingerprint(valid)})
+            .to_string();
+            let earlier: Option<RunResult> =
+                std::fs::read(&result_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            match earlier {
+                Some(done) if done.key == key => {
+                    progress.note(&format!("{}, seed {seed}: done before, kept", model.name()));
+                    results.push(done);
+                    continue;
+                }
+                Some(_) => progress.note(&format!(
+                    "{}, seed {seed}: done before with other settings or data: training again",
+                    model.name()
+                )),
+                None => {}
             }
             let started = Instant::now();
             let outputs = Outputs { dir: dir.clone(), log: Some(dir.join("log.jsonl")) };
@@ -76,6 +92,7 @@ pub fn run(plan: &Plan<'_>, train: &Split, valid: &Split, progress: &Progress) -
                 steps: summary.steps,
                 seconds: started.elapsed().as_secs_f64(),
                 best_epoch: best.state.best.as_ref().map_or(0, |b| b.epoch),
+                key,
                 scores: scores_of(&report),
             };
             progress.note(&format!(
@@ -246,6 +263,7 @@ mod tests {
             steps: 1,
             seconds: 1.0,
             best_epoch: 1,
+            key: String::new(),
             scores: vec![("Australia".into(), au, au), ("overall".into(), overall, f1)],
         }
     }

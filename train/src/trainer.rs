@@ -121,15 +121,24 @@ fn loss_terms(outputs: &BTreeMap<String, HostTensor>) -> BTreeMap<String, f64> {
 struct Log(Option<std::fs::File>);
 
 impl Log {
-    fn open(path: Option<&Path>, append: bool) -> Result<Self, TrainError> {
+    /// Opens the log: a new run empties it; a run resumed at step `s` keeps only the lines up to
+    /// step `s` (a crash after them left lines of steps the resumed run will do again).
+    fn open(path: Option<&Path>, resumed_at: Option<u64>) -> Result<Self, TrainError> {
         let Some(path) = path else { return Ok(Log(None)) };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(append)
-            .write(true)
-            .truncate(!append)
-            .open(path)
-            .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+        let io = |source| TrainError::Io { path: path.to_path_buf(), source };
+        let kept: String = match (resumed_at, std::fs::read_to_string(path)) {
+            (Some(step), Ok(text)) => text
+                .lines()
+                .filter(|l| {
+                    let v: Option<serde_json::Value> = serde_json::from_str(l).ok();
+                    v.and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            _ => String::new(),
+        };
+        calm_ir::files::write_atomic(path, kept.as_bytes()).map_err(io)?;
+        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(io)?;
         Ok(Log(Some(file)))
     }
 
@@ -167,6 +176,18 @@ pub fn train(
                 let reason = "it was trained on other data or with another backbone than given now".into();
                 return Err(TrainError::Checkpoint { path, reason });
             }
+            let st = &ck.state;
+            let per_epoch = (train.data.samples.len() as u64).div_ceil(st.settings.batch_size.max(1) as u64);
+            if st.settings.batch_size == 0
+                || st.steps_per_epoch != per_epoch
+                || st.total_steps != per_epoch * st.settings.epochs
+            {
+                let reason = format!(
+                    "its schedule ({} steps an epoch, {} in all, batch {}) does not fit the data",
+                    st.steps_per_epoch, st.total_steps, st.settings.batch_size
+                );
+                return Err(TrainError::Checkpoint { path, reason });
+            }
             ck
         }
         Start::Fresh { model, settings } => fresh(*model, settings, train, data, backbone)?,
@@ -176,7 +197,7 @@ pub fn train(
     let settings = state.settings.clone();
     let n = train.data.samples.len();
     let end = stop_after.map_or(state.total_steps, |s| s.min(state.total_steps));
-    let mut log = Log::open(out.log.as_deref(), resuming)?;
+    let mut log = Log::open(out.log.as_deref(), resuming.then_some(state.step))?;
     let bar = progress.bar(state.total_steps, &format!("training {}", state.model.name()));
     bar.set_position(state.step);
     let started = Instant::now();
@@ -260,16 +281,19 @@ pub fn train(
                     });
                 }
                 let ck = Checkpoint { state: state.clone(), params: params.clone(), optimizer: opt.clone() };
-                ck.save(&out.last())?;
+                // Best first: a crash between the two leaves `last` (what --resume reads) naming
+                // an older best, which the next better epoch overwrites, never a best file older
+                // than `last` says.
                 if better {
                     ck.save(&out.best())?;
                 }
+                ck.save(&out.last())?;
             } else {
                 let ck = Checkpoint { state: state.clone(), params: params.clone(), optimizer: opt.clone() };
-                ck.save(&out.last())?;
                 if valid.is_none() {
                     ck.save(&out.best())?;
                 }
+                ck.save(&out.last())?;
             }
         }
     }
@@ -335,7 +359,7 @@ pub fn score(split: &Split, preds: &[u32], state: &RunState) -> Report {
     let s = &split.data.samples;
     let truth: Vec<u32> = s.iter().map(|x| x.label).collect();
     let culture: Vec<u32> = s.iter().map(|x| x.culture).collect();
-    Report::of(preds, &truth, &culture, &state.cultures, state.classes.len())
+    Report::of(preds, &truth, &culture, &state.cultures, state.model.config.classes as usize)
 }
 
 /// Which executor predicts.

@@ -15,7 +15,7 @@ use calm_train::progress::Progress;
 use calm_train::trainer::{self, Backend, Outputs, Settings, Start};
 
 fn crehate(split: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../shared/data/crehate/CREHate_{split}.csv"))
+    calm_data::crehate_dir().unwrap().join(format!("CREHate_{split}.csv"))
 }
 
 fn split(name: &str, texts: usize, enc: &Encoder) -> Split {
