@@ -249,6 +249,9 @@ pub fn train(
             "losses": terms, "samples": idx.len(), "elapsed_s": elapsed}));
         let epoch_done = state.step % state.steps_per_epoch == 0;
         if epoch_done || state.step == end {
+            // Without a validation split the last checkpoint is the best; with one, only an
+            // epoch that improved the validation macro-F1 is.
+            let mut better = valid.is_none();
             if let (Some(valid), true) = (valid, epoch_done) {
                 let weights = params_for(&inference, &params, &out.last())?;
                 let preds = predict(
@@ -271,7 +274,7 @@ pub fn train(
                         report.overall.macro_f1
                     ))
                 });
-                let better = state.best.as_ref().is_none_or(|b| report.overall.macro_f1 > b.macro_f1);
+                better = state.best.as_ref().is_none_or(|b| report.overall.macro_f1 > b.macro_f1);
                 if better {
                     state.best = Some(Best {
                         epoch: epoch + 1,
@@ -280,21 +283,14 @@ pub fn train(
                         accuracy: report.overall.accuracy,
                     });
                 }
-                let ck = Checkpoint { state: state.clone(), params: params.clone(), optimizer: opt.clone() };
-                // Best first: a crash between the two leaves `last` (what --resume reads) naming
-                // an older best, which the next better epoch overwrites, never a best file older
-                // than `last` says.
-                if better {
-                    ck.save(&out.best())?;
-                }
-                ck.save(&out.last())?;
-            } else {
-                let ck = Checkpoint { state: state.clone(), params: params.clone(), optimizer: opt.clone() };
-                if valid.is_none() {
-                    ck.save(&out.best())?;
-                }
-                ck.save(&out.last())?;
             }
+            // Best first: a crash between the two leaves `last` (what --resume reads) naming an
+            // older best, which the next better epoch overwrites, never a best file older than
+            // `last` says.
+            if better {
+                Checkpoint::write(&out.best(), &state, &params, &opt)?;
+            }
+            Checkpoint::write(&out.last(), &state, &params, &opt)?;
         }
     }
     bar.finish_and_clear();
