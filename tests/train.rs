@@ -173,3 +173,129 @@ fn a_smoke_study_writes_its_table_and_chart_and_resumes() {
     assert_eq!(stderr.matches("done before, kept").count(), 10, "{stderr}");
     assert_eq!(std::fs::read_to_string(out.join("study.md")).unwrap(), table);
 }
+
+/// SplitMix64, for kill times that are random but the same on every run of the test.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The weights and AdamW moments of a checkpoint, by name, as bits.
+fn tensors_of(path: &Path) -> Vec<(String, Vec<u64>)> {
+    let (tensors, _) = calm::runtime::safetensors::read_with_metadata(path).unwrap();
+    tensors.into_iter().map(|(k, t)| (k, t.data.to_f64().iter().map(|v| v.to_bits()).collect())).collect()
+}
+
+#[test]
+fn a_run_killed_at_random_moments_resumes_to_the_same_weights() {
+    let home = tempfile::tempdir().unwrap();
+    let train = crehate("train");
+    // 4 posts × 5 countries = 20 samples, batches of 8: 3 steps an epoch, 72 in all, with a
+    // checkpoint at each epoch's end.
+    let args = |out: &Path, log: &Path, resume: bool| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "train",
+            "--train",
+            &train,
+            "--backbone",
+            "tiny",
+            "--preset",
+            "tiny",
+            "--limit",
+            "4",
+            "--batch",
+            "8",
+            "--epochs",
+            "24",
+            "--lr",
+            "1e-3",
+            "-q",
+            "--out",
+            s(out),
+            "--json",
+            s(log),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let run_whole = |name: &str| {
+        let (out, log) = (home.path().join(name), home.path().join(format!("{name}.jsonl")));
+        let started = std::time::Instant::now();
+        let (ok, _, stderr) =
+            calm(home.path(), &args(&out, &log, false).iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(ok, "{stderr}");
+        (out, started.elapsed())
+    };
+    // The first run encodes the texts into the states cache; the second, timed, is what a
+    // resumed run repeats.
+    let (whole, _) = run_whole("whole");
+    let (_, full) = run_whole("whole-again");
+
+    let (killed, killed_log) = (home.path().join("killed"), home.path().join("killed.jsonl"));
+    let last = killed.join("last.safetensors");
+    let mut rng = 0x6b11u64;
+    let (mut kills, mut spawns) = (0, 0);
+    loop {
+        spawns += 1;
+        assert!(spawns <= 100, "the run did not finish in 100 starts");
+        let resume = last.exists();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_calm"))
+            .env("CALM_HOME", home.path())
+            .args(args(&killed, &killed_log, resume))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Anywhere in the first half of a whole run's span (start-up, steps, checkpoint and log
+        // writes): no start gets through more than half the work, so at least 3 are killed.
+        let at = full.mul_f64((splitmix(&mut rng) % 1000) as f64 / 2000.0);
+        std::thread::sleep(at);
+        let finished = child.try_wait().unwrap().is_some();
+        if !finished {
+            child.kill().unwrap(); // SIGKILL: no chance to clean up
+            kills += 1;
+        }
+        let status = child.wait().unwrap();
+        // Whatever moment the kill hit, the last checkpoint is whole and resumable.
+        if last.exists() {
+            let ck = calm_train::checkpoint::Checkpoint::load(&last).unwrap_or_else(|e| panic!("after a kill: {e}"));
+            assert!(ck.state.step.is_multiple_of(3) && ck.state.step <= 72, "checkpoints are at epoch ends");
+        }
+        if finished {
+            assert!(status.success(), "a run that was not killed failed");
+            break;
+        }
+    }
+    eprintln!("{kills} kills in {spawns} starts (a whole run takes {full:?})");
+    assert!(kills >= 3, "only {kills} runs were killed before they finished");
+    let resume = last.exists();
+    let (ok, stdout, stderr) =
+        calm(home.path(), &args(&killed, &killed_log, resume).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok && stdout.contains("trained 72 of 72 steps"), "{stdout}{stderr}");
+    assert_eq!(
+        tensors_of(&whole.join("last.safetensors")),
+        tensors_of(&last),
+        "weights or moments differ after {kills} kills"
+    );
+    // No temporary file is left, and the log has each step once.
+    let mut files: Vec<String> =
+        std::fs::read_dir(&killed).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(files, ["best.safetensors", "last.safetensors"], "{files:?}");
+    let steps: Vec<u64> = std::fs::read_to_string(&killed_log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "step")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=72).collect::<Vec<_>>());
+}

@@ -62,10 +62,19 @@ pub fn random_inputs(
         let example: Vec<String> = g.symbols().into_iter().map(|s| format!("{s}=N")).collect();
         return Err(RandomInputError(format!("unbound {} (give --bind {})", unbound.join(", "), example.join(","))));
     }
+    // Each input with the uniforms it is drawn from (two per value), f32: refused before any is
+    // allocated if they do not fit.
+    let mut needed = 0u64;
+    for (_, name, ty) in g.inputs() {
+        // Checked: sizes whose product overflows are an error, not a wrap.
+        ty.size_bytes(bindings).map_err(|e| RandomInputError(format!("input `{name}`: {e}")))?;
+        let n = ty.numel(bindings).map_err(|e| RandomInputError(format!("input `{name}`: {e}")))?;
+        needed = needed.saturating_add(n.saturating_mul(12));
+    }
+    crate::limits::check_host(|| format!("drawing random inputs for {bindings}"), needed)
+        .map_err(|e| RandomInputError(e.to_string()))?;
     let mut out = BTreeMap::new();
     for (n, name, ty) in g.inputs() {
-        // Checked first: sizes whose product overflows are an error, not a wrap.
-        ty.size_bytes(bindings).map_err(|e| RandomInputError(format!("input `{name}`: {e}")))?;
         let dims = ty.dims(bindings).map_err(|e| RandomInputError(e.to_string()))?;
         let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
         let len: usize = shape.iter().product();

@@ -6,6 +6,7 @@
 //! - [`params`]: the parameter store (deterministic initialisation, safetensors load and save);
 //! - [`host`], [`safetensors`]: host tensors and the weight/input file format;
 //! - [`inputs`]: random inputs of the right shapes for `calm run`;
+//! - [`limits`]: memory budgets of the host and the device, checked before allocating;
 //! - [`profile`]: launches timed on the device against the roofline (`calm profile`), the
 //!   device's measured ceilings, and modelled times for devices we do not have;
 //! - [`cuda_target`]: CUDA C++ of a plan's kernels without a GPU, and sm_90 PTX through NVRTC;
@@ -16,6 +17,7 @@ pub mod cuda_target;
 pub mod device;
 pub mod host;
 pub mod inputs;
+pub mod limits;
 pub mod params;
 pub mod profile;
 pub mod reference;

@@ -54,6 +54,11 @@ fn fixed_shape(t: &TensorType) -> Vec<usize> {
     t.shape.iter().map(|d| d.fixed().expect("the verifier requires fixed parameter shapes") as usize).collect()
 }
 
+/// Elements of a fixed shape, saturating (a size past u64 is refused as too large anyway).
+fn fixed_numel_checked(t: &TensorType) -> u64 {
+    t.shape.iter().map(|d| d.fixed().unwrap_or(0)).fold(1u64, u64::saturating_mul)
+}
+
 /// Values of `init` for a parameter of `len` elements, drawn from the shared generator.
 fn draw(init: &Init, len: usize, seed: u64, name: &str) -> Vec<f32> {
     let (key, offset, stream) = (seed as u32, (seed >> 32) as u32, philox::name_stream(name));
@@ -99,6 +104,19 @@ impl ParamStore {
             })
             .collect();
         ParamStore { tensors }
+    }
+
+    /// [`ParamStore::init`], refused before allocating when the parameters (f32) would not fit
+    /// in the host's memory: a hand-edited graph can declare any size.
+    pub fn try_init(g: &Graph, seed: u64) -> Result<Self, crate::limits::MemoryError> {
+        let needed = g
+            .nodes
+            .values()
+            .filter(|n| matches!(n.op, Op::Param { .. }))
+            .map(|n| fixed_numel_checked(g.value_type(n.results[0])).saturating_mul(4))
+            .fold(0u64, u64::saturating_add);
+        crate::limits::check_host(|| format!("initialising the weights of `{}`", g.name), needed)?;
+        Ok(ParamStore::init(g, seed))
     }
 
     pub fn get(&self, name: &str) -> Option<&HostTensor> {

@@ -26,6 +26,8 @@ pub enum SafetensorsError {
     Tensor { path: PathBuf, name: String, reason: String },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Memory { path: PathBuf, source: crate::limits::MemoryError },
 }
 
 /// Bytes per element of a safetensors dtype this reader knows.
@@ -72,7 +74,13 @@ pub type Metadata = BTreeMap<String, String>;
 
 /// Reads every tensor of a safetensors file and its `__metadata__` strings.
 pub fn read_with_metadata(path: &Path) -> Result<(BTreeMap<String, HostTensor>, Metadata), SafetensorsError> {
-    let bytes = std::fs::read(path).map_err(|source| SafetensorsError::Io { path: path.to_path_buf(), source })?;
+    let io = |source| SafetensorsError::Io { path: path.to_path_buf(), source };
+    // The file and its decoded values (up to twice its size, for 2-byte floats read as f32):
+    // refused when they cannot fit, rather than aborting in the allocator.
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    crate::limits::check_host(|| "reading it".to_string(), size.saturating_mul(3))
+        .map_err(|source| SafetensorsError::Memory { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(io)?;
     parse(&bytes).map_err(|e| match e {
         ParseError::Corrupt(reason) => SafetensorsError::Corrupt { path: path.to_path_buf(), reason },
         ParseError::Tensor(name, reason) => SafetensorsError::Tensor { path: path.to_path_buf(), name, reason },

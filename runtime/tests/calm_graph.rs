@@ -106,7 +106,7 @@ fn gradients_agree_with_finite_differences() {
     let g = build(&c, Mode::Training).unwrap();
     let mut params = ParamStore::init(&g, 9);
     let inputs = random_inputs(&g, &bind(5, 4), 9).unwrap();
-    let grads = gradients::<Flex>(FlexDevice, FloatDType::F64, &g, &params, &inputs, "loss").unwrap();
+    let grads = gradients::<Flex>(FlexDevice, FloatDType::F64, &g, &params, &inputs, "loss", false).unwrap();
     let forward = exec().run(&g, &params, &inputs).unwrap();
     assert!((forward["loss"].data.to_f64()[0] - grads.loss).abs() < 1e-12, "autodiff runs the same forward pass");
     assert_eq!(grads.grads.len(), params.len());

@@ -34,6 +34,8 @@ pub enum CliError {
     #[error("{0}")]
     Run(#[from] calm_runtime::reference::RunError),
     #[error("{0}")]
+    Memory(#[from] calm_runtime::limits::MemoryError),
+    #[error("{0}")]
     Compile(#[from] calm_passes::compile::CompileError),
     #[error("{0}")]
     Device(#[from] calm_runtime::device::select::RunOnDeviceError),

@@ -14,11 +14,11 @@ use calm_runtime::device::select::{Device, DeviceChoice};
 use calm_runtime::host::{HostTensor, Summary};
 use calm_runtime::inputs::random_inputs;
 use calm_runtime::params::ParamStore;
-use calm_runtime::reference::{bind_inputs, Reference};
+use calm_runtime::reference::{bind_inputs, NonFinite, Reference};
 use calm_runtime::safetensors;
 
 use super::compile::Float;
-use super::error::{read_graph, CliError};
+use super::error::{read_graph, CliError, OtherError};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -87,6 +87,12 @@ pub struct Args {
     /// Backend of the reference executor: `flex` (CPU, f64) or `wgpu` (f32).
     #[arg(long, value_enum, default_value_t = Backend::Flex)]
     pub backend: Backend,
+    /// Fail at the first node whose result holds a NaN, or an infinity its arguments did not
+    /// hold (an overflow), naming it; NaN or infinity in the inputs and weights are named too.
+    /// On the fused executor the outputs are checked and a fault is then located on the
+    /// reference executor (slow: every value is read back).
+    #[arg(long)]
+    pub check_numerics: bool,
 }
 
 type Outputs = BTreeMap<String, HostTensor>;
@@ -96,17 +102,47 @@ fn reference(
     g: &Graph,
     params: &ParamStore,
     inputs: &Outputs,
+    check_numerics: bool,
 ) -> Result<(Outputs, String), CliError> {
     Ok(match backend {
         Backend::Flex => (
-            Reference::<Flex>::new(FlexDevice, FloatDType::F64).run(g, params, inputs)?,
+            Reference::<Flex>::new(FlexDevice, FloatDType::F64)
+                .checking_numerics(check_numerics)
+                .run(g, params, inputs)?,
             "reference on flex (CPU, f64)".into(),
         ),
         Backend::Wgpu => (
-            Reference::<Wgpu>::new(WgpuDevice::default(), FloatDType::F32).run(g, params, inputs)?,
+            Reference::<Wgpu>::new(WgpuDevice::default(), FloatDType::F32)
+                .checking_numerics(check_numerics)
+                .run(g, params, inputs)?,
             "reference on wgpu (f32)".into(),
         ),
     })
+}
+
+/// `--check-numerics` on the fused executor: an output that is not finite where the checked
+/// reference executor's is names the node where the fault began, or is a kernel fault.
+fn check_fused(
+    backend: Backend,
+    g: &Graph,
+    params: &ParamStore,
+    inputs: &Outputs,
+    got: &Outputs,
+) -> Result<(), CliError> {
+    let Some((name, found)) = g.outputs.iter().find_map(|o| NonFinite::scan(&got[&o.name]).map(|f| (&o.name, f)))
+    else {
+        return Ok(());
+    };
+    // Finds the node, if the graph makes the fault on any executor.
+    let (want, _) = reference(backend, g, params, inputs, true)?;
+    match NonFinite::scan(&want[name]) {
+        Some(w) if (w.nan, w.inf) == (found.nan, found.inf) => Ok(()),
+        _ => Err(OtherError(format!(
+            "fused output `{name}` holds {found}, where the reference executor computes {}: a kernel fault on this device",
+            NonFinite::scan(&want[name]).map_or("every value finite".to_string(), |w| w.to_string())
+        ))
+        .into()),
+    }
 }
 
 fn fused(
@@ -159,7 +195,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let g = read_graph(&args.file)?;
     let (params, weights_from) = match &args.weights {
         Some(path) => (ParamStore::load(&g, path)?, path.display().to_string()),
-        None => (ParamStore::init(&g, args.seed), format!("initialised from seed {}", args.seed)),
+        None => (ParamStore::try_init(&g, args.seed)?, format!("initialised from seed {}", args.seed)),
     };
     let (inputs, inputs_from) = match &args.inputs {
         Some(path) => (safetensors::read(path)?, path.display().to_string()),
@@ -183,11 +219,17 @@ pub fn run(args: Args) -> Result<(), CliError> {
         },
     };
     let (outputs, how) = match &device {
-        Some(d) => fused(d, &args, &g, &params, &inputs)?,
-        None => reference(args.backend, &g, &params, &inputs)?,
+        Some(d) => {
+            let (outputs, how) = fused(d, &args, &g, &params, &inputs)?;
+            if args.check_numerics {
+                check_fused(args.backend, &g, &params, &inputs, &outputs)?;
+            }
+            (outputs, how)
+        }
+        None => reference(args.backend, &g, &params, &inputs, args.check_numerics)?,
     };
     let errors = if args.compare {
-        let (want, _) = reference(args.backend, &g, &params, &inputs)?;
+        let (want, _) = reference(args.backend, &g, &params, &inputs, false)?;
         Some(relative_errors(&want, &outputs))
     } else {
         None

@@ -12,7 +12,7 @@ use calm_train::checkpoint::{params_for, Checkpoint};
 use calm_train::model::{ModelKind, ModelSpec};
 use calm_train::progress::Progress;
 use calm_train::study;
-use calm_train::trainer::{self, predict, score, Backend, Executor, Outputs, Settings, Start};
+use calm_train::trainer::{self, predict, score, Backend, Executor, Outputs, RunOptions, Settings, Start};
 use clap::{Args, ValueEnum};
 
 use super::compile::Float;
@@ -214,6 +214,11 @@ pub struct TrainArgs {
     /// continues.
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// Check every value of every step's forward pass and stop at the first NaN or overflow,
+    /// naming the node (slow). Without it, a step whose loss or gradients are not finite still
+    /// stops the run, saves its state and names the node.
+    #[arg(long)]
+    pub check_numerics: bool,
     /// Append a JSON line per step and per validation to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -282,7 +287,8 @@ pub fn train(args: TrainArgs) -> Result<(), CliError> {
         let settings = args.optim.settings(&config, args.data.max_tokens)?;
         (Start::Fresh { model: Box::new(model), settings }, enc, train, valid)
     };
-    let summary = trainer::train(start, &train, valid.as_ref(), &enc.fingerprint, &outputs, args.max_steps, &progress)?;
+    let options = RunOptions { stop_after: args.max_steps, check_numerics: args.check_numerics };
+    let summary = trainer::train(start, &train, valid.as_ref(), &enc.fingerprint, &outputs, &options, &progress)?;
     println!(
         "trained {} of {} steps ({:.2} s/step, {:.1} samples/s); last loss {:.4}; checkpoints in {}",
         summary.steps,

@@ -29,6 +29,8 @@ pub enum TrainError {
     #[error(transparent)]
     Weights(#[from] calm_runtime::params::LoadError),
     #[error(transparent)]
+    Memory(#[from] calm_runtime::limits::MemoryError),
+    #[error(transparent)]
     Safetensors(#[from] calm_runtime::safetensors::SafetensorsError),
     #[error("reference executor: {0}")]
     Run(#[from] calm_runtime::reference::RunError),
@@ -36,6 +38,6 @@ pub enum TrainError {
     Device(#[from] calm_runtime::device::select::RunOnDeviceError),
     #[error(transparent)]
     Select(#[from] calm_runtime::device::select::SelectError),
-    #[error("step {step}: the loss is {value}; training stopped (the last checkpoint is kept)")]
-    NonFinite { step: u64, value: f64 },
+    #[error("step {step}: {what}; training stopped and saved the state before this step to {} (replay it with --resume --check-numerics)", checkpoint.display())]
+    NonFinite { step: u64, what: String, checkpoint: PathBuf },
 }

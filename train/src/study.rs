@@ -79,7 +79,7 @@ pub fn run(plan: &Plan<'_>, train: &Split, valid: &Split, progress: &Progress) -
             std::fs::create_dir_all(&dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?;
             let start =
                 Start::Fresh { model: Box::new(model.clone()), settings: Settings { seed, ..settings.clone() } };
-            let summary = trainer::train(start, train, Some(valid), backbone, &outputs, None, progress)?;
+            let summary = trainer::train(start, train, Some(valid), backbone, &outputs, &Default::default(), progress)?;
             let best = Checkpoint::load(&outputs.best())?;
             let g = best.state.model.inference_graph()?;
             let weights = params_for(&g, &best.params, &outputs.best())?;

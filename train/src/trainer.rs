@@ -19,7 +19,7 @@ use calm_passes::plan::FloatType;
 use calm_runtime::device::select::Device;
 use calm_runtime::host::HostTensor;
 use calm_runtime::params::ParamStore;
-use calm_runtime::reference::{bind_inputs, gradients, Gradients, Reference};
+use calm_runtime::reference::{bind_inputs, gradients, Gradients, NonFinite, Reference, RunError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -102,11 +102,37 @@ fn step_gradients(
     g: &Graph,
     params: &ParamStore,
     inputs: &BTreeMap<String, HostTensor>,
-) -> Result<Gradients, TrainError> {
-    Ok(match backend {
-        Backend::Flex => gradients::<Flex>(FlexDevice, FloatDType::F32, g, params, inputs, "loss")?,
-        Backend::Wgpu => gradients::<Wgpu>(WgpuDevice::default(), FloatDType::F32, g, params, inputs, "loss")?,
-    })
+    check_numerics: bool,
+) -> Result<Gradients, RunError> {
+    match backend {
+        Backend::Flex => gradients::<Flex>(FlexDevice, FloatDType::F32, g, params, inputs, "loss", check_numerics),
+        Backend::Wgpu => {
+            gradients::<Wgpu>(WgpuDevice::default(), FloatDType::F32, g, params, inputs, "loss", check_numerics)
+        }
+    }
+}
+
+/// Why a step's loss or gradients are not finite: the first node of the forward pass that made
+/// a NaN or an overflow (found by running the step again with every value checked), or the
+/// parameter whose gradient went bad in the backward pass.
+fn diagnose(
+    backend: Backend,
+    g: &Graph,
+    params: &ParamStore,
+    inputs: &BTreeMap<String, HostTensor>,
+    grads: &Gradients,
+) -> String {
+    if let Err(RunError::NonFinite(fault)) = step_gradients(backend, g, params, inputs, true) {
+        return RunError::NonFinite(fault).to_string();
+    }
+    let bad_grad = grads.grads.iter().find_map(|(name, t)| NonFinite::scan(t).map(|f| (name, f)));
+    match bad_grad {
+        Some((name, found)) => format!(
+            "the loss is {} and every forward value finite, but the gradient of `{name}` holds {found}",
+            grads.loss
+        ),
+        None => format!("the loss is {}", grads.loss),
+    }
 }
 
 /// Loss terms a step logs: every scalar output named `loss*`.
@@ -150,25 +176,41 @@ impl Log {
     }
 }
 
+/// How far to go and what to check on the way.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Stop after this many steps in total (the run can be resumed).
+    pub stop_after: Option<u64>,
+    /// Check every node's results in every step's forward pass (slow); stop at the first NaN or
+    /// overflow, naming the node.
+    pub check_numerics: bool,
+}
+
 /// A new run's starting point, or the checkpoint to resume.
 pub enum Start {
     Fresh { model: Box<ModelSpec>, settings: Settings },
     Resume(PathBuf),
 }
 
-/// Trains until the schedule's last step or until `stop_after` steps in total, validating and
-/// checkpointing at every epoch's end and when it stops.
+/// Trains until the schedule's last step or until `options.stop_after` steps in total,
+/// validating and checkpointing at every epoch's end and when it stops. A step whose loss or
+/// gradients are not finite stops the run: its state before that step is saved as `last`, and
+/// the error names the node where the fault began.
 pub fn train(
     start: Start,
     train: &Split,
     valid: Option<&Split>,
     backbone: &str,
     out: &Outputs,
-    stop_after: Option<u64>,
+    options: &RunOptions,
     progress: &Progress,
 ) -> Result<Summary, TrainError> {
     let data = format!("{}:{}", fingerprint(train), backbone);
     let resuming = matches!(start, Start::Resume(_));
+    // A run killed while writing leaves temporaries beside its files (never a half file).
+    for path in [Some(out.last()), Some(out.best()), out.log.clone()].into_iter().flatten() {
+        calm_ir::files::remove_stale_temporaries(&path);
+    }
     let Checkpoint { mut state, mut params, optimizer: mut opt } = match start {
         Start::Resume(path) => {
             let ck = Checkpoint::load(&path)?;
@@ -196,7 +238,7 @@ pub fn train(
     let inference = state.model.inference_graph()?;
     let settings = state.settings.clone();
     let n = train.data.samples.len();
-    let end = stop_after.map_or(state.total_steps, |s| s.min(state.total_steps));
+    let end = options.stop_after.map_or(state.total_steps, |s| s.min(state.total_steps));
     let mut log = Log::open(out.log.as_deref(), resuming.then_some(state.step))?;
     let bar = progress.bar(state.total_steps, &format!("training {}", state.model.name()));
     bar.set_position(state.step);
@@ -220,9 +262,21 @@ pub fn train(
             offset: step as u32,
         };
         let inputs = batch::inputs(&g, train, idx, None, Some(keys));
-        let grads = step_gradients(settings.backend, &g, &params, &inputs)?;
-        if !grads.loss.is_finite() {
-            return Err(TrainError::NonFinite { step, value: grads.loss });
+        let stopped = |what: String| -> TrainError {
+            // The weights and moments are still those before this step, all finite: keep them,
+            // so the failing step can be replayed (`--resume --check-numerics`).
+            match Checkpoint::write(&out.last(), &state, &params, &opt) {
+                Ok(()) => TrainError::NonFinite { step: step + 1, what, checkpoint: out.last() },
+                Err(e) => e,
+            }
+        };
+        let grads = match step_gradients(settings.backend, &g, &params, &inputs, options.check_numerics) {
+            Ok(grads) => grads,
+            Err(e @ RunError::NonFinite(_)) => return Err(stopped(e.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        if !grads.loss.is_finite() || grads.grads.values().any(|t| NonFinite::scan(t).is_some()) {
+            return Err(stopped(diagnose(settings.backend, &g, &params, &inputs, &grads)));
         }
         let lr = learning_rate(settings.learning_rate, settings.warmup_fraction, step, state.total_steps);
         opt.step(&mut params, &grads.grads, lr);
@@ -331,7 +385,7 @@ fn fresh(
         )));
     }
     let g = model.training_graph()?;
-    let params = ParamStore::init(&g, settings.seed);
+    let params = ParamStore::try_init(&g, settings.seed)?;
     let steps_per_epoch = (train.data.samples.len() as u64).div_ceil(settings.batch_size as u64);
     let optimizer = AdamW::new(settings.weight_decay);
     let state = RunState {

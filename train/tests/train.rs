@@ -12,7 +12,7 @@ use calm_train::checkpoint::Checkpoint;
 use calm_train::model::ModelSpec;
 use calm_train::optim::AdamW;
 use calm_train::progress::Progress;
-use calm_train::trainer::{self, Backend, Outputs, Settings, Start};
+use calm_train::trainer::{self, Backend, Outputs, RunOptions, Settings, Start};
 
 fn crehate(split: &str) -> PathBuf {
     calm_data::crehate_dir().unwrap().join(format!("CREHate_{split}.csv"))
@@ -66,6 +66,7 @@ fn one_step_lowers_the_loss_of_its_batch_for_calm_and_the_baselines() {
                 p,
                 &inputs,
                 "loss",
+                false,
             )
             .unwrap()
         };
@@ -96,7 +97,8 @@ fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
         } else {
             Start::Fresh { model: Box::new(model.clone()), settings: settings(2) }
         };
-        trainer::train(start, &train, Some(&valid), &enc.fingerprint, &out, stop, &Progress::hidden()).unwrap()
+        let options = RunOptions { stop_after: stop, ..Default::default() };
+        trainer::train(start, &train, Some(&valid), &enc.fingerprint, &out, &options, &Progress::hidden()).unwrap()
     };
     // 45 samples in batches of 16: 3 steps an epoch (the last of 13), 6 in all.
     let whole = run("whole", None, false);
@@ -130,11 +132,47 @@ fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
     // Resuming on other data is refused.
     let other = split("train", 5, &enc);
     let out = Outputs { dir: dir.path().join("split"), log: None };
-    let err =
-        trainer::train(Start::Resume(out.last()), &other, None, &enc.fingerprint, &out, None, &Progress::hidden())
-            .err()
-            .unwrap();
+    let err = trainer::train(
+        Start::Resume(out.last()),
+        &other,
+        None,
+        &enc.fingerprint,
+        &out,
+        &RunOptions::default(),
+        &Progress::hidden(),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("other data"), "{err}");
+}
+
+#[test]
+fn a_nan_stops_training_with_a_checkpoint_and_names_where_it_began() {
+    let enc = Encoder::tiny(1);
+    let mut train = split("train", 9, &enc);
+    // The first state of every text is NaN: the first step fails.
+    let model = ModelSpec::variant("full", &config(&enc)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Outputs { dir: dir.path().join("nan"), log: None };
+    let fresh = || Start::Fresh { model: Box::new(model.clone()), settings: settings(2) };
+    for t in 0..train.data.texts.len() {
+        let at = t * train.states.tokens * train.states.width;
+        train.states.data[at] = f32::NAN;
+    }
+    for check_numerics in [false, true] {
+        let options = RunOptions { check_numerics, ..Default::default() };
+        let err = trainer::train(fresh(), &train, None, &enc.fingerprint, &out, &options, &Progress::hidden())
+            .err()
+            .unwrap()
+            .to_string();
+        // Found where the NaN entered (the states input), whether checked from the start or
+        // after the loss went bad; the run's state before the step is saved and resumable.
+        assert!(err.starts_with("step 1: input `states` holds "), "{err}");
+        assert!(err.contains("NaN") && err.contains("last.safetensors"), "{err}");
+        let saved = Checkpoint::load(&out.last()).unwrap();
+        assert_eq!(saved.state.step, 0);
+        assert!(saved.params.iter().all(|(_, t)| t.data.to_f64().iter().all(|v| v.is_finite())));
+    }
 }
 
 #[test]

@@ -32,6 +32,10 @@ pub enum DeviceError {
     Read(String),
     #[error("profiling a launch failed: {0}")]
     Profile(String),
+    #[error("{0}")]
+    Memory(#[from] crate::limits::MemoryError),
+    #[error("the device failed mid-run ({0}); nothing was written")]
+    Fault(String),
 }
 
 /// Which clock timed a launch.

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Mutex;
 
 use calm_ir::Graph;
-use calm_passes::plan::{FloatType, KernelPlan};
+use calm_passes::plan::{FloatType, KernelPlan, Storage};
 use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cubecl::prelude::*;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
@@ -33,14 +34,45 @@ pub enum SelectError {
     Float(FloatType, String),
 }
 
-/// Starts a runtime's client, turning a panic (no driver, no adapter) into `None` and keeping
-/// the panic message off the terminal.
+/// Runs device work, turning a panic inside the runtime into an error carrying its message.
+/// CubeCL and wgpu panic where a device is lost, runs out of memory or rejects work, sometimes
+/// on their own server threads (cudarc's "no CUDA library" panics on CubeCL's). While work is
+/// guarded, no panic of any thread is printed: each is kept, and the error says what they said.
+pub fn catch_device<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    static MESSAGES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let messages = || MESSAGES.lock().unwrap_or_else(|e| e.into_inner());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let mut m = MESSAGES.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() < 8 {
+            m.push(format!("{}{at}", text.lines().next().unwrap_or("")));
+        }
+    }));
+    messages().clear();
+    let result = catch_unwind(AssertUnwindSafe(work));
+    std::panic::set_hook(previous);
+    let said = std::mem::take(&mut *messages());
+    result.map_err(|_| if said.is_empty() { "a panic without a message".into() } else { said.join("; ") })
+}
+
+/// Starts a runtime's client, turning a panic (no driver, no adapter) into `None`.
 fn probe<R: Runtime>(device: &R::Device) -> Option<ComputeClient<R>> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let client = catch_unwind(AssertUnwindSafe(|| R::client(device))).ok();
-    std::panic::set_hook(hook);
-    client
+    catch_device(|| R::client(device)).ok()
+}
+
+/// Fault injection for tests of the fault path: `CALM_INJECT_FAULT=device` makes the device
+/// fail (panic, as a lost device does in the runtime) after the weights are uploaded.
+fn injected_fault() {
+    if std::env::var_os("CALM_INJECT_FAULT").is_some_and(|v| v == "device") {
+        panic!("device lost (injected by CALM_INJECT_FAULT=device)");
+    }
 }
 
 /// A started device.
@@ -78,6 +110,45 @@ impl Device {
         }
     }
 
+    /// The most bytes one buffer may hold, and the device's memory where it is known (CUDA's
+    /// total; the host's available memory for a CPU adapter such as lavapipe).
+    pub fn memory(&self) -> (u64, Option<(u64, String)>) {
+        match self {
+            Device::Cuda(c) => {
+                // CubeCL's CUDA runtime sets its page size to a quarter of the device's memory.
+                let page = c.properties().memory.max_page_size;
+                (page, crate::limits::cap(Some((page.saturating_mul(4), "the GPU has".into()))))
+            }
+            Device::Wgpu(c) => {
+                let page = c.properties().memory.max_page_size;
+                (page, if cpu_adapter() { crate::limits::host_available() } else { crate::limits::cap(None) })
+            }
+        }
+    }
+
+    /// Refuses a plan whose memory does not fit this device, before anything is allocated.
+    pub fn check_memory(&self, plan: &KernelPlan) -> Result<(), DeviceError> {
+        let slot_bytes = |&(storage, len): &(Storage, u64)| len.saturating_mul(storage.size_bytes(plan.float));
+        let (page, total) = self.memory();
+        let largest = plan.memory.slots.iter().enumerate().max_by_key(|(_, s)| slot_bytes(s));
+        if let Some((slot, s)) = largest {
+            let value = (0..plan.buffers.len())
+                .find(|&b| plan.memory.slot_of[b] as usize == slot)
+                .map_or("?", |b| plan.buffers[b].value.as_str());
+            let what = || format!("the buffer of `{value}` (one allocation)");
+            crate::limits::check(
+                what,
+                "device",
+                slot_bytes(s),
+                Some((page, "is the most one buffer can hold".into())),
+            )?;
+        }
+        let needed = plan.memory.slots.iter().map(slot_bytes).fold(0u64, u64::saturating_add);
+        let bindings = plan.bindings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        let what = || format!("the plan of `{}` under {bindings} (its memory plan's slots)", plan.graph);
+        Ok(crate::limits::check(what, "device", needed, total)?)
+    }
+
     /// A name for reports: the runtime and the adapter.
     pub fn name(&self) -> String {
         match self {
@@ -95,11 +166,16 @@ impl Device {
         inputs: &BTreeMap<String, HostTensor>,
     ) -> Result<BTreeMap<String, HostTensor>, RunOnDeviceError> {
         let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
+        self.check_memory(&plan)?;
         macro_rules! go {
             ($client:expr, $rt:ty, $f:ty) => {{
-                let mut exec = DeviceExecutor::<$rt, $f>::new($client.clone(), plan, types);
-                exec.load_params(params)?;
-                Ok(exec.run(inputs)?)
+                let run = || -> Result<_, DeviceError> {
+                    let mut exec = DeviceExecutor::<$rt, $f>::new($client.clone(), plan, types);
+                    exec.load_params(params)?;
+                    injected_fault();
+                    exec.run(inputs)
+                };
+                Ok(catch_device(run).map_err(DeviceError::Fault)??)
             }};
         }
         if let (Device::Wgpu(c), FloatType::F16) = (self, plan.float) {
@@ -119,6 +195,16 @@ impl Device {
             }
         }
     }
+}
+
+/// Whether every Vulkan adapter runs on the CPU (lavapipe): its memory is the host's.
+fn cpu_adapter() -> bool {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::VULKAN,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters = cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+    !adapters.is_empty() && adapters.iter().all(|a| a.get_info().device_type == wgpu::DeviceType::Cpu)
 }
 
 /// The names and drivers of the Vulkan adapters (`llvmpipe (LLVM 15.0.6, 256 bits), Mesa

@@ -255,9 +255,13 @@ pub fn profile(
     opts: &Options,
 ) -> Result<Report, ProfileError> {
     use crate::device::select::Device;
+    let lower = device.lower_options();
+    let plan = calm_passes::compile::compile(g, bindings, true, &lower)?.plan;
+    // Refused before anything is allocated when it cannot fit.
+    device.check_memory(&plan)?;
     match device {
-        Device::Wgpu(c) => profile_on(c, device.name(), &device.lower_options(), g, bindings, opts),
-        Device::Cuda(c) => profile_on(c, device.name(), &device.lower_options(), g, bindings, opts),
+        Device::Wgpu(c) => profile_on(c, device.name(), &lower, g, plan, bindings, opts),
+        Device::Cuda(c) => profile_on(c, device.name(), &lower, g, plan, bindings, opts),
     }
 }
 
@@ -266,11 +270,11 @@ fn profile_on<R: Runtime>(
     device: String,
     lower: &calm_passes::lower::LowerOptions,
     g: &calm_ir::Graph,
+    plan: KernelPlan,
     bindings: &calm_ir::Bindings,
     opts: &Options,
 ) -> Result<Report, ProfileError> {
     let (peaks, peaks_note) = cached_peaks(client, &device, &opts.peak_cache, opts.remeasure_peaks)?;
-    let plan = calm_passes::compile::compile(g, bindings, true, lower)?.plan;
     let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
     let mut exec = DeviceExecutor::<R, f32>::new(client.clone(), plan, types);
     exec.load_params(&crate::params::ParamStore::init(g, 1))?;

@@ -24,6 +24,7 @@ pub struct Gradients {
 
 /// Runs `g` on `Autodiff<B>` and differentiates the scalar output `loss` with respect to every
 /// trainable (not frozen) parameter. Parameters the loss does not depend on get zero gradients.
+/// `check_numerics` checks the forward pass node by node (see [`super::Reference::checking_numerics`]).
 pub fn gradients<B: Backend>(
     device: B::Device,
     float: FloatDType,
@@ -31,6 +32,7 @@ pub fn gradients<B: Backend>(
     params: &ParamStore,
     inputs: &BTreeMap<String, HostTensor>,
     loss: &str,
+    check_numerics: bool,
 ) -> Result<Gradients, RunError> {
     type Ad<B> = Autodiff<B>;
     let ctx: Ctx<Ad<B>> = Ctx::new(device, float);
@@ -41,7 +43,7 @@ pub fn gradients<B: Backend>(
         return Err(RunError::Loss { name: loss.to_string(), found: loss_type.to_string() });
     }
     let mut tracked: BTreeMap<String, (Vec<usize>, FloatTensor<Ad<B>>)> = BTreeMap::new();
-    let outputs = evaluate(&ctx, g, &bindings, &mut |node, op| {
+    let outputs = evaluate(&ctx, g, &bindings, check_numerics, &mut |node, op| {
         let value = feed(&ctx, node, op, params, inputs)?;
         // Frozen parameters (a pretrained backbone) are constants here.
         let Op::Param { name, frozen: false, .. } = op else { return Ok(value) };

@@ -7,6 +7,7 @@
 
 mod fused;
 mod grad;
+mod numerics;
 mod ops;
 mod value;
 
@@ -23,6 +24,7 @@ use crate::host::HostTensor;
 use crate::params::ParamStore;
 
 pub use grad::{gradients, Gradients};
+pub use numerics::{describe, Fault, NonFinite};
 pub use ops::OpError;
 pub use value::{Ctx, DeviceError, Value};
 
@@ -50,6 +52,10 @@ pub enum RunError {
     Loss { name: String, found: String },
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    Memory(#[from] crate::limits::MemoryError),
+    #[error("{0}")]
+    NonFinite(Box<Fault>),
 }
 
 /// Binds the graph's symbols from the shapes of `inputs`, checking the graph and every input
@@ -113,12 +119,21 @@ pub fn bind_inputs(g: &Graph, inputs: &BTreeMap<String, HostTensor>) -> Result<B
 /// Runs graphs on backend `B`.
 pub struct Reference<B: Backend> {
     ctx: Ctx<B>,
+    check_numerics: bool,
 }
 
 impl<B: Backend> Reference<B> {
     /// An executor on `device` computing in `float` (F64 or F32).
     pub fn new(device: B::Device, float: FloatDType) -> Self {
-        Reference { ctx: Ctx::new(device, float) }
+        Reference { ctx: Ctx::new(device, float), check_numerics: false }
+    }
+
+    /// Checks every node's results as they are computed and stops at the first that holds a NaN,
+    /// or an infinity its arguments did not hold ([`RunError::NonFinite`]). Reads every value
+    /// back to the host: slow, for finding faults.
+    pub fn checking_numerics(mut self, on: bool) -> Self {
+        self.check_numerics = on;
+        self
     }
 
     pub fn ctx(&self) -> &Ctx<B> {
@@ -133,7 +148,9 @@ impl<B: Backend> Reference<B> {
         inputs: &BTreeMap<String, HostTensor>,
     ) -> Result<BTreeMap<String, HostTensor>, RunError> {
         let bindings = bind_inputs(g, inputs)?;
-        let outputs = evaluate(&self.ctx, g, &bindings, &mut |node, op| feed(&self.ctx, node, op, params, inputs))?;
+        let outputs = evaluate(&self.ctx, g, &bindings, self.check_numerics, &mut |node, op| {
+            feed(&self.ctx, node, op, params, inputs)
+        })?;
         to_host(g, outputs)
     }
 }
@@ -177,15 +194,54 @@ pub(crate) fn feed<B: Backend>(
     }
 }
 
+/// The most bytes of values alive at once when evaluating in `order` and freeing each value
+/// after its last reader, at `elem` bytes per element (every element type is stored at most that
+/// wide). Checked: sizes whose product overflows are an error.
+fn peak_bytes(
+    g: &Graph,
+    order: &[NodeId],
+    last_use: &SecondaryMap<ValueId, Option<usize>>,
+    bindings: &Bindings,
+    elem: u64,
+) -> Result<u64, RunError> {
+    let bytes = |v: ValueId| -> Result<u64, RunError> {
+        let ty = g.value_type(v);
+        let n = ty.numel(bindings)?;
+        Ok(n.checked_mul(elem).ok_or_else(|| ShapeError::Overflow(ty.to_string()))?)
+    };
+    let (mut live, mut peak) = (0u64, 0u64);
+    for (pos, &n) in order.iter().enumerate() {
+        let node = &g.nodes[n];
+        for &v in &node.results {
+            // Results nobody reads are freed at once, but exist while their node runs.
+            live = live.saturating_add(bytes(v)?);
+        }
+        peak = peak.max(live);
+        for &v in &node.results {
+            if last_use[v].is_none() {
+                live -= bytes(v)?;
+            }
+        }
+        for (i, &a) in node.args.iter().enumerate() {
+            // An argument read twice by one node is freed once.
+            if last_use[a] == Some(pos) && !node.args[..i].contains(&a) {
+                live -= bytes(a)?;
+            }
+        }
+    }
+    Ok(peak)
+}
+
 /// Supplies the value of an input or parameter node.
 pub(crate) type Feed<'a, B> = dyn FnMut(NodeId, &Op) -> Result<Value<B>, RunError> + 'a;
 
 /// Evaluates every node in topological order and returns the named outputs. `feed` supplies the
-/// values of input and parameter nodes.
+/// values of input and parameter nodes; `check_numerics` checks each node's results.
 pub(crate) fn evaluate<B: Backend>(
     ctx: &Ctx<B>,
     g: &Graph,
     bindings: &Bindings,
+    check_numerics: bool,
     feed: &mut Feed<'_, B>,
 ) -> Result<Vec<(String, Value<B>)>, RunError> {
     verify(g)?;
@@ -200,7 +256,11 @@ pub(crate) fn evaluate<B: Backend>(
     for o in &g.outputs {
         last_use[o.value] = Some(usize::MAX);
     }
+    let peak = peak_bytes(g, &order, &last_use, bindings, if ctx.float == FloatDType::F64 { 8 } else { 4 })?;
+    let what = || format!("running `{}` on the reference executor (its live values at the peak, {bindings})", g.name);
+    crate::limits::check_host(what, peak)?;
     let mut values: SecondaryMap<ValueId, Option<Value<B>>> = SecondaryMap::with_default(None);
+    let mut checker = check_numerics.then(numerics::Checker::new);
     for (pos, &n) in order.iter().enumerate() {
         let node = &g.nodes[n];
         let results = match &node.op {
@@ -229,6 +289,11 @@ pub(crate) fn evaluate<B: Backend>(
                 })?
             }
         };
+        if let Some(checker) = &mut checker {
+            if let Some(fault) = checker.check(g, n, &results)? {
+                return Err(RunError::NonFinite(Box::new(fault)));
+            }
+        }
         for (&v, value) in node.results.iter().zip(results) {
             if last_use[v].is_some() {
                 values[v] = Some(value);

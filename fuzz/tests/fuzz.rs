@@ -1,0 +1,108 @@
+//! Bounded fuzzing in CI: every target over its seeds, its saved regressions and mutated inputs
+//! for `CALM_FUZZ_SECONDS` (default 8) each, and random valid graphs through the compiler and
+//! the device (`CALM_FUZZ_GRAPHS`, default 24). Any panic, round-trip or invariant failure, or
+//! device/reference mismatch fails the test and prints the input to keep as a regression.
+
+use std::time::Duration;
+
+use calm_fuzz::campaign::{fuzz, read_dir, regressions_dir, run_one};
+use calm_fuzz::graphs::{check_graph, random_graph, Verdict};
+use calm_fuzz::targets::Target;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn campaign(target: Target) {
+    let seconds = env_u64("CALM_FUZZ_SECONDS", 8);
+    let seed = env_u64("CALM_FUZZ_SEED", 0x5eed) ^ target as u64;
+    let report = fuzz(target, seed, Duration::from_secs(seconds), None);
+    eprintln!(
+        "{}: {} runs in {:.1} s ({} accepted, {} refused, {} kinds of error, corpus {})",
+        target.name(),
+        report.runs,
+        report.seconds,
+        report.accepted,
+        report.refused,
+        report.error_kinds,
+        report.corpus
+    );
+    assert!(report.accepted > 0, "{}: no seed was accepted", target.name());
+    assert!(report.refused > 0 && report.error_kinds > 3, "{}: mutations reached too few errors", target.name());
+    if let Some(f) = report.findings.first() {
+        let path = std::env::temp_dir().join(format!("calm-fuzz-{}-{}", target.name(), std::process::id()));
+        std::fs::write(&path, &f.input).unwrap();
+        panic!(
+            "{}: {} inputs panicked; the first ({} bytes, saved to {}; copy it into {}) said: {}",
+            target.name(),
+            report.findings.len(),
+            f.input.len(),
+            path.display(),
+            regressions_dir(target).display(),
+            f.message
+        );
+    }
+}
+
+#[test]
+fn fuzz_ir_json_and_verifier() {
+    campaign(Target::IrJson);
+}
+
+#[test]
+fn fuzz_safetensors() {
+    campaign(Target::Safetensors);
+}
+
+#[test]
+fn fuzz_crehate() {
+    campaign(Target::Crehate);
+}
+
+#[test]
+fn fuzz_tables() {
+    campaign(Target::Table);
+}
+
+#[test]
+fn fuzz_configs() {
+    campaign(Target::Config);
+}
+
+#[test]
+fn saved_regressions_no_longer_panic() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for &target in Target::ALL {
+        for (name, input) in read_dir(&regressions_dir(target)) {
+            n += 1;
+            if let Err(message) = run_one(target, &input, scratch.path()) {
+                panic!("{}/{name} panics again: {message}", target.name());
+            }
+        }
+    }
+    eprintln!("{n} regressions replayed");
+}
+
+#[test]
+fn random_graphs_compile_and_match_the_reference_or_are_refused() {
+    let count = env_u64("CALM_FUZZ_GRAPHS", 24);
+    let first = env_u64("CALM_FUZZ_SEED", 0x5eed);
+    let (mut matched, mut refused, mut launches) = (0, Vec::new(), 0);
+    for seed in first..first + count {
+        let g = random_graph(seed);
+        match check_graph(&g, seed, 1e-4) {
+            Ok(Verdict::Matched { launches: l }) => {
+                matched += 1;
+                launches += l;
+            }
+            Ok(Verdict::Refused(why)) => refused.push(format!("seed {seed}: {why}")),
+            Err(e) => panic!("seed {seed}: {e}\n{}", calm_ir::json::to_json(&g)),
+        }
+    }
+    eprintln!("{count} random graphs: {matched} matched ({launches} launches), {} refused", refused.len());
+    for r in &refused {
+        eprintln!("  {r}");
+    }
+    assert!(matched * 4 >= count * 3, "most random graphs must compile: {refused:?}");
+}

@@ -1,0 +1,114 @@
+//! Memory limits: work that would not fit is refused before it allocates, with how much it needs
+//! and how much there is. (Rust aborts the process when an allocation fails, so a graph bound to
+//! absurd sizes must be stopped here, not by the allocator.)
+//!
+//! The host's budget is Linux's `MemAvailable`; a device's is its memory where the runtime says
+//! (CUDA), the host's for a CPU adapter (lavapipe), and otherwise only the largest single buffer
+//! is checked. `CALM_MEMORY_LIMIT` (bytes, or with a K/M/G/T suffix) caps both, to keep a run
+//! inside a share of a machine.
+
+use calm_ir::text::human_bytes;
+use thiserror::Error;
+
+/// Work that needs more memory than there is.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{what} needs {} of {place} memory, but {} {}", human_bytes(*.needed), human_bytes(*.available), .source_of_limit)]
+pub struct MemoryError {
+    /// What was refused, e.g. "the reference executor's values (peak, under batch=64, tokens=128)".
+    pub what: String,
+    pub place: &'static str,
+    pub needed: u64,
+    pub available: u64,
+    /// Where `available` comes from, e.g. "are available (MemAvailable)".
+    pub source_of_limit: String,
+}
+
+/// `CALM_MEMORY_LIMIT`, if set and well formed.
+fn configured_limit() -> Option<u64> {
+    parse_size(&std::env::var("CALM_MEMORY_LIMIT").ok()?)
+}
+
+/// `123`, `512M`, `8G`, `1.5T` (powers of 1024) → bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, scale) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return None,
+            };
+            (&s[..i], (1u64 << shift) as f64)
+        }
+        _ => (s, 1.0),
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0 && v * scale < u64::MAX as f64).then_some((v * scale) as u64)
+}
+
+/// The host memory available now (Linux `MemAvailable`), capped by `CALM_MEMORY_LIMIT`; `None`
+/// where neither says.
+pub fn host_available() -> Option<(u64, String)> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb.saturating_mul(1024))
+    });
+    cap(meminfo.map(|b| (b, "are available (MemAvailable)".to_string())))
+}
+
+/// `found` capped by `CALM_MEMORY_LIMIT`.
+pub fn cap(found: Option<(u64, String)>) -> Option<(u64, String)> {
+    match (found, configured_limit()) {
+        (Some((b, why)), Some(limit)) if b <= limit => Some((b, why)),
+        (_, Some(limit)) => Some((limit, "are allowed (CALM_MEMORY_LIMIT)".to_string())),
+        (found, None) => found,
+    }
+}
+
+/// Refuses `needed` bytes of host memory beyond what is available.
+pub fn check_host(what: impl FnOnce() -> String, needed: u64) -> Result<(), MemoryError> {
+    check(what, "host", needed, host_available())
+}
+
+/// Refuses `needed` bytes beyond `available` (`None`: unknown, allowed).
+pub fn check(
+    what: impl FnOnce() -> String,
+    place: &'static str,
+    needed: u64,
+    available: Option<(u64, String)>,
+) -> Result<(), MemoryError> {
+    match available {
+        Some((available, source_of_limit)) if needed > available => {
+            Err(MemoryError { what: what(), place, needed, available, source_of_limit })
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size("2K"), Some(2048));
+        assert_eq!(parse_size("1.5g"), Some(3 << 29));
+        assert_eq!(parse_size(" 8G "), Some(8 << 30));
+        for bad in ["", "G", "-1", "1X", "1e30T", "nan"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_error_says_what_is_needed_and_what_there_is() {
+        let e = check(|| "x".into(), "device", 3 << 30, Some((1 << 30, "has".into()))).unwrap_err();
+        assert_eq!(e.to_string(), "x needs 3.00 GiB of device memory, but 1.00 GiB has");
+        assert!(check(|| "x".into(), "device", 3 << 30, None).is_ok());
+        assert!(host_available().is_some(), "Linux reports MemAvailable");
+    }
+}
