@@ -28,7 +28,8 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `y = sqrt(x - 1) * w`, `z = exp(x * 100)`: NaN where x < 1, an overflow where x is large.
+/// `y = sqrt(x - 1) * w`, `z = exp(x * 100)`, `t = tanh(x)`: NaN where x < 1, an overflow where
+/// x is large.
 fn write_graph(dir: &Path) -> std::path::PathBuf {
     let mut b = GraphBuilder::new("faulty");
     let x = b.input("x", DType::F32, shape!["n"]).unwrap();
@@ -45,8 +46,10 @@ fn write_graph(dir: &Path) -> std::path::PathBuf {
         let big = b.mul(x, hundred)?;
         b.exp(big)
     });
+    let t = b.tanh(x).unwrap();
     b.output("y", y.unwrap());
     b.output("z", z.unwrap());
+    b.output("t", t);
     let g = b.finish().unwrap();
     let path = dir.join("faulty.json");
     json::write_file(&g, &path).unwrap();
@@ -75,6 +78,11 @@ fn check_numerics_names_the_node_where_a_nan_or_an_overflow_begins() {
     let (ok, _, stderr) = run(&fine, &["--executor", "reference"]);
     assert!(ok, "{stderr}");
     std::fs::remove_file(&out).unwrap();
+    // On the fused plan's f32, exp(100 · 1.5) overflows: located at the exp, on the reference
+    // executor in f32 (in f64 it would not overflow, and must not be blamed on a kernel).
+    let (ok, _, stderr) = run(&fine, &["--executor", "fused", "--device", "wgpu"]);
+    assert!(!ok && stderr.contains("(exp @ faulty/blowup) made 0 NaN and 3 infinite"), "{stderr}");
+    assert!(!out.exists());
 
     // x < 1: sqrt makes the NaN (not the subtraction before it, nor the product after).
     let nan = write_inputs(dir.path(), "nan.safetensors", vec![2.0, 0.5, 3.0]);
@@ -115,18 +123,23 @@ fn work_too_large_for_memory_is_refused_with_what_it_needs() {
     // A symbol left unbound is named.
     let (ok, _, stderr) = calm(&["run", s(&graph), "--executor", "reference"], &[]);
     assert!(!ok && stderr.contains("unbound n"), "{stderr}");
-    // CALM_MEMORY_LIMIT caps the budget: the reference executor's values and the device plan are
-    // refused with the limit they exceed; a run under it goes through.
+    // CALM_MEMORY_LIMIT caps the budget. 100,000 inputs: reading their file is allowed 1.2 MB
+    // (3× its size); the reference executor holds x and x - 1 in f64 at once (1.6 MB); the device
+    // plan x, y, z and t in f32 (1.6 MB). A limit of 1.4 MB lets the file through and refuses
+    // each executor at its own check; a run under 64 MiB goes through.
     let inputs = write_inputs(dir.path(), "x.safetensors", vec![1.5; 100_000]);
-    for executor in ["reference", "fused"] {
+    for (executor, refused) in [("reference", "on the reference executor"), ("fused", "the plan of `faulty`")] {
         let args =
             ["run", s(&graph), "--inputs", s(&inputs), "-o", s(&out), "--executor", executor, "--device", "wgpu"];
-        let (ok, _, stderr) = calm(&args, &[("CALM_MEMORY_LIMIT", "1M")]);
-        assert!(!ok && stderr.contains("1.00 MiB are allowed (CALM_MEMORY_LIMIT)"), "{executor}: {stderr}");
+        let (ok, _, stderr) = calm(&args, &[("CALM_MEMORY_LIMIT", "1400000")]);
+        assert!(!ok && stderr.contains(refused) && stderr.contains("are allowed (CALM_MEMORY_LIMIT)"), "{stderr}");
         assert!(!out.exists());
-        let (ok, _, stderr) = calm(&args, &[("CALM_MEMORY_LIMIT", "64M")]);
+        let (ok, _, stderr) = calm(&args, &[("CALM_MEMORY_LIMIT", "64MiB")]);
         assert!(ok, "{executor}: {stderr}");
         std::fs::remove_file(&out).unwrap();
+        // A limit that does not parse is not ignored: it allows nothing, and says why.
+        let (ok, _, stderr) = calm(&args, &[("CALM_MEMORY_LIMIT", "64 gigs")]);
+        assert!(!ok && stderr.contains("CALM_MEMORY_LIMIT=`64 gigs` is not a size"), "{stderr}");
     }
     // A graph file may declare a weight of any size: refused before it is initialised.
     let mut b = GraphBuilder::new("huge");
@@ -155,7 +168,7 @@ fn a_device_that_fails_mid_run_is_an_error_and_writes_nothing() {
     let args = ["run", s(&graph), "--inputs", s(&inputs), "-o", s(&out), "--executor", "fused", "--device", "wgpu"];
     let (ok, _, stderr) = calm(&args, &[("CALM_INJECT_FAULT", "device")]);
     assert!(!ok, "{stderr}");
-    assert!(stderr.contains("the device failed mid-run (device lost"), "{stderr}");
+    assert!(stderr.contains("the device failed mid-run: device lost"), "{stderr}");
     assert!(!stderr.contains("panicked"), "the panic is reported as an error, not printed: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!out.exists());

@@ -28,6 +28,15 @@ impl HostData {
         self.len() == 0
     }
 
+    /// Whether every element is finite (integers and bools always are); no copy.
+    pub fn all_finite(&self) -> bool {
+        match self {
+            HostData::F32(v) => v.iter().all(|x| x.is_finite()),
+            HostData::F64(v) => v.iter().all(|x| x.is_finite()),
+            _ => true,
+        }
+    }
+
     /// The elements as f64, whatever their type (bools as 0 and 1).
     pub fn to_f64(&self) -> Vec<f64> {
         match self {

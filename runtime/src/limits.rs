@@ -23,14 +23,21 @@ pub struct MemoryError {
     pub source_of_limit: String,
 }
 
-/// `CALM_MEMORY_LIMIT`, if set and well formed.
-fn configured_limit() -> Option<u64> {
-    parse_size(&std::env::var("CALM_MEMORY_LIMIT").ok()?)
+/// `CALM_MEMORY_LIMIT`: bytes and why. A value that does not parse allows nothing, and says so:
+/// a cap the user believes in must not be silently ignored.
+fn configured_limit() -> Option<(u64, String)> {
+    let text = std::env::var("CALM_MEMORY_LIMIT").ok()?;
+    Some(match parse_size(&text) {
+        Some(bytes) => (bytes, "are allowed (CALM_MEMORY_LIMIT)".to_string()),
+        None => (0, format!("are allowed: CALM_MEMORY_LIMIT=`{text}` is not a size (use e.g. 8G or 512MiB)")),
+    })
 }
 
-/// `123`, `512M`, `8G`, `1.5T` (powers of 1024) → bytes.
+/// `123`, `512M`, `8G`, `8GB`, `8GiB`, `1.5T` (powers of 1024) → bytes.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
+    let upper = s.to_ascii_uppercase();
+    let s = &s[..upper.strip_suffix("IB").or_else(|| upper.strip_suffix('B')).map_or(s.len(), str::len)];
     let (num, scale) = match s.char_indices().last()? {
         (i, c) if c.is_ascii_alphabetic() => {
             let shift = match c.to_ascii_uppercase() {
@@ -63,8 +70,8 @@ pub fn host_available() -> Option<(u64, String)> {
 /// `found` capped by `CALM_MEMORY_LIMIT`.
 pub fn cap(found: Option<(u64, String)>) -> Option<(u64, String)> {
     match (found, configured_limit()) {
-        (Some((b, why)), Some(limit)) if b <= limit => Some((b, why)),
-        (_, Some(limit)) => Some((limit, "are allowed (CALM_MEMORY_LIMIT)".to_string())),
+        (Some((b, why)), Some((limit, _))) if b <= limit => Some((b, why)),
+        (_, Some(limit)) => Some(limit),
         (found, None) => found,
     }
 }
@@ -99,7 +106,10 @@ mod tests {
         assert_eq!(parse_size("2K"), Some(2048));
         assert_eq!(parse_size("1.5g"), Some(3 << 29));
         assert_eq!(parse_size(" 8G "), Some(8 << 30));
-        for bad in ["", "G", "-1", "1X", "1e30T", "nan"] {
+        assert_eq!(parse_size("8GB"), Some(8 << 30));
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("100B"), Some(100));
+        for bad in ["", "G", "-1", "1X", "1e30T", "nan", "8gigs", "B"] {
             assert_eq!(parse_size(bad), None, "{bad}");
         }
     }

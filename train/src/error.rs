@@ -38,6 +38,6 @@ pub enum TrainError {
     Device(#[from] calm_runtime::device::select::RunOnDeviceError),
     #[error(transparent)]
     Select(#[from] calm_runtime::device::select::SelectError),
-    #[error("step {step}: {what}; training stopped and saved the state before this step to {} (replay it with --resume --check-numerics)", checkpoint.display())]
+    #[error("step {step}: {what}; training stopped and saved the state before this step to {} (`calm train --resume --check-numerics` replays it)", checkpoint.display())]
     NonFinite { step: u64, what: String, checkpoint: PathBuf },
 }

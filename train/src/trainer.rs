@@ -275,7 +275,7 @@ pub fn train(
             Err(e @ RunError::NonFinite(_)) => return Err(stopped(e.to_string())),
             Err(e) => return Err(e.into()),
         };
-        if !grads.loss.is_finite() || grads.grads.values().any(|t| NonFinite::scan(t).is_some()) {
+        if !grads.loss.is_finite() || grads.grads.values().any(|t| !t.data.all_finite()) {
             return Err(stopped(diagnose(settings.backend, &g, &params, &inputs, &grads)));
         }
         let lr = learning_rate(settings.learning_rate, settings.warmup_fraction, step, state.total_steps);

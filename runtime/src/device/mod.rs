@@ -34,7 +34,7 @@ pub enum DeviceError {
     Profile(String),
     #[error("{0}")]
     Memory(#[from] crate::limits::MemoryError),
-    #[error("the device failed mid-run ({0}); nothing was written")]
+    #[error("the device failed mid-run: {0}")]
     Fault(String),
 }
 

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
 
 use calm_ir::Graph;
 use calm_passes::plan::{FloatType, KernelPlan, Storage};
@@ -36,30 +37,46 @@ pub enum SelectError {
 
 /// Runs device work, turning a panic inside the runtime into an error carrying its message.
 /// CubeCL and wgpu panic where a device is lost, runs out of memory or rejects work, sometimes
-/// on their own server threads (cudarc's "no CUDA library" panics on CubeCL's). While work is
-/// guarded, no panic of any thread is printed: each is kept, and the error says what they said.
+/// on their own server threads (cudarc's "no CUDA library" panics on CubeCL's). While any work
+/// is guarded, no panic of any thread is printed: each is kept (with where it happened, so a
+/// bug of calm's own shows as one), and the error says what they said.
 pub fn catch_device<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    static INSTALL: Once = Once::new();
+    static GUARDS: AtomicUsize = AtomicUsize::new(0);
     static MESSAGES: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let messages = || MESSAGES.lock().unwrap_or_else(|e| e.into_inner());
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let text = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".into());
-        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        let mut m = MESSAGES.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() < 8 {
-            m.push(format!("{}{at}", text.lines().next().unwrap_or("")));
-        }
-    }));
-    messages().clear();
+    // One hook for the process, installed once: swapping hooks per call would race between
+    // threads. Unguarded panics go to the hook that was there before.
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDS.load(Ordering::SeqCst) == 0 {
+                return previous(info);
+            }
+            let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            let mut m = MESSAGES.lock().unwrap_or_else(|e| e.into_inner());
+            if m.len() < 8 {
+                m.push(format!("{}{at}", panic_text(info.payload())));
+            }
+        }));
+    });
+    if GUARDS.fetch_add(1, Ordering::SeqCst) == 0 {
+        messages().clear();
+    }
     let result = catch_unwind(AssertUnwindSafe(work));
-    std::panic::set_hook(previous);
-    let said = std::mem::take(&mut *messages());
-    result.map_err(|_| if said.is_empty() { "a panic without a message".into() } else { said.join("; ") })
+    let said = if result.is_err() { messages().join("; ") } else { String::new() };
+    GUARDS.fetch_sub(1, Ordering::SeqCst);
+    result.map_err(|_| if said.is_empty() { "a panic without a message".into() } else { said })
+}
+
+/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .map(|t| t.lines().next().unwrap_or("").to_string())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Starts a runtime's client, turning a panic (no driver, no adapter) into `None`.
@@ -117,7 +134,7 @@ impl Device {
             Device::Cuda(c) => {
                 // CubeCL's CUDA runtime sets its page size to a quarter of the device's memory.
                 let page = c.properties().memory.max_page_size;
-                (page, crate::limits::cap(Some((page.saturating_mul(4), "the GPU has".into()))))
+                (page, crate::limits::cap(Some((page.saturating_mul(4), "is the GPU's memory".into()))))
             }
             Device::Wgpu(c) => {
                 let page = c.properties().memory.max_page_size;
@@ -143,7 +160,7 @@ impl Device {
                 Some((page, "is the most one buffer can hold".into())),
             )?;
         }
-        let needed = plan.memory.slots.iter().map(slot_bytes).fold(0u64, u64::saturating_add);
+        let needed = plan.memory.peak_bytes;
         let bindings = plan.bindings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
         let what = || format!("the plan of `{}` under {bindings} (its memory plan's slots)", plan.graph);
         Ok(crate::limits::check(what, "device", needed, total)?)

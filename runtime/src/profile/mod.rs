@@ -244,6 +244,8 @@ pub enum ProfileError {
     Device(#[from] DeviceError),
     #[error(transparent)]
     PeakCache(#[from] peaks::PeakCacheError),
+    #[error(transparent)]
+    Memory(#[from] crate::limits::MemoryError),
 }
 
 /// Compiles `g` with every fusion pass, runs it once on `device` with seeded weights and random
@@ -259,10 +261,13 @@ pub fn profile(
     let plan = calm_passes::compile::compile(g, bindings, true, &lower)?.plan;
     // Refused before anything is allocated when it cannot fit.
     device.check_memory(&plan)?;
-    match device {
-        Device::Wgpu(c) => profile_on(c, device.name(), &lower, g, plan, bindings, opts),
-        Device::Cuda(c) => profile_on(c, device.name(), &lower, g, plan, bindings, opts),
-    }
+    // A device that fails mid-run is an error, as in `Device::run`.
+    let name = device.name();
+    crate::device::select::catch_device(|| match device {
+        Device::Wgpu(c) => profile_on(c, name, &lower, g, plan, bindings, opts),
+        Device::Cuda(c) => profile_on(c, name, &lower, g, plan, bindings, opts),
+    })
+    .map_err(DeviceError::Fault)?
 }
 
 fn profile_on<R: Runtime>(
@@ -277,7 +282,7 @@ fn profile_on<R: Runtime>(
     let (peaks, peaks_note) = cached_peaks(client, &device, &opts.peak_cache, opts.remeasure_peaks)?;
     let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
     let mut exec = DeviceExecutor::<R, f32>::new(client.clone(), plan, types);
-    exec.load_params(&crate::params::ParamStore::init(g, 1))?;
+    exec.load_params(&crate::params::ParamStore::try_init(g, 1)?)?;
     let inputs = crate::inputs::random_inputs(g, bindings, 1)?;
     eprintln!("calm: profiling {} launches, {} timed runs each...", exec.plan().launches.len(), opts.iters);
     exec.run(&inputs)?;

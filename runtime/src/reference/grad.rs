@@ -11,7 +11,7 @@ use burn::tensor::FloatDType;
 use calm_ir::{Graph, Op};
 
 use super::value::{Ctx, Data, Value};
-use super::{bind_inputs, evaluate, feed, to_host, RunError};
+use super::{bind_inputs, evaluate, feed, to_host, Evaluation, RunError};
 use crate::host::HostTensor;
 use crate::params::ParamStore;
 
@@ -43,7 +43,8 @@ pub fn gradients<B: Backend>(
         return Err(RunError::Loss { name: loss.to_string(), found: loss_type.to_string() });
     }
     let mut tracked: BTreeMap<String, (Vec<usize>, FloatTensor<Ad<B>>)> = BTreeMap::new();
-    let outputs = evaluate(&ctx, g, &bindings, check_numerics, &mut |node, op| {
+    let how = Evaluation { check_numerics, autodiff: true };
+    let outputs = evaluate(&ctx, g, &bindings, how, &mut |node, op| {
         let value = feed(&ctx, node, op, params, inputs)?;
         // Frozen parameters (a pretrained backbone) are constants here.
         let Op::Param { name, frozen: false, .. } = op else { return Ok(value) };

@@ -148,9 +148,9 @@ impl<B: Backend> Reference<B> {
         inputs: &BTreeMap<String, HostTensor>,
     ) -> Result<BTreeMap<String, HostTensor>, RunError> {
         let bindings = bind_inputs(g, inputs)?;
-        let outputs = evaluate(&self.ctx, g, &bindings, self.check_numerics, &mut |node, op| {
-            feed(&self.ctx, node, op, params, inputs)
-        })?;
+        let how = Evaluation { check_numerics: self.check_numerics, autodiff: false };
+        let outputs =
+            evaluate(&self.ctx, g, &bindings, how, &mut |node, op| feed(&self.ctx, node, op, params, inputs))?;
         to_host(g, outputs)
     }
 }
@@ -195,12 +195,14 @@ pub(crate) fn feed<B: Backend>(
 }
 
 /// The most bytes of values alive at once when evaluating in `order` and freeing each value
-/// after its last reader, at `elem` bytes per element (every element type is stored at most that
-/// wide). Checked: sizes whose product overflows are an error.
+/// after its last reader (`last_use`; `None`: nothing is freed, as under autodiff), at `elem`
+/// bytes per element (every element type is stored at most that wide). An estimate: the
+/// temporaries inside an op are not counted. Checked: sizes whose product overflows are an
+/// error.
 fn peak_bytes(
     g: &Graph,
     order: &[NodeId],
-    last_use: &SecondaryMap<ValueId, Option<usize>>,
+    last_use: Option<&SecondaryMap<ValueId, Option<usize>>>,
     bindings: &Bindings,
     elem: u64,
 ) -> Result<u64, RunError> {
@@ -217,15 +219,16 @@ fn peak_bytes(
             live = live.saturating_add(bytes(v)?);
         }
         peak = peak.max(live);
+        let Some(last_use) = last_use else { continue };
         for &v in &node.results {
             if last_use[v].is_none() {
-                live -= bytes(v)?;
+                live = live.saturating_sub(bytes(v)?);
             }
         }
         for (i, &a) in node.args.iter().enumerate() {
             // An argument read twice by one node is freed once.
             if last_use[a] == Some(pos) && !node.args[..i].contains(&a) {
-                live -= bytes(a)?;
+                live = live.saturating_sub(bytes(a)?);
             }
         }
     }
@@ -235,13 +238,23 @@ fn peak_bytes(
 /// Supplies the value of an input or parameter node.
 pub(crate) type Feed<'a, B> = dyn FnMut(NodeId, &Op) -> Result<Value<B>, RunError> + 'a;
 
+/// How [`evaluate`] runs a graph.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Evaluation {
+    /// Check each node's results ([`Reference::checking_numerics`]).
+    pub check_numerics: bool,
+    /// On an autodiff backend, which keeps every value for the backward pass (what the memory
+    /// check must count).
+    pub autodiff: bool,
+}
+
 /// Evaluates every node in topological order and returns the named outputs. `feed` supplies the
-/// values of input and parameter nodes; `check_numerics` checks each node's results.
+/// values of input and parameter nodes.
 pub(crate) fn evaluate<B: Backend>(
     ctx: &Ctx<B>,
     g: &Graph,
     bindings: &Bindings,
-    check_numerics: bool,
+    how: Evaluation,
     feed: &mut Feed<'_, B>,
 ) -> Result<Vec<(String, Value<B>)>, RunError> {
     verify(g)?;
@@ -256,11 +269,13 @@ pub(crate) fn evaluate<B: Backend>(
     for o in &g.outputs {
         last_use[o.value] = Some(usize::MAX);
     }
-    let peak = peak_bytes(g, &order, &last_use, bindings, if ctx.float == FloatDType::F64 { 8 } else { 4 })?;
-    let what = || format!("running `{}` on the reference executor (its live values at the peak, {bindings})", g.name);
+    let elem = if ctx.float == FloatDType::F64 { 8 } else { 4 };
+    let peak = peak_bytes(g, &order, (!how.autodiff).then_some(&last_use), bindings, elem)?;
+    let kept = if how.autodiff { "all its values, kept for the backward pass" } else { "its live values at the peak" };
+    let what = || format!("running `{}` on the reference executor ({kept}, {bindings})", g.name);
     crate::limits::check_host(what, peak)?;
     let mut values: SecondaryMap<ValueId, Option<Value<B>>> = SecondaryMap::with_default(None);
-    let mut checker = check_numerics.then(numerics::Checker::new);
+    let mut checker = how.check_numerics.then(numerics::Checker::new);
     for (pos, &n) in order.iter().enumerate() {
         let node = &g.nodes[n];
         let results = match &node.op {
