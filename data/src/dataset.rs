@@ -36,28 +36,16 @@ impl Dataset {
     /// [`Dataset::cultures`]. Every culture of the dataset must be in `names`; `names` may hold
     /// more. An error names the cultures that are not.
     pub fn remap_cultures(&mut self, names: &[String]) -> Result<(), DataError> {
-        let map = index_map(&self.cultures, names).map_err(|unknown| {
-            DataError::file(&self.source, DataErrorKind::UnknownCultures { names: unknown, known: names.to_vec() })
-        })?;
-        for s in &mut self.samples {
-            s.culture = map[s.culture as usize];
-        }
-        self.cultures = names.to_vec();
-        Ok(())
+        let unknown = |names, known| DataErrorKind::UnknownCultures { names, known };
+        remap(&self.source, &mut self.cultures, &mut self.samples, names, |s| &mut s.culture, unknown)
     }
 
     /// Renumbers the samples' labels as `names` (a model's classes): a model scores a file
     /// whose string labels sort differently, or lack a class, by the same indices it was trained
     /// with. A label not in `names` is an error naming it.
     pub fn remap_classes(&mut self, names: &[String]) -> Result<(), DataError> {
-        let map = index_map(&self.classes, names).map_err(|unknown| {
-            DataError::file(&self.source, DataErrorKind::UnknownClasses { names: unknown, known: names.to_vec() })
-        })?;
-        for s in &mut self.samples {
-            s.label = map[s.label as usize];
-        }
-        self.classes = names.to_vec();
-        Ok(())
+        let unknown = |names, known| DataErrorKind::UnknownClasses { names, known };
+        remap(&self.source, &mut self.classes, &mut self.samples, names, |s| &mut s.label, unknown)
     }
 
     /// The first `n_texts` texts and their samples (all of them when there are fewer), with the
@@ -92,6 +80,25 @@ impl Interner {
         self.index.insert(s.to_string(), i);
         i
     }
+}
+
+/// Renumbers one index of every sample (`field`) from the names `current` to `names`, which
+/// replace them; names missing from `names` are the error `unknown(missing, names)`.
+fn remap(
+    source: &std::path::Path,
+    current: &mut Vec<String>,
+    samples: &mut [Sample],
+    names: &[String],
+    field: fn(&mut Sample) -> &mut u32,
+    unknown: fn(Vec<String>, Vec<String>) -> DataErrorKind,
+) -> Result<(), DataError> {
+    let map = index_map(current, names).map_err(|missing| DataError::file(source, unknown(missing, names.to_vec())))?;
+    for s in samples {
+        let index = field(s);
+        *index = map[*index as usize];
+    }
+    *current = names.to_vec();
+    Ok(())
 }
 
 /// For each of `have`, its index in `want`; the names missing from `want` as the error.

@@ -98,8 +98,7 @@ pub fn plan_memory(plan: &KernelPlan) -> MemoryPlan {
         occupants[s].push(b);
         slot_of[b as usize] = s as u32;
     }
-    // Saturating: sizes near 2^64 bytes are refused by the device's memory check, not wrapped.
-    let bytes = |(storage, len): &(Storage, u64)| len.saturating_mul(storage.size_bytes(plan.float));
+    let bytes = |&(storage, len): &(Storage, u64)| storage.bytes(len, plan.float);
     MemoryPlan {
         peak_bytes: slots.iter().map(bytes).fold(0, u64::saturating_add),
         naive_bytes: plan.buffers.iter().map(|b| bytes(&(b.storage, b.len))).fold(0, u64::saturating_add),

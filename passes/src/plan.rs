@@ -64,6 +64,12 @@ impl Storage {
             _ => 4,
         }
     }
+
+    /// Bytes of `len` elements, saturating: sizes near 2^64 bytes are refused by the memory
+    /// checks, not wrapped.
+    pub fn bytes(self, len: u64, float: FloatType) -> u64 {
+        len.saturating_mul(self.size_bytes(float))
+    }
 }
 
 /// What a buffer holds.
@@ -434,7 +440,13 @@ impl KernelPlan {
     /// Bytes of buffer `b`.
     pub fn buffer_bytes(&self, b: u32) -> u64 {
         let buf = &self.buffers[b as usize];
-        buf.len * buf.storage.size_bytes(self.float)
+        buf.storage.bytes(buf.len, self.float)
+    }
+
+    /// Bytes of memory slot `s`.
+    pub fn slot_bytes(&self, s: usize) -> u64 {
+        let (storage, len) = self.memory.slots[s];
+        storage.bytes(len, self.float)
     }
 
     pub fn to_json(&self) -> String {

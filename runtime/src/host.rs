@@ -105,6 +105,28 @@ impl HostTensor {
     }
 }
 
+/// The largest error of `got` against `want` relative to `want`'s largest finite magnitude (at
+/// least `floor`), and the flat index where it is. Equal values (infinities included) and NaN
+/// against NaN count 0; a NaN against a number counts as an infinite error.
+pub fn max_relative_error(want: &HostTensor, got: &HostTensor, floor: f64) -> (f64, Option<usize>) {
+    let (w, g) = (want.data.to_f64(), got.data.to_f64());
+    let scale = w.iter().filter(|x| x.is_finite()).fold(floor, |m, x| m.max(x.abs()));
+    let mut worst = (0.0, None);
+    for (i, (a, b)) in w.iter().zip(&g).enumerate() {
+        let err = if a == b || (a.is_nan() && b.is_nan()) {
+            0.0
+        } else if a.is_nan() || b.is_nan() {
+            f64::INFINITY
+        } else {
+            (a - b).abs() / scale
+        };
+        if err > worst.0 {
+            worst = (err, Some(i));
+        }
+    }
+    worst
+}
+
 /// Mean, standard deviation, extremes and non-finite counts of a tensor: `calm run`'s summary.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
@@ -138,6 +160,18 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_errors_count_a_nan_against_a_number_and_scale_by_the_largest_finite_value() {
+        let want = HostTensor::f32(vec![4], vec![2.0, f32::NAN, f32::INFINITY, -4.0]);
+        let same = HostTensor::f32(vec![4], vec![2.0, f32::NAN, f32::INFINITY, -4.0]);
+        assert_eq!(max_relative_error(&want, &same, 0.0), (0.0, None));
+        let off = HostTensor::f32(vec![4], vec![2.0, f32::NAN, f32::INFINITY, -3.0]);
+        assert_eq!(max_relative_error(&want, &off, 0.0), (0.25, Some(3)));
+        assert_eq!(max_relative_error(&want, &off, 10.0), (0.1, Some(3)));
+        let nan = HostTensor::f32(vec![4], vec![f32::NAN, f32::NAN, f32::INFINITY, -4.0]);
+        assert_eq!(max_relative_error(&want, &nan, 0.0), (f64::INFINITY, Some(0)));
+    }
 
     #[test]
     fn summary_counts_non_finite_values_apart() {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use calm_ir::{Graph, Init, Op, TensorType};
+use calm_ir::{Bindings, Graph, Init, Op, TensorType};
 use calm_kernels::philox;
 use thiserror::Error;
 
@@ -52,11 +52,6 @@ fn list(m: &[Mismatch]) -> String {
 
 fn fixed_shape(t: &TensorType) -> Vec<usize> {
     t.shape.iter().map(|d| d.fixed().expect("the verifier requires fixed parameter shapes") as usize).collect()
-}
-
-/// Elements of a fixed shape, saturating (a size past u64 is refused as too large anyway).
-fn fixed_numel_checked(t: &TensorType) -> u64 {
-    t.shape.iter().map(|d| d.fixed().unwrap_or(0)).fold(1u64, u64::saturating_mul)
 }
 
 /// Values of `init` for a parameter of `len` elements, drawn from the shared generator.
@@ -113,7 +108,8 @@ impl ParamStore {
             .nodes
             .values()
             .filter(|n| matches!(n.op, Op::Param { .. }))
-            .map(|n| fixed_numel_checked(g.value_type(n.results[0])).saturating_mul(4))
+            // A size past u64 is as refused as one past the host's memory.
+            .map(|n| g.value_type(n.results[0]).numel(&Bindings::new()).unwrap_or(u64::MAX).saturating_mul(4))
             .fold(0u64, u64::saturating_add);
         crate::limits::check_host(|| format!("initialising the weights of `{}`", g.name), needed)?;
         Ok(ParamStore::init(g, seed))

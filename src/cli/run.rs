@@ -11,7 +11,7 @@ use calm_ir::Graph;
 use calm_passes::compile::compile;
 use calm_passes::lower::LowerOptions;
 use calm_runtime::device::select::{Device, DeviceChoice};
-use calm_runtime::host::{HostTensor, Summary};
+use calm_runtime::host::{max_relative_error, HostTensor, Summary};
 use calm_runtime::inputs::random_inputs;
 use calm_runtime::params::ParamStore;
 use calm_runtime::reference::{bind_inputs, NonFinite, Reference};
@@ -171,24 +171,7 @@ fn check_fused(g: &Graph, params: &ParamStore, inputs: &Outputs, got: &Outputs, 
 
 /// Each output's largest error relative to its largest magnitude.
 fn relative_errors(want: &Outputs, got: &Outputs) -> Vec<(String, f64)> {
-    want.iter()
-        .map(|(name, w)| {
-            let (w, g) = (w.data.to_f64(), got[name].data.to_f64());
-            let scale = w.iter().filter(|x| x.is_finite()).fold(0.0f64, |m, x| m.max(x.abs()));
-            let err = w
-                .iter()
-                .zip(&g)
-                .map(|(a, b)| {
-                    if a == b || (a.is_nan() && b.is_nan()) {
-                        0.0
-                    } else {
-                        (a - b).abs() / scale.max(f64::MIN_POSITIVE)
-                    }
-                })
-                .fold(0.0, f64::max);
-            (name.clone(), err)
-        })
-        .collect()
+    want.iter().map(|(name, w)| (name.clone(), max_relative_error(w, &got[name], f64::MIN_POSITIVE).0)).collect()
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {

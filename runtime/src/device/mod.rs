@@ -135,10 +135,9 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
             .slots
             .iter()
             .enumerate()
-            .map(|(s, &(storage, len))| {
+            .map(|(s, _)| {
                 // Input and parameter slots are uploaded, not allocated.
-                (!pinned_slots.contains(&(s as u32)))
-                    .then(|| client.empty((len * storage.size_bytes(plan.float)) as usize))
+                (!pinned_slots.contains(&(s as u32))).then(|| client.empty(plan.slot_bytes(s) as usize))
             })
             .collect();
         let metas = plan.launches.iter().map(|l| launch::meta(&l.kernel).map(|m| upload_u32(&client, &m))).collect();

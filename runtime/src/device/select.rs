@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::{Mutex, Once, OnceLock};
 
 use calm_ir::Graph;
-use calm_passes::plan::{FloatType, KernelPlan, Storage};
+use calm_passes::plan::{FloatType, KernelPlan};
 use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cubecl::prelude::*;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
@@ -145,10 +145,9 @@ impl Device {
 
     /// Refuses a plan whose memory does not fit this device, before anything is allocated.
     pub fn check_memory(&self, plan: &KernelPlan) -> Result<(), DeviceError> {
-        let slot_bytes = |&(storage, len): &(Storage, u64)| len.saturating_mul(storage.size_bytes(plan.float));
         let (page, total) = self.memory();
-        let largest = plan.memory.slots.iter().enumerate().max_by_key(|(_, s)| slot_bytes(s));
-        if let Some((slot, s)) = largest {
+        let largest = (0..plan.memory.slots.len()).max_by_key(|&s| plan.slot_bytes(s));
+        if let Some(slot) = largest {
             let value = (0..plan.buffers.len())
                 .find(|&b| plan.memory.slot_of[b] as usize == slot)
                 .map_or("?", |b| plan.buffers[b].value.as_str());
@@ -156,7 +155,7 @@ impl Device {
             crate::limits::check(
                 what,
                 "device",
-                slot_bytes(s),
+                plan.slot_bytes(slot),
                 Some((page, "is the most one buffer can hold".into())),
             )?;
         }
@@ -214,29 +213,35 @@ impl Device {
     }
 }
 
+/// The Vulkan adapters' descriptions, enumerated once per process: `Device::run` asks whether
+/// the device is a CPU adapter on every call (a batch at a time when scoring), and creating a
+/// Vulkan instance each time would cost more than the question.
+fn vulkan_adapter_infos() -> &'static [wgpu::AdapterInfo] {
+    static INFOS: OnceLock<Vec<wgpu::AdapterInfo>> = OnceLock::new();
+    INFOS.get_or_init(|| {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::VULKAN,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN))
+            .iter()
+            .map(|a| a.get_info())
+            .collect()
+    })
+}
+
 /// Whether every Vulkan adapter runs on the CPU (lavapipe): its memory is the host's.
 fn cpu_adapter() -> bool {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::VULKAN,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapters = cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
-    !adapters.is_empty() && adapters.iter().all(|a| a.get_info().device_type == wgpu::DeviceType::Cpu)
+    let infos = vulkan_adapter_infos();
+    !infos.is_empty() && infos.iter().all(|info| info.device_type == wgpu::DeviceType::Cpu)
 }
 
 /// The names and drivers of the Vulkan adapters (`llvmpipe (LLVM 15.0.6, 256 bits), Mesa
 /// 22.3.6`): what identifies the device behind wgpu's default choice in reports and caches.
 fn vulkan_adapters() -> String {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::VULKAN,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let names: Vec<String> = cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN))
+    let names: Vec<String> = vulkan_adapter_infos()
         .iter()
-        .map(|a| {
-            let info = a.get_info();
-            format!("{}, {} {}", info.name, info.driver, info.driver_info)
-        })
+        .map(|info| format!("{}, {} {}", info.name, info.driver, info.driver_info))
         .collect();
     if names.is_empty() {
         "no Vulkan adapter".into()
