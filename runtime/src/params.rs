@@ -131,6 +131,18 @@ impl ParamStore {
         self.tensors.is_empty()
     }
 
+    /// Every parameter's values, mutable in place (optimisers); values stored wider than f32
+    /// (a weight file in f64) are narrowed to f32 first, as [`ParamStore::set`] stores them.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = (&str, &mut [f32])> {
+        self.tensors.iter_mut().map(|(name, t)| {
+            if !matches!(t.data, HostData::F32(_)) {
+                t.data = HostData::F32(t.to_f32().expect("parameters are floats"));
+            }
+            let HostData::F32(v) = &mut t.data else { unreachable!("narrowed above") };
+            (name.as_str(), v.as_mut_slice())
+        })
+    }
+
     /// Replaces a parameter's values (same shape); used by optimisers and tests.
     pub fn set(&mut self, name: &str, values: Vec<f32>) {
         let t = self.tensors.get_mut(name).unwrap_or_else(|| panic!("no parameter `{name}`"));

@@ -74,6 +74,17 @@ impl ModelSpec {
         self.graph(Mode::Inference)
     }
 
+    /// `g` as the reference executor runs it to train and score: with
+    /// [`calm_passes::compile::reference_passes`], so that only routed experts are computed.
+    /// Same parameters, results and gradients as `g`.
+    pub fn for_reference(g: &Graph) -> Result<Graph, TrainError> {
+        let mut g = g.clone();
+        calm_passes::Pipeline::new(calm_passes::compile::reference_passes())
+            .run(&mut g)
+            .map_err(|e| TrainError::Compile(e.into()))?;
+        Ok(g)
+    }
+
     fn graph(&self, mode: Mode) -> Result<Graph, TrainError> {
         match self.kind {
             ModelKind::Calm => {
@@ -120,4 +131,46 @@ fn baseline(b: &mut GraphBuilder, cfg: &CalmConfig, mlp: bool, training: bool) -
         b.output("loss", loss);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::flex::FlexDevice;
+    use burn::tensor::FloatDType;
+    use calm_ir::fused::FusedOp;
+    use calm_ir::{Bindings, Op};
+    use calm_runtime::params::ParamStore;
+    use calm_runtime::reference::gradients;
+
+    use super::*;
+
+    /// The graph the trainer runs (routed experts only) against the training graph as built
+    /// (every expert on every unit): same loss terms and gradients, on random inputs with odd
+    /// sizes, for the full model and an ablation that keeps the experts.
+    #[test]
+    fn routed_experts_give_the_dense_mixture_s_loss_and_gradients() {
+        let config = CalmConfig::preset("tiny").unwrap();
+        for variant in ["full", "no-contrastive"] {
+            let spec = ModelSpec::variant(variant, &config).unwrap();
+            let dense = spec.training_graph().unwrap();
+            let routed = ModelSpec::for_reference(&dense).unwrap();
+            let mixtures =
+                routed.nodes.values().filter(|n| matches!(n.op, Op::Fused(FusedOp::ExpertMixture { .. }))).count();
+            assert!(mixtures > 0, "{variant}: the expert mixture is fused");
+            let params = ParamStore::init(&dense, 5);
+            let bindings = Bindings::new().with("batch", 7).with("tokens", 9);
+            let inputs = calm_runtime::inputs::random_inputs(&dense, &bindings, 11).unwrap();
+            let run = |g: &Graph| {
+                gradients::<burn::backend::flex::Flex>(FlexDevice, FloatDType::F64, g, &params, &inputs, "loss", false)
+                    .unwrap()
+            };
+            let (want, got) = (run(&dense), run(&routed));
+            assert!((want.loss - got.loss).abs() <= 1e-9 * want.loss.abs().max(1.0), "{variant}: loss");
+            assert_eq!(want.grads.len(), got.grads.len());
+            for (name, w) in &want.grads {
+                let (err, _) = calm_runtime::host::max_relative_error(w, &got.grads[name], 1e-6);
+                assert!(err < 1e-9, "{variant}: gradient of `{name}` differs by {err}");
+            }
+        }
+    }
 }

@@ -234,7 +234,7 @@ pub fn train(
         }
         Start::Fresh { model, settings } => fresh(*model, settings, train, data, backbone)?,
     };
-    let g = state.model.training_graph()?;
+    let g = ModelSpec::for_reference(&state.model.training_graph()?)?;
     let inference = state.model.inference_graph()?;
     let settings = state.settings.clone();
     let n = train.data.samples.len();
@@ -437,10 +437,15 @@ pub fn predict(
     let mut preds = Vec::with_capacity(n);
     let bar = progress.bar(n as u64, "predicting");
     let mut compiled: Option<calm_passes::compile::Compiled> = None;
+    let on_reference = match executor {
+        Executor::Reference(_) => Some(ModelSpec::for_reference(g)?),
+        Executor::Fused { .. } => None,
+    };
     for start in (0..n).step_by(batch_size.max(1)) {
         let real: Vec<usize> = (start..(start + batch_size).min(n)).collect();
         let logits = match &executor {
             Executor::Reference(backend) => {
+                let g = on_reference.as_ref().expect("made above for the reference");
                 let inputs = batch::inputs(g, split, &real, None, None);
                 let out = match backend {
                     Backend::Flex => Reference::<Flex>::new(FlexDevice, FloatDType::F32).run(g, params, &inputs)?,

@@ -113,91 +113,102 @@ fn rows<B: Backend>(ctx: &Ctx<B>, v: &Value<B>, start: usize, len: usize) -> OpR
     prim(ctx, op, &[v], &shape)
 }
 
-/// [`calm_ir::fused::FusedOp::ExpertMixture`], densely: every expert on every unit, as the
-/// unfused graph computes it (the choices are not needed; the gates are zero off them).
+/// A stacked parameter argument of [`expert_mixture`]: the joined tensor, or, when the graph
+/// joins parameters to make it (as `fuse_experts` does), the parts themselves. With the parts,
+/// each expert reads its own weights: no joined copy is made, and autodiff hands each
+/// parameter its gradient directly (slicing the joined tensor would give each slice's gradient
+/// as a zeroed tensor of the whole stack).
+pub enum Stacked<'a, B: Backend> {
+    Whole(&'a Value<B>),
+    /// One part per (group, expert) pair in order; q, k, v of a pair in turn for `qkv.*`.
+    Parts(Vec<&'a Value<B>>),
+}
+
+impl<B: Backend> Stacked<'_, B> {
+    /// Part `i` of `count` equal parts.
+    fn part(&self, ctx: &Ctx<B>, i: usize, count: usize) -> OpResult<Value<B>> {
+        match self {
+            Stacked::Parts(parts) => Ok(parts[i].clone()),
+            Stacked::Whole(v) => {
+                let len = v.shape[0] / count;
+                rows(ctx, v, i * len, len)
+            }
+        }
+    }
+}
+
+/// [`calm_ir::fused::FusedOp::ExpertMixture`]: `routes` holds `z` and each group's `(gates,
+/// chosen)`; `stacked` the stacked parameters, layer by layer. One result per group.
+///
+/// Only the routed (unit, expert) pairs are computed, as on the device: each expert runs on
+/// the units that chose it (gathered), and its gate-weighted token mean is added back to them
+/// (scatter-add, experts in order). The gates are exactly 0 off the chosen experts, so this
+/// is the dense mixture of the unfused graph (adding exact zeros changes no sum) in about
+/// `k/E` of its FLOPs, with the same gradients (off the chosen experts the gate is a one-hot
+/// constant's zero).
 pub fn expert_mixture<B: Backend>(
     ctx: &Ctx<B>,
-    args: &[&Value<B>],
-    groups: u64,
+    routes: &[&Value<B>],
+    stacked: &[Stacked<'_, B>],
     experts: u64,
     heads: u64,
     scale: f64,
     eps: f64,
 ) -> OpResult<Vec<Value<B>>> {
-    let g = groups as usize;
-    let stacked = &args[1 + 2 * g..];
-    let e_count = experts as usize;
-    (0..g)
-        .map(|group| {
-            // This group's experts' rows of each stacked parameter.
-            let own = stacked
-                .iter()
-                .map(|p| {
-                    let per_group = p.shape[0] / g;
-                    rows(ctx, p, group * per_group, per_group)
-                })
-                .collect::<OpResult<Vec<_>>>()?;
-            let mut group_args = vec![args[0], args[1 + 2 * group], args[2 + 2 * group]];
-            group_args.extend(own.iter());
-            one_mixture(ctx, &group_args, e_count, heads, scale, eps)
-        })
-        .collect()
-}
-
-/// One group of [`expert_mixture`]: arguments `z, gates, chosen, stacked parameters..`.
-fn one_mixture<B: Backend>(
-    ctx: &Ctx<B>,
-    args: &[&Value<B>],
-    e_count: usize,
-    heads: u64,
-    scale: f64,
-    eps: f64,
-) -> OpResult<Value<B>> {
-    let (z, gates) = (args[0], args[1]);
+    let z = routes[0];
     let (b, k, m) = (z.shape[0], z.shape[1], z.shape[2]);
+    let (g_count, e_count) = ((routes.len() - 1) / 2, experts as usize);
+    let pairs = g_count * e_count;
     let per_layer = calm_ir::fused::EXPERT_LAYER_PARAMS.len();
-    let layers = (args.len() - 3) / per_layer;
-    let tokens = [b, k, m];
-    let linear = |x: &Value<B>, w: &Value<B>, bias: &Value<B>, out: usize| -> OpResult<Value<B>> {
-        let shape = [b, k, out];
-        let y = prim(ctx, Op::MatMul { transpose_a: false, transpose_b: true }, &[x, w], &shape)?;
-        prim(ctx, Op::Add, &[&y, bias], &shape)
-    };
-    let mut outs = Vec::with_capacity(e_count);
-    for e in 0..e_count {
-        let mut x = z.clone();
-        for l in 0..layers {
-            let p = |i: usize| args[3 + l * per_layer + i];
-            let ffn = p(9).shape[0] / e_count;
-            let norm = |x: &Value<B>, g: usize| -> OpResult<Value<B>> {
-                let (gamma, beta) = (rows(ctx, p(g), e * m, m)?, rows(ctx, p(g + 1), e * m, m)?);
-                prim(ctx, Op::LayerNorm { eps }, &[x, &gamma, &beta], &tokens)
-            };
-            let h = norm(&x, 0)?;
-            let mut qkv = Vec::new();
-            for j in 0..3 {
-                let at = (3 * e + j) * m;
-                qkv.push(linear(&h, &rows(ctx, p(2), at, m)?, &rows(ctx, p(3), at, m)?, m)?);
+    let index = |v: Vec<i64>| Value::<B>::from_ints(ctx, vec![v.len()], v);
+    let mut outputs = Vec::with_capacity(g_count);
+    for group in 0..g_count {
+        let (gates, chosen) = (routes[1 + 2 * group], routes[2 + 2 * group]);
+        let top = chosen.shape[1];
+        let one_hot = chosen.host_f64()?;
+        let flat_gates = prim(ctx, Op::Reshape { shape: vec![] }, &[gates], &[b * e_count])?;
+        let mut out = Value::from_f64(ctx, vec![b, m], vec![0.0; b * m]);
+        for e in 0..e_count {
+            let units: Vec<i64> = (0..b)
+                .filter(|&u| (0..top).any(|j| one_hot[(u * top + j) * e_count + e] != 0.0))
+                .map(|u| u as i64)
+                .collect();
+            if units.is_empty() {
+                continue;
             }
-            let ctx_v = attention(ctx, &[&qkv[0], &qkv[1], &qkv[2]], heads, scale)?.remove(0);
-            let a = linear(&ctx_v, &rows(ctx, p(4), e * m, m)?, &rows(ctx, p(5), e * m, m)?, m)?;
-            let x1 = prim(ctx, Op::Add, &[&x, &a], &tokens)?;
-            let h = norm(&x1, 6)?;
-            let h = linear(&h, &rows(ctx, p(8), e * ffn, ffn)?, &rows(ctx, p(9), e * ffn, ffn)?, ffn)?;
-            let h = prim(ctx, Op::Gelu, &[&h], &[b, k, ffn])?;
-            let h = linear(&h, &rows(ctx, p(10), e * m, m)?, &rows(ctx, p(11), e * m, m)?, m)?;
-            x = prim(ctx, Op::Add, &[&x1, &h], &tokens)?;
+            let n = units.len();
+            let pair = group * e_count + e;
+            let tokens = [n, k, m];
+            let linear = |x: &Value<B>, w: Value<B>, bias: Value<B>| -> OpResult<Value<B>> {
+                let shape = [n, k, w.shape[0]];
+                let y = prim(ctx, Op::MatMul { transpose_a: false, transpose_b: true }, &[x, &w], &shape)?;
+                prim(ctx, Op::Add, &[&y, &bias], &shape)
+            };
+            let mut x = prim(ctx, Op::Gather { axis: 0 }, &[z, &index(units.clone())], &tokens)?;
+            for layer in stacked.chunks(per_layer) {
+                let p = |i: usize| layer[i].part(ctx, pair, pairs);
+                let qkv = |i: usize, j: usize| layer[i].part(ctx, 3 * pair + j, 3 * pairs);
+                let norm = |x: &Value<B>, i: usize| -> OpResult<Value<B>> {
+                    prim(ctx, Op::LayerNorm { eps }, &[x, &p(i)?, &p(i + 1)?], &tokens)
+                };
+                let h = norm(&x, 0)?;
+                let q = linear(&h, qkv(2, 0)?, qkv(3, 0)?)?;
+                let kk = linear(&h, qkv(2, 1)?, qkv(3, 1)?)?;
+                let v = linear(&h, qkv(2, 2)?, qkv(3, 2)?)?;
+                let attended = attention(ctx, &[&q, &kk, &v], heads, scale)?.remove(0);
+                let x1 = prim(ctx, Op::Add, &[&x, &linear(&attended, p(4)?, p(5)?)?], &tokens)?;
+                let h = linear(&norm(&x1, 6)?, p(8)?, p(9)?)?;
+                let h = prim(ctx, Op::Gelu, &[&h], &h.shape.clone())?;
+                x = prim(ctx, Op::Add, &[&x1, &linear(&h, p(10)?, p(11)?)?], &tokens)?;
+            }
+            let mean = prim(ctx, Op::ReduceMean { axes: vec![1], keep_dims: false }, &[&x], &[n, m])?;
+            let at: Vec<i64> = units.iter().map(|&u| u * e_count as i64 + e as i64).collect();
+            let gate = prim(ctx, Op::Gather { axis: 0 }, &[&flat_gates, &index(at)], &[n])?;
+            let gate = prim(ctx, Op::Reshape { shape: vec![] }, &[&gate], &[n, 1])?;
+            let weighted = prim(ctx, Op::Mul, &[&mean, &gate], &[n, m])?;
+            out = prim(ctx, Op::ScatterAdd { axis: 0 }, &[&out, &index(units), &weighted], &[b, m])?;
         }
-        let mean = prim(ctx, Op::ReduceMean { axes: vec![1], keep_dims: false }, &[&x], &[b, m])?;
-        outs.push(prim(ctx, Op::Reshape { shape: vec![] }, &[&mean], &[b, 1, m])?);
+        outputs.push(out);
     }
-    let stacked = if e_count == 1 {
-        outs.remove(0)
-    } else {
-        let refs: Vec<&Value<B>> = outs.iter().collect();
-        prim(ctx, Op::Concat { axis: 1 }, &refs, &[b, e_count, m])?
-    };
-    let column = prim(ctx, Op::Reshape { shape: vec![] }, &[gates], &[b, e_count, 1])?;
-    let weighted = prim(ctx, Op::Mul, &[&stacked, &column], &[b, e_count, m])?;
-    prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: false }, &[&weighted], &[b, m])
+    Ok(outputs)
 }

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::FloatDType;
 use calm_ir::entity::SecondaryMap;
+use calm_ir::fused::FusedOp;
 use calm_ir::types::ShapeError;
 use calm_ir::{verify, Bindings, Dim, Graph, NodeId, Op, ValueId, VerifyErrors};
 use thiserror::Error;
@@ -235,6 +236,24 @@ fn peak_bytes(
     Ok(peak)
 }
 
+/// Values made by a `Concat` of parameters that only expert mixtures read (the stacked weights
+/// of `fuse_experts`), with their parts.
+fn joined_parameters(g: &Graph) -> BTreeMap<ValueId, Vec<ValueId>> {
+    let users = g.users();
+    g.nodes
+        .iter()
+        .filter(|(_, node)| matches!(node.op, Op::Concat { axis: 0 }))
+        .filter(|(_, node)| node.args.iter().all(|&a| matches!(g.nodes[g.producer(a)].op, Op::Param { .. })))
+        .map(|(_, node)| node.results[0])
+        .filter(|&v| {
+            !g.outputs.iter().any(|o| o.value == v)
+                && !users[v].is_empty()
+                && users[v].iter().all(|&u| matches!(g.nodes[u].op, Op::Fused(FusedOp::ExpertMixture { .. })))
+        })
+        .map(|v| (v, g.nodes[g.producer(v)].args.clone()))
+        .collect()
+}
+
 /// Supplies the value of an input or parameter node.
 pub(crate) type Feed<'a, B> = dyn FnMut(NodeId, &Op) -> Result<Value<B>, RunError> + 'a;
 
@@ -269,6 +288,14 @@ pub(crate) fn evaluate<B: Backend>(
     for o in &g.outputs {
         last_use[o.value] = Some(usize::MAX);
     }
+    // Parameters joined only for expert mixtures are read by the mixture as parts (see
+    // `fused::Stacked`), so they live as long as the joined value would.
+    let joined = joined_parameters(g);
+    for (&v, parts) in &joined {
+        for &p in parts {
+            last_use[p] = last_use[p].max(last_use[v]);
+        }
+    }
     let elem = if ctx.float == FloatDType::F64 { 8 } else { 4 };
     let peak = peak_bytes(g, &order, (!how.autodiff).then_some(&last_use), bindings, elem)?;
     let kept = if how.autodiff { "all its values, kept for the backward pass" } else { "its live values at the peak" };
@@ -280,6 +307,21 @@ pub(crate) fn evaluate<B: Backend>(
         let node = &g.nodes[n];
         let results = match &node.op {
             Op::Input { .. } | Op::Param { .. } => vec![feed(n, &node.op)?],
+            Op::Concat { .. } if joined.contains_key(&node.results[0]) => Vec::new(),
+            Op::Fused(FusedOp::ExpertMixture { groups, experts, heads, scale, eps, .. }) => {
+                let value = |a: ValueId| values[a].as_ref().expect("arguments are computed before their readers");
+                let (routes, stacked) = node.args.split_at(1 + 2 * *groups as usize);
+                let routes: Vec<&Value<B>> = routes.iter().map(|&a| value(a)).collect();
+                let stacked: Vec<fused::Stacked<'_, B>> = stacked
+                    .iter()
+                    .map(|&a| match joined.get(&a) {
+                        Some(parts) => fused::Stacked::Parts(parts.iter().map(|&p| value(p)).collect()),
+                        None => fused::Stacked::Whole(value(a)),
+                    })
+                    .collect();
+                fused::expert_mixture(ctx, &routes, &stacked, *experts, *heads, *scale, *eps)
+                    .map_err(|source| RunError::Op { node: n, op: node.op.name(), scope: node.scope.clone(), source })?
+            }
             op => {
                 let out = node
                     .results

@@ -6,7 +6,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor, IntTensor};
-use burn::tensor::{Shape, Slice};
+use burn::tensor::{Shape, Slice, TensorMetadata};
 use calm_ir::fused::FusedOp;
 use calm_ir::program::{BinaryFn, Instr, Program, UnaryFn};
 use calm_ir::{DType, Dim, Op};
@@ -313,7 +313,9 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
         }
         Op::Fused(FusedOp::Route { top_k, transpose_w }) => super::fused::route(ctx, args, *top_k, *transpose_w),
         Op::Fused(FusedOp::ExpertMixture { groups, experts, heads, scale, eps, .. }) => {
-            super::fused::expert_mixture(ctx, args, *groups, *experts, *heads, *scale, *eps)
+            let (routes, stacked) = args.split_at(1 + 2 * *groups as usize);
+            let stacked: Vec<_> = stacked.iter().map(|&v| super::fused::Stacked::Whole(v)).collect();
+            super::fused::expert_mixture(ctx, routes, &stacked, *experts, *heads, *scale, *eps)
         }
     }
 }
@@ -484,9 +486,21 @@ fn matmul<B: Backend>(args: &[&Value<B>], ta: bool, tb: bool, out: &[usize]) -> 
     let batch = &out[..rank - 2];
     let lhs_shape: Vec<usize> = aligned_shape(&a.shape[..ra - 2], rank - 2).into_iter().chain([m, k]).collect();
     let rhs_shape: Vec<usize> = aligned_shape(&b.shape[..rb - 2], rank - 2).into_iter().chain([k, n]).collect();
-    let lhs = B::float_expand(B::float_reshape(ta_t, physical(&lhs_shape)), physical(&[batch, &[m, k]].concat()));
-    let rhs = B::float_expand(B::float_reshape(tb_t, physical(&rhs_shape)), physical(&[batch, &[k, n]].concat()));
+    let lhs = broadcast_to::<B>(ta_t, &lhs_shape, &[batch, &[m, k]].concat());
+    let rhs = broadcast_to::<B>(tb_t, &rhs_shape, &[batch, &[k, n]].concat());
     Ok(B::float_matmul(lhs, rhs))
+}
+
+/// `t` reshaped to `aligned` (same elements, batch axes aligned to the result's rank) and
+/// expanded to `full`, each only where it changes the shape: Burn's reshape copies a strided
+/// operand (a transposed weight), and the batched matmul reads strides as they are.
+fn broadcast_to<B: Backend>(t: FloatTensor<B>, aligned: &[usize], full: &[usize]) -> FloatTensor<B> {
+    let t = if t.shape().as_slice() == aligned { t } else { B::float_reshape(t, physical(aligned)) };
+    if aligned == full {
+        t
+    } else {
+        B::float_expand(t, physical(full))
+    }
 }
 
 fn reduce<B: Backend>(op: &Op, x: &Value<B>, axes: &[usize], out: &[usize]) -> OpResult<Data<B>> {

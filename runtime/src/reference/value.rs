@@ -127,6 +127,12 @@ impl<B: Backend> Value<B> {
     /// (u32 bit-cast to i32, so seeds survive the round trip).
     pub fn from_host(ctx: &Ctx<B>, t: &HostTensor) -> Self {
         match &t.data {
+            // Same width: one copy, no detour through f64 (the weights of a training step are
+            // 100 M of these each step).
+            HostData::F32(v) if ctx.float == FloatDType::F32 => Value::float(
+                t.shape.clone(),
+                B::float_from_data(TensorData::new(v.clone(), physical(&t.shape)), &ctx.device),
+            ),
             HostData::F32(_) | HostData::F64(_) => Value::from_f64(ctx, t.shape.clone(), t.data.to_f64()),
             HostData::I32(v) => Value::from_ints(ctx, t.shape.clone(), v.iter().map(|&x| x as i64).collect()),
             HostData::U32(v) => Value::from_ints(ctx, t.shape.clone(), v.iter().map(|&x| x as i64).collect()),
@@ -150,23 +156,30 @@ impl<B: Backend> Value<B> {
     /// Reads the value back to the host: floats as f64 (or f32 when computed in f32), ints as
     /// i32, bools as bools.
     pub fn to_host(&self) -> Result<HostTensor, DeviceError> {
-        let host = match &self.data {
+        self.clone().into_host()
+    }
+
+    /// [`Value::to_host`], consuming the value: a tensor nothing else holds moves its memory to
+    /// the host without a copy on CPU backends (gradients, a step's largest read).
+    pub fn into_host(self) -> Result<HostTensor, DeviceError> {
+        let host = match self.data {
             Data::Float(t) => {
-                let data = read(B::float_into_data(t.clone()))?;
-                if data.dtype == DType::F64 {
-                    HostData::F64(data.iter::<f64>().collect())
-                } else {
-                    HostData::F32(data.iter::<f32>().collect())
+                let data = read(B::float_into_data(t))?;
+                let vec = |e| DeviceError(format!("{e:?}"));
+                match data.dtype {
+                    DType::F64 => HostData::F64(data.into_vec::<f64>().map_err(vec)?),
+                    DType::F32 => HostData::F32(data.into_vec::<f32>().map_err(vec)?),
+                    _ => HostData::F32(data.iter::<f32>().collect()),
                 }
             }
-            Data::Int(t) => HostData::I32(read(B::int_into_data(t.clone()))?.iter::<i64>().map(|x| x as i32).collect()),
+            Data::Int(t) => HostData::I32(read(B::int_into_data(t))?.iter::<i64>().map(|x| x as i32).collect()),
             // Through integers, as for `from_bool`: devices store bools differently.
             Data::Bool(t) => {
-                let ints = read(B::int_into_data(B::bool_into_int(t.clone(), IntDType::I32)))?;
+                let ints = read(B::int_into_data(B::bool_into_int(t, IntDType::I32)))?;
                 HostData::Bool(ints.iter::<i64>().map(|x| x != 0).collect())
             }
         };
-        Ok(HostTensor::new(self.shape.clone(), host))
+        Ok(HostTensor::new(self.shape, host))
     }
 
     /// Integer values on the host (for indices the executor must check or transform).
