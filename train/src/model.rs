@@ -171,6 +171,26 @@ mod tests {
                 let (err, _) = calm_runtime::host::max_relative_error(w, &got.grads[name], 1e-6);
                 assert!(err < 1e-9, "{variant}: gradient of `{name}` differs by {err}");
             }
+            // The mixture reads the joined weights as parts; where a joined value is read by
+            // anything else (here: made an output), it reads the whole and slices it.
+            let mut whole = routed.clone();
+            let joins: Vec<_> = whole
+                .nodes
+                .values()
+                .filter(|n| matches!(n.op, Op::Concat { axis: 0 }))
+                .filter(|n| n.args.iter().all(|&a| matches!(whole.nodes[whole.producer(a)].op, Op::Param { .. })))
+                .map(|n| n.results[0])
+                .collect();
+            assert!(!joins.is_empty(), "{variant}: fuse_experts joins the experts' weights");
+            for (i, v) in joins.into_iter().enumerate() {
+                whole.set_output(&format!("joined{i}"), v);
+            }
+            let sliced = run(&whole);
+            assert!((want.loss - sliced.loss).abs() <= 1e-9 * want.loss.abs().max(1.0), "{variant}: loss, sliced");
+            for (name, w) in &want.grads {
+                let (err, _) = calm_runtime::host::max_relative_error(w, &sliced.grads[name], 1e-6);
+                assert!(err < 1e-9, "{variant}: gradient of `{name}` through slices differs by {err}");
+            }
         }
     }
 }
