@@ -50,8 +50,9 @@ pub enum FusedOp {
     /// `ffn1` `[G·E·F, m]` and bias, `ffn2` `[G·E·m, F]` and bias; weights as `x·Wᵀ`). Result
     /// `g`, `[B, m]`: `Σ_e gates_g[b, e] · mean_K(expert_{g,e}(z[b]))`, each layer
     /// `x += attn(ln1(x)) W_oᵀ + b_o; x += gelu(ln2(x) W_1ᵀ + b_1) W_2ᵀ + b_2`. The reference
-    /// computes every expert on every unit (the gates are zero off the choices); kernels compute
-    /// only the chosen ones, which is the same wherever the experts' outputs are finite.
+    /// executor and the kernels compute only the chosen (unit, expert) pairs (the gates are
+    /// zero off the choices), which is the dense mixture wherever the experts' outputs are
+    /// finite.
     ExpertMixture { groups: u64, experts: u64, top_k: u64, layers: u64, heads: u64, scale: f64, eps: f64 },
 }
 

@@ -76,6 +76,7 @@ impl AdamW {
                 HostData::F32(g) => g,
                 _ => &narrowed[name],
             };
+            assert_eq!(g.len(), w.len(), "the gradient of `{name}` has its parameter's size");
             let (m, v) = (m.remove(name).expect("made above"), v.remove(name).expect("made above"));
             let decay = if grad.shape.len() >= 2 { self.weight_decay } else { 0.0 };
             let k = Coefficients { decay: (lr * decay) as f32, ..k };
