@@ -18,6 +18,7 @@ pub mod device;
 pub mod host;
 pub mod inputs;
 pub mod limits;
+pub mod parallel;
 pub mod params;
 pub mod profile;
 pub mod reference;

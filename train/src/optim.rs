@@ -84,16 +84,7 @@ impl AdamW {
             let pieces = w.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).zip(m.chunks_mut(CHUNK)).zip(v.chunks_mut(CHUNK));
             work.extend(pieces.map(|(((w, g), m), v)| (w, g, m, v, k)));
         }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, work.len().max(1));
-        let mut lanes: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
-        for (i, piece) in work.into_iter().enumerate() {
-            lanes[i % threads].push(piece);
-        }
-        std::thread::scope(|s| {
-            for lane in lanes {
-                s.spawn(move || lane.into_iter().for_each(|(w, g, m, v, k)| k.update(w, g, m, v)));
-            }
-        });
+        calm_runtime::parallel::on_every_core(work, |(w, g, m, v, k)| k.update(w, g, m, v));
     }
 }
 

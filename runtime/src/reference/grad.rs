@@ -71,41 +71,25 @@ pub fn gradients<B: Backend>(
             (name, shape, grad)
         })
         .collect();
-    // Read back on every core, largest first, dealt out in turn: a weight used transposed
+    // Read back on every core, largest first: a weight used transposed
     // (`x·wᵀ`) has a transposed gradient, made contiguous on the way (100 M values a step at
     // the paper preset).
     pending.sort_by_key(|(_, shape, _)| std::cmp::Reverse(shape.iter().product::<usize>()));
-    let lanes = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, pending.len().max(1));
-    let mut dealt: Vec<Vec<_>> = (0..lanes).map(|_| Vec::new()).collect();
-    for (i, item) in pending.into_iter().enumerate() {
-        dealt[i % lanes].push(item);
-    }
     let read =
-        |lane: Vec<(String, Vec<usize>, Option<FloatTensor<B>>)>| -> Result<Vec<(String, HostTensor)>, RunError> {
-            lane.into_iter()
-                .map(|(name, shape, grad)| {
-                    let host = match grad {
-                        Some(grad) => Value::<B>::float(shape, grad).into_host()?,
-                        // The loss does not depend on this parameter.
-                        None => {
-                            let n = shape.iter().product();
-                            match float {
-                                FloatDType::F64 => HostTensor::new(shape, HostData::F64(vec![0.0; n])),
-                                _ => HostTensor::f32(shape, vec![0.0; n]),
-                            }
-                        }
-                    };
-                    Ok((name, host))
-                })
-                .collect()
+        |(name, shape, grad): (String, Vec<usize>, Option<FloatTensor<B>>)| -> Result<(String, HostTensor), RunError> {
+            let host = match grad {
+                Some(grad) => Value::<B>::float(shape, grad).into_host()?,
+                // The loss does not depend on this parameter.
+                None => {
+                    let n = shape.iter().product();
+                    match float {
+                        FloatDType::F64 => HostTensor::new(shape, HostData::F64(vec![0.0; n])),
+                        _ => HostTensor::f32(shape, vec![0.0; n]),
+                    }
+                }
+            };
+            Ok((name, host))
         };
-    let mut out = BTreeMap::new();
-    let results: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = dealt.into_iter().map(|lane| s.spawn(move || read(lane))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
-    });
-    for lane in results {
-        out.extend(lane?);
-    }
+    let out = crate::parallel::on_every_core(pending, read).into_iter().collect::<Result<BTreeMap<_, _>, _>>()?;
     Ok(Gradients { loss: loss_f64, grads: out, outputs: host_outputs })
 }

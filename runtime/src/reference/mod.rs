@@ -242,15 +242,16 @@ fn joined_parameters(g: &Graph) -> BTreeMap<ValueId, Vec<ValueId>> {
     let users = g.users();
     g.nodes
         .iter()
-        .filter(|(_, node)| matches!(node.op, Op::Concat { axis: 0 }))
-        .filter(|(_, node)| node.args.iter().all(|&a| matches!(g.nodes[g.producer(a)].op, Op::Param { .. })))
-        .map(|(_, node)| node.results[0])
-        .filter(|&v| {
+        .map(|(_, node)| node)
+        .filter(|node| matches!(node.op, Op::Concat { axis: 0 }))
+        .filter(|node| node.args.iter().all(|&a| matches!(g.nodes[g.producer(a)].op, Op::Param { .. })))
+        .filter(|node| {
+            let v = node.results[0];
             !g.outputs.iter().any(|o| o.value == v)
                 && !users[v].is_empty()
                 && users[v].iter().all(|&u| matches!(g.nodes[u].op, Op::Fused(FusedOp::ExpertMixture { .. })))
         })
-        .map(|v| (v, g.nodes[g.producer(v)].args.clone()))
+        .map(|node| (node.results[0], node.args.clone()))
         .collect()
 }
 
