@@ -189,7 +189,7 @@ fn profile_times_every_launch_and_writes_json_trace_and_roofline() {
     let (ok, stdout, stderr) = calm_at(&home, &args);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("peaks: FMA") && stdout.contains("measured now"), "{stdout}");
-    for peer in ["calm fused", "calm unfused", "burn wgpu (fusion)", "burn flex (cpu)"] {
+    for peer in ["calm fused", "calm unfused", "burn wgpu (fusion)", "burn flex (cpu)", "calm reference on flex"] {
         assert!(stdout.contains(peer), "{peer} missing: {stdout}");
     }
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();

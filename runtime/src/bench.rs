@@ -102,24 +102,60 @@ fn burn_linear_relu<B: Backend>(device: &B::Device, m: u64, k: u64, n: u64, iter
     })
 }
 
-/// The CALM head's inference forward (`g`) at `bindings`: fused, unfused, the reference on
-/// Burn's wgpu backend (its fusion engine), and on Burn Flex (CPU, f32).
+/// A whole forward of one executor, timed on the host clock: a row of the peers' table.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Forward {
+    pub name: String,
+    pub seconds: f64,
+    /// How many kernel launches (calm's device plan) or graph ops (executors that run the
+    /// graph op by op) one forward takes; `unit` says which.
+    pub count: usize,
+    pub unit: &'static str,
+}
+
+/// The CALM head's inference forward (`g`) at `bindings`, side by side: calm's plan fused and
+/// unfused on `client` (lowered with `lower`), the reference executor op by op on Burn's wgpu
+/// backend (its fusion engine) and on Burn Flex (CPU, f32), and calm's reference executor on
+/// Flex with routed experts, as `calm eval` runs it.
 pub fn head<R: Runtime>(
     client: &ComputeClient<R>,
     g: &Graph,
     bindings: &Bindings,
+    lower: &LowerOptions,
     iters: usize,
-) -> Vec<(String, Duration, usize)> {
-    let (fused, fused_launches) = calm_forward(client, g, bindings, true, &LowerOptions::default(), iters);
-    let (unfused, unfused_launches) = calm_forward(client, g, bindings, false, &LowerOptions::default(), iters);
+) -> Vec<Forward> {
+    let row =
+        |name: &str, t: Duration, count, unit| Forward { name: name.into(), seconds: t.as_secs_f64(), count, unit };
+    let (fused, fused_launches) = calm_forward(client, g, bindings, true, lower, iters);
+    let (unfused, unfused_launches) = calm_forward(client, g, bindings, false, lower, iters);
     let (burn_wgpu, burn_flex) = burn_forwards(g, bindings, iters);
+    let (reference, reference_ops) = reference_forward(g, bindings, iters);
     let ops = g.nodes.len();
     vec![
-        ("calm fused".into(), fused, fused_launches),
-        ("calm unfused".into(), unfused, unfused_launches),
-        ("burn wgpu (fusion), op by op".into(), burn_wgpu, ops),
-        ("burn flex (cpu), op by op".into(), burn_flex, ops),
+        row("calm fused", fused, fused_launches, "launches"),
+        row("calm unfused", unfused, unfused_launches, "launches"),
+        row("burn wgpu (fusion), op by op", burn_wgpu, ops, "ops"),
+        row("burn flex (cpu), op by op", burn_flex, ops, "ops"),
+        row("calm reference on flex (cpu), routed", reference, reference_ops, "ops"),
     ]
+}
+
+/// calm's reference executor on Burn Flex (CPU, f32) on `g` after
+/// [`calm_passes::compile::reference_passes`], as `calm eval` and `calm train` run it: only the
+/// routed experts are computed, and the weights are fed once ([`Reference::load`]), as calm's
+/// device plan loads them once. Host-clock median over at most 3 runs after one warm-up (the
+/// first run faults in the pages of its temporaries); also the routed graph's node count.
+pub fn reference_forward(g: &Graph, bindings: &Bindings, iters: usize) -> (Duration, usize) {
+    let mut routed = g.clone();
+    calm_passes::Pipeline::new(calm_passes::compile::reference_passes()).run(&mut routed).expect("the passes apply");
+    let inputs: BTreeMap<String, HostTensor> = random_inputs(g, bindings, 1).expect("bound");
+    let on_flex = Reference::<Flex>::new(FlexDevice, FloatDType::F32);
+    let params = on_flex.load(&routed, &ParamStore::init(g, 1)).expect("the weights fit the graph");
+    on_flex.run_loaded(&routed, &params, &inputs).expect("runs");
+    let t = median(iters.min(3), || {
+        on_flex.run_loaded(&routed, &params, &inputs).expect("runs");
+    });
+    (t, routed.nodes.len())
 }
 
 /// The reference executor's forward of `g` on Burn's wgpu backend (its fusion engine, same

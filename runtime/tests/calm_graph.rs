@@ -71,6 +71,32 @@ fn tiny_calm_runs_deterministically_with_finite_outputs() {
     }
 }
 
+/// Weights fed once serve many runs with the outputs of feeding them every run; a graph whose
+/// parameters were not loaded is an error naming the parameter.
+#[test]
+fn weights_loaded_once_give_the_outputs_of_every_run() {
+    let c = CalmConfig::preset("tiny").unwrap();
+    let g = build(&c, Mode::Inference).unwrap();
+    let exec = Reference::<Flex>::new(FlexDevice, FloatDType::F32);
+    let params = ParamStore::init(&g, 4);
+    let loaded = exec.load(&g, &params).unwrap();
+    for (seed, batch) in [(1, 3), (2, 5)] {
+        let inputs = random_inputs(&g, &bind(batch, 6), seed).unwrap();
+        assert_eq!(exec.run_loaded(&g, &loaded, &inputs).unwrap(), exec.run(&g, &params, &inputs).unwrap());
+    }
+    let other = build(&CalmConfig { experts: c.experts + 1, ..c.clone() }, Mode::Inference).unwrap();
+    let with_new_params = exec.load(&g, &ParamStore::init(&g, 4)).unwrap();
+    let inputs = random_inputs(&other, &bind(2, 3), 1).unwrap();
+    let err = exec.run_loaded(&other, &with_new_params, &inputs).expect_err("other shapes").to_string();
+    assert!(err.contains("calm/") && err.contains("loaded with shape"), "{err}");
+    let mut fewer = g.clone();
+    ablate(&mut fewer, Ablation::NoReflection).unwrap();
+    let without_reflection = exec.load(&fewer, &params).unwrap();
+    let inputs = random_inputs(&g, &bind(2, 3), 1).unwrap();
+    let err = exec.run_loaded(&g, &without_reflection, &inputs).expect_err("missing weights").to_string();
+    assert!(err.contains("calm/reflection") && err.contains("not among the loaded weights"), "{err}");
+}
+
 #[test]
 fn paper_preset_runs_at_small_batch() {
     let c = CalmConfig::preset("paper").unwrap();

@@ -430,3 +430,126 @@ fn sigmoid_has_finite_gradients_at_the_extremes() {
     close(&grads.grads["t/w/w"], &[3], &[0.0, 0.0, 0.0]);
     assert!((grads.loss - 1.5).abs() < 1e-12);
 }
+
+/// The row-major index into an operand of `shape` (aligned to `out`'s rank, broadcast axes of
+/// size 1) of the element at `out` position `flat`.
+fn broadcast_index(flat: usize, out: &[usize], shape: &[usize]) -> usize {
+    let shape: Vec<usize> = std::iter::repeat_n(1, out.len() - shape.len()).chain(shape.iter().copied()).collect();
+    let (mut rest, mut index, mut stride) = (flat, 0, 1);
+    for axis in (0..out.len()).rev() {
+        let i = rest % out[axis];
+        rest /= out[axis];
+        if shape[axis] != 1 {
+            index += i * stride;
+        }
+        stride *= shape[axis];
+    }
+    index
+}
+
+/// Flex's f32 SIMD paths take only some broadcasts; the executor reshapes or repeats the others
+/// (`Ctx::on_flex`). Every layout must give the same values as numpy's rules, computed
+/// here one element at a time in the executor's precision, and gradients summed back over the
+/// broadcast axes.
+#[test]
+fn float_arithmetic_broadcasts_every_layout() {
+    use calm_runtime::reference::gradients;
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[2, 3, 4], &[2, 1, 4]), // a per-sample row (the culture embedding)
+        (&[2, 3, 4], &[4]),       // a shared row (a bias)
+        (&[2, 3, 4], &[2, 3, 1]), // per-row scalars
+        (&[2, 3, 4], &[1, 3, 1]), // the middle axis only
+        (&[2, 1, 4], &[2, 3, 4]), // the left operand broadcasts
+        (&[3, 1], &[1, 4]),       // both do
+        (&[2, 3, 4, 5], &[2, 1, 4, 1]),
+        (&[2, 1, 1, 5], &[1, 3, 4, 1]),
+        (&[], &[2, 3]), // a scalar on the left
+        (&[5, 7], &[1]),
+        (&[1, 3, 1], &[1, 3, 1]), // equal shapes with unit axes
+        (&[1, 3, 4], &[4]),
+    ];
+    let value = |n: usize, salt: f64| -> Vec<f64> {
+        // Away from zero, for the division.
+        (0..n).map(|i| ((i as f64 + salt) * 0.73).sin() + if i % 2 == 0 { 1.5 } else { -1.5 }).collect()
+    };
+    for &(a_shape, b_shape) in cases {
+        let rank = a_shape.len().max(b_shape.len());
+        let pad =
+            |s: &[usize]| -> Vec<usize> { std::iter::repeat_n(1, rank - s.len()).chain(s.iter().copied()).collect() };
+        let out: Vec<usize> = pad(a_shape).iter().zip(pad(b_shape)).map(|(&x, y)| x.max(y)).collect();
+        let (na, nb, n) = (a_shape.iter().product(), b_shape.iter().product(), out.iter().product::<usize>());
+        let dims = |s: &[usize]| -> calm_ir::Shape { s.iter().map(|&d| calm_ir::Dim::Fixed(d as u64)).collect() };
+        let mut b = GraphBuilder::new("t");
+        let pa = b.param("a", dims(a_shape), calm_ir::Init::Zeros).unwrap();
+        let pb = b.param("b", dims(b_shape), calm_ir::Init::Zeros).unwrap();
+        let mut loss = None;
+        for (k, op) in ["add", "sub", "mul", "div"].into_iter().enumerate() {
+            let y = match op {
+                "add" => b.add(pa, pb),
+                "sub" => b.sub(pa, pb),
+                "mul" => b.mul(pa, pb),
+                _ => b.div(pa, pb),
+            }
+            .unwrap();
+            b.output(op, y);
+            let w = b.input(&format!("w{k}"), DType::F32, dims(&out)).unwrap();
+            let wy = b.mul(w, y).unwrap();
+            let axes: Vec<isize> = (0..rank as isize).collect();
+            let s = b.reduce_sum(wy, &axes, false).unwrap();
+            loss = Some(match loss {
+                None => s,
+                Some(l) => b.add(l, s).unwrap(),
+            });
+        }
+        b.output("loss", loss.unwrap());
+        let g = b.finish().unwrap();
+        let (av, bv) = (value(na, 0.3), value(nb, 1.9));
+        let ws: Vec<Vec<f64>> = (0..4).map(|k| value(n, 4.1 + k as f64)).collect();
+        let mut params = ParamStore::init(&g, 0);
+        params.set("t/a", av.iter().map(|&x| x as f32).collect());
+        params.set("t/b", bv.iter().map(|&x| x as f32).collect());
+        let inputs: BTreeMap<String, HostTensor> = (0..4).map(|k| (format!("w{k}"), f(&out, &ws[k]))).collect();
+        let at = |flat: usize| (broadcast_index(flat, &out, a_shape), broadcast_index(flat, &out, b_shape));
+        for float in [FloatDType::F32, FloatDType::F64] {
+            let what = format!("{a_shape:?} with {b_shape:?} in {float:?}");
+            // Inputs are f32 values; each result is one rounding of the exact value.
+            let round = |x: f64| if float == FloatDType::F32 { x as f32 as f64 } else { x };
+            let (a32, b32): (Vec<f64>, Vec<f64>) =
+                (av.iter().map(|&x| x as f32 as f64).collect(), bv.iter().map(|&x| x as f32 as f64).collect());
+            let w32: Vec<Vec<f64>> = ws.iter().map(|w| w.iter().map(|&x| x as f32 as f64).collect()).collect();
+            let outs = Reference::<Flex>::new(FlexDevice, float).run(&g, &params, &inputs).unwrap();
+            for op in ["add", "sub", "mul", "div"] {
+                let want: Vec<f64> = (0..n)
+                    .map(|flat| {
+                        let (x, y) = (a32[at(flat).0], b32[at(flat).1]);
+                        round(match op {
+                            "add" => x + y,
+                            "sub" => x - y,
+                            "mul" => x * y,
+                            _ => x / y,
+                        })
+                    })
+                    .collect();
+                assert_eq!(outs[op].shape, out, "{op} of {what}");
+                assert_eq!(outs[op].data.to_f64(), want, "{op} of {what}");
+            }
+            let grads = gradients::<Flex>(FlexDevice, float, &g, &params, &inputs, "loss", false).unwrap();
+            let (mut ga, mut gb) = (vec![0.0; na], vec![0.0; nb]);
+            // The four ops' weights at each output element.
+            let weights = w32[0].iter().zip(&w32[1]).zip(&w32[2]).zip(&w32[3]);
+            for (flat, (((w0, w1), w2), w3)) in weights.enumerate() {
+                let (i, j) = at(flat);
+                let (x, y) = (a32[i], b32[j]);
+                ga[i] += w0 + w1 + w2 * y + w3 / y;
+                gb[j] += w0 - w1 + w2 * x - w3 * x / (y * y);
+            }
+            let tolerance = if float == FloatDType::F32 { 1e-5 } else { 1e-12 };
+            for (name, got, want) in [("a", &grads.grads["t/a"], &ga), ("b", &grads.grads["t/b"], &gb)] {
+                assert_eq!(got.shape, if name == "a" { a_shape } else { b_shape }, "∂loss/∂{name} of {what}");
+                for (k, (g, w)) in got.data.to_f64().iter().zip(want).enumerate() {
+                    assert!((g - w).abs() <= tolerance * (1.0 + w.abs()), "∂loss/∂{name}[{k}] of {what}: {g} vs {w}");
+                }
+            }
+        }
+    }
+}

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use calm_ir::Bindings;
 use calm_models::{build, CalmConfig, Mode};
+use calm_passes::lower::LowerOptions;
 use calm_runtime::bench;
 use calm_runtime::device::select::{Device, DeviceChoice};
 
@@ -38,14 +39,16 @@ pub fn run(gemm: &str, head: &str, iters: usize, json: Option<&Path>) -> Result<
     }
     let g = build(&CalmConfig::preset("paper").unwrap_or_default(), Mode::Inference)?;
     println!("\nCALM head, paper preset, inference, {bindings} (median of {iters}):");
-    let head_rows = bench::head(&client, &g, &bindings, iters);
-    let fused = head_rows[0].1.as_secs_f64();
-    for (name, t, launches) in &head_rows {
+    let head_rows = bench::head(&client, &g, &bindings, &LowerOptions::default(), iters);
+    let fused = head_rows[0].seconds;
+    for r in &head_rows {
         println!(
-            "  {name:<32} {:>10.1} ms {:>6} launches {:>6.2}x calm fused",
-            t.as_secs_f64() * 1e3,
-            launches,
-            t.as_secs_f64() / fused
+            "  {:<38} {:>10.1} ms {:>6} {:<8} {:>6.2}x calm fused",
+            r.name,
+            r.seconds * 1e3,
+            r.count,
+            r.unit,
+            r.seconds / fused
         );
     }
     if let Some(path) = json {
@@ -53,7 +56,7 @@ pub fn run(gemm: &str, head: &str, iters: usize, json: Option<&Path>) -> Result<
             "device": device,
             "peaks": { "fma_gflops": peak_flops, "copy_gbps": peak_bw },
             "gemm": { "m": m, "k": k, "n": n, "rows": gemm_rows },
-            "head": { "bindings": bindings.to_string(), "rows": head_rows.iter().map(|(n, t, l)| serde_json::json!({"name": n, "seconds": t.as_secs_f64(), "launches": l})).collect::<Vec<_>>() },
+            "head": { "bindings": bindings.to_string(), "rows": head_rows },
         });
         write_file(path, serde_json::to_string_pretty(&doc).expect("json").as_bytes())?;
     }

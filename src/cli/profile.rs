@@ -42,7 +42,7 @@ pub struct Args {
     /// One table row per launch instead of per kernel and scope pattern.
     #[arg(long)]
     pub all: bool,
-    /// Skip the peers (calm unfused, Burn wgpu with fusion, Burn Flex): only the fused plan.
+    /// Skip the peers (calm unfused, Burn wgpu with fusion, Burn Flex, calm reference on Flex): only the fused plan.
     #[arg(long)]
     pub no_peers: bool,
     /// Measure the device's peaks again instead of reading the cache.
@@ -128,10 +128,11 @@ pub fn run(args: Args) -> Result<(), CliError> {
         println!("\nwhole forwards side by side (host-clock medians of {} runs, same device):", args.iters);
         for p in &report.peers {
             println!(
-                "  {:<32} {:>10.2} ms {:>6} launches {:>7.2}x calm fused",
+                "  {:<38} {:>10.2} ms {:>6} {:<8} {:>7.2}x calm fused",
                 p.name,
                 p.seconds * 1e3,
-                p.launches,
+                p.count,
+                p.unit,
                 p.seconds / fused
             );
         }

@@ -19,7 +19,7 @@ use calm_passes::plan::FloatType;
 use calm_runtime::device::select::Device;
 use calm_runtime::host::HostTensor;
 use calm_runtime::params::ParamStore;
-use calm_runtime::reference::{bind_inputs, gradients, Gradients, NonFinite, Reference, RunError};
+use calm_runtime::reference::{bind_inputs, gradients, Gradients, LoadedParams, NonFinite, Reference, RunError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -422,6 +422,12 @@ pub enum Executor<'a> {
     },
 }
 
+/// The reference executor with a graph's weights fed once, on one of the backends.
+enum Loaded {
+    Flex(Reference<Flex>, LoadedParams<Flex>),
+    Wgpu(Reference<Wgpu>, LoadedParams<Wgpu>),
+}
+
 /// The predicted class (argmax of the logits) of every sample of `split`, in batches of
 /// `batch_size`. The fused executor runs every batch at one shape (the split's longest text,
 /// the last batch filled with copies of its last sample), so the plan compiles once.
@@ -437,23 +443,37 @@ pub fn predict(
     let mut preds = Vec::with_capacity(n);
     let bar = progress.bar(n as u64, "predicting");
     let mut compiled: Option<calm_passes::compile::Compiled> = None;
+    // The reference executor gets the weights once, not every batch.
     let on_reference = match executor {
-        Executor::Reference(_) => Some(ModelSpec::for_reference(g)?),
+        Executor::Reference(backend) => {
+            let g = ModelSpec::for_reference(g)?;
+            let loaded = match backend {
+                Backend::Flex => {
+                    let exec = Reference::<Flex>::new(FlexDevice, FloatDType::F32);
+                    let params = exec.load(&g, params)?;
+                    Loaded::Flex(exec, params)
+                }
+                Backend::Wgpu => {
+                    let exec = Reference::<Wgpu>::new(WgpuDevice::default(), FloatDType::F32);
+                    let params = exec.load(&g, params)?;
+                    Loaded::Wgpu(exec, params)
+                }
+            };
+            Some((g, loaded))
+        }
         Executor::Fused { .. } => None,
     };
     for start in (0..n).step_by(batch_size.max(1)) {
         let real: Vec<usize> = (start..(start + batch_size).min(n)).collect();
         let logits = match &executor {
-            Executor::Reference(backend) => {
-                let g = on_reference.as_ref().expect("made above for the reference");
+            Executor::Reference(_) => {
+                let (g, loaded) = on_reference.as_ref().expect("made above for the reference");
                 let inputs = batch::inputs(g, split, &real, None, None);
-                let out = match backend {
-                    Backend::Flex => Reference::<Flex>::new(FlexDevice, FloatDType::F32).run(g, params, &inputs)?,
-                    Backend::Wgpu => {
-                        Reference::<Wgpu>::new(WgpuDevice::default(), FloatDType::F32).run(g, params, &inputs)?
-                    }
+                let mut out = match loaded {
+                    Loaded::Flex(exec, params) => exec.run_loaded(g, params, &inputs)?,
+                    Loaded::Wgpu(exec, params) => exec.run_loaded(g, params, &inputs)?,
                 };
-                out["logits"].clone()
+                out.remove("logits").expect("CALM graphs output logits")
             }
             Executor::Fused { device, float } => {
                 let mut idx = real.clone();

@@ -204,21 +204,13 @@ pub fn launch_keys(plan: &KernelPlan) -> Vec<(String, String, u64, u64)> {
 pub struct Options {
     /// Timed runs per launch and per peer.
     pub iters: usize,
-    /// Also time whole forwards of calm unfused, Burn wgpu (fusion) and Burn Flex.
+    /// Also time whole forwards of calm unfused, Burn wgpu (fusion), Burn Flex and calm's
+    /// reference executor on Flex.
     pub peers: bool,
     /// Measure the device's peaks again instead of reading the cache.
     pub remeasure_peaks: bool,
     /// The peak cache file (default [`peaks::PeakCache::default_path`]).
     pub peak_cache: std::path::PathBuf,
-}
-
-/// A whole forward of one executor, timed on the host clock.
-#[derive(Clone, Debug, Serialize)]
-pub struct Peer {
-    pub name: String,
-    pub seconds: f64,
-    /// Kernel launches (calm) or graph ops (Burn, op by op).
-    pub launches: usize,
 }
 
 /// Everything one `calm profile` run measured.
@@ -231,7 +223,7 @@ pub struct Report {
     pub peaks_note: String,
     pub launches: Vec<LaunchProfile>,
     /// Calm fused first, then the others; empty without [`Options::peers`].
-    pub peers: Vec<Peer>,
+    pub peers: Vec<crate::bench::Forward>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,25 +280,12 @@ fn profile_on<R: Runtime>(
     exec.run(&inputs)?;
     let (launches, timer) = profile_plan(&exec, opts.iters)?;
     drop(exec);
-    let mut peers = Vec::new();
-    if opts.peers {
-        eprintln!("calm: timing whole forwards: calm fused and unfused, Burn wgpu, Burn Flex...");
-        let (fused, fused_launches) = crate::bench::calm_forward(client, g, bindings, true, lower, opts.iters);
-        let (unfused, unfused_launches) = crate::bench::calm_forward(client, g, bindings, false, lower, opts.iters);
-        let (burn_wgpu, burn_flex) = crate::bench::burn_forwards(g, bindings, opts.iters);
-        let ops = g.nodes.len();
-        let peer = |name: &str, t: std::time::Duration, launches| Peer {
-            name: name.into(),
-            seconds: t.as_secs_f64(),
-            launches,
-        };
-        peers = vec![
-            peer("calm fused", fused, fused_launches),
-            peer("calm unfused", unfused, unfused_launches),
-            peer("burn wgpu (fusion), op by op", burn_wgpu, ops),
-            peer("burn flex (cpu), op by op", burn_flex, ops),
-        ];
-    }
+    let peers = if opts.peers {
+        eprintln!("calm: timing whole forwards: calm fused and unfused, Burn wgpu, Burn Flex, calm reference...");
+        crate::bench::head(client, g, bindings, lower, opts.iters)
+    } else {
+        Vec::new()
+    };
     Ok(Report { device, timer, peaks, peaks_note, launches, peers })
 }
 

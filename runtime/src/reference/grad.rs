@@ -44,8 +44,8 @@ pub fn gradients<B: Backend>(
     }
     let mut tracked: BTreeMap<String, (Vec<usize>, FloatTensor<Ad<B>>)> = BTreeMap::new();
     let how = Evaluation { check_numerics, autodiff: true };
-    let outputs = evaluate(&ctx, g, &bindings, how, &mut |node, op| {
-        let value = feed(&ctx, node, op, params, inputs)?;
+    let outputs = evaluate(&ctx, g, &bindings, how, &mut |op| {
+        let value = feed(&ctx, op, params, inputs)?;
         // Frozen parameters (a pretrained backbone) are constants here.
         let Op::Param { name, frozen: false, .. } = op else { return Ok(value) };
         let Data::Float(t) = value.data else { unreachable!("parameters are floats") };

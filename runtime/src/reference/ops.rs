@@ -2,11 +2,12 @@
 //!
 //! Composite ops are written from Burn's basic ops (exp, erf, sums, ...) rather than its fused
 //! activations, so that autodiff differentiates exactly what the forward pass computes (Burn's
-//! own `gelu_backward` uses the tanh approximation, and its `sigmoid` goes through f32).
+//! default `gelu_backward` uses the tanh approximation, and its `sigmoid` goes through f32).
+//! The exception is GELU on Flex, whose own forward and backward are exact.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor, IntTensor};
-use burn::tensor::{Shape, Slice, TensorMetadata};
+use burn::tensor::{FloatDType, Shape, Slice, TensorMetadata};
 use calm_ir::fused::FusedOp;
 use calm_ir::program::{BinaryFn, Instr, Program, UnaryFn};
 use calm_ir::{DType, Dim, Op};
@@ -129,6 +130,9 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             one(Data::Float(B::float_add_scalar(B::float_mul_scalar(t, 0.5.into()), 0.5.into())))
         }
         Op::Relu => one(Data::Float(B::relu(f(0)?))),
+        // Flex's GELU is this formula in one pass (same operations, same order) with the
+        // exact derivative; Burn's default backward is the tanh form's.
+        Op::Gelu if ctx.on_flex => one(Data::Float(B::gelu(f(0)?))),
         Op::Gelu => {
             // x/2 · (1 + erf(x/√2)), the exact GELU.
             let x = f(0)?;
@@ -137,14 +141,14 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             one(Data::Float(B::float_mul(B::float_mul_scalar(x, 0.5.into()), e)))
         }
         Op::Cast { to } => one(cast(ctx, args[0], *to)),
-        Op::Add => one(arithmetic(args, rank, B::int_add, B::float_add)?),
-        Op::Sub => one(arithmetic(args, rank, B::int_sub, B::float_sub)?),
-        Op::Mul => one(arithmetic(args, rank, B::int_mul, B::float_mul)?),
+        Op::Add => one(arithmetic(ctx, args, &shape, B::int_add, B::float_add)?),
+        Op::Sub => one(arithmetic(ctx, args, &shape, B::int_sub, B::float_sub)?),
+        Op::Mul => one(arithmetic(ctx, args, &shape, B::int_mul, B::float_mul)?),
         Op::Div => {
             if matches!(args[1].data, Data::Int(_)) && args[1].host_ints()?.contains(&0) {
                 return invalid("integer division by zero");
             }
-            one(arithmetic(args, rank, B::int_div, B::float_div)?)
+            one(arithmetic(ctx, args, &shape, B::int_div, B::float_div)?)
         }
         Op::Max => {
             // max(a, b) = where(a < b or b is NaN, b, a): NaN propagates from either side.
@@ -322,16 +326,79 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
 
 /// A binary arithmetic op on operands aligned to the result's rank (Burn broadcasts the ones).
 fn arithmetic<B: Backend>(
+    ctx: &Ctx<B>,
     args: &[&Value<B>],
-    rank: usize,
+    out: &[usize],
     on_ints: fn(IntTensor<B>, IntTensor<B>) -> IntTensor<B>,
     on_floats: fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
 ) -> OpResult<Data<B>> {
+    let rank = out.len();
     match (align(args[0], rank), align(args[1], rank)) {
         (Data::Int(a), Data::Int(b)) => Ok(Data::Int(on_ints(a, b))),
+        (Data::Float(a), Data::Float(b)) if ctx.on_flex => {
+            let simd = ctx.float == FloatDType::F32;
+            let (a_shape, b_shape) = (aligned_shape(&args[0].shape, rank), aligned_shape(&args[1].shape, rank));
+            let (a, b, collapsed) = broadcast_pair::<B>(a, &a_shape, b, &b_shape, out, simd);
+            let y = on_floats(a, b);
+            Ok(Data::Float(if collapsed { B::float_reshape(y, physical(out)) } else { y }))
+        }
         (Data::Float(a), Data::Float(b)) => Ok(Data::Float(on_floats(a, b))),
         _ => invalid("arithmetic on mismatched kinds"),
     }
+}
+
+/// The operands of an elementwise float op, reshaped and repeated so that Burn Flex reaches its
+/// dense or SIMD broadcast paths ([`Ctx::on_flex`]); the values are unchanged, and
+/// autodiff sums a repeat's gradient back. Adjacent axes that broadcast alike are merged first
+/// (`[B, T, M] + [M]` is `[B·T, M] + [1, M]`); what is left is either a pattern Flex's f32 SIMD
+/// covers (`simd`: only the right operand broadcasts, as one row `[1, M]` or per-row scalars
+/// `[R, 1]`), or the broadcast operand is repeated to the full shape. Returns the operands and
+/// whether they were reshaped (the result then needs reshaping to `out`).
+fn broadcast_pair<B: Backend>(
+    a: FloatTensor<B>,
+    a_shape: &[usize],
+    b: FloatTensor<B>,
+    b_shape: &[usize],
+    out: &[usize],
+    simd: bool,
+) -> (FloatTensor<B>, FloatTensor<B>, bool) {
+    // Nothing to gain on equal shapes, scalars or empty tensors.
+    if (a_shape == out && b_shape == out) || out.iter().product::<usize>() <= 1 {
+        return (a, b, false);
+    }
+    // Each axis of `out` classified by which operand broadcasts along it; axes of size 1 drop.
+    let mut merged: Vec<(usize, bool, bool)> = Vec::new();
+    for (i, &n) in out.iter().enumerate() {
+        let class = (a_shape[i] != n, b_shape[i] != n);
+        match merged.last_mut() {
+            _ if n == 1 => {}
+            Some((len, a_b, b_b)) if (*a_b, *b_b) == class => *len *= n,
+            _ => merged.push((n, class.0, class.1)),
+        }
+    }
+    let shape_of = |broadcast: fn(&(usize, bool, bool)) -> bool| -> Vec<usize> {
+        merged.iter().map(|m| if broadcast(m) { 1 } else { m.0 }).collect()
+    };
+    let (a_dims, b_dims, full) = (shape_of(|m| m.1), shape_of(|m| m.2), shape_of(|_| false));
+    let fast = simd
+        && !merged.iter().any(|m| m.1)
+        && match merged[..] {
+            [_] => true,
+            [(_, _, first), (_, _, second)] => first != second,
+            _ => false,
+        };
+    let dense = |t: FloatTensor<B>, dims: &[usize]| -> FloatTensor<B> {
+        let mut t = B::float_reshape(t, physical(dims));
+        for (axis, (&d, &n)) in dims.iter().zip(&full).enumerate() {
+            if d != n {
+                t = B::float_repeat_dim(t, axis, n);
+            }
+        }
+        t
+    };
+    let a = if fast { B::float_reshape(a, physical(&a_dims)) } else { dense(a, &a_dims) };
+    let b = if fast { B::float_reshape(b, physical(&b_dims)) } else { dense(b, &b_dims) };
+    (a, b, true)
 }
 
 /// Evaluates an elementwise program instruction by instruction, each as the primitive op it

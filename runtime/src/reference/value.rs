@@ -27,6 +27,10 @@ pub struct Ctx<B: Backend> {
     pub float: FloatDType,
     pub int: IntDType,
     pub bool: BoolDType,
+    /// On Burn Flex (or autodiff over it), whose kernels some ops use differently: broadcasts
+    /// its SIMD paths do not take are made dense first (`ops::broadcast_pair`), and GELU is its
+    /// one-pass exact GELU, whose backward is exact too (Burn's default is the tanh form).
+    pub on_flex: bool,
 }
 
 impl<B: Backend> Ctx<B> {
@@ -38,7 +42,9 @@ impl<B: Backend> Ctx<B> {
             FloatDType::F64 => (FloatDType::F64, IntDType::I64),
             _ => (FloatDType::F32, settings.int_dtype),
         };
-        Ctx { device, float, int, bool: settings.bool_dtype }
+        // `autodiff<flex>` as well: the backward pass runs on Flex too.
+        let on_flex = B::name(&device).contains("flex");
+        Ctx { device, float, int, bool: settings.bool_dtype, on_flex }
     }
 
     fn float_dtype(&self) -> DType {
