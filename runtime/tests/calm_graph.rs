@@ -95,6 +95,9 @@ fn weights_loaded_once_give_the_outputs_of_every_run() {
     let inputs = random_inputs(&g, &bind(2, 3), 1).unwrap();
     let err = exec.run_loaded(&g, &without_reflection, &inputs).expect_err("missing weights").to_string();
     assert!(err.contains("calm/reflection") && err.contains("not among the loaded weights"), "{err}");
+    let in_f64 = Reference::<Flex>::new(FlexDevice, FloatDType::F64);
+    let err = in_f64.run_loaded(&g, &loaded, &inputs).expect_err("another float type").to_string();
+    assert!(err.contains("loaded in F32") && err.contains("F64"), "{err}");
 }
 
 #[test]

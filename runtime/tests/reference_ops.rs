@@ -467,6 +467,7 @@ fn float_arithmetic_broadcasts_every_layout() {
         (&[5, 7], &[1]),
         (&[1, 3, 1], &[1, 3, 1]), // equal shapes with unit axes
         (&[1, 3, 4], &[4]),
+        (&[1, 1], &[]), // one element
     ];
     let value = |n: usize, salt: f64| -> Vec<f64> {
         // Away from zero, for the division.
@@ -550,6 +551,82 @@ fn float_arithmetic_broadcasts_every_layout() {
                     assert!((g - w).abs() <= tolerance * (1.0 + w.abs()), "∂loss/∂{name}[{k}] of {what}: {g} vs {w}");
                 }
             }
+        }
+    }
+}
+
+/// Operands that are views (a transposed value) or that nothing else holds (Flex then writes in
+/// place) take the same broadcast paths and give numpy's values.
+#[test]
+fn broadcasts_of_strided_and_unshared_operands() {
+    let mut b = GraphBuilder::new("t");
+    let x = b.input("x", DType::F32, shape![4u64, 3u64]).unwrap();
+    let row = b.input("row", DType::F32, shape![4u64]).unwrap();
+    let col = b.input("col", DType::F32, shape![4u64, 1u64]).unwrap();
+    let xt = b.permute(x, &[1, 0]).unwrap(); // [3, 4], strided
+    let strided_row = b.add(xt, row).unwrap();
+    let two = b.scalar(2.0).unwrap();
+    let fresh = b.mul(x, two).unwrap(); // read once below: Flex may write into it
+    let fresh_col = b.sub(fresh, col).unwrap();
+    let col_t = b.permute(col, &[1, 0]).unwrap(); // [1, 4]
+    let strided_both = b.div(xt, col_t).unwrap();
+    for (name, v) in [("strided_row", strided_row), ("fresh_col", fresh_col), ("strided_both", strided_both)] {
+        b.output(name, v);
+    }
+    let g = b.finish().unwrap();
+    let xs: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 2.25).collect();
+    let (rows, cols) = ([1.5f32, -2.0, 0.25, 8.0], [3.0f32, -0.5, 1.25, 2.0]);
+    let inputs: BTreeMap<String, HostTensor> = [
+        ("x".to_string(), HostTensor::f32(vec![4, 3], xs.clone())),
+        ("row".to_string(), HostTensor::f32(vec![4], rows.to_vec())),
+        ("col".to_string(), HostTensor::f32(vec![4, 1], cols.to_vec())),
+    ]
+    .into();
+    let out = Reference::<Flex>::new(FlexDevice, FloatDType::F32).run(&g, &ParamStore::default(), &inputs).unwrap();
+    let at = |r: usize, c: usize| xs[r * 3 + c];
+    let want_t = |f: &dyn Fn(f32, usize) -> f32| -> Vec<f32> {
+        (0..3).flat_map(|c| (0..4).map(move |r| (c, r))).map(|(c, r)| f(at(r, c), r)).collect()
+    };
+    assert_eq!(out["strided_row"].data, HostData::F32(want_t(&|x, r| x + rows[r])));
+    assert_eq!(out["strided_both"].data, HostData::F32(want_t(&|x, r| x / cols[r])));
+    let fresh_want: Vec<f32> = (0..12).map(|i| xs[i] * 2.0 - cols[i / 3]).collect();
+    assert_eq!(out["fresh_col"].data, HostData::F32(fresh_want));
+}
+
+/// Flex's own GELU (used on Flex) has the exact derivative Φ(x) + x φ(x), in f32 and f64.
+#[test]
+fn gelu_gradient_is_exact_on_flex() {
+    use calm_runtime::reference::gradients;
+    let xs = [-3.0, -1.0, -0.2, 0.0, 0.5, 1.0, 2.5];
+    let mut b = GraphBuilder::new("t");
+    let x = b.param("x", shape![7u64], calm_ir::Init::Zeros).unwrap();
+    let y = b.gelu(x).unwrap();
+    let loss = b.reduce_sum(y, &[0], false).unwrap();
+    b.output("loss", loss);
+    let g = b.finish().unwrap();
+    let mut params = ParamStore::init(&g, 0);
+    params.set("t/x", xs.iter().map(|&v| v as f32).collect());
+    // Φ by its series erf(z) = 2/√π Σ (-1)^n z^(2n+1) / (n! (2n+1)), converged in f64 here.
+    let erf = |z: f64| -> f64 {
+        let (mut term, mut sum) = (z, z);
+        for n in 1..200 {
+            term *= -z * z / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    };
+    let want: Vec<f64> = xs
+        .iter()
+        .map(|&v: &f64| {
+            let v = v as f32 as f64;
+            0.5 * (1.0 + erf(v / std::f64::consts::SQRT_2))
+                + v * (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt()
+        })
+        .collect();
+    for (float, tolerance) in [(FloatDType::F32, 1e-6), (FloatDType::F64, 1e-13)] {
+        let grads = gradients::<Flex>(FlexDevice, float, &g, &params, &BTreeMap::new(), "loss", false).unwrap();
+        for (k, (got, w)) in grads.grads["t/x"].data.to_f64().iter().zip(&want).enumerate() {
+            assert!((got - w).abs() <= tolerance, "{float:?}: d gelu/dx at {} is {got}, want {w}", xs[k]);
         }
     }
 }

@@ -162,6 +162,8 @@ impl<B: Backend> Reference<B> {
 /// else holds.
 pub struct LoadedParams<B: Backend> {
     values: BTreeMap<String, Value<B>>,
+    /// The float type they were fed in (the loading executor's).
+    float: FloatDType,
 }
 
 impl<B: Backend> Reference<B> {
@@ -174,7 +176,7 @@ impl<B: Backend> Reference<B> {
                 values.insert(name.clone(), feed(&self.ctx, &node.op, params, &no_inputs)?);
             }
         }
-        Ok(LoadedParams { values })
+        Ok(LoadedParams { values, float: self.ctx.float })
     }
 
     /// [`Reference::run`] with weights fed by [`Reference::load`] (for this graph, or one with
@@ -190,6 +192,11 @@ impl<B: Backend> Reference<B> {
         let outputs = evaluate(&self.ctx, g, &bindings, how, &mut |op| match op {
             Op::Param { name, shape, .. } => {
                 let fail = |reason: String| RunError::Param { name: name.clone(), reason };
+                if params.float != self.ctx.float {
+                    let reason =
+                        format!("loaded in {:?}, this executor computes in {:?}", params.float, self.ctx.float);
+                    return Err(fail(reason));
+                }
                 let value = params
                     .values
                     .get(name)
