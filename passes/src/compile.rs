@@ -41,6 +41,14 @@ pub fn reference_passes() -> Vec<Pass> {
     ]
 }
 
+/// `g` after [`reference_passes`]: the graph the reference executor trains and scores (only
+/// routed experts computed), with the same parameters, results and gradients as `g`.
+pub fn for_reference(g: &Graph) -> Result<Graph, PassError> {
+    let mut g = g.clone();
+    Pipeline::new(reference_passes()).run(&mut g)?;
+    Ok(g)
+}
+
 #[derive(Debug, Error)]
 pub enum CompileError {
     #[error(transparent)]

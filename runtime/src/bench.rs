@@ -146,8 +146,7 @@ pub fn head<R: Runtime>(
 /// device plan loads them once. Host-clock median over at most 3 runs after one warm-up (the
 /// first run faults in the pages of its temporaries); also the routed graph's node count.
 pub fn reference_forward(g: &Graph, bindings: &Bindings, iters: usize) -> (Duration, usize) {
-    let mut routed = g.clone();
-    calm_passes::Pipeline::new(calm_passes::compile::reference_passes()).run(&mut routed).expect("the passes apply");
+    let routed = calm_passes::compile::for_reference(g).expect("the passes apply");
     let inputs: BTreeMap<String, HostTensor> = random_inputs(g, bindings, 1).expect("bound");
     let on_flex = Reference::<Flex>::new(FlexDevice, FloatDType::F32);
     let params = on_flex.load(&routed, &ParamStore::init(g, 1)).expect("the weights fit the graph");

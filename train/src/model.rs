@@ -78,11 +78,7 @@ impl ModelSpec {
     /// [`calm_passes::compile::reference_passes`], so that only routed experts are computed.
     /// Same parameters, results and gradients as `g`.
     pub fn for_reference(g: &Graph) -> Result<Graph, TrainError> {
-        let mut g = g.clone();
-        calm_passes::Pipeline::new(calm_passes::compile::reference_passes())
-            .run(&mut g)
-            .map_err(|e| TrainError::Compile(e.into()))?;
-        Ok(g)
+        calm_passes::compile::for_reference(g).map_err(|e| TrainError::Compile(e.into()))
     }
 
     fn graph(&self, mode: Mode) -> Result<Graph, TrainError> {

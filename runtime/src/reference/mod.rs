@@ -45,6 +45,8 @@ pub enum RunError {
     Shape(#[from] ShapeError),
     #[error("parameter `{name}`: {reason}")]
     Param { name: String, reason: String },
+    #[error("the weights were loaded in {loaded:?}; this executor computes in {computes:?}")]
+    LoadedFloat { loaded: FloatDType, computes: FloatDType },
     #[error("{node} ({op} @ {scope}): {source}")]
     Op { node: NodeId, op: &'static str, scope: String, source: OpError },
     #[error("output `{0}` does not exist")]
@@ -187,24 +189,18 @@ impl<B: Backend> Reference<B> {
         params: &LoadedParams<B>,
         inputs: &BTreeMap<String, HostTensor>,
     ) -> Result<BTreeMap<String, HostTensor>, RunError> {
+        if params.float != self.ctx.float {
+            return Err(RunError::LoadedFloat { loaded: params.float, computes: self.ctx.float });
+        }
         let bindings = bind_inputs(g, inputs)?;
         let how = Evaluation { check_numerics: self.check_numerics, autodiff: false };
         let outputs = evaluate(&self.ctx, g, &bindings, how, &mut |op| match op {
             Op::Param { name, shape, .. } => {
-                let fail = |reason: String| RunError::Param { name: name.clone(), reason };
-                if params.float != self.ctx.float {
-                    let reason =
-                        format!("loaded in {:?}, this executor computes in {:?}", params.float, self.ctx.float);
-                    return Err(fail(reason));
-                }
-                let value = params
-                    .values
-                    .get(name)
-                    .ok_or_else(|| fail("not among the loaded weights (loaded for another graph)".into()))?;
-                if !shape.iter().map(|d| d.fixed().unwrap_or(0) as usize).eq(value.shape.iter().copied()) {
-                    let reason = format!("loaded with shape {:?}, the graph wants {shape:?}", value.shape);
-                    return Err(fail(reason));
-                }
+                let value = params.values.get(name).ok_or_else(|| RunError::Param {
+                    name: name.clone(),
+                    reason: "not among the loaded weights (loaded for another graph)".into(),
+                })?;
+                check_param_shape(name, shape, &value.shape, "loaded with")?;
                 Ok(value.clone())
             }
             op => feed(&self.ctx, op, &ParamStore::default(), inputs),
@@ -240,15 +236,22 @@ pub(crate) fn feed<B: Backend>(
             let t = params
                 .get(name)
                 .ok_or_else(|| RunError::Param { name: name.clone(), reason: "not in the weights".into() })?;
-            let expected: Vec<usize> = shape.iter().map(|d| d.fixed().unwrap_or(0) as usize).collect();
-            if t.shape != expected {
-                let reason = format!("weights have shape {:?}, the graph wants {expected:?}", t.shape);
-                return Err(RunError::Param { name: name.clone(), reason });
-            }
+            check_param_shape(name, shape, &t.shape, "weights have")?;
             Ok(Value::from_host(ctx, t))
         }
         _ => unreachable!("only inputs and parameters are fed"),
     }
+}
+
+/// That the weights of parameter `name` (`found`, from `source`: "weights have", "loaded with")
+/// have the shape the graph declares.
+fn check_param_shape(name: &str, shape: &[Dim], found: &[usize], source: &str) -> Result<(), RunError> {
+    let expected: Vec<usize> = shape.iter().map(|d| d.fixed().unwrap_or(0) as usize).collect();
+    if found == expected {
+        return Ok(());
+    }
+    let reason = format!("{source} shape {found:?}, the graph wants {expected:?}");
+    Err(RunError::Param { name: name.to_string(), reason })
 }
 
 /// The most bytes of values alive at once when evaluating in `order` and freeing each value
