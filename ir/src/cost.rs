@@ -112,6 +112,15 @@ pub fn node_cost_stored(
                 let product = mul(mul(2, out_elems, out)?, k, out)?;
                 product.saturating_add(mul(program.flops_per_element(), out_elems, out)?)
             }
+            Op::Fused(crate::fused::FusedOp::Reduce { program, .. }) => {
+                // The program at each element of its shape (an argument's whole shape), and the
+                // reduction's add.
+                let mut elems = 0;
+                for &a in &node.args {
+                    elems = elems.max(g.value_type(a).numel(bindings)?);
+                }
+                mul(program.flops_per_element() + 1, elems, out)?
+            }
             Op::Fused(crate::fused::FusedOp::Attention { heads, .. }) => {
                 // Scores and weighted values (2·Lk·m each per query row), softmax (5 per score).
                 let keys = arg(1).shape[1].resolve(bindings)?;

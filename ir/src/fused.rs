@@ -21,6 +21,10 @@ pub enum FusedOp {
     /// A matmul followed by an elementwise program on its result: arguments `a, b, extra..`;
     /// program argument 0 is the product, arguments `1..` the extras (broadcast to the product).
     MatMulEpilogue { transpose_a: bool, transpose_b: bool, program: Program },
+    /// A reduction of an elementwise program's result: the program (one output) is evaluated
+    /// over the broadcast shape of its arguments (one of which has that whole shape) and reduced
+    /// along `axes`, as the primitive `reduction` would, without the product being stored.
+    Reduce { reduction: Reduction, axes: Vec<usize>, keep_dims: bool, program: Program },
     /// Multi-head scaled dot-product attention with the head split and merge built in:
     /// arguments `q: [B, Lq, m]`, `k, v: [B, Lk, m]` and, if `bias`, an additive score bias that
     /// broadcasts to `[B, heads, Lq, Lk]`; result `[B, Lq, m]`, per head
@@ -54,6 +58,37 @@ pub enum FusedOp {
     /// zero off the choices), which is the dense mixture wherever the experts' outputs are
     /// finite.
     ExpertMixture { groups: u64, experts: u64, top_k: u64, layers: u64, heads: u64, scale: f64, eps: f64 },
+}
+
+/// Which reduction a [`FusedOp::Reduce`] applies.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reduction {
+    Sum,
+    Mean,
+    Max,
+}
+
+impl Reduction {
+    /// The reduction of a primitive op, if it is one.
+    pub fn of(op: &Op) -> Option<(Reduction, &[usize], bool)> {
+        match op {
+            Op::ReduceSum { axes, keep_dims } => Some((Reduction::Sum, axes, *keep_dims)),
+            Op::ReduceMean { axes, keep_dims } => Some((Reduction::Mean, axes, *keep_dims)),
+            Op::ReduceMax { axes, keep_dims } => Some((Reduction::Max, axes, *keep_dims)),
+            _ => None,
+        }
+    }
+
+    /// The primitive op of this reduction.
+    pub fn primitive(self, axes: &[usize], keep_dims: bool) -> Op {
+        let axes = axes.to_vec();
+        match self {
+            Reduction::Sum => Op::ReduceSum { axes, keep_dims },
+            Reduction::Mean => Op::ReduceMean { axes, keep_dims },
+            Reduction::Max => Op::ReduceMax { axes, keep_dims },
+        }
+    }
 }
 
 /// The stacked parameters of one expert layer, in argument order (see [`FusedOp::ExpertMixture`]).
@@ -102,6 +137,7 @@ impl FusedOp {
         match self {
             FusedOp::Elementwise { .. } => "fused_elementwise",
             FusedOp::MatMulEpilogue { .. } => "fused_matmul",
+            FusedOp::Reduce { .. } => "fused_reduce",
             FusedOp::Attention { .. } => "fused_attention",
             FusedOp::GumbelPool { .. } => "fused_gumbel_pool",
             FusedOp::Route { .. } => "fused_route",
@@ -113,6 +149,7 @@ impl FusedOp {
         match self {
             FusedOp::Elementwise { .. } => Arity::AtLeast(0),
             FusedOp::MatMulEpilogue { .. } => Arity::AtLeast(2),
+            FusedOp::Reduce { .. } => Arity::AtLeast(1),
             FusedOp::Attention { bias, .. } => Arity::Exact(3 + *bias as usize),
             FusedOp::GumbelPool { temperature, noise_stream, .. } => {
                 Arity::Exact(5 + *temperature as usize + 2 * noise_stream.is_some() as usize)
@@ -127,7 +164,7 @@ impl FusedOp {
     pub fn num_results(&self) -> usize {
         match self {
             FusedOp::Elementwise { program, .. } => program.outputs.len(),
-            FusedOp::MatMulEpilogue { .. } | FusedOp::Attention { .. } => 1,
+            FusedOp::MatMulEpilogue { .. } | FusedOp::Attention { .. } | FusedOp::Reduce { .. } => 1,
             FusedOp::ExpertMixture { groups, .. } => *groups as usize,
             FusedOp::GumbelPool { .. } => 2,
             FusedOp::Route { .. } => 3,
@@ -145,6 +182,10 @@ impl FusedOp {
                     if *transpose_b { "tB," } else { "" },
                     n(program)
                 )
+            }
+            FusedOp::Reduce { reduction, axes, keep_dims, program } => {
+                let keep = if *keep_dims { " keep" } else { "" };
+                format!("{reduction:?} axes={axes:?}{keep} of {} instrs", n(program)).to_lowercase()
             }
             FusedOp::Attention { heads, scale, bias } => {
                 format!("heads={heads} scale={scale}{}", if *bias { " +bias" } else { "" })
@@ -196,6 +237,19 @@ impl FusedOp {
                 }
                 let dtype: DType = program.outputs[0].1;
                 Ok(vec![TensorType::new(dtype, product.shape)])
+            }
+            FusedOp::Reduce { reduction, axes, keep_dims, program } => {
+                program.check(args.len()).map_err(program_error)?;
+                if program.outputs.len() != 1 {
+                    return Err(TypeError::Attribute("a reduction's program has one output".into()));
+                }
+                let all: Vec<&[Dim]> = args.iter().map(|t| t.shape.as_slice()).collect();
+                let shape = broadcast_shapes(&all)?;
+                if !args.iter().any(|t| t.shape == shape) {
+                    return Err(TypeError::Shape(format!("no argument has the reduced shape {shape:?}")));
+                }
+                let product = TensorType::new(program.outputs[0].1, shape);
+                infer(&reduction.primitive(axes, *keep_dims), &[&product])
             }
             FusedOp::Attention { heads, bias, .. } => infer_attention(args, *heads, *bias),
             FusedOp::GumbelPool { transpose_w, .. } => infer_gumbel_pool(args, *transpose_w),

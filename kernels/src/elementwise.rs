@@ -178,22 +178,17 @@ pub fn linear_pos() -> u32 {
     (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_X + UNIT_POS_X
 }
 
-#[cube(launch)]
-pub fn elementwise<F: Float>(
+/// The registers of `program` at element `pos` of its output shape (arguments read at their
+/// strides in `meta`). Shared by the elementwise kernel and the reductions with a prologue.
+#[cube]
+pub fn registers<F: Float>(
+    pos: u32,
     floats: &Sequence<Array<F>>,
     ints: &Sequence<Array<i32>>,
     uints: &Sequence<Array<u32>>,
-    float_out: &mut Sequence<Array<F>>,
-    int_out: &mut Sequence<Array<i32>>,
-    uint_out: &mut Sequence<Array<u32>>,
     meta: &Array<u32>,
-    len: u32,
     #[comptime] program: Program,
-) {
-    let pos = linear_pos();
-    if pos >= len {
-        terminate!();
-    }
+) -> Sequence<f32> {
     let rank = comptime![program.rank];
     let mut regs = Sequence::<f32>::new();
     #[unroll]
@@ -223,6 +218,26 @@ pub fn elementwise<F: Float>(
         };
         regs.push(value);
     }
+    regs
+}
+
+#[cube(launch)]
+pub fn elementwise<F: Float>(
+    floats: &Sequence<Array<F>>,
+    ints: &Sequence<Array<i32>>,
+    uints: &Sequence<Array<u32>>,
+    float_out: &mut Sequence<Array<F>>,
+    int_out: &mut Sequence<Array<i32>>,
+    uint_out: &mut Sequence<Array<u32>>,
+    meta: &Array<u32>,
+    len: u32,
+    #[comptime] program: Program,
+) {
+    let pos = linear_pos();
+    if pos >= len {
+        terminate!();
+    }
+    let regs = registers::<F>(pos, floats, ints, uints, meta, program.clone());
     #[unroll]
     for o in 0..program.outputs.len() {
         let (reg, kind, slot) = comptime![program.outputs[o]];
@@ -265,6 +280,23 @@ pub fn meta(shape: &[u32], strides: &[Vec<u32>]) -> Vec<u32> {
     m
 }
 
+/// The three sequences (floats, i32, u32) of a program's buffers, each in its kind's order.
+pub type Sequences<R, F> = (SequenceArg<R, Array<F>>, SequenceArg<R, Array<i32>>, SequenceArg<R, Array<u32>>);
+
+/// Splits `bufs` into the kernels' three sequences by kind.
+pub fn sequences<R: Runtime, F: Float + CubeElement>(bufs: &[(Kind, &Buf)]) -> Sequences<R, F> {
+    let (mut floats, mut ints, mut uints) = (SequenceArg::new(), SequenceArg::new(), SequenceArg::new());
+    for (kind, b) in bufs {
+        let arg = unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) };
+        match kind {
+            Kind::Float => floats.push(arg),
+            Kind::Int => ints.push(arg),
+            Kind::UInt => uints.push(arg),
+        }
+    }
+    (floats, ints, uints)
+}
+
 /// Launches `program` over `len` elements; `args` and `outs` in the program's order, each
 /// with its kind; `meta` from [`meta`], already on the device.
 #[allow(clippy::too_many_arguments)]
@@ -278,28 +310,8 @@ pub fn launch<R: Runtime, F: Float + CubeElement>(
     cube_count: CubeCount,
     cube_dim: CubeDim,
 ) {
-    let mut floats = SequenceArg::new();
-    let mut ints = SequenceArg::new();
-    let mut uints = SequenceArg::new();
-    for (kind, b) in args {
-        let arg = unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) };
-        match kind {
-            Kind::Float => floats.push(arg),
-            Kind::Int => ints.push(arg),
-            Kind::UInt => uints.push(arg),
-        }
-    }
-    let mut float_out = SequenceArg::new();
-    let mut int_out = SequenceArg::new();
-    let mut uint_out = SequenceArg::new();
-    for (kind, b) in outs {
-        let arg = unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) };
-        match kind {
-            Kind::Float => float_out.push(arg),
-            Kind::Int => int_out.push(arg),
-            Kind::UInt => uint_out.push(arg),
-        }
-    }
+    let (floats, ints, uints) = sequences::<R, F>(args);
+    let (float_out, int_out, uint_out) = sequences::<R, F>(outs);
     let meta = unsafe { ArrayArg::from_raw_parts(meta.handle.clone(), meta.len) };
     elementwise::launch::<F, R>(
         client,

@@ -22,6 +22,9 @@ pub struct GemmConfig {
     /// The epilogue: ops over argument 0 (the accumulator) and extra arguments 1.., the register
     /// to store. `Arg(i)` for `i ≥ 1` reads extra argument `i − 1`.
     pub epilogue: Option<(Vec<Op>, usize)>,
+    /// `A` in two parts along `k` (a concatenation never stored): `(split, at)` reads columns
+    /// `split..` from `extra[at]`, a contiguous `[m, k − split]` matrix (batch folded into rows).
+    pub a_tail: Option<(u32, usize)>,
 }
 
 impl GemmConfig {
@@ -178,7 +181,17 @@ pub fn matmul<F: Float>(
                 let (r, kc) = (row0 + i, k0 + kk);
                 let mut v = F::new(0.0);
                 if r < m && kc < k {
-                    v = a[(a_off + r * a_rs + kc * a_cs) as usize];
+                    match cfg.a_tail {
+                        Some(tail) => {
+                            let (split, at) = comptime![tail];
+                            if kc < split {
+                                v = a[(a_off + r * a_rs + kc * a_cs) as usize];
+                            } else {
+                                v = extra.index(at)[(r * (k - split) + kc - split) as usize];
+                            }
+                        }
+                        None => v = a[(a_off + r * a_rs + kc * a_cs) as usize],
+                    }
                 }
                 a_tile[(kk * tm + i) as usize] = v;
             }

@@ -7,7 +7,7 @@
 
 use cubecl::prelude::*;
 
-use crate::elementwise::{linear_pos, neg_infinity};
+use crate::elementwise::{linear_pos, neg_infinity, registers, Program};
 
 /// Reductions along an axis.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -110,6 +110,32 @@ pub fn layer_norm<F: Float>(
     }
 }
 
+#[cube]
+fn reduce_start(#[comptime] op: Reduction) -> f32 {
+    let mut acc = 0.0f32;
+    if comptime![op == Reduction::Max] {
+        acc = neg_infinity();
+    }
+    acc
+}
+
+#[cube]
+fn reduce_step(acc: f32, v: f32, #[comptime] op: Reduction) -> f32 {
+    match op {
+        Reduction::Max => select(v > acc || v.is_nan(), v, acc),
+        _ => acc + v,
+    }
+}
+
+#[cube]
+fn reduce_finish(acc: f32, len: u32, #[comptime] op: Reduction) -> f32 {
+    let mut out = acc;
+    if comptime![op == Reduction::Mean] {
+        out /= f32::cast_from(len);
+    }
+    out
+}
+
 #[cube(launch)]
 pub fn reduce<F: Float>(x: &Array<F>, out: &mut Array<F>, outer: u32, len: u32, inner: u32, #[comptime] op: Reduction) {
     let line = linear_pos();
@@ -117,21 +143,42 @@ pub fn reduce<F: Float>(x: &Array<F>, out: &mut Array<F>, outer: u32, len: u32, 
         terminate!();
     }
     let base = (line / inner) * len * inner + line % inner;
-    let mut acc = 0.0f32;
-    if comptime![op == Reduction::Max] {
-        acc = neg_infinity();
-    }
+    let mut acc = reduce_start(op);
     for l in 0..len {
-        let v = f32::cast_from(x[(base + l * inner) as usize]);
-        acc = match op {
-            Reduction::Max => select(v > acc || v.is_nan(), v, acc),
-            _ => acc + v,
-        };
+        acc = reduce_step(acc, f32::cast_from(x[(base + l * inner) as usize]), op);
     }
-    if comptime![op == Reduction::Mean] {
-        acc /= f32::cast_from(len);
+    out[line as usize] = F::cast_from(reduce_finish(acc, len, op));
+}
+
+/// A reduction of an elementwise program's output (its first) along the middle axis of
+/// `[outer, len, inner]`: the program is evaluated at each element as the elementwise kernel
+/// would (`meta` holds its shape and its arguments' strides), so the product is never written.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn reduce_program<F: Float>(
+    floats: &Sequence<Array<F>>,
+    ints: &Sequence<Array<i32>>,
+    uints: &Sequence<Array<u32>>,
+    out: &mut Array<F>,
+    meta: &Array<u32>,
+    outer: u32,
+    len: u32,
+    inner: u32,
+    #[comptime] program: Program,
+    #[comptime] op: Reduction,
+) {
+    let line = linear_pos();
+    if line >= outer * inner {
+        terminate!();
     }
-    out[line as usize] = F::cast_from(acc);
+    let base = (line / inner) * len * inner + line % inner;
+    let reg = comptime![program.outputs[0].0];
+    let mut acc = reduce_start(op);
+    for l in 0..len {
+        let regs = registers::<F>(base + l * inner, floats, ints, uints, meta, program.clone());
+        acc = reduce_step(acc, *regs.index(reg), op);
+    }
+    out[line as usize] = F::cast_from(reduce_finish(acc, len, op));
 }
 
 /// `out[j] = Σ_c x[base + c] · w[c, j]` for `j < n` (`w[j, c]` if `transpose_w`): a row times a

@@ -3,19 +3,22 @@
 use calm_ir::{Bindings, Graph};
 use thiserror::Error;
 
+use crate::cse::cse;
 use crate::fuse_attention::fuse_attention;
 use crate::fuse_elementwise::fuse_elementwise;
 use crate::fuse_experts::fuse_experts;
 use crate::fuse_gumbel_pool::fuse_gumbel_pool;
 use crate::fuse_matmul::fuse_matmul_epilogues;
 use crate::fuse_projections::fuse_projections;
+use crate::fuse_reduce::fuse_reduce_prologues;
 use crate::fuse_route::fuse_route;
 use crate::lower::{lower, LowerError, LowerOptions};
 use crate::pipeline::{Pass, PassError, PassLog, Pipeline};
 use crate::plan::KernelPlan;
 
 /// The fusion passes, in the order they run: the CALM patterns first (they match primitives),
-/// then the generic elementwise and epilogue fusions over what is left.
+/// then common subexpressions merged, then the generic elementwise, epilogue and prologue
+/// fusions over what is left.
 pub fn fusion_passes() -> Vec<Pass> {
     vec![
         Pass { name: "fuse_gumbel_pool", run: fuse_gumbel_pool },
@@ -23,8 +26,10 @@ pub fn fusion_passes() -> Vec<Pass> {
         Pass { name: "fuse_route", run: fuse_route },
         Pass { name: "fuse_experts", run: fuse_experts },
         Pass { name: "fuse_projections", run: fuse_projections },
+        Pass { name: "cse", run: cse },
         Pass { name: "fuse_elementwise", run: |g, _| fuse_elementwise(g) },
         Pass { name: "fuse_matmul_epilogues", run: |g, _| fuse_matmul_epilogues(g) },
+        Pass { name: "fuse_reduce_prologues", run: fuse_reduce_prologues },
     ]
 }
 

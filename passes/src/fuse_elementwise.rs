@@ -4,7 +4,7 @@
 //! Nodes are visited in topological order; an elementwise node joins the group of one of its
 //! arguments' producers when the shapes agree and joining cannot create a cycle (no other
 //! argument of the node is computed, outside the group, from the group). Scalar constants are
-//! inlined into the program; explicit broadcasts feeding a group are read through (programs
+//! inlined into the program (a lone op reading one is rewritten for that alone); explicit broadcasts feeding a group are read through (programs
 //! broadcast their arguments). Every group value read outside the group becomes an output.
 //! Each primitive's instructions come from the lowering's [`primitive_program`], so the fused
 //! program computes exactly what the primitives do.
@@ -126,7 +126,12 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<bool, PassError> {
     let users = g.users();
     let output_values: Vec<ValueId> = g.outputs.iter().map(|o| o.value).collect();
     let mut changed = false;
-    for (gid, members) in groups.iter().enumerate().filter(|(_, m)| m.len() > 1) {
+    // A lone op is rewritten too when it reads a scalar constant: inlined, the constant needs
+    // no launch of its own to fill its buffer.
+    let reads_constant =
+        |n: NodeId| g.nodes[n].args.iter().any(|&a| scalar_constant(g, through_broadcasts(g, a)).is_some());
+    let rewritten: Vec<bool> = groups.iter().map(|m| m.len() > 1 || reads_constant(m[0])).collect();
+    for (gid, members) in groups.iter().enumerate().filter(|&(gid, _)| rewritten[gid]) {
         let in_group = |n: NodeId| group_of[n] == Some(gid);
         let head = *members.last().expect("a group has members");
         let shape = g.value_type(g.nodes[head].results[0]).shape.clone();

@@ -4,8 +4,8 @@
 //!
 //! Declines (and leaves the graph as it is) when the product is read elsewhere or is a graph
 //! output, when the chain has several outputs, draws random numbers or reads element indices
-//! (the GEMM epilogue does neither), reads non-float arguments, or reads an argument the GEMM's
-//! output rows cannot address.
+//! (the GEMM epilogue does neither), reads non-float arguments, or reads an argument that does not
+//! broadcast to the product.
 
 use calm_ir::fused::FusedOp;
 use calm_ir::program::{Instr, Program};
@@ -16,7 +16,7 @@ use crate::lower::primitive_program;
 use crate::pipeline::PassError;
 
 /// The reader's program, if it is an elementwise op or chain with one output.
-fn elementwise_program(g: &Graph, n: NodeId) -> Option<Program> {
+pub(crate) fn elementwise_program(g: &Graph, n: NodeId) -> Option<Program> {
     let node = &g.nodes[n];
     let program = match &node.op {
         Op::Fused(FusedOp::Elementwise { program, .. }) => program.clone(),
@@ -29,16 +29,13 @@ fn elementwise_program(g: &Graph, n: NodeId) -> Option<Program> {
     (program.outputs.len() == 1).then_some(program)
 }
 
-/// Whether the GEMM can read `extra` at each element of a product of `shape` whose batch the
-/// lowering may fold into its rows (see `lower::lower_matmul`).
+/// Whether the GEMM can read `extra` at each element of a product of `shape`: any argument
+/// that broadcasts to it (a bias, a residual, a per-sample row `[B, 1, n]`). The lowering folds
+/// the batch into the GEMM's rows only where every argument can follow them.
 fn addressable(g: &Graph, extra: ValueId, product: &[calm_ir::Dim]) -> bool {
     // Symbolic dimensions compare by name, so this holds for every binding.
     let arg = &g.value_type(extra).shape;
-    let rank = product.len();
-    let one = calm_ir::Dim::Fixed(1);
-    let aligned: Vec<&calm_ir::Dim> = std::iter::repeat_n(&one, rank - arg.len()).chain(arg.iter()).collect();
-    // Broadcast over every leading dimension (a bias), or the full product shape (a residual).
-    aligned[..rank - 1].iter().all(|d| d.is_one()) || aligned.iter().zip(product).all(|(a, p)| *a == p)
+    arg.len() <= product.len() && arg.iter().rev().zip(product.iter().rev()).all(|(a, p)| a.is_one() || a == p)
 }
 
 /// Fuses matmul epilogues; returns whether anything changed.

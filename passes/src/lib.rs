@@ -10,6 +10,7 @@
 
 pub mod ablate;
 pub mod compile;
+pub mod cse;
 pub mod dce;
 pub mod fuse_attention;
 pub mod fuse_elementwise;
@@ -17,6 +18,7 @@ pub mod fuse_experts;
 pub mod fuse_gumbel_pool;
 pub mod fuse_matmul;
 pub mod fuse_projections;
+pub mod fuse_reduce;
 pub mod fuse_route;
 pub mod lower;
 pub mod memory;

@@ -191,6 +191,18 @@ fn around(shape: &[u64], axis: usize) -> (u64, u64, u64) {
     (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
 }
 
+/// The stride per flattened row of an argument read at `full` (its broadcast strides over a
+/// product of `shape`) when the product's leading dimensions are folded into its rows, if one
+/// stride serves: rows walk the batch dimensions, then the rows, so the argument must advance
+/// by the same stride per flattened row throughout. Dimensions of size 1 do not move.
+fn flat_row_stride(full: &[u64], shape: &[u64]) -> Option<u64> {
+    let rank = shape.len();
+    let after = |d: usize| shape[d + 1..rank - 1].iter().product::<u64>();
+    let moving: Vec<usize> = (0..rank - 1).filter(|&d| shape[d] > 1).collect();
+    let row = moving.last().map_or(0, |&d| full[d] / after(d));
+    moving.iter().all(|&d| full[d] == row * after(d)).then_some(row)
+}
+
 struct Lowering<'a> {
     g: &'a Graph,
     bindings: &'a Bindings,
@@ -202,6 +214,9 @@ struct Lowering<'a> {
     users: SecondaryMap<ValueId, Vec<NodeId>>,
     /// Slices read in place: no buffer of their own (see [`View`]).
     views: SecondaryMap<ValueId, Option<View>>,
+    /// Concatenations of two parts along the last axis that every reader (a GEMM's `A`) reads
+    /// from the parts' own buffers: the two buffers and the first part's width.
+    split: SecondaryMap<ValueId, Option<(u32, u32, u64)>>,
 }
 
 /// A slice along the last axis of a contiguous result, read where it lies: element `[.., j]` of
@@ -394,57 +409,50 @@ impl Lowering<'_> {
         let (mut m, n_, k) =
             (out_shape[rank - 2], out_shape[rank - 1], if ta { a[a.len() - 2] } else { a[a.len() - 1] });
         let mut batch = out_shape[..rank - 2].to_vec();
-        // [.., m, k] x [k, n] with A row-major: the batch is just more rows of one GEMM.
-        if b.len() == 2 && !ta {
+        // Extra arguments' broadcast strides over the product's shape.
+        let extras_full = args[2..]
+            .iter()
+            .map(|&e| Ok(broadcast_strides(&self.shape(e)?, &out_shape)))
+            .collect::<Result<Vec<_>, LowerError>>()?;
+        // [.., m, k] x [k, n] with A row-major: the batch is just more rows of one GEMM, if
+        // every epilogue argument can follow the flattened rows.
+        if b.len() == 2 && !ta && extras_full.iter().all(|full| flat_row_stride(full, &out_shape).is_some()) {
             m *= batch.iter().product::<u64>();
             batch.clear();
         }
-        let batch_strides = |x: &[u64]| {
-            let rows_cols = x[x.len() - 2] * x[x.len() - 1];
+        // op(A)[i, kk] and op(B)[kk, j] in contiguous A and B (A may be a slice read in place,
+        // or a concatenation read from its two parts); a weight stored transposed is read as the
+        // row-major `k × n` matrix it is on the device.
+        let split = self.split[args[0]];
+        let (a_buffer, a_row, a_offset) = match split {
+            Some((head, _, width)) => (head, width, 0),
+            None => self.rows_of(args[0], k),
+        };
+        let a_strides = if ta { [1, m] } else { [a_row, 1] };
+        let b_strides = if tb && !self.transposed[args[1]] { [1, k] } else { [n_, 1] };
+        // A batch entry of A spans its rows at A's row stride (wider for a slice).
+        let a_rows_cols = if ta { a[a.len() - 2] * a[a.len() - 1] } else { a[a.len() - 2] * a_row };
+        let batch_strides = |x: &[u64], rows_cols: u64| {
             let own: Vec<u64> = contiguous_strides(&x[..x.len() - 2]).iter().map(|s| s * rows_cols).collect();
             let offset = batch.len().saturating_sub(x.len() - 2);
             (0..batch.len())
                 .map(|d| if d < offset || x[d - offset] == 1 { 0 } else { own[d - offset] })
                 .collect::<Vec<u64>>()
         };
-        let (a_batch_strides, b_batch_strides) = (batch_strides(&a), batch_strides(&b));
+        let b_rows_cols = b[b.len() - 2] * b[b.len() - 1];
+        let (a_batch_strides, b_batch_strides) = (batch_strides(&a, a_rows_cols), batch_strides(&b, b_rows_cols));
         // Extra arguments, read over the GEMM's own output view `[batch.., m, n]`: their
         // broadcast strides over the product's shape, regrouped the same way.
-        let epilogue = match program {
-            None => None,
-            Some(program) => {
-                let mut strides = Vec::new();
-                for &e in &args[2..] {
-                    let full = broadcast_strides(&self.shape(e)?, &out_shape);
-                    let (row, col) = (full[rank - 2], full[rank - 1]);
-                    let view = if batch.is_empty() {
-                        // Rows of the flattened product walk the batch dims, then the rows: the
-                        // argument must advance by one stride per flattened row. Dimensions of
-                        // size 1 do not move (their broadcast stride is 0 either way).
-                        let after = |d: usize| out_shape[d + 1..rank - 1].iter().product::<u64>();
-                        let moving: Vec<usize> = (0..rank - 1).filter(|&d| out_shape[d] > 1).collect();
-                        let row = moving.last().map_or(0, |&d| full[d] / after(d));
-                        if !moving.iter().all(|&d| full[d] == row * after(d)) {
-                            return Err(
-                                self.unsupported(n, "an epilogue argument that the flattened GEMM rows cannot address")
-                            );
-                        }
-                        vec![row, col]
-                    } else {
-                        let mut v = full[..rank - 2].to_vec();
-                        v.extend([row, col]);
-                        v
-                    };
-                    strides.push(view);
-                }
-                Some(Epilogue { program: program.clone(), strides })
-            }
-        };
-        // op(A)[i, kk] and op(B)[kk, j] in contiguous A and B (A may be a slice read in place);
-        // a weight stored transposed is read as the row-major `k × n` matrix it is on the device.
-        let (a_buffer, a_row, a_offset) = self.rows_of(args[0], k);
-        let a_strides = if ta { [1, m] } else { [a_row, 1] };
-        let b_strides = if tb && !self.transposed[args[1]] { [1, k] } else { [n_, 1] };
+        let epilogue = program.map(|program| {
+            let strides = extras_full
+                .iter()
+                .map(|full| match flat_row_stride(full, &out_shape) {
+                    Some(row) if batch.is_empty() => vec![row, full[rank - 1]],
+                    _ => full.clone(),
+                })
+                .collect();
+            Epilogue { program: program.clone(), strides }
+        });
         let kernel = Kernel::MatMul {
             a_batch_strides,
             b_batch_strides,
@@ -458,9 +466,11 @@ impl Lowering<'_> {
             gemm: choose_gemm(self.opts.gemm, m, n_, k, a_strides, b_strides, a_offset),
             epilogue,
             grouped: None,
+            a_split: split.map(|(_, _, width)| width),
         };
         let mut reads = vec![a_buffer, self.buf(args[1])];
         reads.extend(args[2..].iter().map(|&e| self.buf(e)));
+        reads.extend(split.map(|(_, tail, _)| tail));
         let w = self.new_buffer(out, Role::Temp)?;
         self.emit(n, kernel, reads, vec![w])
     }
@@ -556,6 +566,7 @@ impl Lowering<'_> {
                 gemm: choose_gemm(l.opts.gemm, tokens, width, k_in, a_strides, b_strides, 0),
                 epilogue: Some(Epilogue { program, strides }),
                 grouped: Some(Grouped { b: BatchIndex::Expert, extras }),
+                a_split: None,
             };
             l.emit_part(n, kernel, reads, vec![out], 2 * rows * k_in * width);
             out
@@ -587,12 +598,100 @@ impl Lowering<'_> {
             x = gemm(self, up, ffn, p(10), p(11), m, Some((x1, BatchIndex::Own)), false, "x2");
         }
         let means = self.scratch(Storage::Float, slots * m, format!("{n}.mean"));
-        let mean = Kernel::Reduce { op: ReduceOp::Mean, outer: slots, len: tokens, inner: m };
+        let mean = Kernel::Reduce { op: Reduction::Mean, outer: slots, len: tokens, inner: m, prologue: None };
         self.emit_part(n, mean, vec![x], vec![means], rows * m);
         for (group, &result) in node.results.iter().enumerate() {
             let out = self.new_buffer(result, Role::Temp)?;
             let combine = Kernel::Combine { units, width: m, top_k, first: group as u64 * per_group };
             self.emit_part(n, combine, vec![means, slot_gate, unit_slot], vec![out], 2 * per_group * m);
+        }
+        Ok(())
+    }
+
+    /// Whether concatenation `n` can stay unstored: two float parts joined along the last axis,
+    /// each in a buffer of its own, read only as the row-major `A` of GEMMs that fold their
+    /// batch into rows (shared-tile GEMMs, which read `A` element by element). It then costs no
+    /// copies; the GEMM reads each column from its part.
+    fn read_in_parts(&self, n: NodeId) -> bool {
+        let node = &self.g.nodes[n];
+        let (out, rank) = (node.results[0], self.g.value_type(node.results[0]).rank());
+        let Op::Concat { axis } = node.op else { return false };
+        let as_a = |u: NodeId| {
+            let reader = &self.g.nodes[u];
+            let ta = match &reader.op {
+                Op::MatMul { transpose_a, .. } | Op::Fused(FusedOp::MatMulEpilogue { transpose_a, .. }) => *transpose_a,
+                _ => return false,
+            };
+            // The GEMM folds its batch into rows only if every epilogue argument follows them.
+            let product = self.shape(reader.results[0]).unwrap_or_default();
+            let flat = reader.args[2..].iter().all(|&e| {
+                self.shape(e).is_ok_and(|s| flat_row_stride(&broadcast_strides(&s, &product), &product).is_some())
+            });
+            !ta && flat
+                && reader.args[0] == out
+                && !reader.args[1..].contains(&out)
+                && self.g.value_type(reader.args[1]).rank() == 2
+        };
+        matches!(self.opts.gemm, GemmStrategy::SharedTiles(_))
+            && axis + 1 == rank
+            && rank >= 2
+            && node.args.len() == 2
+            && node.args.iter().all(|&a| self.views[a].is_none() && self.g.value_type(a).dtype.is_float())
+            && !self.is_output(out)
+            && !self.users[out].is_empty()
+            && self.users[out].iter().all(|&u| as_a(u))
+    }
+
+    /// A reduction over `axes`, one launch per axis (the last axis first); with a `program`,
+    /// the first launch evaluates it over the node's arguments instead of reading a stored
+    /// input.
+    fn lower_reduce(
+        &mut self,
+        n: NodeId,
+        op: Reduction,
+        axes: &[usize],
+        program: Option<&Program>,
+    ) -> Result<(), LowerError> {
+        let (args, out) = (self.g.nodes[n].args.clone(), self.g.nodes[n].results[0]);
+        if self.g.value_type(out).dtype.is_int() {
+            return Err(self.unsupported(n, "integer reductions run on the reference executor only"));
+        }
+        // The reduced shape: a fused reduction's arguments broadcast to it.
+        let shapes = args.iter().map(|&a| self.shape(a)).collect::<Result<Vec<_>, _>>()?;
+        let rank = shapes.iter().map(Vec::len).max().unwrap_or(0);
+        let mut shape = vec![1u64; rank];
+        for s in &shapes {
+            for (d, &size) in s.iter().enumerate() {
+                let at = rank - s.len() + d;
+                if size != 1 {
+                    shape[at] = size;
+                }
+            }
+        }
+        let mut prologue = match program {
+            Some(program) => {
+                let strides =
+                    args.iter()
+                        .map(|&a| Ok(broadcast_strides(&self.shape(a)?, &shape)))
+                        .collect::<Result<_, LowerError>>()?;
+                Some(Prologue { shape: shape.clone(), strides, program: program.clone() })
+            }
+            None => None,
+        };
+        let mut reads: Vec<u32> = args.iter().map(|&a| self.buf(a)).collect();
+        let mut sorted = axes.to_vec();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        for (i, &axis) in sorted.iter().enumerate() {
+            let (outer, len, inner) = around(&shape, axis);
+            shape[axis] = 1;
+            // Intermediate results get buffers of their own; the last is the output.
+            let w = if i + 1 == sorted.len() {
+                self.new_buffer(out, Role::Temp)?
+            } else {
+                self.scratch(Storage::Float, outer * inner, format!("{out}.{i}"))
+            };
+            let kernel = Kernel::Reduce { op, outer, len, inner, prologue: prologue.take() };
+            self.emit(n, kernel, std::mem::replace(&mut reads, vec![w]), vec![w])?;
         }
         Ok(())
     }
@@ -641,31 +740,12 @@ impl Lowering<'_> {
                 let w = self.new_buffer(out, Role::Temp)?;
                 self.emit(n, Kernel::LayerNorm { rows, cols, eps: *eps, grouped: None }, reads, vec![w])?;
             }
-            Op::ReduceSum { axes, .. } | Op::ReduceMean { axes, .. } | Op::ReduceMax { axes, .. } => {
-                let op = match node.op {
-                    Op::ReduceSum { .. } => ReduceOp::Sum,
-                    Op::ReduceMean { .. } => ReduceOp::Mean,
-                    _ => ReduceOp::Max,
-                };
-                if g.value_type(out).dtype.is_int() {
-                    return Err(self.unsupported(n, "integer reductions run on the reference executor only"));
-                }
-                let mut sorted = axes.clone();
-                sorted.sort_unstable_by(|a, b| b.cmp(a));
-                let mut shape = self.shape(args[0])?;
-                let mut src = self.buf(args[0]);
-                for (i, &axis) in sorted.iter().enumerate() {
-                    let (outer, len, inner) = around(&shape, axis);
-                    shape[axis] = 1;
-                    // Intermediate results get buffers of their own; the last is the output.
-                    let w = if i + 1 == sorted.len() {
-                        self.new_buffer(out, Role::Temp)?
-                    } else {
-                        self.scratch(Storage::Float, outer * inner, format!("{out}.{i}"))
-                    };
-                    self.emit(n, Kernel::Reduce { op, outer, len, inner }, vec![src], vec![w])?;
-                    src = w;
-                }
+            Op::ReduceSum { .. } | Op::ReduceMean { .. } | Op::ReduceMax { .. } => {
+                let (op, axes, _) = Reduction::of(&node.op).expect("a reduction");
+                self.lower_reduce(n, op, axes, None)?;
+            }
+            Op::Fused(FusedOp::Reduce { reduction, axes, program, .. }) => {
+                self.lower_reduce(n, *reduction, axes, Some(program))?;
             }
             Op::Permute { perm } => {
                 let own = contiguous_strides(&self.shape(args[0])?);
@@ -690,6 +770,10 @@ impl Lowering<'_> {
                 let own = contiguous_strides(&self.shape(args[0])?);
                 let offset = start * own[*axis];
                 self.emit_copy(n, args[0], out, own, offset, &out_shape)?;
+            }
+            Op::Concat { .. } if self.read_in_parts(n) => {
+                let width = self.shape(args[0])?.last().copied().unwrap_or(1);
+                self.split[out] = Some((self.buf(args[0]), self.buf(args[1]), width));
             }
             Op::Concat { axis } => {
                 let w = self.new_buffer(out, Role::Temp)?;
@@ -865,6 +949,7 @@ pub fn lower(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> Result<Kern
         transposed: if opts.transpose_weights { transposable_weights(g, &users) } else { SecondaryMap::new() },
         users,
         views: SecondaryMap::with_default(None),
+        split: SecondaryMap::with_default(None),
     };
     for n in g.topo_order().expect("verified graphs are acyclic") {
         l.lower_node(n)?;

@@ -125,14 +125,8 @@ impl Port {
     }
 }
 
-/// Reductions along one axis.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReduceOp {
-    Sum,
-    Mean,
-    Max,
-}
+/// Reductions along one axis (the IR's, so fused and plan reductions are one type).
+pub use calm_ir::fused::Reduction;
 
 /// An elementwise program applied after a matmul's accumulation: argument 0 is the accumulator,
 /// arguments 1.. are extra buffers read at strides over the output `[batch.., m, n]`.
@@ -140,6 +134,16 @@ pub enum ReduceOp {
 pub struct Epilogue {
     pub program: Program,
     pub strides: Vec<Vec<u64>>,
+}
+
+/// The elementwise program a reduction reads through: evaluated over `shape` (the reduction's
+/// `[outer, len, inner]`, unflattened) with argument `i` at `strides[i]`, as
+/// [`Kernel::Elementwise`] would.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Prologue {
+    pub shape: Vec<u64>,
+    pub strides: Vec<Vec<u64>>,
+    pub program: Program,
 }
 
 /// A kernel and its compile-time configuration. Buffer arguments (`Launch::reads`) come in the
@@ -171,6 +175,11 @@ pub enum Kernel {
         /// argument find their batch entry; the index buffer is then the last read.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grouped: Option<Grouped>,
+        /// `A` is a concatenation of two parts along `k` that was never stored: columns from
+        /// `a_split` on come from a second, contiguous `[m, k − a_split]` buffer, read last
+        /// (shared-tile GEMMs only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        a_split: Option<u64>,
     },
     /// Softmax (or log-softmax) along the middle axis of `[outer, len, inner]`; reads `x`.
     Softmax { outer: u64, len: u64, inner: u64, log: bool },
@@ -183,8 +192,16 @@ pub enum Kernel {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grouped: Option<GroupedNorm>,
     },
-    /// `[outer, len, inner] → [outer, inner]`; reads `x`.
-    Reduce { op: ReduceOp, outer: u64, len: u64, inner: u64 },
+    /// `[outer, len, inner] → [outer, inner]`; reads `x`, or with a `prologue` the program's
+    /// arguments (the reduction reads the program's output, never stored).
+    Reduce {
+        op: Reduction,
+        outer: u64,
+        len: u64,
+        inner: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prologue: Option<Prologue>,
+    },
     /// `out[o, c, i] = table[o, idx[c], i]`; reads `table, idx`.
     Gather { outer: u64, rows: u64, inner: u64, count: u64 },
     /// `out[o, r, i] = base[o, r, i] + Σ_{c: idx[c] = r} upd[o, c, i]`, in index order (so the
@@ -332,9 +349,12 @@ impl Kernel {
             Kernel::Softmax { log: false, .. } => "softmax",
             Kernel::Softmax { log: true, .. } => "log_softmax",
             Kernel::LayerNorm { .. } => "layer_norm",
-            Kernel::Reduce { op: ReduceOp::Sum, .. } => "reduce_sum",
-            Kernel::Reduce { op: ReduceOp::Mean, .. } => "reduce_mean",
-            Kernel::Reduce { op: ReduceOp::Max, .. } => "reduce_max",
+            Kernel::Reduce { op: Reduction::Sum, prologue: None, .. } => "reduce_sum",
+            Kernel::Reduce { op: Reduction::Mean, prologue: None, .. } => "reduce_mean",
+            Kernel::Reduce { op: Reduction::Max, prologue: None, .. } => "reduce_max",
+            Kernel::Reduce { op: Reduction::Sum, prologue: Some(_), .. } => "elementwise+reduce_sum",
+            Kernel::Reduce { op: Reduction::Mean, prologue: Some(_), .. } => "elementwise+reduce_mean",
+            Kernel::Reduce { op: Reduction::Max, prologue: Some(_), .. } => "elementwise+reduce_max",
             Kernel::Gather { .. } => "gather",
             Kernel::ScatterAdd { .. } => "scatter_add",
             Kernel::TopK { .. } => "top_k",

@@ -14,6 +14,7 @@ use calm_models::CalmConfig;
 use calm_passes::compile::fusion_passes;
 use calm_passes::lower::{lower, LowerOptions};
 use calm_passes::memory::check_memory;
+use calm_passes::plan::Kernel;
 use calm_passes::{PassLog, Pipeline};
 use calm_runtime::device::DeviceExecutor;
 use calm_runtime::host::{HostData, HostTensor};
@@ -375,12 +376,22 @@ fn broken_routing_declines_and_stays_correct() {
 
 /// Three linears with a ReLU reading one input, each read by a second linear (stage 1's form).
 fn three_channels(batch: u64, tokens: u64, width: u64, hidden: u64) -> Graph {
+    three_channels_with(batch, tokens, width, hidden, false)
+}
+
+/// With `per_sample`, channel `e` adds a row per sample (`[batch, 1, 7]`, as CALM's culture
+/// embedding does) to its second layer.
+fn three_channels_with(batch: u64, tokens: u64, width: u64, hidden: u64, per_sample: bool) -> Graph {
     let mut b = GraphBuilder::new("channels");
     let x = b.input("x", F, shape![batch, tokens, width]).unwrap();
+    let row = per_sample.then(|| b.input("row", F, shape![batch, 1u64, 7u64]).unwrap());
     for name in ["s", "e", "l"] {
         let h = nn::linear(&mut b, &format!("{name}1"), x, hidden).unwrap();
         let h = b.relu(h).unwrap();
-        let y = nn::linear(&mut b, &format!("{name}2"), h, 7).unwrap();
+        let mut y = nn::linear(&mut b, &format!("{name}2"), h, 7).unwrap();
+        if let (Some(row), "e") = (row, name) {
+            y = b.add(y, row).unwrap();
+        }
         b.output(name, y);
     }
     b.finish().unwrap()
@@ -400,6 +411,21 @@ fn linears_reading_one_input_run_as_one_gemm() {
         // One joint GEMM, three second layers, and no copies of the slices.
         assert_eq!(plan.launches.len(), 4, "{:?}", plan.launches.iter().map(|l| l.kernel.name()).collect::<Vec<_>>());
         assert_eq!(plan.params.iter().filter(|p| p.concat.is_some()).count(), 2, "weights and biases joined at load");
+    }
+    // A per-sample row in a second layer's epilogue: that GEMM keeps its batch (the row cannot
+    // follow flattened rows) and reads its slice of the joint GEMM batch by batch.
+    for gemm in [LowerOptions::default(), LowerOptions::gpu()] {
+        let g = three_channels_with(3, 7, 12, 8, true);
+        let feeds = random_inputs(&g, &Bindings::new(), 5).unwrap();
+        check_fused_lowered(&g, &feeds, &ParamStore::init(&g, 7), 1e-5, &gemm);
+        let mut fused = g.clone();
+        Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+        let plan = lower(&fused, &bind_inputs(&g, &feeds).unwrap(), &gemm).unwrap();
+        let names: Vec<&str> = plan.launches.iter().map(|l| l.kernel.name()).collect();
+        assert_eq!(names.len(), 4, "the row is added in an epilogue: {names:?}");
+        let batched =
+            plan.launches.iter().filter(|l| matches!(&l.kernel, Kernel::MatMul { batch, .. } if batch[..] == [3]));
+        assert_eq!(batched.count(), 1);
     }
 }
 
@@ -483,7 +509,7 @@ fn dense_gates_decline_the_sparse_dispatch() {
 #[test]
 fn grouped_gemms_work_in_every_gemm_variant() {
     use calm_passes::lower::GemmStrategy;
-    use calm_passes::plan::{Gemm, GemmTile, Kernel};
+    use calm_passes::plan::{Gemm, GemmTile};
     // Widths that are no multiple of 4 push the lowering off the vector GEMM onto the register
     // one; the shared-tile GEMM (GPUs) is asked for explicitly.
     let mut cfg = CalmConfig::preset("tiny").unwrap();
@@ -514,4 +540,52 @@ fn grouped_gemms_work_in_every_gemm_variant() {
         };
         assert!(grouped.iter().all(expected), "{grouped:?}");
     }
+}
+
+/// Masked means (CALM's pooling of the states), a max and a mean over two axes of elementwise
+/// chains, at awkward sizes with empty and one-token masks.
+fn reductions_graph(product_is_output: bool) -> Graph {
+    let mut b = GraphBuilder::new("reductions");
+    let x = b.input("x", F, shape![7u64, 33u64, 130u64]).unwrap();
+    let mask = b.input("mask", F, shape![7u64, 33u64]).unwrap();
+    let mean = nn::masked_mean(&mut b, x, mask).unwrap();
+    let e = b.exp(x).unwrap();
+    let max = b.reduce_max(e, &[2], false).unwrap();
+    let xx = b.mul(x, x).unwrap();
+    let squares = b.reduce_mean(xx, &[0, 2], true).unwrap();
+    b.output("mean", mean);
+    b.output("max", max);
+    b.output("squares", squares);
+    if product_is_output {
+        b.output("xx", xx);
+    }
+    b.finish().unwrap()
+}
+
+#[test]
+fn reductions_evaluate_their_elementwise_inputs_in_place() {
+    let g = reductions_graph(false);
+    let mut feeds = random_inputs(&g, &Bindings::new(), 5).unwrap();
+    awkward_mask(&mut feeds, 7, 33, true);
+    let log = check_fused(&g, &feeds, 1e-5);
+    assert_eq!(fired(&log, "fuse_reduce_prologues"), 3, "{:?}", log.notes);
+    let mut fused = g.clone();
+    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+    let plan = lower(&fused, &Bindings::new(), &LowerOptions::default()).unwrap();
+    let names: Vec<&str> = plan.launches.iter().map(|l| l.kernel.name()).collect();
+    for kernel in ["elementwise+reduce_sum", "elementwise+reduce_max", "elementwise+reduce_mean", "reduce_mean"] {
+        assert!(names.contains(&kernel), "{kernel} in {names:?}");
+    }
+    // No launch writes a product of the states' size.
+    let big = 7 * 33 * 130;
+    assert!(plan.launches.iter().all(|l| l.writes.iter().all(|&w| plan.buffers[w as usize].len < big)), "{names:?}");
+}
+
+#[test]
+fn reductions_of_products_read_elsewhere_decline() {
+    let g = reductions_graph(true);
+    let feeds = random_inputs(&g, &Bindings::new(), 6).unwrap();
+    let log = check_fused(&g, &feeds, 1e-5);
+    assert_eq!(fired(&log, "fuse_reduce_prologues"), 2, "{:?}", log.notes);
+    assert_eq!(declined(&log, "fuse_reduce_prologues"), ["the product is read elsewhere"]);
 }

@@ -140,8 +140,13 @@ fn every_gemm_variant_with_weights_epilogues_and_batches() {
         let y = b.add(y, r).unwrap();
         let z = b.input("z", F, shape![2u64, k, n]).unwrap();
         let p = b.matmul(x, z, false, false).unwrap();
+        // A row per batch entry in the epilogue: that GEMM keeps its batch.
+        let c = b.input("c", F, shape![2u64, 1u64, n]).unwrap();
+        let q = calm_ir::nn::linear(&mut b, "lin2", x, n).unwrap();
+        let q = b.add(q, c).unwrap();
         b.output("y", y);
         b.output("p", p);
+        b.output("q", q);
         let mut g = b.finish().unwrap();
         Pipeline::new(fusion_passes()).run(&mut g).unwrap();
         let feeds = random_inputs(&g, &Bindings::new(), 5).unwrap();
@@ -162,6 +167,53 @@ fn every_gemm_variant_with_weights_epilogues_and_batches() {
             compare_with(&g, &feeds, 1e-5, &opts);
         }
     }
+}
+
+#[test]
+fn shared_tile_gemms_read_a_concatenation_from_its_parts() {
+    use calm_passes::compile::fusion_passes;
+    use calm_passes::lower::GemmStrategy;
+    use calm_passes::pipeline::Pipeline;
+    use calm_passes::plan::{GemmTile, Kernel};
+    // Parts of awkward widths (the split falls inside a k tile), a batch folded into rows, an
+    // epilogue (bias, GELU) and two GEMMs reading the one concatenation.
+    let mut b = GraphBuilder::new("t");
+    let x = b.input("x", F, shape![3u64, 7u64, 33u64]).unwrap();
+    let y = b.input("y", F, shape![3u64, 7u64, 5u64]).unwrap();
+    let xy = b.concat(&[x, y], 2).unwrap();
+    let h = calm_ir::nn::linear(&mut b, "lin", xy, 130).unwrap();
+    let h = b.gelu(h).unwrap();
+    let w = b.input("w", F, shape![38u64, 9u64]).unwrap();
+    let p = b.matmul(xy, w, false, false).unwrap();
+    b.output("h", h);
+    b.output("p", p);
+    let mut g = b.finish().unwrap();
+    Pipeline::new(fusion_passes()).run(&mut g).unwrap();
+    let feeds = random_inputs(&g, &Bindings::new(), 8).unwrap();
+    for (gemm, copies) in [(GemmStrategy::SharedTiles(GemmTile::DEFAULT), 0), (GemmStrategy::Registers, 2)] {
+        let opts = LowerOptions { gemm, ..LowerOptions::default() };
+        let plan = lower(&g, &Bindings::new(), &opts).unwrap();
+        let count = |name: &str| plan.launches.iter().filter(|l| l.kernel.name() == name).count();
+        assert_eq!(count("copy"), copies, "{gemm:?}");
+        let split =
+            plan.launches.iter().filter(|l| matches!(l.kernel, Kernel::MatMul { a_split: Some(33), .. })).count();
+        assert_eq!(split, if copies == 0 { 2 } else { 0 }, "{gemm:?}");
+        compare_with(&g, &feeds, 1e-5, &opts);
+    }
+    // A concatenation that is also an output is stored.
+    let mut b = GraphBuilder::new("t");
+    let x = b.input("x", F, shape![7u64, 33u64]).unwrap();
+    let y = b.input("y", F, shape![7u64, 5u64]).unwrap();
+    let xy = b.concat(&[x, y], 1).unwrap();
+    let w = b.input("w", F, shape![38u64, 9u64]).unwrap();
+    let p = b.matmul(xy, w, false, false).unwrap();
+    b.output("p", p);
+    b.output("xy", xy);
+    let g = b.finish().unwrap();
+    let opts = LowerOptions { gemm: GemmStrategy::SharedTiles(GemmTile::DEFAULT), ..LowerOptions::default() };
+    let plan = lower(&g, &Bindings::new(), &opts).unwrap();
+    assert_eq!(plan.launches.iter().filter(|l| l.kernel.name() == "copy").count(), 2);
+    compare_with(&g, &random_inputs(&g, &Bindings::new(), 9).unwrap(), 1e-5, &opts);
 }
 
 #[test]

@@ -176,8 +176,9 @@ pub fn device_peak(device: DeviceArg, remeasure: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The plan a GPU runs (shared-tile GEMMs, as `--target cuda` lowers), for the datasheet model.
 fn compile_plan(g: &Graph, bindings: &Bindings, fuse: bool, float: FloatType) -> Result<KernelPlan, CliError> {
-    Ok(compile(g, bindings, fuse, &LowerOptions { float, ..LowerOptions::default() })?.plan)
+    Ok(compile(g, bindings, fuse, &LowerOptions { float, ..LowerOptions::gpu() })?.plan)
 }
 
 fn launch_json(l: &LaunchProfile, c: &Ceilings) -> serde_json::Value {
@@ -191,8 +192,9 @@ fn launch_json(l: &LaunchProfile, c: &Ceilings) -> serde_json::Value {
 
 fn print_groups(groups: &[KernelGroup], total: f64, c: &Ceilings, time: &str) {
     let width = groups.iter().map(|g| g.scope.len()).max().unwrap_or(5).clamp(5, 56);
+    let kernel_width = groups.iter().map(|g| g.kernel.len()).max().unwrap_or(6).max(6);
     println!(
-        "{:<18} {:<width$} {:>5} {:>10} {:>6} {:>10} {:>10} {:>7} {:>6}",
+        "{:<kernel_width$} {:<width$} {:>5} {:>10} {:>6} {:>10} {:>10} {:>7} {:>6}",
         "kernel",
         "scope",
         "n",
@@ -210,7 +212,7 @@ fn print_groups(groups: &[KernelGroup], total: f64, c: &Ceilings, time: &str) {
             g.scope.clone()
         };
         println!(
-            "{:<18} {:<width$} {:>5} {:>10.3} {:>5.1}% {:>10.2} {:>10.2} {:>7} {:>5.0}%",
+            "{:<kernel_width$} {:<width$} {:>5} {:>10.3} {:>5.1}% {:>10.2} {:>10.2} {:>7} {:>5.0}%",
             g.kernel,
             scope,
             g.launches,

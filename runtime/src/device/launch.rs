@@ -6,7 +6,7 @@ use calm_kernels::gumbel_pool::{self, PoolConfig};
 use calm_kernels::matmul::{self, GemmConfig, GemmShape, LanesConfig, VectorConfig};
 use calm_kernels::route::{self, RouteConfig};
 use calm_kernels::{index, moe, rows};
-use calm_passes::plan::{Gemm, Kernel, Launch, ReduceOp, Storage};
+use calm_passes::plan::{Gemm, Kernel, Launch, Reduction, Storage};
 use cubecl::prelude::*;
 
 use super::convert;
@@ -21,6 +21,9 @@ pub fn meta(kernel: &Kernel) -> Option<Vec<u32>> {
     match kernel {
         Kernel::Elementwise { shape, strides, .. } => {
             Some(elementwise::meta(&u32s(shape), &strides.iter().map(|s| u32s(s)).collect::<Vec<_>>()))
+        }
+        Kernel::Reduce { prologue: Some(p), .. } => {
+            Some(elementwise::meta(&u32s(&p.shape), &p.strides.iter().map(|s| u32s(s)).collect::<Vec<_>>()))
         }
         Kernel::Copy { shape, src_strides, src_offset, dst_strides, dst_offset } => {
             let mut m = u32s(shape);
@@ -86,14 +89,20 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
             let outs: Vec<_> = writes.iter().map(|(s, b)| (convert::kind(*s), b)).collect();
             elementwise::launch::<R, F>(client, &p, &args, &outs, meta(), items, count, dim);
         }
-        Kernel::MatMul { batch, gemm, epilogue, grouped, .. } => {
+        Kernel::MatMul { batch, gemm, epilogue, grouped, a_split, .. } => {
             let epilogue = epilogue.as_ref().map(|e| (convert::ops(&e.program), e.program.outputs[0].0 as usize));
             // A grouped GEMM's index buffer is its last read; a plain one reads none (any
-            // buffer fills the slot).
+            // buffer fills the slot). A split A's second part is its last read, and the kernel
+            // finds it after the epilogue arguments.
             let (extras, index) = match grouped {
                 Some(_) => (&reads[2..reads.len() - 1], &reads[reads.len() - 1].1),
                 None => (&reads[2..], meta()),
             };
+            let a_tail = a_split.map(|split| (split as u32, extras.len() - 1));
+            assert!(
+                a_tail.is_none() || matches!(gemm, Gemm::SharedTiles(_)),
+                "the lowering splits A for shared-tile GEMMs only"
+            );
             let batch = convert::batching(batch.len(), grouped.as_ref());
             let mut extra = SequenceArg::new();
             for (_, b) in extras {
@@ -113,6 +122,7 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                             thread_n: t.thread_n,
                             batch,
                             epilogue,
+                            a_tail,
                         };
                         matmul::matmul::launch_unchecked::<F, R>(
                             client,
@@ -230,23 +240,47 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 *top_k as u32,
             );
         }
-        Kernel::Reduce { op, outer, len, inner } => {
+        Kernel::Reduce { op, outer, len, inner, prologue } => {
             let op = match op {
-                ReduceOp::Sum => rows::Reduction::Sum,
-                ReduceOp::Mean => rows::Reduction::Mean,
-                ReduceOp::Max => rows::Reduction::Max,
+                Reduction::Sum => rows::Reduction::Sum,
+                Reduction::Mean => rows::Reduction::Mean,
+                Reduction::Max => rows::Reduction::Max,
             };
-            rows::reduce::launch::<F, R>(
-                client,
-                count,
-                dim,
-                arg(&reads[0].1),
-                arg(&writes[0].1),
-                *outer as u32,
-                *len as u32,
-                *inner as u32,
-                op,
-            );
+            let (outer, len, inner) = (*outer as u32, *len as u32, *inner as u32);
+            match prologue {
+                None => rows::reduce::launch::<F, R>(
+                    client,
+                    count,
+                    dim,
+                    arg(&reads[0].1),
+                    arg(&writes[0].1),
+                    outer,
+                    len,
+                    inner,
+                    op,
+                ),
+                Some(p) => {
+                    let storages: Vec<Storage> = reads.iter().map(|(s, _)| *s).collect();
+                    let program = convert::elementwise(&p.program, p.shape.len(), &storages);
+                    let args: Vec<_> = reads.iter().map(|(s, b)| (convert::kind(*s), b)).collect();
+                    let (floats, ints, uints) = elementwise::sequences::<R, F>(&args);
+                    rows::reduce_program::launch::<F, R>(
+                        client,
+                        count,
+                        dim,
+                        floats,
+                        ints,
+                        uints,
+                        arg(&writes[0].1),
+                        arg(meta()),
+                        outer,
+                        len,
+                        inner,
+                        program,
+                        op,
+                    );
+                }
+            }
         }
         Kernel::Copy { shape, .. } => {
             let (src, dst) = (arg(&reads[0].1), arg(&writes[0].1));

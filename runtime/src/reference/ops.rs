@@ -302,6 +302,11 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             Ok(vec![Value { shape: shape.clone(), data: cast(ctx, &v, *dtype) }])
         }
         Op::Fused(FusedOp::Elementwise { program, .. }) => run_program(ctx, program, args, &shape),
+        Op::Fused(FusedOp::Reduce { reduction, axes, keep_dims, program }) => {
+            let full = broadcast_result(args);
+            let product = run_program(ctx, program, args, &full)?.remove(0);
+            apply(ctx, &reduction.primitive(axes, *keep_dims), &[&product], &[shape.clone()])
+        }
         Op::Fused(FusedOp::MatMulEpilogue { transpose_a, transpose_b, program }) => {
             let product = Value {
                 shape: shape.clone(),
@@ -431,7 +436,19 @@ fn run_program<B: Backend>(
         };
         regs.push(value);
     }
-    Ok(program.outputs.iter().map(|&(r, _)| regs[r as usize].clone()).collect())
+    // An output computed from broadcast arguments only is expanded to the program's shape.
+    Ok(program
+        .outputs
+        .iter()
+        .map(|&(r, _)| {
+            let v = &regs[r as usize];
+            if v.shape == shape {
+                v.clone()
+            } else {
+                Value { shape: shape.to_vec(), data: expand(v, shape) }
+            }
+        })
+        .collect())
 }
 
 /// The primitive op of an arithmetic instruction, and its operand registers.
