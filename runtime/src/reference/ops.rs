@@ -305,7 +305,7 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
         Op::Fused(FusedOp::Reduce { reduction, axes, keep_dims, program }) => {
             let full = broadcast_result(args);
             let product = run_program(ctx, program, args, &full)?.remove(0);
-            apply(ctx, &reduction.primitive(axes, *keep_dims), &[&product], &[shape.clone()])
+            apply(ctx, &reduction.primitive(axes, *keep_dims), &[&product], std::slice::from_ref(&shape))
         }
         Op::Fused(FusedOp::MatMulEpilogue { transpose_a, transpose_b, program }) => {
             let product = Value {
