@@ -4,8 +4,9 @@
 //! Nodes are visited in topological order; an elementwise node joins the group of one of its
 //! arguments' producers when the shapes agree and joining cannot create a cycle (no other
 //! argument of the node is computed, outside the group, from the group). Scalar constants are
-//! inlined into the program (a lone op reading one is rewritten for that alone); explicit broadcasts feeding a group are read through (programs
-//! broadcast their arguments). Every group value read outside the group becomes an output.
+//! inlined into the program (a lone op reading one is rewritten for that alone); explicit
+//! broadcasts feeding a group are read through (programs broadcast their arguments). Every group
+//! value read outside the group becomes an output.
 //! Each primitive's instructions come from the lowering's [`primitive_program`], so the fused
 //! program computes exactly what the primitives do.
 

@@ -8,6 +8,7 @@
 //! broadcast to the product.
 
 use calm_ir::fused::FusedOp;
+use calm_ir::infer::broadcast_shapes;
 use calm_ir::program::{Instr, Program};
 use calm_ir::{Graph, NodeId, Op, ValueId};
 
@@ -34,8 +35,7 @@ pub(crate) fn elementwise_program(g: &Graph, n: NodeId) -> Option<Program> {
 /// the batch into the GEMM's rows only where every argument can follow them.
 fn addressable(g: &Graph, extra: ValueId, product: &[calm_ir::Dim]) -> bool {
     // Symbolic dimensions compare by name, so this holds for every binding.
-    let arg = &g.value_type(extra).shape;
-    arg.len() <= product.len() && arg.iter().rev().zip(product.iter().rev()).all(|(a, p)| a.is_one() || a == p)
+    broadcast_shapes(&[&g.value_type(extra).shape, product]).is_ok_and(|s| s == product)
 }
 
 /// Fuses matmul epilogues; returns whether anything changed.

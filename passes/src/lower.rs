@@ -414,9 +414,7 @@ impl Lowering<'_> {
             .iter()
             .map(|&e| Ok(broadcast_strides(&self.shape(e)?, &out_shape)))
             .collect::<Result<Vec<_>, LowerError>>()?;
-        // [.., m, k] x [k, n] with A row-major: the batch is just more rows of one GEMM, if
-        // every epilogue argument can follow the flattened rows.
-        if b.len() == 2 && !ta && extras_full.iter().all(|full| flat_row_stride(full, &out_shape).is_some()) {
+        if self.folds_batch(n)? {
             m *= batch.iter().product::<u64>();
             batch.clear();
         }
@@ -608,6 +606,27 @@ impl Lowering<'_> {
         Ok(())
     }
 
+    /// Whether matmul `n` (plain or fused) runs as one GEMM over its batch folded into rows:
+    /// `[.., m, k] x [k, n]` with A row-major is just more rows, if every epilogue argument can
+    /// follow the flattened rows.
+    fn folds_batch(&self, n: NodeId) -> Result<bool, LowerError> {
+        let node = &self.g.nodes[n];
+        let ta = match &node.op {
+            Op::MatMul { transpose_a, .. } | Op::Fused(FusedOp::MatMulEpilogue { transpose_a, .. }) => *transpose_a,
+            _ => return Ok(false),
+        };
+        if ta || self.g.value_type(node.args[1]).rank() != 2 {
+            return Ok(false);
+        }
+        let product = self.shape(node.results[0])?;
+        for &e in &node.args[2..] {
+            if flat_row_stride(&broadcast_strides(&self.shape(e)?, &product), &product).is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Whether concatenation `n` can stay unstored: two float parts joined along the last axis,
     /// each in a buffer of its own, read only as the row-major `A` of GEMMs that fold their
     /// batch into rows (shared-tile GEMMs, which read `A` element by element). It then costs no
@@ -618,19 +637,7 @@ impl Lowering<'_> {
         let Op::Concat { axis } = node.op else { return false };
         let as_a = |u: NodeId| {
             let reader = &self.g.nodes[u];
-            let ta = match &reader.op {
-                Op::MatMul { transpose_a, .. } | Op::Fused(FusedOp::MatMulEpilogue { transpose_a, .. }) => *transpose_a,
-                _ => return false,
-            };
-            // The GEMM folds its batch into rows only if every epilogue argument follows them.
-            let product = self.shape(reader.results[0]).unwrap_or_default();
-            let flat = reader.args[2..].iter().all(|&e| {
-                self.shape(e).is_ok_and(|s| flat_row_stride(&broadcast_strides(&s, &product), &product).is_some())
-            });
-            !ta && flat
-                && reader.args[0] == out
-                && !reader.args[1..].contains(&out)
-                && self.g.value_type(reader.args[1]).rank() == 2
+            self.folds_batch(u).unwrap_or(false) && reader.args[0] == out && !reader.args[1..].contains(&out)
         };
         matches!(self.opts.gemm, GemmStrategy::SharedTiles(_))
             && axis + 1 == rank

@@ -6,7 +6,7 @@ use calm_kernels::gumbel_pool::{self, PoolConfig};
 use calm_kernels::matmul::{self, GemmConfig, GemmShape, LanesConfig, VectorConfig};
 use calm_kernels::route::{self, RouteConfig};
 use calm_kernels::{index, moe, rows};
-use calm_passes::plan::{Gemm, Kernel, Launch, Reduction, Storage};
+use calm_passes::plan::{Gemm, Kernel, Launch, Prologue, Reduction, Storage};
 use cubecl::prelude::*;
 
 use super::convert;
@@ -19,11 +19,9 @@ fn u32s(v: &[u64]) -> Vec<u32> {
 /// The metadata array a launch reads (shapes and strides), if its kernel takes one.
 pub fn meta(kernel: &Kernel) -> Option<Vec<u32>> {
     match kernel {
-        Kernel::Elementwise { shape, strides, .. } => {
+        Kernel::Elementwise { shape, strides, .. }
+        | Kernel::Reduce { prologue: Some(Prologue { shape, strides, .. }), .. } => {
             Some(elementwise::meta(&u32s(shape), &strides.iter().map(|s| u32s(s)).collect::<Vec<_>>()))
-        }
-        Kernel::Reduce { prologue: Some(p), .. } => {
-            Some(elementwise::meta(&u32s(&p.shape), &p.strides.iter().map(|s| u32s(s)).collect::<Vec<_>>()))
         }
         Kernel::Copy { shape, src_strides, src_offset, dst_strides, dst_offset } => {
             let mut m = u32s(shape);
@@ -65,6 +63,18 @@ pub fn meta(kernel: &Kernel) -> Option<Vec<u32>> {
     }
 }
 
+/// A program over a shape of `rank` as the elementwise kernels take it, and its arguments
+/// (`reads`) with their kinds.
+fn program_args<'a>(
+    program: &calm_ir::program::Program,
+    rank: usize,
+    reads: &'a [(Storage, Buf)],
+) -> (elementwise::Program, Vec<(elementwise::Kind, &'a Buf)>) {
+    let storages: Vec<Storage> = reads.iter().map(|(s, _)| *s).collect();
+    let args = reads.iter().map(|(s, b)| (convert::kind(*s), b)).collect();
+    (convert::elementwise(program, rank, &storages), args)
+}
+
 fn arg<R: Runtime>(b: &Buf) -> ArrayArg<R> {
     unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) }
 }
@@ -83,9 +93,7 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
     let meta = || meta.expect("this kernel has metadata");
     match &l.kernel {
         Kernel::Elementwise { shape, program, .. } => {
-            let storages: Vec<Storage> = reads.iter().map(|(s, _)| *s).collect();
-            let p = convert::elementwise(program, shape.len(), &storages);
-            let args: Vec<_> = reads.iter().map(|(s, b)| (convert::kind(*s), b)).collect();
+            let (p, args) = program_args(program, shape.len(), reads);
             let outs: Vec<_> = writes.iter().map(|(s, b)| (convert::kind(*s), b)).collect();
             elementwise::launch::<R, F>(client, &p, &args, &outs, meta(), items, count, dim);
         }
@@ -260,9 +268,7 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                     op,
                 ),
                 Some(p) => {
-                    let storages: Vec<Storage> = reads.iter().map(|(s, _)| *s).collect();
-                    let program = convert::elementwise(&p.program, p.shape.len(), &storages);
-                    let args: Vec<_> = reads.iter().map(|(s, b)| (convert::kind(*s), b)).collect();
+                    let (program, args) = program_args(&p.program, p.shape.len(), reads);
                     let (floats, ints, uints) = elementwise::sequences::<R, F>(&args);
                     rows::reduce_program::launch::<F, R>(
                         client,
