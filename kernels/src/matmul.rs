@@ -411,6 +411,13 @@ pub struct VectorConfig {
     pub rows: u32,
     pub batch: Batching,
     pub epilogue: Option<(Vec<Op>, usize)>,
+    /// Grouped GEMMs over `E` experts: `Some(E)` folds the batch (rank 1, slots ordered by
+    /// expert) into one sequence of rows, cut into tiles of `rows` that stay within one
+    /// expert's slots, so that each loaded weight feeds up to `rows` rows, not one slot's few
+    /// (MegaBlocks' grouping, without padding). The index array holds, after the slots'
+    /// experts and units, where each expert's slots start (`E + 1` entries). Launched with
+    /// `z = 1` and `y = ⌈rows of all slots / rows⌉ + E − 1`; cubes past the last tile exit.
+    pub fold_experts: Option<u32>,
 }
 
 /// A GEMM for CPU Vulkan drivers, where every load is the expensive part: `A` is read four
@@ -434,19 +441,57 @@ pub fn matmul_vector<F: Float, N: Size>(
     let n = meta[1];
     let k = meta[2];
     let (a_rs, b_rs) = (meta[3], meta[5]);
-    let bz = CUBE_POS_Z;
-    let (a_off, b_off) = batch_offsets(meta, index, bz, cfg.batch.clone());
     let nv = n / width;
     let col = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
     let col_load = select(col < nv, col, nv - 1);
-    let row0 = CUBE_POS_Y * rows;
+    // This cube's rows `row0 .. end`: of batch entry z, or of one expert's slots' rows.
+    let mut row0 = CUBE_POS_Y * rows;
+    let mut end = m;
+    if comptime![cfg.fold_experts.is_some()] {
+        let experts = comptime![cfg.fold_experts.unwrap_or(0)];
+        let slots = meta[8];
+        let mut tile = CUBE_POS_Y;
+        let mut found = false;
+        for e in 0..experts {
+            if !found {
+                let (first, last) = (index[(2 * slots + e) as usize] * m, index[(2 * slots + e + 1) as usize] * m);
+                let tiles = (last - first).div_ceil(rows);
+                if tile < tiles {
+                    row0 = first + tile * rows;
+                    end = last;
+                    found = true;
+                } else {
+                    tile -= tiles;
+                }
+            }
+        }
+        if !found {
+            terminate!();
+        }
+    }
     let mut acc = Array::<Vector<f32, N>>::new(comptime![rows as usize]);
     let mut a_at = Array::<u32>::new(comptime![rows as usize]);
+    // Each row's batch entry and its row in the entry.
+    let mut entry = Array::<u32>::new(comptime![rows as usize]);
+    let mut local = Array::<u32>::new(comptime![rows as usize]);
+    let mut b_off = 0u32;
     #[unroll]
     for r in 0..rows {
         acc[r as usize] = Vector::new(0.0);
         // Rows past the end read the last row; their results are not stored.
-        a_at[r as usize] = (a_off + select(row0 + r < m, row0 + r, m - 1) * a_rs) / 4;
+        let row = select(row0 + r < end, row0 + r, end - 1);
+        let mut bz = CUBE_POS_Z;
+        let mut t = row;
+        if comptime![cfg.fold_experts.is_some()] {
+            bz = row / m;
+            t = row % m;
+        }
+        let (a_off, b_entry) = batch_offsets(meta, index, bz, cfg.batch.clone());
+        a_at[r as usize] = (a_off + t * a_rs) / 4;
+        entry[r as usize] = bz;
+        local[r as usize] = t;
+        // Every row of the cube reads the same B (one entry, or one expert).
+        b_off = b_entry;
     }
     let b_at = b_off / width + col_load;
     let b_step = b_rs / width;
@@ -469,8 +514,8 @@ pub fn matmul_vector<F: Float, N: Size>(
     if col < nv {
         #[unroll]
         for r in 0..rows {
-            let row = row0 + r;
-            if row < m {
+            if row0 + r < end {
+                let (bz, row) = (entry[r as usize], local[r as usize]);
                 let v = acc[r as usize];
                 let mut out = Vector::<F, N>::new(F::new(0.0));
                 #[unroll]

@@ -13,9 +13,10 @@ use crate::elementwise::linear_pos;
 /// One group of a mixture (one of CALM's dimensions): from its one-hot choices `[units, k, E]`
 /// and gate matrix `[units, E]`, its `units · k` slots starting at `first`: their experts
 /// (numbered from `first_expert`) and units in the index array (`slots` experts, then `slots`
-/// units, over all groups), their gates, and each (unit, choice)'s slot (at `first + u·k + j`);
-/// slots ordered by expert, then unit, then choice. One thread: the work is `units · k · E`
-/// comparisons, and the order is then the same on every run.
+/// units, over all groups, then where each expert's slots start: `experts of all groups + 1`
+/// entries), their gates, and each (unit, choice)'s slot (at `first + u·k + j`); slots ordered
+/// by expert, then unit, then choice. One thread: the work is `units · k · E` comparisons, and
+/// the order is then the same on every run.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch<F: Float>(
@@ -37,6 +38,7 @@ pub fn dispatch<F: Float>(
     let mut next = first;
     #[unroll]
     for e in 0..experts {
+        index[(2 * slots + first_expert + e) as usize] = next;
         for u in 0..units {
             #[unroll]
             for j in 0..top_k {
@@ -50,6 +52,7 @@ pub fn dispatch<F: Float>(
             }
         }
     }
+    index[(2 * slots + first_expert + experts) as usize] = next;
 }
 
 /// `out[u, c] = Σ_j gate(slot(u, j)) · x[slot(u, j), c]` for one group (its choices' slots from

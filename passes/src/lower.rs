@@ -492,7 +492,8 @@ impl Lowering<'_> {
         let slots = groups * per_group;
         let rows = slots * tokens;
         let ffn = self.shape(args[params + 9])?[0] / (groups * experts);
-        let index = self.scratch(Storage::U32, 2 * slots, format!("{n}.index"));
+        // Each slot's expert and unit, then where each expert's slots start.
+        let index = self.scratch(Storage::U32, 2 * slots + groups * experts + 1, format!("{n}.index"));
         let slot_gate = self.scratch(Storage::Float, slots, format!("{n}.slot_gate"));
         let unit_slot = self.scratch(Storage::U32, slots, format!("{n}.unit_slot"));
         for group in 0..groups {
@@ -551,6 +552,18 @@ impl Lowering<'_> {
             let (b_strides, b_expert) =
                 if l.transposed[weight] { ([stacked, 1], width) } else { ([1, k_in], width * k_in) };
             let a_strides = [k_in, 1];
+            // A slot has only `tokens` rows (5 in CALM): the vector GEMM folds all slots' rows
+            // into one sequence, in tiles within one expert's slots, so that each loaded weight
+            // feeds 16 or 32 rows, not 5. Tiles of 32 (the dense GEMMs') when the average expert
+            // fills three of them, else 16, which wastes less of each expert's last tile
+            // (measured on lavapipe at the paper preset: see BENCHMARKS.md).
+            let mut gemm = choose_gemm(l.opts.gemm, tokens, width, k_in, a_strides, b_strides, 0);
+            let mut fold_experts = None;
+            if let Gemm::Vectors { rows: per_cube, .. } = &mut gemm {
+                let tile = if rows / experts >= 96 { 32 } else { 16 };
+                *per_cube = rows.clamp(1, tile) as u32;
+                fold_experts = Some(experts as u32);
+            }
             let kernel = Kernel::MatMul {
                 batch: vec![slots],
                 a_batch_strides: vec![tokens * k_in],
@@ -561,9 +574,9 @@ impl Lowering<'_> {
                 a_strides,
                 b_strides,
                 a_offset: 0,
-                gemm: choose_gemm(l.opts.gemm, tokens, width, k_in, a_strides, b_strides, 0),
+                gemm,
                 epilogue: Some(Epilogue { program, strides }),
-                grouped: Some(Grouped { b: BatchIndex::Expert, extras }),
+                grouped: Some(Grouped { b: BatchIndex::Expert, extras, fold_experts }),
                 a_split: None,
             };
             l.emit_part(n, kernel, reads, vec![out], 2 * rows * k_in * width);

@@ -19,6 +19,13 @@ pub const BLOCK: u32 = 256;
 /// The most cubes along one grid dimension (WebGPU's and Vulkan's common limit).
 pub const MAX_GRID: u32 = 65_535;
 
+/// Attention over up to this many keys takes the kernel's short path (one thread per query
+/// row, the key length compiled in, the scores in registers); longer ones its long path.
+pub const ATTENTION_SHORT_KEYS: u64 = 16;
+
+/// Query rows per cube of attention's long path (one cube per batch entry, head and tile).
+pub const ATTENTION_QUERY_TILE: u32 = 32;
+
 /// The floating-point type device buffers and kernels compute in (a compile option).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -278,6 +285,12 @@ pub enum BatchIndex {
 pub struct Grouped {
     pub b: BatchIndex,
     pub extras: Vec<BatchIndex>,
+    /// `Some(E)` (`Gemm::Vectors` only): all slots' rows as one sequence, cut into tiles that
+    /// each stay within one of the `E` experts' slots, so that a slot's few tokens share each
+    /// loaded weight with their neighbours'. The dispatch records where each expert's slots
+    /// start; launched over all rows plus one tile per expert (`z = 1`).
+    #[serde(default)]
+    pub fold_experts: Option<u32>,
 }
 
 /// A layer norm over routed slots' tokens.
@@ -390,16 +403,28 @@ impl Kernel {
     }
 
     /// Cube count and cube dimensions: the GEMM one cube per output tile (batch on z), the
-    /// Gumbel pool one cube per sample, every other kernel one thread per work item in cubes of [`BLOCK`], the cube count tiled over
+    /// Gumbel pool one cube per sample, attention over many keys one cube per batch entry, head
+    /// and tile of query rows, every other kernel one thread per work item in cubes of [`BLOCK`], the cube count tiled over
     /// x and y so that no dimension exceeds [`MAX_GRID`].
     pub fn launch_dims(&self) -> ([u32; 3], [u32; 3]) {
         match self {
-            Kernel::MatMul { batch, m, n, gemm, .. } => {
+            Kernel::MatMul { batch, m, n, gemm, grouped, .. } => {
                 let (rows, cols) = gemm.block();
                 let x = n.div_ceil(cols) as u32;
-                let y = m.div_ceil(rows) as u32;
-                let z = batch.iter().product::<u64>().max(1) as u32;
-                ([x, y, z], [gemm.threads(), 1, 1])
+                let entries = batch.iter().product::<u64>().max(1);
+                // A grouped GEMM with folded rows runs over all slots' rows at once; each
+                // expert's last tile may be partial.
+                let (y, z) = if let Some(experts) = grouped.as_ref().and_then(|g| g.fold_experts) {
+                    ((entries * m).div_ceil(rows) + experts as u64 - 1, 1)
+                } else {
+                    (m.div_ceil(rows), entries)
+                };
+                ([x, y as u32, z as u32], [gemm.threads(), 1, 1])
+            }
+            Kernel::Attention { batch, q_len, kv_len, heads, .. } if *kv_len > ATTENTION_SHORT_KEYS => {
+                let cubes = batch * heads * q_len.div_ceil(ATTENTION_QUERY_TILE as u64);
+                let x = cubes.clamp(1, MAX_GRID as u64);
+                ([x as u32, cubes.div_ceil(x).max(1) as u32, 1], [ATTENTION_QUERY_TILE, 1, 1])
             }
             Kernel::GumbelPool { batch, threads, .. } => {
                 let x = (*batch).clamp(1, MAX_GRID as u64);

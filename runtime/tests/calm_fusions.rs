@@ -14,7 +14,7 @@ use calm_models::CalmConfig;
 use calm_passes::compile::fusion_passes;
 use calm_passes::lower::{lower, LowerOptions};
 use calm_passes::memory::check_memory;
-use calm_passes::plan::Kernel;
+use calm_passes::plan::{Gemm, Kernel};
 use calm_passes::{PassLog, Pipeline};
 use calm_runtime::device::DeviceExecutor;
 use calm_runtime::host::{HostData, HostTensor};
@@ -195,9 +195,10 @@ fn attention_graph(batch: u64, q_len: u64, kv_len: u64, width: u64, heads: u64, 
 #[test]
 fn attention_matches_the_reference_at_awkward_sizes() {
     // (batch, q_len, kv_len, width, heads): single key, the cluster shape (K = 5; both short-key
-    // path), keys longer than queries and 130 keys (online softmax), one head.
+    // path), keys longer than queries, 130 keys and 37 queries (two tiles of query rows, the
+    // last partial; online softmax over key blocks, the last partial), one head.
     for (batch, q_len, kv_len, width, heads) in
-        [(1, 1, 1, 4, 1), (3, 5, 5, 24, 8), (2, 7, 33, 12, 3), (5, 1, 130, 6, 2)]
+        [(1, 1, 1, 4, 1), (3, 5, 5, 24, 8), (2, 7, 33, 12, 3), (5, 1, 130, 6, 2), (2, 37, 19, 8, 2)]
     {
         for masked in [false, true] {
             let g = attention_graph(batch, q_len, kv_len, width, heads, masked);
@@ -494,6 +495,27 @@ fn sparse_experts_with_all_units_on_one_expert() {
     }
     let log = check_fused_with(&g, &feeds, &params, 1e-4);
     assert!(fired(&log, "fuse_experts") > 0, "{:?}", log.notes);
+    // The vector GEMMs fold the slots' rows into tiles within one expert: expert 2's 9 slots
+    // span more than one tile (the last one partial), and two experts have no tile at all.
+    let mut fused = g.clone();
+    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+    let plan = lower(&fused, &b, &LowerOptions::default()).unwrap();
+    let folded: Vec<(u32, u64)> = plan
+        .launches
+        .iter()
+        .filter_map(|l| match &l.kernel {
+            Kernel::MatMul { gemm: Gemm::Vectors { rows, .. }, grouped: Some(gr), m, .. } => {
+                assert_eq!(gr.fold_experts, Some(8), "2 dimensions of 4 experts");
+                Some((*rows, *m))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!folded.is_empty());
+    assert!(
+        folded.iter().all(|&(tile, tokens)| 9 * tokens > tile as u64 && 9 * tokens % tile as u64 != 0),
+        "{folded:?}"
+    );
 }
 
 #[test]
@@ -509,7 +531,7 @@ fn dense_gates_decline_the_sparse_dispatch() {
 #[test]
 fn grouped_gemms_work_in_every_gemm_variant() {
     use calm_passes::lower::GemmStrategy;
-    use calm_passes::plan::{Gemm, GemmTile};
+    use calm_passes::plan::GemmTile;
     // Widths that are no multiple of 4 push the lowering off the vector GEMM onto the register
     // one; the shared-tile GEMM (GPUs) is asked for explicitly.
     let mut cfg = CalmConfig::preset("tiny").unwrap();

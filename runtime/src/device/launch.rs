@@ -6,7 +6,7 @@ use calm_kernels::gumbel_pool::{self, PoolConfig};
 use calm_kernels::matmul::{self, GemmConfig, GemmShape, LanesConfig, VectorConfig};
 use calm_kernels::route::{self, RouteConfig};
 use calm_kernels::{index, moe, rows};
-use calm_passes::plan::{Gemm, Kernel, Launch, Prologue, Reduction, Storage};
+use calm_passes::plan::{Gemm, Kernel, Launch, Prologue, Reduction, Storage, ATTENTION_SHORT_KEYS};
 use cubecl::prelude::*;
 
 use super::convert;
@@ -111,6 +111,10 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 a_tail.is_none() || matches!(gemm, Gemm::SharedTiles(_)),
                 "the lowering splits A for shared-tile GEMMs only"
             );
+            assert!(
+                grouped.as_ref().is_none_or(|g| g.fold_experts.is_none()) || matches!(gemm, Gemm::Vectors { .. }),
+                "the lowering folds grouped rows for vector GEMMs only"
+            );
             let batch = convert::batching(batch.len(), grouped.as_ref());
             let mut extra = SequenceArg::new();
             for (_, b) in extras {
@@ -162,7 +166,8 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                     }
                     Gemm::Vectors { rows, width, .. } => {
                         let w = width as usize;
-                        let cfg = VectorConfig { rows, batch, epilogue };
+                        let fold_experts = grouped.as_ref().and_then(|g| g.fold_experts);
+                        let cfg = VectorConfig { rows, batch, epilogue, fold_experts };
                         let vec_arg =
                             |x: &Buf, width: usize| ArrayArg::<R>::from_raw_parts(x.handle.clone(), x.len / width);
                         matmul::matmul_vector::launch_unchecked::<F, R>(
@@ -356,22 +361,27 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 bi,
                 bj,
             );
-            attention::attention::launch::<F, R>(
-                client,
-                count,
-                dim,
-                arg(&reads[0].1),
-                arg(&reads[1].1),
-                arg(&reads[2].1),
-                arg(&bias.1),
-                arg(&writes[0].1),
-                shape,
-                *scale as f32,
-                *heads as u32,
-                *head_dim as u32,
-                bias_strides.is_some(),
-                (*kv_len <= attention::SHORT_KEYS as u64).then_some(*kv_len as u32),
-            );
+            // Every read is in bounds by construction (rows past the end are clamped), and
+            // checked launches guard each load with a branch, which CPU drivers then run per
+            // lane: unchecked, a key's load is one load for all of a cube's lanes.
+            unsafe {
+                attention::attention::launch_unchecked::<F, R>(
+                    client,
+                    count,
+                    dim,
+                    arg(&reads[0].1),
+                    arg(&reads[1].1),
+                    arg(&reads[2].1),
+                    arg(&bias.1),
+                    arg(&writes[0].1),
+                    shape,
+                    *scale as f32,
+                    *heads as u32,
+                    *head_dim as u32,
+                    bias_strides.is_some(),
+                    (*kv_len <= ATTENTION_SHORT_KEYS).then_some(*kv_len as u32),
+                )
+            };
         }
         Kernel::GumbelPool {
             batch,
