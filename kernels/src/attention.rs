@@ -8,8 +8,9 @@
 //! - Long: one cube per (batch entry, head, tile of `CUBE_DIM_X` query rows), walking the keys
 //!   [`KEY_BLOCK`] at a time with an online softmax (the running maximum and sum rescale the
 //!   accumulated values once per block, as in FlashAttention). Every thread of a cube reads the
-//!   same keys and values, so CPU drivers, which run a cube's threads as SIMD lanes, load each
-//!   once for all lanes; the block's scores are independent dot products, not one long chain.
+//!   same keys and values (addresses uniform across the cube, which CPU drivers can load once
+//!   for all lanes; on lavapipe this gained only 17%, see BENCHMARKS.md), and the block's scores
+//!   are independent dot products, not one long chain.
 
 use cubecl::prelude::*;
 

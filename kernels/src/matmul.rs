@@ -469,29 +469,34 @@ pub fn matmul_vector<F: Float, N: Size>(
             terminate!();
         }
     }
+    // Every row of the cube reads the same B: its batch entry's, or its tile's expert's (that
+    // of the tile's first slot).
+    let mut bz0 = CUBE_POS_Z;
+    if comptime![cfg.fold_experts.is_some()] {
+        bz0 = row0 / m;
+    }
+    let (a_base, b_off) = batch_offsets(meta, index, bz0, cfg.batch.clone());
     let mut acc = Array::<Vector<f32, N>>::new(comptime![rows as usize]);
     let mut a_at = Array::<u32>::new(comptime![rows as usize]);
     // Each row's batch entry and its row in the entry.
     let mut entry = Array::<u32>::new(comptime![rows as usize]);
     let mut local = Array::<u32>::new(comptime![rows as usize]);
-    let mut b_off = 0u32;
     #[unroll]
     for r in 0..rows {
         acc[r as usize] = Vector::new(0.0);
         // Rows past the end read the last row; their results are not stored.
         let row = select(row0 + r < end, row0 + r, end - 1);
-        let mut bz = CUBE_POS_Z;
+        let mut bz = bz0;
         let mut t = row;
+        let mut a_off = a_base;
         if comptime![cfg.fold_experts.is_some()] {
             bz = row / m;
             t = row % m;
+            a_off = batch_offsets(meta, index, bz, cfg.batch.clone()).0;
         }
-        let (a_off, b_entry) = batch_offsets(meta, index, bz, cfg.batch.clone());
         a_at[r as usize] = (a_off + t * a_rs) / 4;
         entry[r as usize] = bz;
         local[r as usize] = t;
-        // Every row of the cube reads the same B (one entry, or one expert).
-        b_off = b_entry;
     }
     let b_at = b_off / width + col_load;
     let b_step = b_rs / width;
