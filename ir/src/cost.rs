@@ -139,7 +139,7 @@ pub fn node_cost_stored(
                 let m = arg(0).shape[1].resolve(bindings)?;
                 mul(out_elems, 2 * m + 5 + top_k, out)?
             }
-            Op::Fused(f @ crate::fused::FusedOp::ExpertMixture { groups, experts, top_k, layers, .. }) => {
+            Op::Fused(f @ crate::fused::FusedOp::ExpertMixture { groups, experts, top_k, layers, router, .. }) => {
                 // What the chosen experts compute (k of E per unit): per layer and token the
                 // projections and FFN (2·(4m² + 2mF)), attention over the unit's tokens
                 // (4·K·m), norms and residuals (~20m).
@@ -150,7 +150,16 @@ pub fn node_cost_stored(
                 let ffn = g.value_type(node.args[first + 9]).shape[0].resolve(bindings)? / (groups * experts).max(1);
                 let per_token = 2 * (4 * m * m + 2 * m * ffn) + 4 * kk * m + 20 * m;
                 let tokens = mul(mul(mul(b, *top_k, out)?, kk, out)?, *groups, out)?;
-                mul(mul(tokens, per_token, out)?, *layers, out)?
+                let experts_flops = mul(mul(tokens, per_token, out)?, *layers, out)?;
+                // Its own routers: as a fused route's, per unit and group.
+                let routing = match router {
+                    Some(_) => {
+                        let r = arg(1).shape[1].resolve(bindings)?;
+                        mul(mul(mul(b, *groups, out)?, *experts, out)?, 2 * r + 5 + top_k, out)?
+                    }
+                    None => 0,
+                };
+                experts_flops.checked_add(routing).ok_or_else(|| ShapeError::Overflow(out.to_string()))?
             }
             other => unreachable!("{} has no cost rule", other.name()),
         };

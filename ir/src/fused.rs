@@ -46,8 +46,11 @@ pub enum FusedOp {
     Route { top_k: u64, transpose_w: bool },
     /// `groups` mixtures (CALM's communicative dimensions) of `experts` pre-LN transformer
     /// experts of `layers` layers each (CALM stage 4) over the same units `z: [B, K, m]`.
-    /// Arguments: `z`; per group the gate matrix `[B, E]` and the one-hot choices
-    /// `[B, top_k, E]` of a [`FusedOp::Route`]; then per layer the parameters of all `G·E`
+    /// Arguments: `z`; then the routing: without `router`, per group the gate matrix `[B, E]`
+    /// and the one-hot choices `[B, top_k, E]` of a [`FusedOp::Route`]; with `router`, the
+    /// routers themselves, as [`FusedOp::Route`] computes them from `x: [B, r]`, the groups'
+    /// weights stacked along axis 0 (`[G·E, r]` if `transpose_w`, else `[G·r, E]`) and biases
+    /// `[G·E]`; then per layer the parameters of all `G·E`
     /// experts (group-major) stacked along axis 0, in the order of [`EXPERT_LAYER_PARAMS`] (for
     /// each expert its block: `ln1` gamma and beta `[G·E·m]`, q, k, v weights `[G·E·3m, m]`
     /// (each expert's `[q; k; v]`) and biases, output projection `[G·E·m, m]` and bias, `ln2`,
@@ -56,8 +59,33 @@ pub enum FusedOp {
     /// `x += attn(ln1(x)) W_oᵀ + b_o; x += gelu(ln2(x) W_1ᵀ + b_1) W_2ᵀ + b_2`. The reference
     /// executor and the kernels compute only the chosen (unit, expert) pairs (the gates are
     /// zero off the choices), which is the dense mixture wherever the experts' outputs are
-    /// finite.
-    ExpertMixture { groups: u64, experts: u64, top_k: u64, layers: u64, heads: u64, scale: f64, eps: f64 },
+    /// finite. With `joined`, the groups' results come as one `[B, G·m]`, their concatenation
+    /// along the last axis. With a router that has `stats`, two more results: the load-balance statistics
+    /// `f: [G, E]` (the share of each group's `B·top_k` choices given to each expert, as
+    /// `mean_B(Σ_k chosen) · (1/top_k)`) and `P: [G, E]` (the mean router probability).
+    ExpertMixture {
+        groups: u64,
+        experts: u64,
+        top_k: u64,
+        layers: u64,
+        heads: u64,
+        scale: f64,
+        eps: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        router: Option<MixtureRouter>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        joined: bool,
+    },
+}
+
+/// The routers an [`FusedOp::ExpertMixture`] computes itself, so that one kernel routes every
+/// group and orders the routed units by expert.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MixtureRouter {
+    /// Each router's weight is `[E, r]` rather than `[r, E]`.
+    pub transpose_w: bool,
+    /// Also return the load-balance statistics `f` and `P`.
+    pub stats: bool,
 }
 
 /// Which reduction a [`FusedOp::Reduce`] applies.
@@ -114,6 +142,7 @@ impl FusedOp {
     /// The position of an expert mixture's first stacked parameter.
     pub fn first_expert_param(&self) -> Option<usize> {
         match self {
+            FusedOp::ExpertMixture { router: Some(_), .. } => Some(4),
             FusedOp::ExpertMixture { groups, .. } => Some(1 + 2 * *groups as usize),
             _ => None,
         }
@@ -123,8 +152,8 @@ impl FusedOp {
     /// transposed).
     pub fn reads_as_weight(&self, i: usize) -> bool {
         match self {
-            FusedOp::ExpertMixture { groups, .. } => {
-                let first = self.first_expert_param().unwrap_or(1 + 2 * *groups as usize);
+            FusedOp::ExpertMixture { .. } => {
+                let first = self.first_expert_param().expect("an expert mixture");
                 i >= first && EXPERT_LAYER_WEIGHTS.contains(&((i - first) % EXPERT_LAYER_PARAMS.len()))
             }
             _ => false,
@@ -155,9 +184,9 @@ impl FusedOp {
                 Arity::Exact(5 + *temperature as usize + 2 * noise_stream.is_some() as usize)
             }
             FusedOp::Route { .. } => Arity::Exact(3),
-            FusedOp::ExpertMixture { groups, layers, .. } => {
-                Arity::Exact(1 + 2 * *groups as usize + EXPERT_LAYER_PARAMS.len() * *layers as usize)
-            }
+            FusedOp::ExpertMixture { layers, .. } => Arity::Exact(
+                self.first_expert_param().expect("an expert mixture") + EXPERT_LAYER_PARAMS.len() * *layers as usize,
+            ),
         }
     }
 
@@ -165,7 +194,9 @@ impl FusedOp {
         match self {
             FusedOp::Elementwise { program, .. } => program.outputs.len(),
             FusedOp::MatMulEpilogue { .. } | FusedOp::Attention { .. } | FusedOp::Reduce { .. } => 1,
-            FusedOp::ExpertMixture { groups, .. } => *groups as usize,
+            FusedOp::ExpertMixture { groups, router, joined, .. } => {
+                (if *joined { 1 } else { *groups as usize }) + 2 * router.is_some_and(|r| r.stats) as usize
+            }
             FusedOp::GumbelPool { .. } => 2,
             FusedOp::Route { .. } => 3,
         }
@@ -204,8 +235,17 @@ impl FusedOp {
                 parts.join(" ")
             }
             FusedOp::Route { top_k, transpose_w } => format!("k={top_k}{}", if *transpose_w { " tW" } else { "" }),
-            FusedOp::ExpertMixture { groups, experts, top_k, layers, heads, .. } => {
-                format!("groups={groups} experts={experts} k={top_k} layers={layers} heads={heads}")
+            FusedOp::ExpertMixture { groups, experts, top_k, layers, heads, router, joined, .. } => {
+                let routed = match router {
+                    Some(r) => format!(
+                        " +router{}{}",
+                        if r.transpose_w { " tW" } else { "" },
+                        if r.stats { " +stats" } else { "" }
+                    ),
+                    None => String::new(),
+                };
+                let joined = if *joined { " joined" } else { "" };
+                format!("groups={groups} experts={experts} k={top_k} layers={layers} heads={heads}{routed}{joined}")
             }
         }
     }
@@ -254,8 +294,8 @@ impl FusedOp {
             FusedOp::Attention { heads, bias, .. } => infer_attention(args, *heads, *bias),
             FusedOp::GumbelPool { transpose_w, .. } => infer_gumbel_pool(args, *transpose_w),
             FusedOp::Route { top_k, transpose_w } => infer_route(args, *top_k, *transpose_w),
-            FusedOp::ExpertMixture { groups, experts, top_k, heads, .. } => {
-                infer_experts(args, *groups, *experts, *top_k, *heads)
+            FusedOp::ExpertMixture { groups, experts, top_k, heads, router, joined, .. } => {
+                infer_experts(args, *groups, *experts, *top_k, *heads, *router, *joined)
             }
         }
     }
@@ -348,17 +388,44 @@ fn infer_experts(
     experts: u64,
     top_k: u64,
     heads: u64,
+    router: Option<MixtureRouter>,
+    joined: bool,
 ) -> Result<Vec<TensorType>, TypeError> {
     let z = &args[0].shape;
     let g = groups as usize;
     let e = Dim::Fixed(experts);
     let width = z.get(2).and_then(Dim::fixed);
-    let routing_ok = (0..g).all(|i| {
-        let (gates, chosen) = (&args[1 + 2 * i].shape, &args[2 + 2 * i].shape);
-        z.len() == 3
-            && gates[..] == [z[0].clone(), e.clone()]
-            && chosen[..] == [z[0].clone(), Dim::Fixed(top_k), e.clone()]
-    });
+    let (routing_ok, routing) = match router {
+        None => {
+            let ok = (0..g).all(|i| {
+                let (gates, chosen) = (&args[1 + 2 * i].shape, &args[2 + 2 * i].shape);
+                z.len() == 3
+                    && gates[..] == [z[0].clone(), e.clone()]
+                    && chosen[..] == [z[0].clone(), Dim::Fixed(top_k), e.clone()]
+            });
+            (ok, format!("{groups} pairs of gates [B, {experts}] and choices [B, {top_k}, {experts}]"))
+        }
+        Some(r) => {
+            let (x, w, bias) = (&args[1].shape, &args[2].shape, &args[3].shape);
+            let r_width = x.get(1).and_then(Dim::fixed);
+            let stacked = |d: &Dim, per: Option<u64>| per.is_some_and(|p| d.fixed() == Some(groups * p));
+            let w_ok = w.len() == 2
+                && if r.transpose_w {
+                    stacked(&w[0], Some(experts)) && w[1].fixed() == r_width
+                } else {
+                    stacked(&w[0], r_width) && w[1] == e
+                };
+            let ok = z.len() == 3
+                && x.len() == 2
+                && x[0] == z[0]
+                && w_ok
+                && bias.len() == 1
+                && stacked(&bias[0], Some(experts))
+                && (1..=experts).contains(&top_k);
+            let w_form = if r.transpose_w { "[G·E, r]" } else { "[G·r, E]" };
+            (ok, format!("the routers' x [B, r], weights {w_form} and biases [G·E] (G = {groups}, E = {experts})"))
+        }
+    };
     let ok = groups >= 1
         && routing_ok
         && heads > 0
@@ -366,15 +433,13 @@ fn infer_experts(
         && args.iter().all(|a| a.dtype.is_float());
     if !ok {
         return Err(shape_error(
-            &format!(
-                "expert_mixture needs z [B, K, m] (m divisible by {heads} heads), then {groups} pairs of gates [B, {experts}] and choices [B, {top_k}, {experts}]"
-            ),
+            &format!("expert_mixture needs z [B, K, m] (m divisible by {heads} heads), then {routing}"),
             args,
         ));
     }
     let m = width.expect("checked");
     let all = groups * experts;
-    let first = 1 + 2 * g;
+    let first = if router.is_some() { 4 } else { 1 + 2 * g };
     // The FFN width from the first layer's ffn1 bias.
     let ffn = args.get(first + 9).and_then(|t| t.shape.first()).and_then(Dim::fixed).map(|n| n / all.max(1));
     let Some(f) = ffn else { return Err(shape_error("expert_mixture needs every layer's parameters", args)) };
@@ -399,5 +464,14 @@ fn infer_experts(
             )));
         }
     }
-    Ok(vec![TensorType::new(args[0].dtype, vec![z[0].clone(), z[2].clone()]); g])
+    let mut results = if joined {
+        vec![TensorType::new(args[0].dtype, vec![z[0].clone(), Dim::Fixed(groups * m)])]
+    } else {
+        vec![TensorType::new(args[0].dtype, vec![z[0].clone(), z[2].clone()]); g]
+    };
+    if router.is_some_and(|r| r.stats) {
+        let stats = TensorType::new(args[0].dtype, vec![Dim::Fixed(groups), e.clone()]);
+        results.extend([stats.clone(), stats]);
+    }
+    Ok(results)
 }

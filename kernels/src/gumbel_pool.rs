@@ -98,7 +98,7 @@ pub fn gumbel_pool<F: Float>(
         let t = tile * threads + tid;
         if t < tokens {
             let row = b * tokens + t;
-            row_times_matrix(hidden, row * hid, hid, w, &mut logit, k, comptime![cfg.transpose_w]);
+            row_times_matrix(hidden, row * hid, hid, w, 0, &mut logit, k, comptime![cfg.transpose_w]);
             #[unroll]
             for j in 0..k {
                 let mut y = logit[j as usize] + f32::cast_from(bias[j as usize]);

@@ -55,9 +55,12 @@ pub fn dispatch<F: Float>(
     index[(2 * slots + first_expert + experts) as usize] = next;
 }
 
-/// `out[u, c] = Σ_j gate(slot(u, j)) · x[slot(u, j), c]` for one group (its choices' slots from
-/// `first` in `unit_slot`): the experts' outputs `x: [slots, width]` mixed back into units,
-/// one thread per output element, choices in order.
+/// `out[u, c] = Σ_j gate(slot(u, j)) · mean_t x[slot(u, j), t, c]` for `groups` groups from
+/// `first_group` (group `g`'s choices' slots at `g·units·top_k` in `unit_slot`): the experts'
+/// last layer `x: [slots, tokens, width]` averaged over each slot's tokens and mixed back into
+/// units, one thread per output element, choices in order. Group `g`'s `[units, width]` is
+/// written at column `g·width` of rows of `out_stride` (`groups·width` writes the groups'
+/// concatenation, `width` one group alone).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn combine<F: Float>(
@@ -67,19 +70,27 @@ pub fn combine<F: Float>(
     out: &mut Array<F>,
     units: u32,
     width: u32,
-    first: u32,
+    tokens: u32,
+    groups: u32,
+    first_group: u32,
+    out_stride: u32,
     #[comptime] top_k: u32,
 ) {
     let pos = linear_pos();
-    if pos >= units * width {
+    if pos >= groups * units * width {
         terminate!();
     }
-    let (u, c) = (pos / width, pos % width);
+    let (g, u, c) = (pos / (units * width), pos / width % units, pos % width);
+    let first = (first_group + g) * units * top_k;
     let mut sum = 0.0f32;
     #[unroll]
     for j in 0..top_k {
         let slot = unit_slot[(first + u * top_k + j) as usize];
-        sum += f32::cast_from(slot_gate[slot as usize]) * f32::cast_from(x[(slot * width + c) as usize]);
+        let mut total = 0.0f32;
+        for t in 0..tokens {
+            total += f32::cast_from(x[((slot * tokens + t) * width + c) as usize]);
+        }
+        sum += f32::cast_from(slot_gate[slot as usize]) * (total / f32::cast_from(tokens));
     }
-    out[pos as usize] = F::cast_from(sum);
+    out[(u * out_stride + g * width + c) as usize] = F::cast_from(sum);
 }

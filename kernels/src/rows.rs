@@ -190,6 +190,7 @@ pub fn row_times_matrix<F: Float>(
     base: u32,
     len: u32,
     w: &Array<F>,
+    w_base: u32,
     out: &mut Array<f32>,
     #[comptime] n: u32,
     #[comptime] transpose_w: bool,
@@ -202,7 +203,7 @@ pub fn row_times_matrix<F: Float>(
         let xv = f32::cast_from(x[(base + c) as usize]);
         #[unroll]
         for j in 0..n {
-            let at = if transpose_w { j * len + c } else { c * n + j };
+            let at = w_base + if transpose_w { j * len + c } else { c * n + j };
             out[j as usize] += xv * f32::cast_from(w[at as usize]);
         }
     }

@@ -23,12 +23,13 @@
 //! (`dense-moe` uses every expert), when an intermediate is read elsewhere, or when the experts
 //! differ.
 
-use calm_ir::fused::{FusedOp, EXPERT_LAYER_PARAMS};
+use calm_ir::fused::{FusedOp, MixtureRouter, EXPERT_LAYER_PARAMS};
 use calm_ir::{Dim, Graph, NodeId, Op, ValueId};
 
 use crate::dce::dce;
 use crate::pattern::{add_value, replace, Matcher};
 use crate::pipeline::{PassError, PassLog};
+use crate::plan::ROUTE_THREADS;
 
 const PASS: &str = "fuse_experts";
 
@@ -289,8 +290,17 @@ pub fn fuse_experts(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError>
         }
         let groups = mixtures.len() as u64;
         debug_assert_eq!(args.len(), 1 + 2 * mixtures.len() + EXPERT_LAYER_PARAMS.len() * layers);
-        let op =
-            FusedOp::ExpertMixture { groups, experts: experts as u64, top_k, layers: layers as u64, heads, scale, eps };
+        let op = FusedOp::ExpertMixture {
+            groups,
+            experts: experts as u64,
+            top_k,
+            layers: layers as u64,
+            heads,
+            scale,
+            eps,
+            router: None,
+            joined: false,
+        };
         let types = mixtures.iter().map(|f| g.value_type(f.mixed).clone()).collect();
         let fused = g.add_node(Op::Fused(op), args, types, &scope);
         let results = g.nodes[fused].results.clone();
@@ -307,8 +317,233 @@ pub fn fuse_experts(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError>
     }
     if changed {
         dce(g)?;
+        // (`dce` renumbers nodes: find the new mixtures again.)
+        let mixtures: Vec<NodeId> = g
+            .nodes
+            .iter()
+            .filter(|(_, n)| matches!(n.op, Op::Fused(FusedOp::ExpertMixture { router: None, .. })))
+            .map(|(id, _)| id)
+            .collect();
+        for &mixture in &mixtures {
+            absorb_routers(g, log, mixture)?;
+        }
+        dce(g)?;
+        let mixtures: Vec<NodeId> = g
+            .nodes
+            .iter()
+            .filter(|(_, n)| matches!(n.op, Op::Fused(FusedOp::ExpertMixture { joined: false, .. })))
+            .map(|(id, _)| id)
+            .collect();
+        for mixture in mixtures {
+            join_results(g, log, mixture)?;
+        }
+        dce(g)?;
     }
     Ok(changed)
+}
+
+/// A mixture's routers, when it can compute them itself.
+struct Routers {
+    x: ValueId,
+    /// Each group's router weight and bias.
+    params: Vec<(ValueId, ValueId)>,
+    transpose_w: bool,
+    /// Each group's load-balance statistics `(f, P)`, if the graph computes them.
+    stats: Option<Vec<(ValueId, ValueId)>>,
+}
+
+/// The routers of `mixture` (one [`FusedOp::Route`] per group, which it reads as gates and
+/// choices), if they read the same units, their weights are parameters and nothing else reads
+/// their results but the load-balance statistics.
+fn match_routers(m: &Matcher, mixture: NodeId) -> Match<Routers> {
+    let g = m.g;
+    let node = &g.nodes[mixture];
+    let Op::Fused(FusedOp::ExpertMixture { groups, experts, router: None, .. }) = node.op else {
+        return Err("the mixture already routes".into());
+    };
+    if experts > ROUTE_THREADS {
+        return Err(format!("more than {ROUTE_THREADS} experts per group (one routing thread each)"));
+    }
+    let mut found: Option<Routers> = None;
+    for group in 0..groups as usize {
+        let route = g.producer(node.args[1 + 2 * group]);
+        let Op::Fused(FusedOp::Route { top_k, transpose_w }) = g.nodes[route].op else {
+            return Err("the gates do not come from a fused router".into());
+        };
+        let [x, w, bias] = g.nodes[route].args[..] else { unreachable!("a route has three arguments") };
+        if ![w, bias].iter().all(|&p| matches!(m.def(p).op, Op::Param { .. })) {
+            return Err("a router's weights are not parameters".into());
+        }
+        let stats = router_stats(m, route, mixture, top_k)?;
+        let r = found.get_or_insert_with(|| Routers {
+            x,
+            params: Vec::new(),
+            transpose_w,
+            stats: stats.map(|_| Vec::new()),
+        });
+        if r.x != x || r.transpose_w != transpose_w || r.stats.is_some() != stats.is_some() {
+            return Err("the routers differ in input, weight layout or statistics".into());
+        }
+        r.params.push((w, bias));
+        if let (Some(all), Some(s)) = (&mut r.stats, stats) {
+            all.push(s);
+        }
+    }
+    found.ok_or_else(|| "a mixture without groups".into())
+}
+
+/// What reads route `route`'s results besides `mixture`: nothing, or exactly the load-balance
+/// statistics `f = reduce_mean(reduce_sum(chosen, [1]), [0]) · (1/k)` and
+/// `P = reduce_mean(p, [0])` (CALM's training graph), which are returned.
+fn router_stats(m: &Matcher, route: NodeId, mixture: NodeId, top_k: u64) -> Match<Option<(ValueId, ValueId)>> {
+    let g = m.g;
+    let [gates, prob, chosen] = g.nodes[route].results[..] else { unreachable!("a route has three results") };
+    let others = |v: ValueId| -> Vec<NodeId> { m.users[v].iter().copied().filter(|&u| u != mixture).collect() };
+    if [gates, prob, chosen].iter().any(|&v| m.is_output(v)) || !others(gates).is_empty() {
+        return Err("a router's result is a graph output or its gates are read elsewhere".into());
+    }
+    let reduction = |n: NodeId, mean: bool, axis: usize| match &g.nodes[n].op {
+        Op::ReduceMean { axes, keep_dims: false } if mean => axes[..] == [axis],
+        Op::ReduceSum { axes, keep_dims: false } if !mean => axes[..] == [axis],
+        _ => false,
+    };
+    let (by_choice, by_prob) = (others(chosen), others(prob));
+    match (&by_choice[..], &by_prob[..]) {
+        ([], []) => Ok(None),
+        (&[per_unit], &[mean_prob]) if reduction(per_unit, false, 1) && reduction(mean_prob, true, 0) => {
+            let share = m
+                .only_user(g.nodes[per_unit].results[0])
+                .filter(|&n| reduction(n, true, 0))
+                .and_then(|n| m.only_user(g.nodes[n].results[0]).map(|s| (n, s)))
+                .filter(|&(n, s)| {
+                    g.nodes[s].op == Op::Mul
+                        && m.other_arg(s, g.nodes[n].results[0])
+                            .and_then(|c| m.constant(c))
+                            .is_some_and(|c| c == 1.0 / top_k as f64)
+                });
+            let Some((_, scale)) = share else {
+                return Err("a router's choices are read other than as the load-balance share f".into());
+            };
+            Ok(Some((g.nodes[scale].results[0], g.nodes[mean_prob].results[0])))
+        }
+        _ => Err("a router's probabilities or choices are read other than as load-balance statistics".into()),
+    }
+}
+
+/// Makes `mixture` compute its routers ([`MixtureRouter`]): one kernel then routes every group
+/// and orders the units by expert, and computes the load-balance statistics where the graph
+/// reads them. Declines (logged) where [`match_routers`] does.
+fn absorb_routers(g: &mut Graph, log: &mut PassLog, mixture: NodeId) -> Result<(), PassError> {
+    let scope = g.nodes[mixture].scope.clone();
+    let found = match_routers(&Matcher::new(g), mixture);
+    let r = match found {
+        Ok(r) => r,
+        Err(reason) => {
+            log.declined(PASS, &scope, format!("the mixture reads its routers' gates: {reason}"));
+            return Ok(());
+        }
+    };
+    let old = g.nodes[mixture].clone();
+    let Op::Fused(mut op @ FusedOp::ExpertMixture { groups, .. }) = old.op.clone() else {
+        unreachable!("matched a mixture")
+    };
+    let stats = r.stats.is_some();
+    if let FusedOp::ExpertMixture { router, .. } = &mut op {
+        *router = Some(MixtureRouter { transpose_w: r.transpose_w, stats });
+    }
+    let w = add_value(g, PASS, Op::Concat { axis: 0 }, r.params.iter().map(|p| p.0).collect(), &scope)?;
+    let bias = add_value(g, PASS, Op::Concat { axis: 0 }, r.params.iter().map(|p| p.1).collect(), &scope)?;
+    let Op::Fused(before) = &old.op else { unreachable!() };
+    let first = before.first_expert_param().expect("a mixture");
+    let mut args = vec![old.args[0], r.x, w, bias];
+    args.extend_from_slice(&old.args[first..]);
+    let results = add_mixture(g, op, args, &scope)?;
+    for (&before, &after) in old.results.iter().zip(&results) {
+        replace(g, PASS, before, after)?;
+    }
+    if let Some(per_group) = r.stats {
+        let g_count = groups as usize;
+        replace_stacked(g, &per_group.iter().map(|s| s.0).collect::<Vec<_>>(), results[g_count], &scope)?;
+        replace_stacked(g, &per_group.iter().map(|s| s.1).collect::<Vec<_>>(), results[g_count + 1], &scope)?;
+    }
+    let what = if stats { "routers and load-balance statistics" } else { "routers" };
+    log.fired(PASS, &scope, format!("{what} of {groups} group(s) computed with the dispatch order, in one kernel"));
+    Ok(())
+}
+
+/// A new mixture node of `op` on `args`, its results typed by the op's shape rule.
+fn add_mixture(g: &mut Graph, op: FusedOp, args: Vec<ValueId>, scope: &str) -> Result<Vec<ValueId>, PassError> {
+    let types: Vec<_> = args.iter().map(|&a| g.value_type(a)).collect();
+    let types = op.infer(&types).map_err(|e| PassError::Failed { pass: PASS, message: e.to_string() })?;
+    let fused = g.add_node(Op::Fused(op), args, types, scope);
+    Ok(g.nodes[fused].results.clone())
+}
+
+/// Makes `mixture` write its groups' results as one concatenation where the graph only
+/// concatenates them (CALM's `mix`), so that the combine writes each group's columns in place
+/// of a copy per group.
+fn join_results(g: &mut Graph, log: &mut PassLog, mixture: NodeId) -> Result<(), PassError> {
+    let old = g.nodes[mixture].clone();
+    let Op::Fused(mut op @ FusedOp::ExpertMixture { groups, joined: false, .. }) = old.op.clone() else {
+        return Ok(());
+    };
+    let parts = &old.results[..groups as usize];
+    let concat = {
+        let m = Matcher::new(g);
+        m.only_user(parts[0])
+            .filter(|&c| {
+                g.nodes[c].op == Op::Concat { axis: 1 }
+                    && g.nodes[c].args[..] == *parts
+                    && parts.iter().all(|&p| m.internal(p))
+            })
+            .map(|c| g.nodes[c].results[0])
+    };
+    let Some(concat) = concat.filter(|_| groups > 1) else { return Ok(()) };
+    if let FusedOp::ExpertMixture { joined, .. } = &mut op {
+        *joined = true;
+    }
+    let results = add_mixture(g, op, old.args.clone(), &old.scope)?;
+    replace(g, PASS, concat, results[0])?;
+    for (&before, &after) in old.results[groups as usize..].iter().zip(&results[1..]) {
+        replace(g, PASS, before, after)?;
+    }
+    log.fired(PASS, &old.scope, format!("the {groups} groups' results written as their concatenation"));
+    Ok(())
+}
+
+/// Replaces each group's statistic `parts[c]` (`[E]`) by row `c` of `all` (`[G, E]`). Where
+/// the graph itself stacks them as `concat_0(reshape(parts[c], [1, E]))` (CALM's balance), that
+/// stack is `all` and is replaced whole.
+fn replace_stacked(g: &mut Graph, parts: &[ValueId], all: ValueId, scope: &str) -> Result<(), PassError> {
+    let stacked = {
+        let m = Matcher::new(g);
+        let rows: Option<Vec<ValueId>> = parts
+            .iter()
+            .map(|&p| {
+                let reshape = m.only_user(p).filter(|&u| matches!(g.nodes[u].op, Op::Reshape { .. }))?;
+                let row = g.nodes[reshape].results[0];
+                (m.shape(row).len() == 2 && m.shape(row)[0] == Dim::Fixed(1)).then_some(row)
+            })
+            .collect();
+        rows.and_then(|rows| match rows[..] {
+            [row] => Some(row),
+            _ => {
+                let concat = m.only_user(rows[0]).filter(|&c| g.nodes[c].op == Op::Concat { axis: 0 })?;
+                (g.nodes[concat].args == rows && rows.iter().all(|&r| m.internal(r)))
+                    .then(|| g.nodes[concat].results[0])
+            }
+        })
+    };
+    if let Some(stack) = stacked {
+        return replace(g, PASS, stack, all);
+    }
+    let width = g.value_type(all).shape[1].clone();
+    for (c, &part) in parts.iter().enumerate() {
+        let row = add_value(g, PASS, Op::Slice { axis: 0, start: c as u64, end: c as u64 + 1 }, vec![all], scope)?;
+        let flat = add_value(g, PASS, Op::Reshape { shape: vec![width.clone()] }, vec![row], scope)?;
+        replace(g, PASS, part, flat)?;
+    }
+    Ok(())
 }
 
 /// Whether two matched mixtures read the same units with experts of the same form.

@@ -5,7 +5,7 @@
 
 use calm_ir::cost::node_cost_stored;
 use calm_ir::entity::SecondaryMap;
-use calm_ir::fused::{FusedOp, EXPERT_LAYER_PARAMS};
+use calm_ir::fused::{FusedOp, MixtureRouter, EXPERT_LAYER_PARAMS};
 use calm_ir::program::{BinaryFn, Instr, Program, UnaryFn};
 use calm_ir::types::ShapeError;
 use calm_ir::{verify, Bindings, DType, Graph, NodeId, Op, ValueId, VerifyErrors};
@@ -481,10 +481,13 @@ impl Lowering<'_> {
         let g = self.g;
         let node = &g.nodes[n];
         let args = node.args.clone();
-        let Op::Fused(f @ FusedOp::ExpertMixture { groups, experts, top_k, layers, .. }) = &node.op else {
+        let Op::Fused(f @ FusedOp::ExpertMixture { groups, experts, top_k, layers, router, joined, .. }) = &node.op
+        else {
             unreachable!()
         };
-        let (groups, experts, top_k, layers) = (*groups, *experts, *top_k, *layers);
+        let (groups, experts, top_k, layers, router, joined) = (*groups, *experts, *top_k, *layers, *router, *joined);
+        // The mixed results (one, the concatenation, if joined), then the statistics.
+        let mixed = if joined { 1 } else { groups as usize };
         let params = f.first_expert_param().expect("an expert mixture");
         let z = self.shape(args[0])?;
         let (units, tokens, m) = (z[0], z[1], z[2]);
@@ -496,12 +499,39 @@ impl Lowering<'_> {
         let index = self.scratch(Storage::U32, 2 * slots + groups * experts + 1, format!("{n}.index"));
         let slot_gate = self.scratch(Storage::Float, slots, format!("{n}.slot_gate"));
         let unit_slot = self.scratch(Storage::U32, slots, format!("{n}.unit_slot"));
-        for group in 0..groups {
-            let (first, first_expert) = (group * per_group, group * experts);
-            let dispatch = Kernel::Dispatch { units, experts, top_k, slots, first, first_expert };
-            let (gates, chosen) = (args[1 + 2 * group as usize], args[2 + 2 * group as usize]);
-            let reads = vec![self.buf(chosen), self.buf(gates)];
-            self.emit_part(n, dispatch, reads, vec![index, slot_gate, unit_slot], 0);
+        match router {
+            Some(MixtureRouter { transpose_w, stats }) => {
+                // One launch routes every group and orders its units: its own routers.
+                let width = self.shape(args[1])?[1];
+                let choice = self.scratch(Storage::U32, slots, format!("{n}.choice"));
+                let probs = if stats { groups * units * experts } else { 0 };
+                let route_scratch = self.scratch(Storage::Float, slots + probs, format!("{n}.route"));
+                let (fraction, mean_prob) = if stats {
+                    let (f, p) = (node.results[mixed], node.results[mixed + 1]);
+                    (self.new_buffer(f, Role::Temp)?, self.new_buffer(p, Role::Temp)?)
+                } else {
+                    let mut placeholder =
+                        |what: &str| self.scratch(Storage::Float, 1, format!("{n}.{what} (not written)"));
+                    (placeholder("fraction"), placeholder("mean_prob"))
+                };
+                let writes = vec![choice, route_scratch, index, slot_gate, unit_slot, fraction, mean_prob];
+                let threads =
+                    units.next_power_of_two().clamp(experts.next_power_of_two().max(32), ROUTE_THREADS) as u32;
+                let kernel =
+                    Kernel::RouteDispatch { groups, units, width, experts, top_k, transpose_w, stats, threads };
+                let reads = vec![self.buf(args[1]), self.buf(args[2]), self.buf(args[3])];
+                let flops = groups * units * experts * (2 * width + 5 + top_k);
+                self.emit_part(n, kernel, reads, writes, flops);
+            }
+            None => {
+                for group in 0..groups {
+                    let (first, first_expert) = (group * per_group, group * experts);
+                    let dispatch = Kernel::Dispatch { units, experts, top_k, slots, first, first_expert };
+                    let (gates, chosen) = (args[1 + 2 * group as usize], args[2 + 2 * group as usize]);
+                    let reads = vec![self.buf(chosen), self.buf(gates)];
+                    self.emit_part(n, dispatch, reads, vec![index, slot_gate, unit_slot], 0);
+                }
+            }
         }
         let experts = groups * experts;
         // [x, gamma, beta, index] -> [rows, m]
@@ -608,13 +638,28 @@ impl Lowering<'_> {
             let up = gemm(self, h, m, p(8), p(9), ffn, None, true, "ffn1");
             x = gemm(self, up, ffn, p(10), p(11), m, Some((x1, BatchIndex::Own)), false, "x2");
         }
-        let means = self.scratch(Storage::Float, slots * m, format!("{n}.mean"));
-        let mean = Kernel::Reduce { op: Reduction::Mean, outer: slots, len: tokens, inner: m, prologue: None };
-        self.emit_part(n, mean, vec![x], vec![means], rows * m);
-        for (group, &result) in node.results.iter().enumerate() {
-            let out = self.new_buffer(result, Role::Temp)?;
-            let combine = Kernel::Combine { units, width: m, top_k, first: group as u64 * per_group };
-            self.emit_part(n, combine, vec![means, slot_gate, unit_slot], vec![out], 2 * per_group * m);
+        // Each slot's mean over its tokens, mixed back into units: all groups in one launch
+        // into their concatenation if joined, else a launch per group.
+        let combine = |first_group: u64, count: u64, out_stride: u64| Kernel::Combine {
+            units,
+            width: m,
+            tokens,
+            top_k,
+            groups: count,
+            first_group,
+            out_stride,
+        };
+        let flops = |count: u64| count * per_group * (tokens + 2) * m;
+        if joined {
+            let out = self.new_buffer(node.results[0], Role::Temp)?;
+            let kernel = combine(0, groups, groups * m);
+            self.emit_part(n, kernel, vec![x, slot_gate, unit_slot], vec![out], flops(groups));
+        } else {
+            for group in 0..groups {
+                let out = self.new_buffer(node.results[group as usize], Role::Temp)?;
+                let kernel = combine(group, 1, m);
+                self.emit_part(n, kernel, vec![x, slot_gate, unit_slot], vec![out], flops(1));
+            }
         }
         Ok(())
     }

@@ -23,6 +23,10 @@ pub const MAX_GRID: u32 = 65_535;
 /// row, the key length compiled in, the scores in registers); longer ones its long path.
 pub const ATTENTION_SHORT_KEYS: u64 = 16;
 
+/// The most threads of a routing cube (one per group): at least one per expert, so a mixture
+/// routes itself only up to this many experts per group (wgpu's default workgroup limit).
+pub const ROUTE_THREADS: u64 = 256;
+
 /// Query rows per cube of attention's long path (one cube per batch entry, head and tile).
 pub const ATTENTION_QUERY_TILE: u32 = 32;
 
@@ -259,9 +263,25 @@ pub enum Kernel {
     /// matrix; writes the index buffer (each slot's expert, from `first_expert`, then its unit),
     /// each slot's gate and each (unit, choice)'s slot.
     Dispatch { units: u64, experts: u64, top_k: u64, slots: u64, first: u64, first_expert: u64 },
-    /// Mixes one group's `[slots, width]` back into `[units, width]` with the slots' gates
-    /// (its choices' slots from `first`); reads `x, slot_gate, unit_slot`.
-    Combine { units: u64, width: u64, top_k: u64, first: u64 },
+    /// Averages each slot's `tokens` rows of `x [slots·tokens, width]` and mixes them back
+    /// into units with the slots' gates, for `groups` groups from `first_group`, group `g` into
+    /// columns `g·width..` of rows of `out_stride`; reads `x, slot_gate, unit_slot`.
+    Combine { units: u64, width: u64, tokens: u64, top_k: u64, groups: u64, first_group: u64, out_stride: u64 },
+    /// The routing and dispatch of a mixture's `groups` routers over the same `units` rows of
+    /// `x [units, width]`, one cube of `threads` per group; reads `x`, the stacked weights and
+    /// biases; writes the two scratch buffers, the index buffer, each slot's gate, each (unit,
+    /// choice)'s slot, and with `stats` the statistics `f` and `P` `[groups, experts]` (else
+    /// one-element placeholders).
+    RouteDispatch {
+        groups: u64,
+        units: u64,
+        width: u64,
+        experts: u64,
+        top_k: u64,
+        transpose_w: bool,
+        stats: bool,
+        threads: u32,
+    },
     /// Top-k routing, one thread per unit; reads `x [batch, width], w, bias [experts]`, writes
     /// the gate matrix, the probabilities and the one-hot choices (the last two one-element
     /// placeholders unless `write_prob`, `write_chosen`).
@@ -377,6 +397,7 @@ impl Kernel {
             Kernel::GumbelPool { .. } => "gumbel_pool",
             Kernel::Route { .. } => "route",
             Kernel::Dispatch { .. } => "dispatch",
+            Kernel::RouteDispatch { .. } => "route_dispatch",
             Kernel::Combine { .. } => "combine",
         }
     }
@@ -398,7 +419,8 @@ impl Kernel {
             Kernel::Attention { batch, q_len, heads, .. } => batch * heads * q_len,
             Kernel::GumbelPool { batch, .. } | Kernel::Route { batch, .. } => *batch,
             Kernel::Dispatch { .. } => 1,
-            Kernel::Combine { units, width, .. } => units * width,
+            Kernel::RouteDispatch { groups, units, .. } => groups * units,
+            Kernel::Combine { units, width, groups, .. } => groups * units * width,
         }
     }
 
@@ -426,6 +448,7 @@ impl Kernel {
                 let x = cubes.clamp(1, MAX_GRID as u64);
                 ([x as u32, cubes.div_ceil(x).max(1) as u32, 1], [ATTENTION_QUERY_TILE, 1, 1])
             }
+            Kernel::RouteDispatch { groups, threads, .. } => ([*groups as u32, 1, 1], [*threads, 1, 1]),
             Kernel::GumbelPool { batch, threads, .. } => {
                 let x = (*batch).clamp(1, MAX_GRID as u64);
                 ([x as u32, batch.div_ceil(x) as u32, 1], [*threads, 1, 1])

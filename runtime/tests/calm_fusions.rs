@@ -472,12 +472,84 @@ fn sparse_experts_match_the_dense_mixture() {
         let b = Bindings::new().with("batch", 7).with("tokens", 5);
         let feeds = random_inputs(&g, &b, 3).unwrap();
         let log = check_fused(&g, &feeds, 1e-4);
-        // Every dimension's mixture, in one fused op.
+        // Every dimension's mixture, in one fused op that also routes them.
         let dims = g.nodes.values().filter(|n| matches!(n.op, Op::TopK { .. })).count();
         let notes: Vec<_> = log.of("fuse_experts").filter(|n| n.fired).collect();
-        assert_eq!(notes.len(), 1, "E={experts} k={top_k}: {:?}", log.notes);
+        // With more than one group, their results are written as the concatenation the graph
+        // makes of them, by one combine.
+        assert_eq!(notes.len(), 2 + (dims > 1) as usize, "E={experts} k={top_k}: {:?}", log.notes);
         assert!(notes[0].detail.starts_with(&format!("{dims} mixture")), "{:?}", notes[0]);
+        assert!(notes[1].detail.starts_with(&format!("routers of {dims} group")), "{:?}", notes[1]);
+        assert_eq!(routing_launches(&g, &b), (1, 0, 0), "E={experts} k={top_k}");
+        let mut fused = g.clone();
+        Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+        let plan = lower(&fused, &b, &LowerOptions::default()).unwrap();
+        let combines = plan.launches.iter().filter(|l| l.kernel.name() == "combine").count();
+        assert_eq!(combines, 1, "E={experts} k={top_k}: one combine for {dims} groups");
     }
+}
+
+/// The plan's launches of (`route_dispatch`, `route`, `dispatch`) for `g` after fusion.
+fn routing_launches(g: &Graph, b: &Bindings) -> (usize, usize, usize) {
+    let mut fused = g.clone();
+    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+    let plan = lower(&fused, b, &LowerOptions::default()).unwrap();
+    let count = |name: &str| plan.launches.iter().filter(|l| l.kernel.name() == name).count();
+    (count("route_dispatch"), count("route"), count("dispatch"))
+}
+
+/// The training graph's mixtures route themselves and compute the load-balance statistics
+/// `f` and `P` in the same kernel (checked against the dense graph, with top-2 of 4 and 5 of
+/// 5, an odd batch); a router whose probabilities are also a graph output stays apart, and
+/// the mixture reads its gates (the per-group dispatch), still correct.
+#[test]
+fn routing_kernel_orders_units_and_computes_balance_statistics() {
+    for (experts, top_k) in [(4, 2), (5, 5)] {
+        let mut cfg = CalmConfig::preset("tiny").unwrap();
+        (cfg.experts, cfg.top_k) = (experts, top_k);
+        let g = calm_models::build(&cfg, calm_models::Mode::Training).unwrap();
+        let b = Bindings::new().with("batch", 7).with("tokens", 5);
+        let feeds = random_inputs(&g, &b, 3).unwrap();
+        let log = check_fused(&g, &feeds, 1e-4);
+        let routed: Vec<_> = log.of("fuse_experts").filter(|n| n.fired && n.detail.contains("statistics")).collect();
+        assert_eq!(routed.len(), 1, "E={experts} k={top_k}: {:?}", log.notes);
+        assert_eq!(routing_launches(&g, &b), (1, 0, 0), "E={experts} k={top_k}");
+        let mut fused = g.clone();
+        Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+        let stats_from_mixture = ["lb_fraction", "lb_prob"].iter().all(|name| {
+            let v = fused.outputs.iter().find(|o| o.name == *name).expect("a training output").value;
+            matches!(fused.nodes[fused.producer(v)].op, Op::Fused(calm_ir::fused::FusedOp::ExpertMixture { .. }))
+        });
+        assert!(stats_from_mixture, "the statistics are the mixture's results, not a stack of slices");
+    }
+    // The first router's probabilities as an extra output: that group cannot be absorbed.
+    let mut g = moe_graph(4, 2, 1);
+    let route_prob = g
+        .nodes
+        .values()
+        .find(|n| matches!(n.op, Op::Softmax { .. }) && n.scope.contains("router"))
+        .map(|n| n.results[0])
+        .expect("a router softmax");
+    g.outputs.push(Output { name: "router_prob".into(), value: route_prob });
+    // And one group's mixed result too: the groups' results are then not joined, and each
+    // group has its own combine.
+    let dim0 = g
+        .nodes
+        .values()
+        .find(|n| matches!(n.op, Op::ReduceSum { .. }) && n.scope.ends_with("dim0/combine"))
+        .map(|n| n.results[0])
+        .expect("dimension 0's combine");
+    g.outputs.push(Output { name: "dim0_mixed".into(), value: dim0 });
+    let b = Bindings::new().with("batch", 6).with("tokens", 5);
+    let log = check_fused(&g, &random_inputs(&g, &b, 3).unwrap(), 1e-4);
+    assert!(declined(&log, "fuse_experts").iter().any(|r| r.contains("graph output")), "{:?}", log.notes);
+    let (one, routes, dispatches) = routing_launches(&g, &b);
+    assert_eq!(one, 0);
+    assert!(routes > 0 && dispatches > 0, "{routes} routes, {dispatches} dispatches");
+    let mut fused = g.clone();
+    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+    let plan = lower(&fused, &b, &LowerOptions::default()).unwrap();
+    assert_eq!(plan.launches.iter().filter(|l| l.kernel.name() == "combine").count(), dispatches);
 }
 
 #[test]
@@ -543,7 +615,8 @@ fn grouped_gemms_work_in_every_gemm_variant() {
     for strategy in [GemmStrategy::Registers, GemmStrategy::SharedTiles(GemmTile::DEFAULT)] {
         let opts = LowerOptions { gemm: strategy, ..LowerOptions::default() };
         let log = check_fused_lowered(&g, &feeds, &params, 1e-4, &opts);
-        assert_eq!(fired(&log, "fuse_experts"), 1, "{:?}", log.notes);
+        // The mixture, its routers, and its groups joined.
+        assert_eq!(fired(&log, "fuse_experts"), 3, "{:?}", log.notes);
         let mut fused = g.clone();
         Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
         let plan = lower(&fused, &b, &opts).unwrap();

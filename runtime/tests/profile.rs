@@ -80,16 +80,26 @@ fn fused_kernel_counts_are_the_hand_values() {
     assert_eq!(att.flops, b * kk * kk * (4 * d + 5 * heads));
     assert_eq!(att.bytes, 4 * (3 * b * kk * d) + 4 * (b * kk * d));
 
-    // Routing of one dimension's units (b of them) over E experts: logits (2d per
-    // probability), softmax (5) and top-k (k); reads z, W, b; writes the gates and the choice.
-    let (e, top_k) = (c.experts, c.top_k);
-    let route = find(&launches, "route", "calm/moe/dim0");
-    assert_eq!(route.flops, b * e * (2 * d + 5 + top_k));
-    assert_eq!(route.bytes, 4 * (b * d + d * e + e) + 4 * (2 * b * e));
+    // Routing of every dimension's units (b of them) over E experts, in one launch: logits
+    // (2d per probability), softmax (5) and top-k (k); reads z and the D routers' W and b;
+    // writes each (unit, choice)'s expert and gate (scratch), the index buffer (each slot's
+    // expert and unit, then the D·E + 1 expert starts), each slot's gate and each (unit,
+    // choice)'s slot, and two one-element placeholders (no statistics in inference).
+    let (e, top_k, dims) = (c.experts, c.top_k, c.dimensions);
+    let slots = b * dims * top_k;
+    let route = find(&launches, "route_dispatch", "calm/moe");
+    assert_eq!(route.flops, dims * b * e * (2 * d + 5 + top_k));
+    assert_eq!(
+        route.bytes,
+        4 * (b * d + dims * d * e + dims * e) + 4 * (2 * slots + (2 * slots + dims * e + 1) + 2 * slots + 2)
+    );
+
+    // The combine: per slot its K tokens' mean and the gate (K + 2 per element).
+    let combine = find(&launches, "combine", "calm/moe");
+    assert_eq!(combine.flops, slots * (kk + 2) * d);
 
     // The experts' first grouped GEMM (q, k, v of every routed unit's K tokens at once): one
     // unit slot per (unit, dimension, choice), each a K × d by d × 3d product.
-    let slots = b * c.dimensions * top_k;
     let qkv = find(&launches, "matmul+epilogue", "calm/moe");
     assert_eq!(qkv.flops, 2 * kk * d * (3 * d) * slots);
 }

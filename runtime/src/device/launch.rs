@@ -4,7 +4,7 @@ use calm_kernels::attention::{self, AttentionShapeLaunch};
 use calm_kernels::elementwise::{self, Buf};
 use calm_kernels::gumbel_pool::{self, PoolConfig};
 use calm_kernels::matmul::{self, GemmConfig, GemmShape, LanesConfig, VectorConfig};
-use calm_kernels::route::{self, RouteConfig};
+use calm_kernels::route::{self, RouteConfig, RouteDispatchConfig};
 use calm_kernels::{index, moe, rows};
 use calm_passes::plan::{Gemm, Kernel, Launch, Prologue, Reduction, Storage, ATTENTION_SHORT_KEYS};
 use cubecl::prelude::*;
@@ -238,7 +238,7 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 *top_k as u32,
             );
         }
-        Kernel::Combine { units, width, top_k, first } => {
+        Kernel::Combine { units, width, tokens, top_k, groups, first_group, out_stride } => {
             moe::combine::launch::<F, R>(
                 client,
                 count,
@@ -249,7 +249,10 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 arg(&writes[0].1),
                 *units as u32,
                 *width as u32,
-                *first as u32,
+                *tokens as u32,
+                *groups as u32,
+                *first_group as u32,
+                *out_stride as u32,
                 *top_k as u32,
             );
         }
@@ -434,6 +437,34 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 *tokens as u32,
                 *hidden as u32,
                 *eps as f32,
+                cfg,
+            );
+        }
+        Kernel::RouteDispatch { units, width, experts, top_k, transpose_w, stats, threads, .. } => {
+            let cfg = RouteDispatchConfig {
+                experts: *experts as u32,
+                top_k: *top_k as u32,
+                transpose_w: *transpose_w,
+                stats: *stats,
+                threads: *threads,
+            };
+            let w = |i: usize| arg(&writes[i].1);
+            route::route_dispatch::launch::<F, R>(
+                client,
+                count,
+                dim,
+                arg(&reads[0].1),
+                arg(&reads[1].1),
+                arg(&reads[2].1),
+                w(0),
+                w(1),
+                w(2),
+                w(3),
+                w(4),
+                w(5),
+                w(6),
+                *units as u32,
+                *width as u32,
                 cfg,
             );
         }

@@ -137,8 +137,41 @@ impl<B: Backend> Stacked<'_, B> {
     }
 }
 
-/// [`calm_ir::fused::FusedOp::ExpertMixture`]: `routes` holds `z` and each group's `(gates,
-/// chosen)`; `stacked` the stacked parameters, layer by layer. One result per group.
+/// How an expert mixture is routed.
+pub enum Routing<'a, B: Backend> {
+    /// Each group's gate matrix and one-hot choices, from a route outside the mixture.
+    Given(Vec<(&'a Value<B>, &'a Value<B>)>),
+    /// The mixture's own routers ([`calm_ir::fused::MixtureRouter`]): as [`route`] computes
+    /// them, one per group, from `x` and the groups' stacked weights and biases; with `stats`
+    /// the results end with the load-balance statistics `f` and `P`, `[G, E]`.
+    Own { x: &'a Value<B>, w: Stacked<'a, B>, bias: Stacked<'a, B>, top_k: u64, transpose_w: bool, stats: bool },
+}
+
+/// The routing of expert mixture `op` from its arguments before the stacked parameters (`z`
+/// first, as ids or values): `value` reads one, `stacked` reads a stacked router weight or bias.
+pub fn routing<'a, B: Backend, A: Copy>(
+    op: &calm_ir::fused::FusedOp,
+    args: &[A],
+    value: impl Fn(A) -> &'a Value<B>,
+    stacked: impl Fn(A) -> Stacked<'a, B>,
+) -> Routing<'a, B> {
+    let calm_ir::fused::FusedOp::ExpertMixture { top_k, router, .. } = op else { unreachable!("an expert mixture") };
+    match router {
+        Some(r) => Routing::Own {
+            x: value(args[1]),
+            w: stacked(args[2]),
+            bias: stacked(args[3]),
+            top_k: *top_k,
+            transpose_w: r.transpose_w,
+            stats: r.stats,
+        },
+        None => Routing::Given(args[1..].chunks(2).map(|p| (value(p[0]), value(p[1]))).collect()),
+    }
+}
+
+/// [`calm_ir::fused::FusedOp::ExpertMixture`] over `z` with `groups` routed groups;
+/// `stacked` holds the stacked parameters, layer by layer. One result per group, then the
+/// statistics if the routing asks for them.
 ///
 /// Only the routed (unit, expert) pairs are computed, as on the device: each expert runs on
 /// the units that chose it (gathered), and its gate-weighted token mean is added back to them
@@ -146,24 +179,46 @@ impl<B: Backend> Stacked<'_, B> {
 /// is the dense mixture of the unfused graph (adding exact zeros changes no sum) in about
 /// `k/E` of its FLOPs, with the same gradients (off the chosen experts the gate is a one-hot
 /// constant's zero).
+#[allow(clippy::too_many_arguments)]
 pub fn expert_mixture<B: Backend>(
     ctx: &Ctx<B>,
-    routes: &[&Value<B>],
+    z: &Value<B>,
+    groups: usize,
+    joined: bool,
+    routing: &Routing<'_, B>,
     stacked: &[Stacked<'_, B>],
     experts: u64,
     heads: u64,
     scale: f64,
     eps: f64,
 ) -> OpResult<Vec<Value<B>>> {
-    let z = routes[0];
     let (b, k, m) = (z.shape[0], z.shape[1], z.shape[2]);
-    let (g_count, e_count) = ((routes.len() - 1) / 2, experts as usize);
+    let (g_count, e_count) = (groups, experts as usize);
     let pairs = g_count * e_count;
     let per_layer = calm_ir::fused::EXPERT_LAYER_PARAMS.len();
     let index = |v: Vec<i64>| Value::<B>::from_ints(ctx, vec![v.len()], v);
-    let mut outputs = Vec::with_capacity(g_count);
+    // Each group's gates, probabilities (only from own routers) and choices.
+    struct Routed<B: Backend> {
+        gates: Value<B>,
+        prob: Option<Value<B>>,
+        chosen: Value<B>,
+    }
+    let mut routes: Vec<Routed<B>> = Vec::with_capacity(g_count);
     for group in 0..g_count {
-        let (gates, chosen) = (routes[1 + 2 * group], routes[2 + 2 * group]);
+        routes.push(match routing {
+            Routing::Given(pairs) => {
+                Routed { gates: pairs[group].0.clone(), prob: None, chosen: pairs[group].1.clone() }
+            }
+            Routing::Own { x, w, bias, top_k, transpose_w, .. } => {
+                let (w, bias) = (w.part(ctx, group, g_count)?, bias.part(ctx, group, g_count)?);
+                let mut r = route(ctx, &[x, &w, &bias], *top_k, *transpose_w)?;
+                let (chosen, prob) = (r.remove(2), r.remove(1));
+                Routed { gates: r.remove(0), prob: Some(prob), chosen }
+            }
+        });
+    }
+    let mut outputs = Vec::with_capacity(g_count);
+    for (group, Routed { gates, chosen, .. }) in routes.iter().enumerate() {
         let top = chosen.shape[1];
         let one_hot = chosen.host_f64()?;
         let flat_gates = prim(ctx, Op::Reshape { shape: vec![] }, &[gates], &[b * e_count])?;
@@ -209,6 +264,26 @@ pub fn expert_mixture<B: Backend>(
             out = prim(ctx, Op::ScatterAdd { axis: 0 }, &[&out, &index(units), &weighted], &[b, m])?;
         }
         outputs.push(out);
+    }
+    if joined {
+        let parts: Vec<&Value<B>> = outputs.iter().collect();
+        outputs = vec![prim(ctx, Op::Concat { axis: 1 }, &parts, &[b, g_count * m])?];
+    }
+    if let Routing::Own { top_k, stats: true, .. } = routing {
+        // As the graph states them: f = mean_B(Σ_k chosen) · (1/k), P = mean_B(p), stacked.
+        let row = |v: Value<B>| prim(ctx, Op::Reshape { shape: vec![] }, &[&v], &[1, e_count]);
+        let (mut fractions, mut probs) = (Vec::new(), Vec::new());
+        for Routed { prob, chosen, .. } in &routes {
+            let per_unit = prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: false }, &[chosen], &[b, e_count])?;
+            let mean = prim(ctx, Op::ReduceMean { axes: vec![0], keep_dims: false }, &[&per_unit], &[e_count])?;
+            fractions.push(row(prim(ctx, Op::Mul, &[&mean, &scalar(ctx, 1.0 / *top_k as f64)?], &[e_count])?)?);
+            let p = prob.as_ref().expect("own routers give probabilities");
+            probs.push(row(prim(ctx, Op::ReduceMean { axes: vec![0], keep_dims: false }, &[p], &[e_count])?)?);
+        }
+        for rows in [fractions, probs] {
+            let rows: Vec<&Value<B>> = rows.iter().collect();
+            outputs.push(prim(ctx, Op::Concat { axis: 0 }, &rows, &[g_count, e_count])?);
+        }
     }
     Ok(outputs)
 }

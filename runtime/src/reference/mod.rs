@@ -368,19 +368,35 @@ pub(crate) fn evaluate<B: Backend>(
         let results = match &node.op {
             Op::Input { .. } | Op::Param { .. } => vec![feed(&node.op)?],
             Op::Concat { .. } if joined.contains_key(&node.results[0]) => Vec::new(),
-            Op::Fused(FusedOp::ExpertMixture { groups, experts, heads, scale, eps, .. }) => {
+            Op::Fused(f @ FusedOp::ExpertMixture { groups, experts, heads, scale, eps, joined: concatenated, .. }) => {
                 let value = |a: ValueId| values[a].as_ref().expect("arguments are computed before their readers");
-                let (routes, stacked) = node.args.split_at(1 + 2 * *groups as usize);
-                let routes: Vec<&Value<B>> = routes.iter().map(|&a| value(a)).collect();
-                let stacked: Vec<fused::Stacked<'_, B>> = stacked
-                    .iter()
-                    .map(|&a| match joined.get(&a) {
-                        Some(parts) => fused::Stacked::Parts(parts.iter().map(|&p| value(p)).collect()),
-                        None => fused::Stacked::Whole(value(a)),
-                    })
-                    .collect();
-                fused::expert_mixture(ctx, &routes, &stacked, *experts, *heads, *scale, *eps)
-                    .map_err(|source| RunError::Op { node: n, op: node.op.name(), scope: node.scope.clone(), source })?
+                let (routes, stacked) = node.args.split_at(f.first_expert_param().expect("an expert mixture"));
+                // Joined parameters are read as their parts (see `joined_parameters`).
+                let as_stacked = |a: ValueId| match joined.get(&a) {
+                    Some(parts) => fused::Stacked::Parts(parts.iter().map(|&p| value(p)).collect()),
+                    None => fused::Stacked::Whole(value(a)),
+                };
+                let routing = fused::routing(f, routes, value, as_stacked);
+                let stacked: Vec<fused::Stacked<'_, B>> = stacked.iter().map(|&a| as_stacked(a)).collect();
+                let z = value(routes[0]);
+                fused::expert_mixture(
+                    ctx,
+                    z,
+                    *groups as usize,
+                    *concatenated,
+                    &routing,
+                    &stacked,
+                    *experts,
+                    *heads,
+                    *scale,
+                    *eps,
+                )
+                .map_err(|source| RunError::Op {
+                    node: n,
+                    op: node.op.name(),
+                    scope: node.scope.clone(),
+                    source,
+                })?
             }
             op => {
                 let out = node

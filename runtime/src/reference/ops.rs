@@ -321,10 +321,22 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             super::fused::gumbel_pool(ctx, args, *transpose_w, *temperature, *noise_stream, *eps)
         }
         Op::Fused(FusedOp::Route { top_k, transpose_w }) => super::fused::route(ctx, args, *top_k, *transpose_w),
-        Op::Fused(FusedOp::ExpertMixture { groups, experts, heads, scale, eps, .. }) => {
-            let (routes, stacked) = args.split_at(1 + 2 * *groups as usize);
+        Op::Fused(f @ FusedOp::ExpertMixture { groups, experts, heads, scale, eps, joined, .. }) => {
+            let (routes, stacked) = args.split_at(f.first_expert_param().expect("an expert mixture"));
+            let routing = super::fused::routing(f, routes, |v| v, super::fused::Stacked::Whole);
             let stacked: Vec<_> = stacked.iter().map(|&v| super::fused::Stacked::Whole(v)).collect();
-            super::fused::expert_mixture(ctx, routes, &stacked, *experts, *heads, *scale, *eps)
+            super::fused::expert_mixture(
+                ctx,
+                routes[0],
+                *groups as usize,
+                *joined,
+                &routing,
+                &stacked,
+                *experts,
+                *heads,
+                *scale,
+                *eps,
+            )
         }
     }
 }
