@@ -470,8 +470,10 @@ fn infer_experts(
         vec![TensorType::new(args[0].dtype, vec![z[0].clone(), z[2].clone()]); g]
     };
     if router.is_some_and(|r| r.stats) {
-        let stats = TensorType::new(args[0].dtype, vec![Dim::Fixed(groups), e.clone()]);
-        results.extend([stats.clone(), stats]);
+        // As the graph computes them: `f` from the f32 one-hot choices, `P` from the routers'
+        // probabilities (the dtype of `x`).
+        let rows = vec![Dim::Fixed(groups), e.clone()];
+        results.extend([TensorType::new(DType::F32, rows.clone()), TensorType::new(args[1].dtype, rows)]);
     }
     Ok(results)
 }

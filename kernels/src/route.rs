@@ -234,8 +234,8 @@ pub fn route_dispatch<F: Float>(
         }
         let starts = 2 * slots + g * e_count;
         index[(starts + t) as usize] = next;
-        if t == e_count - 1 {
-            // The group's end, which is also the next group's first start.
+        if t == e_count - 1 && g == CUBE_COUNT_X - 1 {
+            // The last group's end (every other group's end is the next one's first start).
             index[(starts + e_count) as usize] = next + counts[t as usize];
         }
         for i in 0..per_group {

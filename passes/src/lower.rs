@@ -37,6 +37,8 @@ pub struct LowerOptions {
     /// Store weights that are only multiplied as `x · Wᵀ` transposed, so the GEMM reads them
     /// row-major.
     pub transpose_weights: bool,
+    /// Query rows per thread of attention over many keys (see [`ATTENTION_ROWS_PER_THREAD`]).
+    pub attention_rows: u32,
 }
 
 impl LowerOptions {
@@ -44,13 +46,22 @@ impl LowerOptions {
     /// but their 32 × 16 accumulators per thread spill on a GPU (ptxas: 168–255 registers and
     /// ~10 KB of spills per thread on sm_90).
     pub fn gpu() -> Self {
-        LowerOptions { gemm: GemmStrategy::SharedTiles(crate::plan::GemmTile::DEFAULT), ..LowerOptions::default() }
+        LowerOptions {
+            gemm: GemmStrategy::SharedTiles(crate::plan::GemmTile::DEFAULT),
+            attention_rows: 1,
+            ..LowerOptions::default()
+        }
     }
 }
 
 impl Default for LowerOptions {
     fn default() -> Self {
-        LowerOptions { float: FloatType::F32, gemm: GemmStrategy::Registers, transpose_weights: true }
+        LowerOptions {
+            float: FloatType::F32,
+            gemm: GemmStrategy::Registers,
+            transpose_weights: true,
+            attention_rows: ATTENTION_ROWS_PER_THREAD,
+        }
     }
 }
 
@@ -515,6 +526,10 @@ impl Lowering<'_> {
                     (placeholder("fraction"), placeholder("mean_prob"))
                 };
                 let writes = vec![choice, route_scratch, index, slot_gate, unit_slot, fraction, mean_prob];
+                if experts > ROUTE_THREADS {
+                    return Err(self.unsupported(n, "a mixture routes itself with at most 256 experts per group"));
+                }
+                // A thread per unit up to the limit, and at least one per expert.
                 let threads =
                     units.next_power_of_two().clamp(experts.next_power_of_two().max(32), ROUTE_THREADS) as u32;
                 let kernel =
@@ -629,6 +644,7 @@ impl Lowering<'_> {
                 scale,
                 bias_strides: None,
                 layout: [[3 * m, 0], [3 * m, m], [3 * m, 2 * m]],
+                rows_per_thread: self.opts.attention_rows,
             };
             self.emit_part(n, attention, vec![qkv, qkv, qkv], vec![ctx], 4 * rows * tokens * m);
             // The first layer's residual is the unit's own rows of z.
@@ -924,6 +940,7 @@ impl Lowering<'_> {
                     scale: *scale,
                     bias_strides,
                     layout: [0, 1, 2].map(|i| [rows[i].1, rows[i].2]),
+                    rows_per_thread: self.opts.attention_rows,
                 };
                 let mut reads: Vec<u32> = rows.iter().map(|r| r.0).collect();
                 reads.extend(args[3..].iter().map(|&a| self.buf(a)));

@@ -28,7 +28,17 @@ pub const ATTENTION_SHORT_KEYS: u64 = 16;
 pub const ROUTE_THREADS: u64 = 256;
 
 /// Query rows per cube of attention's long path (one cube per batch entry, head and tile).
-pub const ATTENTION_QUERY_TILE: u32 = 32;
+pub const ATTENTION_QUERY_TILE: u32 = 64;
+
+/// Query rows per thread of attention's long path on CPU drivers (a cube then has
+/// `ATTENTION_QUERY_TILE / 8` threads, one SIMD group of llvmpipe's 256-bit lanes): each key
+/// and value element a thread reads feeds this many rows. GPUs take one row per thread (eight
+/// rows of 64-wide heads would not fit in a thread's registers).
+pub const ATTENTION_ROWS_PER_THREAD: u32 = 8;
+
+fn one_row() -> u32 {
+    1
+}
 
 /// The floating-point type device buffers and kernels compute in (a compile option).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -226,7 +236,7 @@ pub enum Kernel {
     /// `dst[dst_offset + Σ coord·dst_strides] = src[src_offset + Σ coord·src_strides]` over
     /// `shape`; reads `src`, writes `dst` (permutes, broadcasts, slices, concatenation parts).
     Copy { shape: Vec<u64>, src_strides: Vec<u64>, src_offset: u64, dst_strides: Vec<u64>, dst_offset: u64 },
-    /// Multi-head attention with an online softmax, one thread per query row and head; reads
+    /// Multi-head attention with an online softmax; reads
     /// `q [batch, q_len, heads·head_dim]`, `k, v [batch, kv_len, ..]` (rows at `layout`) and,
     /// with `bias_strides` (over `[batch, heads, q_len, kv_len]`), the score bias; writes the
     /// merged context.
@@ -241,6 +251,9 @@ pub enum Kernel {
         /// Row stride and start of `q`, `k` and `v` in their buffers: `[m, 0]` for a tensor of
         /// its own, wider for a slice of a joint projection read in place.
         layout: [[u64; 2]; 3],
+        /// Query rows per thread on the long path (more than [`ATTENTION_SHORT_KEYS`] keys).
+        #[serde(default = "one_row")]
+        rows_per_thread: u32,
     },
     /// Gumbel-softmax clustering and pooling, one cube of `threads` per sample; reads `hidden,
     /// w, bias, x, mask[, τ][, seed, offset]`, writes `pooled` and `assign` (the latter a
@@ -443,10 +456,15 @@ impl Kernel {
                 };
                 ([x, y as u32, z as u32], [gemm.threads(), 1, 1])
             }
-            Kernel::Attention { batch, q_len, kv_len, heads, .. } if *kv_len > ATTENTION_SHORT_KEYS => {
-                let cubes = batch * heads * q_len.div_ceil(ATTENTION_QUERY_TILE as u64);
+            Kernel::Attention { batch, q_len, kv_len, heads, rows_per_thread, .. }
+                if *kv_len > ATTENTION_SHORT_KEYS =>
+            {
+                // The kernel's tile is its threads × rows per thread.
+                let rows = (*rows_per_thread).clamp(1, ATTENTION_QUERY_TILE);
+                let threads = ATTENTION_QUERY_TILE / rows;
+                let cubes = batch * heads * q_len.div_ceil((threads * rows) as u64);
                 let x = cubes.clamp(1, MAX_GRID as u64);
-                ([x as u32, cubes.div_ceil(x).max(1) as u32, 1], [ATTENTION_QUERY_TILE, 1, 1])
+                ([x as u32, cubes.div_ceil(x).max(1) as u32, 1], [threads, 1, 1])
             }
             Kernel::RouteDispatch { groups, threads, .. } => ([*groups as u32, 1, 1], [*threads, 1, 1]),
             Kernel::GumbelPool { batch, threads, .. } => {

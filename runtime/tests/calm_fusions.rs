@@ -195,10 +195,12 @@ fn attention_graph(batch: u64, q_len: u64, kv_len: u64, width: u64, heads: u64, 
 #[test]
 fn attention_matches_the_reference_at_awkward_sizes() {
     // (batch, q_len, kv_len, width, heads): single key, the cluster shape (K = 5; both short-key
-    // path), keys longer than queries, 130 keys and 37 queries (two tiles of query rows, the
-    // last partial; online softmax over key blocks, the last partial), one head.
+    // path), keys longer than queries, 130 keys, one head; then on the long path (tiles of 64
+    // query rows, 8 per thread) 37 queries (threads with 4 or 5 live rows) and 71 (a second
+    // tile with 7), over key blocks whose last is partial.
+    assert_eq!(calm_passes::plan::ATTENTION_QUERY_TILE, 64, "the sizes below assume it");
     for (batch, q_len, kv_len, width, heads) in
-        [(1, 1, 1, 4, 1), (3, 5, 5, 24, 8), (2, 7, 33, 12, 3), (5, 1, 130, 6, 2), (2, 37, 19, 8, 2)]
+        [(1, 1, 1, 4, 1), (3, 5, 5, 24, 8), (2, 7, 33, 12, 3), (5, 1, 130, 6, 2), (2, 37, 19, 8, 2), (1, 71, 19, 8, 2)]
     {
         for masked in [false, true] {
             let g = attention_graph(batch, q_len, kv_len, width, heads, masked);

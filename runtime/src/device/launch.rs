@@ -1,12 +1,14 @@
 //! One plan launch: its kernel's metadata and the call into the kernels crate.
 
-use calm_kernels::attention::{self, AttentionShapeLaunch};
+use calm_kernels::attention::{self, AttentionPath, AttentionShapeLaunch};
 use calm_kernels::elementwise::{self, Buf};
 use calm_kernels::gumbel_pool::{self, PoolConfig};
 use calm_kernels::matmul::{self, GemmConfig, GemmShape, LanesConfig, VectorConfig};
 use calm_kernels::route::{self, RouteConfig, RouteDispatchConfig};
 use calm_kernels::{index, moe, rows};
-use calm_passes::plan::{Gemm, Kernel, Launch, Prologue, Reduction, Storage, ATTENTION_SHORT_KEYS};
+use calm_passes::plan::{
+    Gemm, Kernel, Launch, Prologue, Reduction, Storage, ATTENTION_QUERY_TILE, ATTENTION_SHORT_KEYS,
+};
 use cubecl::prelude::*;
 
 use super::convert;
@@ -344,7 +346,7 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 }
             }
         }
-        Kernel::Attention { batch, q_len, kv_len, heads, head_dim, scale, bias_strides, layout } => {
+        Kernel::Attention { batch, q_len, kv_len, heads, head_dim, scale, bias_strides, layout, rows_per_thread } => {
             // Without a bias the kernel reads none; any buffer fills the slot.
             let bias = reads.get(3).unwrap_or(&reads[0]);
             let [bb, bh, bi, bj] = bias_strides.map_or([0; 4], |s| s.map(|x| x as u32));
@@ -382,7 +384,11 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                     *heads as u32,
                     *head_dim as u32,
                     bias_strides.is_some(),
-                    (*kv_len <= ATTENTION_SHORT_KEYS).then_some(*kv_len as u32),
+                    if *kv_len <= ATTENTION_SHORT_KEYS {
+                        AttentionPath::Short(*kv_len as u32)
+                    } else {
+                        AttentionPath::Long((*rows_per_thread).clamp(1, ATTENTION_QUERY_TILE))
+                    },
                 )
             };
         }
