@@ -44,6 +44,12 @@ pub struct CostError {
     pub source: ShapeError,
 }
 
+/// FLOPs per router probability of a top-k routing from `width` inputs: the logit (2·width),
+/// softmax (5), top-k (k). Shared by the fused route, a mixture's own routers and the lowering.
+pub fn route_flops_per_prob(width: u64, top_k: u64) -> u64 {
+    2 * width + 5 + top_k
+}
+
 fn mul(a: u64, b: u64, what: &TensorType) -> Result<u64, ShapeError> {
     a.checked_mul(b).ok_or_else(|| ShapeError::Overflow(what.to_string()))
 }
@@ -135,9 +141,8 @@ pub fn node_cost_stored(
                 mul(assign, 2 * h + 2 * d + 11, out)?
             }
             Op::Fused(crate::fused::FusedOp::Route { top_k, .. }) => {
-                // The logits (2·m per probability), softmax (5), top-k (k per probability).
                 let m = arg(0).shape[1].resolve(bindings)?;
-                mul(out_elems, 2 * m + 5 + top_k, out)?
+                mul(out_elems, route_flops_per_prob(m, *top_k), out)?
             }
             Op::Fused(f @ crate::fused::FusedOp::ExpertMixture { groups, experts, top_k, layers, router, .. }) => {
                 // What the chosen experts compute (k of E per unit): per layer and token the
@@ -155,7 +160,7 @@ pub fn node_cost_stored(
                 let routing = match router {
                     Some(_) => {
                         let r = arg(1).shape[1].resolve(bindings)?;
-                        mul(mul(mul(b, *groups, out)?, *experts, out)?, 2 * r + 5 + top_k, out)?
+                        mul(mul(mul(b, *groups, out)?, *experts, out)?, route_flops_per_prob(r, *top_k), out)?
                     }
                     None => 0,
                 };

@@ -295,7 +295,8 @@ impl FusedOp {
             FusedOp::GumbelPool { transpose_w, .. } => infer_gumbel_pool(args, *transpose_w),
             FusedOp::Route { top_k, transpose_w } => infer_route(args, *top_k, *transpose_w),
             FusedOp::ExpertMixture { groups, experts, top_k, heads, router, joined, .. } => {
-                infer_experts(args, *groups, *experts, *top_k, *heads, *router, *joined)
+                let first = self.first_expert_param().expect("an expert mixture");
+                infer_experts(args, first, *groups, *experts, *top_k, *heads, *router, *joined)
             }
         }
     }
@@ -382,8 +383,11 @@ fn infer_route(args: &[&TensorType], top_k: u64, transpose_w: bool) -> Result<Ve
     ])
 }
 
+/// `first`: the position of the first stacked parameter ([`FusedOp::first_expert_param`]).
+#[allow(clippy::too_many_arguments)]
 fn infer_experts(
     args: &[&TensorType],
+    first: usize,
     groups: u64,
     experts: u64,
     top_k: u64,
@@ -439,7 +443,6 @@ fn infer_experts(
     }
     let m = width.expect("checked");
     let all = groups * experts;
-    let first = if router.is_some() { 4 } else { 1 + 2 * g };
     // The FFN width from the first layer's ffn1 bias.
     let ffn = args.get(first + 9).and_then(|t| t.shape.first()).and_then(Dim::fixed).map(|n| n / all.max(1));
     let Some(f) = ffn else { return Err(shape_error("expert_mixture needs every layer's parameters", args)) };

@@ -136,8 +136,8 @@ pub struct RouteDispatchConfig {
 /// The routing and dispatch of `groups` routers over the same `units` rows of `x: [units,
 /// width]`, one cube per group `g`, its weights at `g·width·E` of the stacked `w` and its biases
 /// at `g·E`. Slots: group `g` owns `first = g·units·k ..` of `slots = groups·units·k`, ordered
-/// by expert, then unit, then choice, which is the order of the old one-thread dispatch, so
-/// that results do not depend on the thread count. Writes:
+/// by expert, then unit, then choice (the order of `moe::dispatch`, which serves mixtures whose
+/// routers stay apart), so that results do not depend on the thread count. Writes:
 /// - `index`: each slot's expert (numbered over all groups), then each slot's unit, then where
 ///   each expert's slots start (`groups·E + 1` entries);
 /// - `slot_gate`: each slot's renormalised gate; `unit_slot`: each (unit, choice)'s slot, at

@@ -181,9 +181,9 @@ pub fn reduce_program<F: Float>(
     out[line as usize] = F::cast_from(reduce_finish(acc, len, op));
 }
 
-/// `out[j] = Σ_c x[base + c] · w[c, j]` for `j < n` (`w[j, c]` if `transpose_w`): a row times a
-/// narrow matrix into registers, for kernels that keep `n` values per thread (K cluster logits,
-/// E router logits).
+/// `out[j] = Σ_c x[base + c] · w[c, j]` for `j < n` (`w[j, c]` if `transpose_w`), `w` starting
+/// at `w_base` of its buffer: a row times a narrow matrix into registers, for kernels that keep
+/// `n` values per thread (K cluster logits, E router logits).
 #[cube]
 pub fn row_times_matrix<F: Float>(
     x: &Array<F>,

@@ -317,29 +317,30 @@ pub fn fuse_experts(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError>
     }
     if changed {
         dce(g)?;
-        // (`dce` renumbers nodes: find the new mixtures again.)
-        let mixtures: Vec<NodeId> = g
-            .nodes
-            .iter()
-            .filter(|(_, n)| matches!(n.op, Op::Fused(FusedOp::ExpertMixture { router: None, .. })))
-            .map(|(id, _)| id)
-            .collect();
-        for &mixture in &mixtures {
-            absorb_routers(g, log, mixture)?;
-        }
-        dce(g)?;
-        let mixtures: Vec<NodeId> = g
-            .nodes
-            .iter()
-            .filter(|(_, n)| matches!(n.op, Op::Fused(FusedOp::ExpertMixture { joined: false, .. })))
-            .map(|(id, _)| id)
-            .collect();
-        for mixture in mixtures {
-            join_results(g, log, mixture)?;
-        }
-        dce(g)?;
+        each_mixture(g, log, absorb_routers)?;
+        each_mixture(g, log, join_results)?;
     }
     Ok(changed)
+}
+
+/// Applies `step` to every expert mixture of `g`, then drops what the steps left dead. (`dce`
+/// renumbers nodes, so each round finds the mixtures anew; a step that does not apply leaves
+/// its mixture as it is.)
+fn each_mixture(
+    g: &mut Graph,
+    log: &mut PassLog,
+    step: fn(&mut Graph, &mut PassLog, NodeId) -> Result<(), PassError>,
+) -> Result<(), PassError> {
+    let mixtures: Vec<NodeId> = g
+        .nodes
+        .iter()
+        .filter(|(_, n)| matches!(n.op, Op::Fused(FusedOp::ExpertMixture { .. })))
+        .map(|(id, _)| id)
+        .collect();
+    for mixture in mixtures {
+        step(g, log, mixture)?;
+    }
+    dce(g).map(|_| ())
 }
 
 /// A mixture's routers, when it can compute them itself.
@@ -434,6 +435,9 @@ fn router_stats(m: &Matcher, route: NodeId, mixture: NodeId, top_k: u64) -> Matc
 /// and orders the units by expert, and computes the load-balance statistics where the graph
 /// reads them. Declines (logged) where [`match_routers`] does.
 fn absorb_routers(g: &mut Graph, log: &mut PassLog, mixture: NodeId) -> Result<(), PassError> {
+    if !matches!(g.nodes[mixture].op, Op::Fused(FusedOp::ExpertMixture { router: None, .. })) {
+        return Ok(());
+    }
     let scope = g.nodes[mixture].scope.clone();
     let found = match_routers(&Matcher::new(g), mixture);
     let r = match found {

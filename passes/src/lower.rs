@@ -3,7 +3,7 @@
 //! (the result aliases its argument's buffer); every other op maps to one kernel, or for
 //! reductions over several axes, one per axis.
 
-use calm_ir::cost::node_cost_stored;
+use calm_ir::cost::{node_cost_stored, route_flops_per_prob};
 use calm_ir::entity::SecondaryMap;
 use calm_ir::fused::{FusedOp, MixtureRouter, EXPERT_LAYER_PARAMS};
 use calm_ir::program::{BinaryFn, Instr, Program, UnaryFn};
@@ -513,6 +513,10 @@ impl Lowering<'_> {
         match router {
             Some(MixtureRouter { transpose_w, stats }) => {
                 // One launch routes every group and orders its units: its own routers.
+                if experts > ROUTE_THREADS {
+                    let reason = format!("a mixture routes itself with at most {ROUTE_THREADS} experts per group");
+                    return Err(self.unsupported(n, &reason));
+                }
                 let width = self.shape(args[1])?[1];
                 let choice = self.scratch(Storage::U32, slots, format!("{n}.choice"));
                 let probs = if stats { groups * units * experts } else { 0 };
@@ -526,16 +530,13 @@ impl Lowering<'_> {
                     (placeholder("fraction"), placeholder("mean_prob"))
                 };
                 let writes = vec![choice, route_scratch, index, slot_gate, unit_slot, fraction, mean_prob];
-                if experts > ROUTE_THREADS {
-                    return Err(self.unsupported(n, "a mixture routes itself with at most 256 experts per group"));
-                }
                 // A thread per unit up to the limit, and at least one per expert.
                 let threads =
                     units.next_power_of_two().clamp(experts.next_power_of_two().max(32), ROUTE_THREADS) as u32;
                 let kernel =
                     Kernel::RouteDispatch { groups, units, width, experts, top_k, transpose_w, stats, threads };
                 let reads = vec![self.buf(args[1]), self.buf(args[2]), self.buf(args[3])];
-                let flops = groups * units * experts * (2 * width + 5 + top_k);
+                let flops = groups * units * experts * route_flops_per_prob(width, top_k);
                 self.emit_part(n, kernel, reads, writes, flops);
             }
             None => {

@@ -40,6 +40,12 @@ fn one_row() -> u32 {
     1
 }
 
+/// The query rows per thread attention's long path runs with for a plan's `rows_per_thread`
+/// (at least one, at most a tile); the launch dimensions and the kernel both take it.
+pub fn long_attention_rows(rows_per_thread: u32) -> u32 {
+    rows_per_thread.clamp(1, ATTENTION_QUERY_TILE)
+}
+
 /// The floating-point type device buffers and kernels compute in (a compile option).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -460,7 +466,7 @@ impl Kernel {
                 if *kv_len > ATTENTION_SHORT_KEYS =>
             {
                 // The kernel's tile is its threads × rows per thread.
-                let rows = (*rows_per_thread).clamp(1, ATTENTION_QUERY_TILE);
+                let rows = long_attention_rows(*rows_per_thread);
                 let threads = ATTENTION_QUERY_TILE / rows;
                 let cubes = batch * heads * q_len.div_ceil((threads * rows) as u64);
                 let x = cubes.clamp(1, MAX_GRID as u64);

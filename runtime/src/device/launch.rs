@@ -7,7 +7,7 @@ use calm_kernels::matmul::{self, GemmConfig, GemmShape, LanesConfig, VectorConfi
 use calm_kernels::route::{self, RouteConfig, RouteDispatchConfig};
 use calm_kernels::{index, moe, rows};
 use calm_passes::plan::{
-    Gemm, Kernel, Launch, Prologue, Reduction, Storage, ATTENTION_QUERY_TILE, ATTENTION_SHORT_KEYS,
+    long_attention_rows, Gemm, Kernel, Launch, Prologue, Reduction, Storage, ATTENTION_SHORT_KEYS,
 };
 use cubecl::prelude::*;
 
@@ -387,7 +387,7 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                     if *kv_len <= ATTENTION_SHORT_KEYS {
                         AttentionPath::Short(*kv_len as u32)
                     } else {
-                        AttentionPath::Long((*rows_per_thread).clamp(1, ATTENTION_QUERY_TILE))
+                        AttentionPath::Long(long_attention_rows(*rows_per_thread))
                     },
                 )
             };
