@@ -4,8 +4,9 @@
 //!
 //! Registers are f32 whatever the storage type (f16 buffers compute in f32; integers are exact
 //! below 2²⁴). Arguments come in three sequences by storage (floats, i32, u32 — bools are u32
-//! 0/1), read at `Σ coord[d] · strides[d]` from a metadata array; the output shape and strides
-//! are runtime values, so programs that differ only in shape share one compiled kernel.
+//! 0/1), read at `offset + Σ coord[d] · strides[d]` from a metadata array (the offset places a
+//! slice of a wider result); the output shape, strides and offsets are runtime values, so
+//! programs that differ only in shape share one compiled kernel.
 //! No plane (warp) operations: it runs on CPU Vulkan drivers.
 
 use cubecl::prelude::*;
@@ -84,11 +85,18 @@ pub struct Program {
 }
 
 /// Coordinates of linear index `pos` in `shape` (meta[0..rank]), and the offset of argument
-/// `arg` at those coordinates (its strides follow the shape in `meta`).
+/// `arg` (of `args`) at those coordinates: its strides follow the shape in `meta`, and after
+/// every argument's strides come the arguments' starts (see [`meta`]).
 #[cube]
-fn arg_offset(pos: u32, meta: &Array<u32>, #[comptime] rank: usize, #[comptime] arg: usize) -> u32 {
+fn arg_offset(
+    pos: u32,
+    meta: &Array<u32>,
+    #[comptime] rank: usize,
+    #[comptime] args: usize,
+    #[comptime] arg: usize,
+) -> u32 {
     let mut rem = pos;
-    let mut offset = 0u32;
+    let mut offset = meta[comptime![rank * (args + 1) + arg]];
     #[unroll]
     for r in 0..rank {
         let d = rank - 1 - r;
@@ -197,7 +205,7 @@ pub fn registers<F: Float>(
         let value = match op {
             Op::Arg(a) => {
                 let (kind, slot) = comptime![program.args[a]];
-                let at = arg_offset(pos, meta, rank, a) as usize;
+                let at = arg_offset(pos, meta, rank, comptime![program.args.len()], a) as usize;
                 match kind {
                     Kind::Float => f32::cast_from(floats[slot][at]),
                     Kind::Int => f32::cast_from(ints[slot][at]),
@@ -267,12 +275,14 @@ pub struct Buf {
     pub len: usize,
 }
 
-/// The metadata array of a launch: the output shape, then each argument's strides.
-pub fn meta(shape: &[u32], strides: &[Vec<u32>]) -> Vec<u32> {
+/// The metadata array of a launch: the output shape, then each argument's strides, then where
+/// each argument starts in its buffer (`offsets`; missing ones start at 0).
+pub fn meta(shape: &[u32], strides: &[Vec<u32>], offsets: &[u32]) -> Vec<u32> {
     let mut m = shape.to_vec();
     for s in strides {
         m.extend_from_slice(s);
     }
+    m.extend((0..strides.len()).map(|i| offsets.get(i).copied().unwrap_or(0)));
     // Scalars (rank 0) still need a non-empty array.
     if m.is_empty() {
         m.push(1);

@@ -418,6 +418,43 @@ pub struct VectorConfig {
     /// experts and units, where each expert's slots start (`E + 1` entries). Launched with
     /// `z = 1` and `y = ⌈rows of all slots / rows⌉ + E − 1`; cubes past the last tile exit.
     pub fold_experts: Option<u32>,
+    /// `A` in two parts along `k`, as [`GemmConfig::a_tail`]: `(split, at)` reads columns
+    /// `split..` from `extra[at]`; `split` is a multiple of 4. Needs no batch (rank 0).
+    pub a_tail: Option<(u32, usize)>,
+}
+
+/// Four consecutive rows of `B` (one vector of columns each), as f32.
+type FourRows<N> = (Vector<f32, N>, Vector<f32, N>, Vector<f32, N>, Vector<f32, N>);
+
+/// The four rows `k .. k + 4` of `B` (at `at`, `step` vectors apart) as f32 vectors.
+#[cube]
+fn b_rows<F: Float, N: Size>(
+    b: &Array<Vector<F, N>>,
+    at: u32,
+    step: u32,
+) -> FourRows<N> {
+    (
+        Vector::<f32, N>::cast_from(b[at as usize]),
+        Vector::<f32, N>::cast_from(b[(at + step) as usize]),
+        Vector::<f32, N>::cast_from(b[(at + 2 * step) as usize]),
+        Vector::<f32, N>::cast_from(b[(at + 3 * step) as usize]),
+    )
+}
+
+/// `acc + Σ_i a[i] · b_i`: one row's four steps of `k`.
+#[cube]
+fn fma4<N: Size>(
+    acc: Vector<f32, N>,
+    a: Vector<f32, Const<4>>,
+    b: FourRows<N>,
+) -> Vector<f32, N> {
+    let (b0, b1, b2, b3) = b;
+    let mut s = acc;
+    s += Vector::new(a[0]) * b0;
+    s += Vector::new(a[1]) * b1;
+    s += Vector::new(a[2]) * b2;
+    s += Vector::new(a[3]) * b3;
+    s
 }
 
 /// A GEMM for CPU Vulkan drivers, where every load is the expensive part: `A` is read four
@@ -500,20 +537,35 @@ pub fn matmul_vector<F: Float, N: Size>(
     }
     let b_at = b_off / width + col_load;
     let b_step = b_rs / width;
-    for kq in 0..k / 4 {
-        let b0 = Vector::<f32, N>::cast_from(b[(b_at + (kq * 4) * b_step) as usize]);
-        let b1 = Vector::<f32, N>::cast_from(b[(b_at + (kq * 4 + 1) * b_step) as usize]);
-        let b2 = Vector::<f32, N>::cast_from(b[(b_at + (kq * 4 + 2) * b_step) as usize]);
-        let b3 = Vector::<f32, N>::cast_from(b[(b_at + (kq * 4 + 3) * b_step) as usize]);
+    // With a split A, `a` holds columns `..split` (rows `split` wide) and the tail the rest.
+    let mut head_steps = k / 4;
+    if comptime![cfg.a_tail.is_some()] {
+        head_steps = comptime![cfg.a_tail.unwrap_or((0, 0)).0 / 4];
+    }
+    for kq in 0..head_steps {
+        let bq = b_rows(b, b_at + kq * 4 * b_step, b_step);
         #[unroll]
         for r in 0..rows {
             let av = Vector::<f32, Const<4>>::cast_from(a[(a_at[r as usize] + kq) as usize]);
-            let mut s = acc[r as usize];
-            s += Vector::new(av[0]) * b0;
-            s += Vector::new(av[1]) * b1;
-            s += Vector::new(av[2]) * b2;
-            s += Vector::new(av[3]) * b3;
-            acc[r as usize] = s;
+            acc[r as usize] = fma4(acc[r as usize], av, bq);
+        }
+    }
+    if comptime![cfg.a_tail.is_some()] {
+        let (split, at) = comptime![cfg.a_tail.unwrap_or((0, 0))];
+        let tail = extra.index(at);
+        let tail_width = k - split;
+        for kq in head_steps..k / 4 {
+            let bq = b_rows(b, b_at + kq * 4 * b_step, b_step);
+            #[unroll]
+            for r in 0..rows {
+                let base = local[r as usize] * tail_width + kq * 4 - split;
+                let mut av = Vector::<f32, Const<4>>::new(0.0);
+                #[unroll]
+                for i in 0..4u32 {
+                    av[i as usize] = f32::cast_from(tail[(base + i) as usize]);
+                }
+                acc[r as usize] = fma4(acc[r as usize], av, bq);
+            }
         }
     }
     if col < nv {

@@ -47,7 +47,7 @@ fn random_numbers_match_the_host_generator() {
         ops: vec![Op::Uniform { stream: 5, seed: 0, offset: 1 }],
         outputs: vec![(0, Kind::Float, 0)],
     };
-    let m = upload_u32(&c, &meta(&[n as u32], &[vec![0], vec![0]]));
+    let m = upload_u32(&c, &meta(&[n as u32], &[vec![0], vec![0]], &[]));
     let (cc, cd) = dims(n);
     launch::<R, f32>(
         &c,
@@ -100,7 +100,7 @@ fn unary_and_binary_functions_with_broadcasting() {
     let a: Vec<f32> = (0..rows * cols).map(|i| ((i as f32) * 0.37).sin() * 2.5 + 0.05).collect();
     let b: Vec<f32> = (0..cols).map(|j| 0.5 + (j as f32) * 0.1).collect();
     let (ab, bb) = (upload_f32(&c, &a), upload_f32(&c, &b));
-    let m = upload_u32(&c, &meta(&[rows as u32, cols as u32], &[vec![cols as u32, 1], vec![0, 1]]));
+    let m = upload_u32(&c, &meta(&[rows as u32, cols as u32], &[vec![cols as u32, 1], vec![0, 1]], &[]));
     let (cc, cd) = dims(rows * cols);
     let unaries = [
         Unary::Neg,
@@ -161,7 +161,7 @@ fn selects_casts_constants_indices_and_several_outputs() {
     let labels: Vec<i32> = (0..n as i32).map(|i| i % 5).collect();
     let xb = upload_f32(&c, &x);
     let lb = Buf { handle: c.create_from_slice(i32::as_bytes(&labels)), len: n };
-    let m = upload_u32(&c, &meta(&[2, 65], &[vec![65, 1], vec![65, 1]]));
+    let m = upload_u32(&c, &meta(&[2, 65], &[vec![65, 1], vec![65, 1]], &[]));
     // x < 0 ? -inf : x (float); label + column (int); label == 3 (bool as u32).
     let program = Program {
         rank: 2,
@@ -202,4 +202,50 @@ fn selects_casts_constants_indices_and_several_outputs() {
         assert_eq!(i[k], labels[k] + (k % 65) as i32, "{k}");
         assert_eq!(u[k], (labels[k] == 3) as u32, "{k}");
     }
+}
+
+#[test]
+fn arguments_read_as_slices_of_wider_buffers() {
+    // out [7, 13] = a[:, 5..18] · 2 + b[:, 30..43]: both arguments are column slices of
+    // wider row-major results (a is 7 × 21, b 7 × 50), read where they lie, at their own
+    // starts and row strides.
+    let c = client();
+    let (rows, cols) = (7usize, 13usize);
+    let (a_width, a_start, b_width, b_start) = (21usize, 5usize, 50usize, 30usize);
+    let a: Vec<f32> = (0..rows * a_width).map(|i| (i as f32 * 0.11).cos()).collect();
+    let b: Vec<f32> = (0..rows * b_width).map(|i| (i as f32 * 0.07).sin()).collect();
+    let (ab, bb) = (upload_f32(&c, &a), upload_f32(&c, &b));
+    let strides = [vec![a_width as u32, 1], vec![b_width as u32, 1]];
+    let m = upload_u32(&c, &meta(&[rows as u32, cols as u32], &strides, &[a_start as u32, b_start as u32]));
+    let program = Program {
+        rank: 2,
+        args: vec![(Kind::Float, 0), (Kind::Float, 1)],
+        ops: vec![
+            Op::Arg(0),
+            Op::Const(2.0f32.to_bits()),
+            Op::Binary(Binary::Mul, 0, 1),
+            Op::Arg(1),
+            Op::Binary(Binary::Add, 2, 3),
+        ],
+        outputs: vec![(4, Kind::Float, 0)],
+    };
+    let out = poisoned(&c, rows * cols);
+    let (cc, cd) = dims(rows * cols);
+    launch::<R, f32>(
+        &c,
+        &program,
+        &[(Kind::Float, &ab), (Kind::Float, &bb)],
+        &[(Kind::Float, &out)],
+        &m,
+        (rows * cols) as u32,
+        cc,
+        cd,
+    );
+    let want: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            let (r, j) = (i / cols, i % cols);
+            a[r * a_width + a_start + j] * 2.0 + b[r * b_width + b_start + j]
+        })
+        .collect();
+    assert_eq!(read_f32(&c, &out), want);
 }

@@ -10,8 +10,9 @@
 //! applies (ReLU in stage 1), which then runs once in the joint GEMM's epilogue.
 //!
 //! It declines a group when a branch's result would have to be copied out of the joint result:
-//! the readers that take a slice in place are the row operand of a matmul against a matrix and
-//! the q, k, v of a fused attention.
+//! the readers that take a slice in place are the row operand of a matmul against a matrix,
+//! the q, k, v of a fused attention and elementwise ops (dropout in training graphs), which
+//! read each argument at its own strides and start.
 
 use std::collections::BTreeMap;
 
@@ -42,7 +43,8 @@ pub fn reads_slices_in_place(g: &Graph, reader: NodeId, v: ValueId) -> bool {
             node.args[0] == v && !node.args[1..].contains(&v) && g.value_type(node.args[1]).rank() == 2
         }
         Op::Fused(FusedOp::Attention { bias, .. }) => !*bias || node.args[3] != v,
-        _ => false,
+        Op::Fused(FusedOp::Elementwise { .. }) => true,
+        op => op.is_elementwise(),
     }
 }
 

@@ -120,7 +120,11 @@ pub fn contiguous_strides(shape: &[u64]) -> Vec<u64> {
 /// Strides reading a contiguous `arg` at each coordinate of `out` under numpy broadcasting
 /// (0 along broadcast dimensions).
 pub fn broadcast_strides(arg: &[u64], out: &[u64]) -> Vec<u64> {
-    let own = contiguous_strides(arg);
+    broadcast(&contiguous_strides(arg), arg, out)
+}
+
+/// [`broadcast_strides`] for an `arg` laid out at strides `own`.
+fn broadcast(own: &[u64], arg: &[u64], out: &[u64]) -> Vec<u64> {
     let offset = out.len() - arg.len();
     (0..out.len())
         .map(|d| if d < offset || arg[d - offset] != out[d] || arg[d - offset] == 1 { 0 } else { own[d - offset] })
@@ -344,13 +348,22 @@ impl Lowering<'_> {
     fn emit_costed(&mut self, n: NodeId, kernel: Kernel, reads: Vec<u32>, writes: Vec<u32>, cost: calm_ir::cost::Cost) {
         let node = &self.g.nodes[n];
         let (cube_count, cube_dim) = kernel.launch_dims();
+        // A slice or concatenation read in place has no launch of its own: its readers compute
+        // it, and name it among their nodes.
+        let mut nodes = vec![n.to_string()];
+        for &a in &node.args {
+            let producer = self.g.producer(a).to_string();
+            if (self.views[a].is_some() || self.split[a].is_some()) && !nodes.contains(&producer) {
+                nodes.push(producer);
+            }
+        }
         self.plan.launches.push(Launch {
             kernel,
             reads,
             writes,
             cube_count,
             cube_dim,
-            nodes: vec![n.to_string()],
+            nodes,
             scope: node.scope.clone(),
             cost,
         });
@@ -363,6 +376,36 @@ impl Lowering<'_> {
 
     fn is_output(&self, v: ValueId) -> bool {
         self.g.outputs.iter().any(|o| o.value == v)
+    }
+
+    /// An elementwise launch of `program` over `shape` and the buffers it reads: each argument
+    /// at its broadcast strides, a slice read in place (see [`View`]) at its producer's row
+    /// stride from its start.
+    fn elementwise(
+        &self,
+        args: &[ValueId],
+        shape: Vec<u64>,
+        program: Program,
+    ) -> Result<(Vec<u32>, Kernel), LowerError> {
+        let (mut reads, mut strides, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
+        for &a in args {
+            let own = self.shape(a)?;
+            let (buffer, layout, offset) = match self.views[a] {
+                Some(view) => {
+                    let mut wide = own.clone();
+                    *wide.last_mut().expect("a slice has rank >= 1") = view.row_stride;
+                    (view.buffer, contiguous_strides(&wide), view.offset)
+                }
+                None => (self.buf(a), contiguous_strides(&own), 0),
+            };
+            reads.push(buffer);
+            strides.push(broadcast(&layout, &own, &shape));
+            offsets.push(offset);
+        }
+        if offsets.iter().all(|&o| o == 0) {
+            offsets.clear();
+        }
+        Ok((reads, Kernel::Elementwise { shape, strides, offsets, program }))
     }
 
     /// Where the rows of `v` (`width` wide) lie: its buffer, their stride and the start.
@@ -401,6 +444,22 @@ impl Lowering<'_> {
     fn unsupported(&self, n: NodeId, reason: &str) -> LowerError {
         let node = &self.g.nodes[n];
         LowerError::Unsupported { node: n, op: node.op.name(), scope: node.scope.clone(), reason: reason.to_string() }
+    }
+
+    /// Whether matmul `n`, reading a concatenation whose first part is `head_width` wide as its
+    /// `A`, would get a GEMM kernel that reads `A` in two parts (not the lanes kernel).
+    fn gemm_reads_parts(&self, n: NodeId, head_width: u64) -> Result<bool, LowerError> {
+        let node = &self.g.nodes[n];
+        let tb = match &node.op {
+            Op::MatMul { transpose_b, .. } | Op::Fused(FusedOp::MatMulEpilogue { transpose_b, .. }) => *transpose_b,
+            _ => return Ok(false),
+        };
+        let (a, out) = (self.shape(node.args[0])?, self.shape(node.results[0])?);
+        let (n_, k) = (out[out.len() - 1], a[a.len() - 1]);
+        let b_strides = if tb && !self.transposed[node.args[1]] { [1, k] } else { [n_, 1] };
+        let rows = out[..out.len() - 1].iter().product();
+        let gemm = choose_gemm(self.opts.gemm, rows, n_, k, [head_width, 1], b_strides, 0);
+        Ok(!matches!(gemm, Gemm::Registers { .. }))
     }
 
     /// A matmul, with the epilogue program of a fused one: its extra arguments (the node's
@@ -704,18 +763,22 @@ impl Lowering<'_> {
 
     /// Whether concatenation `n` can stay unstored: two float parts joined along the last axis,
     /// each in a buffer of its own, read only as the row-major `A` of GEMMs that fold their
-    /// batch into rows (shared-tile GEMMs, which read `A` element by element). It then costs no
-    /// copies; the GEMM reads each column from its part.
+    /// batch into rows and whose kernel reads `A` in two parts (shared-tile and vector GEMMs;
+    /// see [`choose_gemm`]). It then costs no copies; the GEMM reads each column from its part.
     fn read_in_parts(&self, n: NodeId) -> bool {
         let node = &self.g.nodes[n];
         let (out, rank) = (node.results[0], self.g.value_type(node.results[0]).rank());
         let Op::Concat { axis } = node.op else { return false };
+        let Ok(first) = self.shape(node.args[0]) else { return false };
+        let head_width = first.last().copied().unwrap_or(0);
         let as_a = |u: NodeId| {
             let reader = &self.g.nodes[u];
-            self.folds_batch(u).unwrap_or(false) && reader.args[0] == out && !reader.args[1..].contains(&out)
+            self.folds_batch(u).unwrap_or(false)
+                && reader.args[0] == out
+                && !reader.args[1..].contains(&out)
+                && self.gemm_reads_parts(u, head_width).unwrap_or(false)
         };
-        matches!(self.opts.gemm, GemmStrategy::SharedTiles(_))
-            && axis + 1 == rank
+        axis + 1 == rank
             && rank >= 2
             && node.args.len() == 2
             && node.args.iter().all(|&a| self.views[a].is_none() && self.g.value_type(a).dtype.is_float())
@@ -905,18 +968,9 @@ impl Lowering<'_> {
                 self.emit(n, Kernel::OneHot { count, depth: *depth }, reads, vec![w])?;
             }
             Op::Fused(FusedOp::Elementwise { program, .. }) => {
-                let strides = args
-                    .iter()
-                    .map(|&a| Ok(broadcast_strides(&self.shape(a)?, &out_shape)))
-                    .collect::<Result<_, LowerError>>()?;
-                let reads = args.iter().map(|&a| self.buf(a)).collect();
+                let (reads, kernel) = self.elementwise(&args, out_shape, program.clone())?;
                 let writes = node.results.iter().map(|&r| self.new_buffer(r, Role::Temp)).collect::<Result<_, _>>()?;
-                self.emit(
-                    n,
-                    Kernel::Elementwise { shape: out_shape, strides, program: program.clone() },
-                    reads,
-                    writes,
-                )?;
+                self.emit(n, kernel, reads, writes)?;
             }
             Op::Fused(FusedOp::MatMulEpilogue { transpose_a, transpose_b, program }) => {
                 self.lower_matmul(n, &args, *transpose_a, *transpose_b, Some(program))?;
@@ -995,13 +1049,9 @@ impl Lowering<'_> {
                 if integer_math {
                     return Err(self.unsupported(n, "integer arithmetic runs on the reference executor only"));
                 }
-                let strides = args
-                    .iter()
-                    .map(|&a| Ok(broadcast_strides(&self.shape(a)?, &out_shape)))
-                    .collect::<Result<_, LowerError>>()?;
-                let reads = args.iter().map(|&a| self.buf(a)).collect();
+                let (reads, kernel) = self.elementwise(&args, out_shape, program)?;
                 let w = self.new_buffer(out, Role::Temp)?;
-                self.emit(n, Kernel::Elementwise { shape: out_shape, strides, program }, reads, vec![w])?;
+                self.emit(n, kernel, reads, vec![w])?;
             }
         }
         Ok(())

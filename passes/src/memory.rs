@@ -42,7 +42,11 @@ pub fn lifetimes(plan: &KernelPlan) -> Vec<(usize, usize)> {
 /// reads `arg` without broadcasting, element for element, and writes `out` of the same size.
 fn in_place(plan: &KernelPlan, at: usize, arg: u32, out: u32) -> bool {
     let l = &plan.launches[at];
-    let Kernel::Elementwise { shape, strides, .. } = &l.kernel else { return false };
+    let Kernel::Elementwise { shape, strides, offsets, .. } = &l.kernel else { return false };
+    // A slice read in place starts inside a wider buffer: never the same elements as `out`.
+    if offsets.iter().any(|&o| o != 0) {
+        return false;
+    }
     let (a, o) = (&plan.buffers[arg as usize], &plan.buffers[out as usize]);
     let identity = contiguous_strides(shape);
     a.storage == o.storage

@@ -179,8 +179,15 @@ pub struct Prologue {
 #[serde(tag = "kernel", rename_all = "snake_case")]
 pub enum Kernel {
     /// `program` evaluated over `shape`; reads one buffer per program argument, argument `i` at
-    /// `Σ coord[d] · strides[i][d]` (0 strides broadcast); writes one buffer per program output.
-    Elementwise { shape: Vec<u64>, strides: Vec<Vec<u64>>, program: Program },
+    /// `offsets[i] + Σ coord[d] · strides[i][d]` (0 strides broadcast; no offsets: all 0, so a
+    /// slice of a wider result is read where it lies); writes one buffer per program output.
+    Elementwise {
+        shape: Vec<u64>,
+        strides: Vec<Vec<u64>>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        offsets: Vec<u64>,
+        program: Program,
+    },
     /// `C[b] = A[b] · B[b]` over `batch`, `A: m × k` at `a_strides` (row, column), `B: k × n` at
     /// `b_strides`, batch offsets `a_batch_strides`, `b_batch_strides`; `C` contiguous
     /// `[batch.., m, n]`; reads `a, b, epilogue args..`; computed by the `gemm` kernel variant.

@@ -433,6 +433,43 @@ fn linears_reading_one_input_run_as_one_gemm() {
 }
 
 #[test]
+fn dropout_reads_its_slice_of_the_joint_gemm_in_place() {
+    // Stage 1 in a training graph: each channel's ReLU output goes through its own dropout
+    // (its own stream) before the second layer. The dropouts read their slices of the joint
+    // GEMM where they lie; the noise follows each element of the slice, so the result equals
+    // the unfused graph's, bit for bit in the mask.
+    let mut b = GraphBuilder::new("channels_dropout");
+    b.enable_randomness().unwrap();
+    b.set_training(true);
+    let x = b.input("x", F, shape![3u64, 7u64, 12u64]).unwrap();
+    for name in ["s", "e", "l"] {
+        let h = nn::linear(&mut b, &format!("{name}1"), x, 9).unwrap();
+        let h = b.relu(h).unwrap();
+        let h = b.dropout(h, 0.3).unwrap();
+        let y = nn::linear(&mut b, &format!("{name}2"), h, 7).unwrap();
+        b.output(name, y);
+    }
+    let g = b.finish().unwrap();
+    let feeds = random_inputs(&g, &Bindings::new(), 6).unwrap();
+    let log = check_fused(&g, &feeds, 1e-5);
+    assert_eq!(fired(&log, "fuse_projections"), 1, "{:?}", log.notes);
+    let mut fused = g.clone();
+    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+    let plan = lower(&fused, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default()).unwrap();
+    let names: Vec<&str> = plan.launches.iter().map(|l| l.kernel.name()).collect();
+    assert!(!names.contains(&"copy"), "no slice is copied out: {names:?}");
+    let sliced = plan
+        .launches
+        .iter()
+        .filter(|l| matches!(&l.kernel, Kernel::Elementwise { offsets, .. } if !offsets.is_empty()));
+    assert_eq!(
+        sliced.count(),
+        2,
+        "the dropouts of the second and third slices start inside the joint result: {names:?}"
+    );
+}
+
+#[test]
 fn self_attention_projections_and_attention_fuse_together() {
     let mut b = GraphBuilder::new("self_attention");
     let x = b.input("x", F, shape![3u64, 5u64, 24u64]).unwrap();

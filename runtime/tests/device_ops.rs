@@ -170,11 +170,11 @@ fn every_gemm_variant_with_weights_epilogues_and_batches() {
 }
 
 #[test]
-fn shared_tile_gemms_read_a_concatenation_from_its_parts() {
+fn gemms_read_a_concatenation_from_its_parts() {
     use calm_passes::compile::fusion_passes;
     use calm_passes::lower::GemmStrategy;
     use calm_passes::pipeline::Pipeline;
-    use calm_passes::plan::{GemmTile, Kernel};
+    use calm_passes::plan::{Gemm, GemmTile, Kernel};
     // Parts of awkward widths (the split falls inside a k tile), a batch folded into rows, an
     // epilogue (bias, GELU) and two GEMMs reading the one concatenation.
     let mut b = GraphBuilder::new("t");
@@ -198,6 +198,39 @@ fn shared_tile_gemms_read_a_concatenation_from_its_parts() {
         let split =
             plan.launches.iter().filter(|l| matches!(l.kernel, Kernel::MatMul { a_split: Some(33), .. })).count();
         assert_eq!(split, if copies == 0 { 2 } else { 0 }, "{gemm:?}");
+        compare_with(&g, &feeds, 1e-5, &opts);
+    }
+    // Parts of widths that are multiples of 4: the vector GEMM (lavapipe's) reads them in place
+    // too. 45 rows: a tile of 32 rows and one of 13.
+    let mut b = GraphBuilder::new("t");
+    let x = b.input("x", F, shape![5u64, 9u64, 36u64]).unwrap();
+    let y = b.input("y", F, shape![5u64, 9u64, 8u64]).unwrap();
+    let xy = b.concat(&[x, y], 2).unwrap();
+    let h = calm_ir::nn::linear(&mut b, "lin", xy, 132).unwrap();
+    let h = b.relu(h).unwrap();
+    let w = b.input("w", F, shape![44u64, 12u64]).unwrap();
+    let p = b.matmul(xy, w, false, false).unwrap();
+    b.output("h", h);
+    b.output("p", p);
+    let mut g = b.finish().unwrap();
+    Pipeline::new(fusion_passes()).run(&mut g).unwrap();
+    let feeds = random_inputs(&g, &Bindings::new(), 10).unwrap();
+    for gemm in [GemmStrategy::Registers, GemmStrategy::SharedTiles(GemmTile::DEFAULT)] {
+        let opts = LowerOptions { gemm, ..LowerOptions::default() };
+        let plan = lower(&g, &Bindings::new(), &opts).unwrap();
+        assert_eq!(plan.launches.iter().filter(|l| l.kernel.name() == "copy").count(), 0, "{gemm:?}");
+        let split: Vec<&Gemm> = plan
+            .launches
+            .iter()
+            .filter_map(|l| match &l.kernel {
+                Kernel::MatMul { a_split: Some(36), gemm, .. } => Some(gemm),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(split.len(), 2, "{gemm:?}");
+        if gemm == GemmStrategy::Registers {
+            assert!(split.iter().all(|v| matches!(v, Gemm::Vectors { .. })), "{split:?}");
+        }
         compare_with(&g, &feeds, 1e-5, &opts);
     }
     // A concatenation that is also an output is stored.

@@ -21,9 +21,11 @@ fn u32s(v: &[u64]) -> Vec<u32> {
 /// The metadata array a launch reads (shapes and strides), if its kernel takes one.
 pub fn meta(kernel: &Kernel) -> Option<Vec<u32>> {
     match kernel {
-        Kernel::Elementwise { shape, strides, .. }
-        | Kernel::Reduce { prologue: Some(Prologue { shape, strides, .. }), .. } => {
-            Some(elementwise::meta(&u32s(shape), &strides.iter().map(|s| u32s(s)).collect::<Vec<_>>()))
+        Kernel::Elementwise { shape, strides, offsets, .. } => {
+            Some(elementwise::meta(&u32s(shape), &strides.iter().map(|s| u32s(s)).collect::<Vec<_>>(), &u32s(offsets)))
+        }
+        Kernel::Reduce { prologue: Some(Prologue { shape, strides, .. }), .. } => {
+            Some(elementwise::meta(&u32s(shape), &strides.iter().map(|s| u32s(s)).collect::<Vec<_>>(), &[]))
         }
         Kernel::Copy { shape, src_strides, src_offset, dst_strides, dst_offset } => {
             let mut m = u32s(shape);
@@ -110,8 +112,8 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
             };
             let a_tail = a_split.map(|split| (split as u32, extras.len() - 1));
             assert!(
-                a_tail.is_none() || matches!(gemm, Gemm::SharedTiles(_)),
-                "the lowering splits A for shared-tile GEMMs only"
+                a_tail.is_none() || !matches!(gemm, Gemm::Registers { .. }),
+                "the lowering splits A for shared-tile and vector GEMMs only"
             );
             assert!(
                 grouped.as_ref().is_none_or(|g| g.fold_experts.is_none()) || matches!(gemm, Gemm::Vectors { .. }),
@@ -169,7 +171,7 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                     Gemm::Vectors { rows, width, .. } => {
                         let w = width as usize;
                         let fold_experts = grouped.as_ref().and_then(|g| g.fold_experts);
-                        let cfg = VectorConfig { rows, batch, epilogue, fold_experts };
+                        let cfg = VectorConfig { rows, batch, epilogue, fold_experts, a_tail };
                         let vec_arg =
                             |x: &Buf, width: usize| ArrayArg::<R>::from_raw_parts(x.handle.clone(), x.len / width);
                         matmul::matmul_vector::launch_unchecked::<F, R>(

@@ -118,12 +118,13 @@ impl Device {
         }
     }
 
-    /// How to lower plans for this device: GPU GEMM tiles on CUDA, register blocking on Vulkan
-    /// (where the only device here is lavapipe, on the CPU).
+    /// How to lower plans for this device: register blocking and several attention rows per
+    /// thread on a CPU adapter (lavapipe, whose threads are SIMD lanes); GPU GEMM tiles and one
+    /// attention row per thread on CUDA and on a Vulkan GPU, where the CPU's choices would spill.
     pub fn lower_options(&self) -> calm_passes::lower::LowerOptions {
         match self {
-            Device::Wgpu(_) => calm_passes::lower::LowerOptions::default(),
-            Device::Cuda(_) => calm_passes::lower::LowerOptions::gpu(),
+            Device::Wgpu(_) if cpu_adapter() => calm_passes::lower::LowerOptions::default(),
+            Device::Wgpu(_) | Device::Cuda(_) => calm_passes::lower::LowerOptions::gpu(),
         }
     }
 
