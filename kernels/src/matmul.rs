@@ -428,11 +428,7 @@ type FourRows<N> = (Vector<f32, N>, Vector<f32, N>, Vector<f32, N>, Vector<f32, 
 
 /// The four rows `k .. k + 4` of `B` (at `at`, `step` vectors apart) as f32 vectors.
 #[cube]
-fn b_rows<F: Float, N: Size>(
-    b: &Array<Vector<F, N>>,
-    at: u32,
-    step: u32,
-) -> FourRows<N> {
+fn b_rows<F: Float, N: Size>(b: &Array<Vector<F, N>>, at: u32, step: u32) -> FourRows<N> {
     (
         Vector::<f32, N>::cast_from(b[at as usize]),
         Vector::<f32, N>::cast_from(b[(at + step) as usize]),
@@ -443,11 +439,7 @@ fn b_rows<F: Float, N: Size>(
 
 /// `acc + Σ_i a[i] · b_i`: one row's four steps of `k`.
 #[cube]
-fn fma4<N: Size>(
-    acc: Vector<f32, N>,
-    a: Vector<f32, Const<4>>,
-    b: FourRows<N>,
-) -> Vector<f32, N> {
+fn fma4<N: Size>(acc: Vector<f32, N>, a: Vector<f32, Const<4>>, b: FourRows<N>) -> Vector<f32, N> {
     let (b0, b1, b2, b3) = b;
     let mut s = acc;
     s += Vector::new(a[0]) * b0;

@@ -190,7 +190,8 @@ pub enum Kernel {
     },
     /// `C[b] = A[b] · B[b]` over `batch`, `A: m × k` at `a_strides` (row, column), `B: k × n` at
     /// `b_strides`, batch offsets `a_batch_strides`, `b_batch_strides`; `C` contiguous
-    /// `[batch.., m, n]`; reads `a, b, epilogue args..`; computed by the `gemm` kernel variant.
+    /// `[batch.., m, n]`; reads `a, b, epilogue args..`, then the index array of a grouped GEMM or
+    /// `A`'s second part when `a_split` is set; computed by the `gemm` kernel variant.
     MatMul {
         batch: Vec<u64>,
         a_batch_strides: Vec<u64>,

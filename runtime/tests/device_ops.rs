@@ -170,6 +170,31 @@ fn every_gemm_variant_with_weights_epilogues_and_batches() {
 }
 
 #[test]
+fn elementwise_ops_read_slices_where_they_lie() {
+    use calm_passes::plan::Kernel;
+    // A last-axis slice read only by elementwise ops is a view into its argument: rank 3
+    // broadcast against a bias, rank 3 into a higher-rank output, and rank 1.
+    let g = check(
+        &[("x", F, shape![3u64, 7u64, 20u64]), ("v", F, shape![33u64]), ("y", F, shape![2u64, 1u64, 1u64, 9u64])],
+        1e-6,
+        |b, x| {
+            let s = b.slice(x[0], -1, 4, 13)?;
+            let y = b.exp(x[2])?;
+            let t = b.slice(x[1], -1, 5, 30)?;
+            Ok(vec![b.add(s, y)?, b.mul(s, s)?, b.neg(t)?])
+        },
+    );
+    let plan = lower(&g, &Bindings::new(), &LowerOptions::default()).unwrap();
+    let names: Vec<&str> = plan.launches.iter().map(|l| l.kernel.name()).collect();
+    assert!(!names.contains(&"copy"), "{names:?}");
+    let started = plan
+        .launches
+        .iter()
+        .filter(|l| matches!(&l.kernel, Kernel::Elementwise { offsets, .. } if !offsets.is_empty()));
+    assert_eq!(started.count(), 3, "{names:?}");
+}
+
+#[test]
 fn gemms_read_a_concatenation_from_its_parts() {
     use calm_passes::compile::fusion_passes;
     use calm_passes::lower::GemmStrategy;

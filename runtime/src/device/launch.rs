@@ -116,6 +116,11 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
                 "the lowering splits A for shared-tile and vector GEMMs only"
             );
             assert!(
+                !matches!(gemm, Gemm::Vectors { .. })
+                    || a_tail.is_none_or(|(split, _)| split % 4 == 0 && batch.is_empty()),
+                "the vector GEMM reads a split A's first part 4 columns at a time, without a batch"
+            );
+            assert!(
                 grouped.as_ref().is_none_or(|g| g.fold_experts.is_none()) || matches!(gemm, Gemm::Vectors { .. }),
                 "the lowering folds grouped rows for vector GEMMs only"
             );
