@@ -446,6 +446,16 @@ impl Lowering<'_> {
         LowerError::Unsupported { node: n, op: node.op.name(), scope: node.scope.clone(), reason: reason.to_string() }
     }
 
+    /// Row and column strides of a GEMM's `B` (`k × n` as the product reads it): a weight stored
+    /// transposed is the row-major `k × n` matrix it is on the device.
+    fn b_strides(&self, b: ValueId, tb: bool, k: u64, n: u64) -> [u64; 2] {
+        if tb && !self.transposed[b] {
+            [1, k]
+        } else {
+            [n, 1]
+        }
+    }
+
     /// Whether matmul `n`, reading a concatenation whose first part is `head_width` wide as its
     /// `A`, would get a GEMM kernel that reads `A` in two parts (not the lanes kernel).
     fn gemm_reads_parts(&self, n: NodeId, head_width: u64) -> Result<bool, LowerError> {
@@ -456,7 +466,7 @@ impl Lowering<'_> {
         };
         let (a, out) = (self.shape(node.args[0])?, self.shape(node.results[0])?);
         let (n_, k) = (out[out.len() - 1], a[a.len() - 1]);
-        let b_strides = if tb && !self.transposed[node.args[1]] { [1, k] } else { [n_, 1] };
+        let b_strides = self.b_strides(node.args[1], tb, k, n_);
         let rows = out[..out.len() - 1].iter().product();
         let gemm = choose_gemm(self.opts.gemm, rows, n_, k, [head_width, 1], b_strides, 0);
         Ok(!matches!(gemm, Gemm::Registers { .. }))
@@ -497,7 +507,7 @@ impl Lowering<'_> {
             None => self.rows_of(args[0], k),
         };
         let a_strides = if ta { [1, m] } else { [a_row, 1] };
-        let b_strides = if tb && !self.transposed[args[1]] { [1, k] } else { [n_, 1] };
+        let b_strides = self.b_strides(args[1], tb, k, n_);
         // A batch entry of A spans its rows at A's row stride (wider for a slice).
         let a_rows_cols = if ta { a[a.len() - 2] * a[a.len() - 1] } else { a[a.len() - 2] * a_row };
         let batch_strides = |x: &[u64], rows_cols: u64| {

@@ -14,7 +14,7 @@ use calm_models::CalmConfig;
 use calm_passes::compile::fusion_passes;
 use calm_passes::lower::{lower, LowerOptions};
 use calm_passes::memory::check_memory;
-use calm_passes::plan::{Gemm, Kernel};
+use calm_passes::plan::{Gemm, Kernel, KernelPlan};
 use calm_passes::{PassLog, Pipeline};
 use calm_runtime::device::DeviceExecutor;
 use calm_runtime::host::{HostData, HostTensor};
@@ -70,6 +70,13 @@ fn check_fused_lowered(
         }
     }
     report.log
+}
+
+/// The plan of `g` after every fusion pass, lowered with `opts`.
+fn fused_plan(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> KernelPlan {
+    let mut fused = g.clone();
+    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
+    lower(&fused, bindings, opts).unwrap()
 }
 
 fn fired(log: &PassLog, pass: &str) -> usize {
@@ -138,9 +145,7 @@ fn gumbel_pool_writes_the_assignment_only_when_asked() {
     calm_passes::dce(&mut g).unwrap();
     let feeds = pool_feeds(&g, 3, 7);
     assert_eq!(fired(&check_fused(&g, &feeds, 1e-4), "fuse_gumbel_pool"), 1);
-    let mut fused = g.clone();
-    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
-    let plan = lower(&fused, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default()).unwrap();
+    let plan = fused_plan(&g, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default());
     let launch = plan.launches.iter().find(|l| l.kernel.name() == "gumbel_pool").unwrap();
     assert_eq!(plan.buffers[launch.writes[1] as usize].len, 1, "a placeholder, not [B, T, K]");
 }
@@ -408,9 +413,7 @@ fn linears_reading_one_input_run_as_one_gemm() {
         let feeds = random_inputs(&g, &Bindings::new(), 4).unwrap();
         let log = check_fused(&g, &feeds, 1e-5);
         assert_eq!(fired(&log, "fuse_projections"), 1, "{:?}", log.notes);
-        let mut fused = g.clone();
-        Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
-        let plan = lower(&fused, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default()).unwrap();
+        let plan = fused_plan(&g, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default());
         // One joint GEMM, three second layers, and no copies of the slices.
         assert_eq!(plan.launches.len(), 4, "{:?}", plan.launches.iter().map(|l| l.kernel.name()).collect::<Vec<_>>());
         assert_eq!(plan.params.iter().filter(|p| p.concat.is_some()).count(), 2, "weights and biases joined at load");
@@ -421,9 +424,7 @@ fn linears_reading_one_input_run_as_one_gemm() {
         let g = three_channels_with(3, 7, 12, 8, true);
         let feeds = random_inputs(&g, &Bindings::new(), 5).unwrap();
         check_fused_lowered(&g, &feeds, &ParamStore::init(&g, 7), 1e-5, &gemm);
-        let mut fused = g.clone();
-        Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
-        let plan = lower(&fused, &bind_inputs(&g, &feeds).unwrap(), &gemm).unwrap();
+        let plan = fused_plan(&g, &bind_inputs(&g, &feeds).unwrap(), &gemm);
         let names: Vec<&str> = plan.launches.iter().map(|l| l.kernel.name()).collect();
         assert_eq!(names.len(), 4, "the row is added in an epilogue: {names:?}");
         let batched =
@@ -453,9 +454,7 @@ fn dropout_reads_its_slice_of_the_joint_gemm_in_place() {
     let feeds = random_inputs(&g, &Bindings::new(), 6).unwrap();
     let log = check_fused(&g, &feeds, 1e-5);
     assert_eq!(fired(&log, "fuse_projections"), 1, "{:?}", log.notes);
-    let mut fused = g.clone();
-    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
-    let plan = lower(&fused, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default()).unwrap();
+    let plan = fused_plan(&g, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default());
     let names: Vec<&str> = plan.launches.iter().map(|l| l.kernel.name()).collect();
     assert!(!names.contains(&"copy"), "no slice is copied out: {names:?}");
     let sliced = plan
@@ -520,9 +519,7 @@ fn sparse_experts_match_the_dense_mixture() {
         assert!(notes[0].detail.starts_with(&format!("{dims} mixture")), "{:?}", notes[0]);
         assert!(notes[1].detail.starts_with(&format!("routers of {dims} group")), "{:?}", notes[1]);
         assert_eq!(routing_launches(&g, &b), (1, 0, 0), "E={experts} k={top_k}");
-        let mut fused = g.clone();
-        Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
-        let plan = lower(&fused, &b, &LowerOptions::default()).unwrap();
+        let plan = fused_plan(&g, &b, &LowerOptions::default());
         let combines = plan.launches.iter().filter(|l| l.kernel.name() == "combine").count();
         assert_eq!(combines, 1, "E={experts} k={top_k}: one combine for {dims} groups");
     }
@@ -530,9 +527,7 @@ fn sparse_experts_match_the_dense_mixture() {
 
 /// The plan's launches of (`route_dispatch`, `route`, `dispatch`) for `g` after fusion.
 fn routing_launches(g: &Graph, b: &Bindings) -> (usize, usize, usize) {
-    let mut fused = g.clone();
-    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
-    let plan = lower(&fused, b, &LowerOptions::default()).unwrap();
+    let plan = fused_plan(g, b, &LowerOptions::default());
     let count = |name: &str| plan.launches.iter().filter(|l| l.kernel.name() == name).count();
     (count("route_dispatch"), count("route"), count("dispatch"))
 }
@@ -585,9 +580,7 @@ fn routing_kernel_orders_units_and_computes_balance_statistics() {
     let (one, routes, dispatches) = routing_launches(&g, &b);
     assert_eq!(one, 0);
     assert!(routes > 0 && dispatches > 0, "{routes} routes, {dispatches} dispatches");
-    let mut fused = g.clone();
-    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
-    let plan = lower(&fused, &b, &LowerOptions::default()).unwrap();
+    let plan = fused_plan(&g, &b, &LowerOptions::default());
     assert_eq!(plan.launches.iter().filter(|l| l.kernel.name() == "combine").count(), dispatches);
 }
 
@@ -608,9 +601,7 @@ fn sparse_experts_with_all_units_on_one_expert() {
     assert!(fired(&log, "fuse_experts") > 0, "{:?}", log.notes);
     // The vector GEMMs fold the slots' rows into tiles within one expert: expert 2's 9 slots
     // span more than one tile (the last one partial), and two experts have no tile at all.
-    let mut fused = g.clone();
-    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
-    let plan = lower(&fused, &b, &LowerOptions::default()).unwrap();
+    let plan = fused_plan(&g, &b, &LowerOptions::default());
     let folded: Vec<(u32, u64)> = plan
         .launches
         .iter()
@@ -656,9 +647,7 @@ fn grouped_gemms_work_in_every_gemm_variant() {
         let log = check_fused_lowered(&g, &feeds, &params, 1e-4, &opts);
         // The mixture, its routers, and its groups joined.
         assert_eq!(fired(&log, "fuse_experts"), 3, "{:?}", log.notes);
-        let mut fused = g.clone();
-        Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
-        let plan = lower(&fused, &b, &opts).unwrap();
+        let plan = fused_plan(&g, &b, &opts);
         let grouped: Vec<Gemm> = plan
             .launches
             .iter()
@@ -703,9 +692,7 @@ fn reductions_evaluate_their_elementwise_inputs_in_place() {
     awkward_mask(&mut feeds, 7, 33, true);
     let log = check_fused(&g, &feeds, 1e-5);
     assert_eq!(fired(&log, "fuse_reduce_prologues"), 3, "{:?}", log.notes);
-    let mut fused = g.clone();
-    Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
-    let plan = lower(&fused, &Bindings::new(), &LowerOptions::default()).unwrap();
+    let plan = fused_plan(&g, &Bindings::new(), &LowerOptions::default());
     let names: Vec<&str> = plan.launches.iter().map(|l| l.kernel.name()).collect();
     for kernel in ["elementwise+reduce_sum", "elementwise+reduce_max", "elementwise+reduce_mean", "reduce_mean"] {
         assert!(names.contains(&kernel), "{kernel} in {names:?}");

@@ -200,20 +200,27 @@ fn gemms_read_a_concatenation_from_its_parts() {
     use calm_passes::lower::GemmStrategy;
     use calm_passes::pipeline::Pipeline;
     use calm_passes::plan::{Gemm, GemmTile, Kernel};
+    // `[x, y]` joined along the last axis (x, y: `[rows.., width]`), read as `A` by a linear
+    // with an activation in its epilogue (`h`, `n[0]` wide) and a bare matmul (`p`, `n[1]`),
+    // after every fusion pass.
+    let two_gemms = |rows: [u64; 2], widths: [u64; 2], n: [u64; 2], gelu: bool| {
+        let mut b = GraphBuilder::new("t");
+        let x = b.input("x", F, shape![rows[0], rows[1], widths[0]]).unwrap();
+        let y = b.input("y", F, shape![rows[0], rows[1], widths[1]]).unwrap();
+        let xy = b.concat(&[x, y], 2).unwrap();
+        let h = calm_ir::nn::linear(&mut b, "lin", xy, n[0]).unwrap();
+        let h = if gelu { b.gelu(h) } else { b.relu(h) }.unwrap();
+        let w = b.input("w", F, shape![widths[0] + widths[1], n[1]]).unwrap();
+        let p = b.matmul(xy, w, false, false).unwrap();
+        b.output("h", h);
+        b.output("p", p);
+        let mut g = b.finish().unwrap();
+        Pipeline::new(fusion_passes()).run(&mut g).unwrap();
+        g
+    };
     // Parts of awkward widths (the split falls inside a k tile), a batch folded into rows, an
     // epilogue (bias, GELU) and two GEMMs reading the one concatenation.
-    let mut b = GraphBuilder::new("t");
-    let x = b.input("x", F, shape![3u64, 7u64, 33u64]).unwrap();
-    let y = b.input("y", F, shape![3u64, 7u64, 5u64]).unwrap();
-    let xy = b.concat(&[x, y], 2).unwrap();
-    let h = calm_ir::nn::linear(&mut b, "lin", xy, 130).unwrap();
-    let h = b.gelu(h).unwrap();
-    let w = b.input("w", F, shape![38u64, 9u64]).unwrap();
-    let p = b.matmul(xy, w, false, false).unwrap();
-    b.output("h", h);
-    b.output("p", p);
-    let mut g = b.finish().unwrap();
-    Pipeline::new(fusion_passes()).run(&mut g).unwrap();
+    let g = two_gemms([3, 7], [33, 5], [130, 9], true);
     let feeds = random_inputs(&g, &Bindings::new(), 8).unwrap();
     for (gemm, copies) in [(GemmStrategy::SharedTiles(GemmTile::DEFAULT), 0), (GemmStrategy::Registers, 2)] {
         let opts = LowerOptions { gemm, ..LowerOptions::default() };
@@ -227,18 +234,7 @@ fn gemms_read_a_concatenation_from_its_parts() {
     }
     // Parts of widths that are multiples of 4: the vector GEMM (lavapipe's) reads them in place
     // too. 45 rows: a tile of 32 rows and one of 13.
-    let mut b = GraphBuilder::new("t");
-    let x = b.input("x", F, shape![5u64, 9u64, 36u64]).unwrap();
-    let y = b.input("y", F, shape![5u64, 9u64, 8u64]).unwrap();
-    let xy = b.concat(&[x, y], 2).unwrap();
-    let h = calm_ir::nn::linear(&mut b, "lin", xy, 132).unwrap();
-    let h = b.relu(h).unwrap();
-    let w = b.input("w", F, shape![44u64, 12u64]).unwrap();
-    let p = b.matmul(xy, w, false, false).unwrap();
-    b.output("h", h);
-    b.output("p", p);
-    let mut g = b.finish().unwrap();
-    Pipeline::new(fusion_passes()).run(&mut g).unwrap();
+    let g = two_gemms([5, 9], [36, 8], [132, 12], false);
     let feeds = random_inputs(&g, &Bindings::new(), 10).unwrap();
     for gemm in [GemmStrategy::Registers, GemmStrategy::SharedTiles(GemmTile::DEFAULT)] {
         let opts = LowerOptions { gemm, ..LowerOptions::default() };
