@@ -43,17 +43,18 @@ pub fn lifetimes(plan: &KernelPlan) -> Vec<(usize, usize)> {
 fn in_place(plan: &KernelPlan, at: usize, arg: u32, out: u32) -> bool {
     let l = &plan.launches[at];
     let Kernel::Elementwise { shape, strides, offsets, .. } = &l.kernel else { return false };
-    // A slice read in place starts inside a wider buffer: never the same elements as `out`.
-    if offsets.iter().any(|&o| o != 0) {
-        return false;
-    }
     let (a, o) = (&plan.buffers[arg as usize], &plan.buffers[out as usize]);
     let identity = contiguous_strides(shape);
+    // Every read of `arg` must be element for element from its start. A read from a start
+    // inside the buffer (a slice read in place) would meet elements already overwritten; other
+    // arguments' starts do not matter. `offsets` is empty when all starts are 0.
+    let start = |i: usize| offsets.get(i).copied().unwrap_or(0);
+    let mut reads = l.reads.iter().zip(strides).enumerate().filter(|(_, (&r, _))| r == arg).peekable();
     a.storage == o.storage
         && a.len == o.len
         && l.writes.contains(&out)
-        && l.reads.iter().zip(strides).any(|(&r, s)| r == arg && *s == identity)
-        && !l.reads.iter().zip(strides).any(|(&r, s)| r == arg && *s != identity)
+        && reads.peek().is_some()
+        && reads.all(|(i, (_, s))| *s == identity && start(i) == 0)
 }
 
 /// Whether buffers `a` and `b` may share memory.

@@ -74,6 +74,34 @@ fn elementwise_chains_run_in_place() {
     assert!(temps.windows(2).all(|w| w[0] == w[1]));
 }
 
+/// An elementwise launch that also reads a slice of a wider buffer (from a start inside it)
+/// still writes over an argument it reads element for element from its start.
+#[test]
+fn a_slice_among_the_arguments_leaves_in_place_writes_to_the_others() {
+    let mut b = GraphBuilder::new("t");
+    let x = b.input("x", DType::F32, calm_ir::shape![5u64, 12u64]).unwrap();
+    let y = b.input("y", DType::F32, calm_ir::shape![5u64, 4u64]).unwrap();
+    let wide = b.exp(x).unwrap();
+    let part = b.slice(wide, -1, 4, 8).unwrap();
+    let t = b.tanh(y).unwrap();
+    let sum = b.add(part, t).unwrap();
+    let out = b.relu(sum).unwrap();
+    b.output("out", out);
+    let g = b.finish().unwrap();
+    let plan = lower(&g, &Bindings::new(), &LowerOptions::default()).unwrap();
+    check(&g, &plan);
+    let l = plan
+        .launches
+        .iter()
+        .find(|l| matches!(&l.kernel, Kernel::Elementwise { offsets, .. } if offsets.iter().any(|&o| o != 0)))
+        .expect("the add reads its slice where it lies");
+    let Kernel::Elementwise { offsets, .. } = &l.kernel else { unreachable!() };
+    let slot = |b: u32| plan.memory.slot_of[b as usize];
+    let (sliced, whole) = if offsets[0] != 0 { (l.reads[0], l.reads[1]) } else { (l.reads[1], l.reads[0]) };
+    assert_eq!(slot(l.writes[0]), slot(whole), "the sum overwrites tanh(y), read from its start");
+    assert_ne!(slot(l.writes[0]), slot(sliced), "never the buffer it reads a slice of");
+}
+
 #[test]
 fn the_checker_catches_buffers_that_overlap() {
     let g = build(&CalmConfig::preset("tiny").unwrap(), Mode::Inference).unwrap();

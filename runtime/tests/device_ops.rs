@@ -194,6 +194,29 @@ fn elementwise_ops_read_slices_where_they_lie() {
     assert_eq!(started.count(), 3, "{names:?}");
 }
 
+/// An elementwise launch writing over an argument it reads from its start while it reads
+/// another at a start inside a wider buffer: the memory plan shares the first's slot, and the
+/// device agrees with the reference.
+#[test]
+fn a_launch_reading_a_slice_still_writes_in_place() {
+    use calm_passes::plan::Kernel;
+    let g = check(&[("x", F, shape![5u64, 13u64]), ("y", F, shape![5u64, 7u64])], 1e-6, |b, x| {
+        let wide = b.exp(x[0])?;
+        let part = b.slice(wide, -1, 5, 12)?;
+        let t = b.tanh(x[1])?;
+        let sum = b.add(part, t)?;
+        Ok(vec![b.relu(sum)?])
+    });
+    let plan = lower(&g, &Bindings::new(), &LowerOptions::default()).unwrap();
+    let l = plan
+        .launches
+        .iter()
+        .find(|l| matches!(&l.kernel, Kernel::Elementwise { offsets, .. } if offsets.iter().any(|&o| o != 0)))
+        .expect("the add reads its slice where it lies");
+    let slots: Vec<u32> = l.reads.iter().chain(&l.writes).map(|&b| plan.memory.slot_of[b as usize]).collect();
+    assert!(slots[..2].contains(&slots[2]), "the sum shares a slot with an argument: {slots:?}");
+}
+
 #[test]
 fn gemms_read_a_concatenation_from_its_parts() {
     use calm_passes::compile::fusion_passes;

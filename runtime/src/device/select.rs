@@ -109,9 +109,15 @@ impl Device {
                     "CUDA did not start: install an NVIDIA driver and GPU, or use --device wgpu".into(),
                 )
             }),
-            DeviceChoice::Wgpu => {
-                wgpu().ok_or_else(|| SelectError::Unavailable(format!("wgpu found no adapter: {vulkan_help}")))
-            }
+            DeviceChoice::Wgpu => wgpu().ok_or_else(|| {
+                let help = match std::env::var("CUBECL_WGPU_DEFAULT_DEVICE") {
+                    Ok(v) => format!(
+                        "CUBECL_WGPU_DEFAULT_DEVICE={v} names no adapter of this machine; unset it, or {vulkan_help}"
+                    ),
+                    Err(_) => vulkan_help.to_string(),
+                };
+                SelectError::Unavailable(format!("wgpu found no adapter: {help}"))
+            }),
             DeviceChoice::Auto => cuda()
                 .or_else(wgpu)
                 .ok_or_else(|| SelectError::Unavailable(format!("neither CUDA nor wgpu started: {vulkan_help}"))),
@@ -214,41 +220,72 @@ impl Device {
     }
 }
 
-/// The Vulkan adapters' descriptions, enumerated once per process: `Device::run` asks whether
-/// the device is a CPU adapter on every call (a batch at a time when scoring), and creating a
-/// Vulkan instance each time would cost more than the question.
-fn vulkan_adapter_infos() -> &'static [wgpu::AdapterInfo] {
-    static INFOS: OnceLock<Vec<wgpu::AdapterInfo>> = OnceLock::new();
-    INFOS.get_or_init(|| {
+/// The adapter behind `WgpuDevice::default()`, found once per process by the rule CubeCL 0.10's
+/// `request_adapter` follows (its choice is private): `CUBECL_WGPU_DEFAULT_DEVICE` when set
+/// (`DiscreteGpu(n)`, `IntegratedGpu(n)`, `VirtualGpu(n)`, `Cpu`: the n-th Vulkan adapter of
+/// that type, else the n-th of type `Other`), otherwise wgpu's high-performance choice.
+/// `Device::run` asks whether the device is a CPU adapter on every call (a batch at a time when
+/// scoring), and a Vulkan instance per call would cost more than the question. `None`: no
+/// Vulkan adapter answered.
+fn opened_adapter() -> Option<&'static wgpu::AdapterInfo> {
+    static INFO: OnceLock<Option<wgpu::AdapterInfo>> = OnceLock::new();
+    INFO.get_or_init(|| {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: wgpu::Backends::VULKAN,
             ..wgpu::InstanceDescriptor::new_without_display_handle()
         });
-        cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN))
-            .iter()
-            .map(|a| a.get_info())
-            .collect()
+        let wanted = std::env::var("CUBECL_WGPU_DEFAULT_DEVICE").ok().and_then(|v| adapter_override(&v));
+        match wanted {
+            Some((kind, n)) => {
+                let infos: Vec<wgpu::AdapterInfo> =
+                    cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN))
+                        .iter()
+                        .map(|a| a.get_info())
+                        .collect();
+                let of = |t: wgpu::DeviceType| infos.iter().filter(move |i| i.device_type == t).cloned();
+                of(kind).nth(n).or_else(|| of(wgpu::DeviceType::Other).nth(n))
+            }
+            None => cubecl::future::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+            }))
+            .ok()
+            .map(|a| a.get_info()),
+        }
+    })
+    .as_ref()
+}
+
+/// `CUBECL_WGPU_DEFAULT_DEVICE`'s adapter type and index, spelled as CubeCL reads it.
+fn adapter_override(var: &str) -> Option<(wgpu::DeviceType, usize)> {
+    if var == "Cpu" {
+        return Some((wgpu::DeviceType::Cpu, 0));
+    }
+    let kinds = [
+        ("DiscreteGpu(", wgpu::DeviceType::DiscreteGpu),
+        ("IntegratedGpu(", wgpu::DeviceType::IntegratedGpu),
+        ("VirtualGpu(", wgpu::DeviceType::VirtualGpu),
+    ];
+    kinds.iter().find_map(|(prefix, kind)| {
+        let n = var.strip_prefix(prefix)?.strip_suffix(')')?.parse().ok()?;
+        Some((*kind, n))
     })
 }
 
-/// Whether every Vulkan adapter runs on the CPU (lavapipe): its memory is the host's.
+/// Whether the wgpu device runs on the CPU (lavapipe): its threads are SIMD lanes and its
+/// memory is the host's.
 fn cpu_adapter() -> bool {
-    let infos = vulkan_adapter_infos();
-    !infos.is_empty() && infos.iter().all(|info| info.device_type == wgpu::DeviceType::Cpu)
+    opened_adapter().is_some_and(|info| info.device_type == wgpu::DeviceType::Cpu)
 }
 
-/// The names and drivers of the Vulkan adapters (`llvmpipe (LLVM 15.0.6, 256 bits), Mesa
-/// 22.3.6`): what identifies the device behind wgpu's default choice in reports and caches.
+/// The name and driver of the wgpu device's adapter (`llvmpipe (LLVM 15.0.6, 256 bits),
+/// llvmpipe Mesa 22.3.6`): what identifies the device in reports and in the peak cache.
 fn vulkan_adapters() -> String {
-    let names: Vec<String> = vulkan_adapter_infos()
-        .iter()
-        .map(|info| format!("{}, {} {}", info.name, info.driver, info.driver_info))
-        .collect();
-    if names.is_empty() {
-        "no Vulkan adapter".into()
-    } else {
-        names.join("; ")
-    }
+    opened_adapter().map_or_else(
+        || "no Vulkan adapter".into(),
+        |info| format!("{}, {} {}", info.name, info.driver, info.driver_info),
+    )
 }
 
 #[derive(Debug, Error)]
@@ -257,4 +294,22 @@ pub enum RunOnDeviceError {
     Select(#[from] SelectError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adapter_override;
+    use wgpu::DeviceType;
+
+    #[test]
+    fn adapter_overrides_read_as_cubecl_reads_them() {
+        assert_eq!(adapter_override("Cpu"), Some((DeviceType::Cpu, 0)));
+        assert_eq!(adapter_override("DiscreteGpu(1)"), Some((DeviceType::DiscreteGpu, 1)));
+        assert_eq!(adapter_override("IntegratedGpu(0)"), Some((DeviceType::IntegratedGpu, 0)));
+        assert_eq!(adapter_override("VirtualGpu(2)"), Some((DeviceType::VirtualGpu, 2)));
+        // CubeCL ignores what it cannot read and takes its default choice; so does calm.
+        assert_eq!(adapter_override("DiscreteGpu"), None);
+        assert_eq!(adapter_override("Gpu(0)"), None);
+        assert_eq!(adapter_override("DiscreteGpu(x)"), None);
+    }
 }
