@@ -175,7 +175,7 @@ impl Device {
     /// A name for reports: the runtime and the adapter.
     pub fn name(&self) -> String {
         match self {
-            Device::Wgpu(c) => format!("{} ({})", WgpuRuntime::name(c), vulkan_adapters()),
+            Device::Wgpu(c) => format!("{} ({})", WgpuRuntime::name(c), adapter_name()),
             Device::Cuda(c) => format!("cuda ({})", CudaRuntime::name(c)),
         }
     }
@@ -281,7 +281,7 @@ fn cpu_adapter() -> bool {
 
 /// The name and driver of the wgpu device's adapter (`llvmpipe (LLVM 15.0.6, 256 bits),
 /// llvmpipe Mesa 22.3.6`): what identifies the device in reports and in the peak cache.
-fn vulkan_adapters() -> String {
+fn adapter_name() -> String {
     opened_adapter().map_or_else(
         || "no Vulkan adapter".into(),
         |info| format!("{}, {} {}", info.name, info.driver, info.driver_info),
