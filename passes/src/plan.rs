@@ -401,6 +401,12 @@ impl GemmTile {
 }
 
 impl Kernel {
+    /// Whether this is an elementwise launch reading some argument from a start inside its
+    /// buffer (a slice read in place); the lowering leaves `offsets` empty when every start is 0.
+    pub fn reads_from_a_start(&self) -> bool {
+        matches!(self, Kernel::Elementwise { offsets, .. } if !offsets.is_empty())
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Kernel::Elementwise { .. } => "elementwise",
