@@ -248,9 +248,8 @@ pub fn check_graph(g: &Graph, seed: u64, tol: f64) -> Result<Verdict, String> {
     };
     check_memory(&compiled.plan).map_err(|e| format!("the memory plan is unsafe: {e:?}"))?;
     let launches = compiled.plan.launches.len();
-    let types = compiled.graph.outputs.iter().map(|o| compiled.graph.value_type(o.value).dtype).collect();
     let client = WgpuRuntime::client(&WgpuDevice::default());
-    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(client, compiled.plan, types);
+    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(client, compiled.plan);
     exec.poison();
     exec.load_params(&params).map_err(|e| e.to_string())?;
     let got = exec.run(&inputs).map_err(|e| e.to_string())?;

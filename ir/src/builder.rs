@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use crate::graph::{Graph, NodeId, ValueId};
 use crate::infer::{infer, TypeError};
-use crate::op::{ConstValue, Init, Op};
+use crate::op::{BinaryFn, ConstValue, Init, Op, UnaryFn};
 use crate::types::{DType, Shape, TensorType};
 use crate::verify::{verify, VerifyErrors};
 
@@ -242,53 +242,60 @@ impl GraphBuilder {
 
     // --- elementwise ---
 
+    pub fn unary(&mut self, f: UnaryFn, x: ValueId) -> BuildResult<ValueId> {
+        self.op(Op::Unary(f), &[x])
+    }
+    pub fn binary(&mut self, f: BinaryFn, a: ValueId, b: ValueId) -> BuildResult<ValueId> {
+        self.op(Op::Binary(f), &[a, b])
+    }
+
     pub fn add(&mut self, a: ValueId, b: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Add, &[a, b])
+        self.binary(BinaryFn::Add, a, b)
     }
     pub fn sub(&mut self, a: ValueId, b: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Sub, &[a, b])
+        self.binary(BinaryFn::Sub, a, b)
     }
     pub fn mul(&mut self, a: ValueId, b: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Mul, &[a, b])
+        self.binary(BinaryFn::Mul, a, b)
     }
     pub fn div(&mut self, a: ValueId, b: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Div, &[a, b])
+        self.binary(BinaryFn::Div, a, b)
     }
     pub fn max(&mut self, a: ValueId, b: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Max, &[a, b])
+        self.binary(BinaryFn::Max, a, b)
     }
     pub fn equal(&mut self, a: ValueId, b: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Equal, &[a, b])
+        self.binary(BinaryFn::Equal, a, b)
     }
     pub fn less(&mut self, a: ValueId, b: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Less, &[a, b])
+        self.binary(BinaryFn::Less, a, b)
     }
     pub fn neg(&mut self, x: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Neg, &[x])
+        self.unary(UnaryFn::Neg, x)
     }
     pub fn exp(&mut self, x: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Exp, &[x])
+        self.unary(UnaryFn::Exp, x)
     }
     pub fn log(&mut self, x: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Log, &[x])
+        self.unary(UnaryFn::Log, x)
     }
     pub fn sqrt(&mut self, x: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Sqrt, &[x])
+        self.unary(UnaryFn::Sqrt, x)
     }
     pub fn rsqrt(&mut self, x: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Rsqrt, &[x])
+        self.unary(UnaryFn::Rsqrt, x)
     }
     pub fn tanh(&mut self, x: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Tanh, &[x])
+        self.unary(UnaryFn::Tanh, x)
     }
     pub fn sigmoid(&mut self, x: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Sigmoid, &[x])
+        self.unary(UnaryFn::Sigmoid, x)
     }
     pub fn relu(&mut self, x: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Relu, &[x])
+        self.unary(UnaryFn::Relu, x)
     }
     pub fn gelu(&mut self, x: ValueId) -> BuildResult<ValueId> {
-        self.op(Op::Gelu, &[x])
+        self.unary(UnaryFn::Gelu, x)
     }
     pub fn cast(&mut self, x: ValueId, to: DType) -> BuildResult<ValueId> {
         self.op(Op::Cast { to }, &[x])

@@ -54,8 +54,31 @@ macro_rules! entity_id {
                 std::fmt::Display::fmt(self, f)
             }
         }
+
+        /// Serialised as printed (`"v3"`), so files read like the text form.
+        impl $crate::entity::serde::Serialize for $name {
+            fn serialize<S: $crate::entity::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> $crate::entity::serde::Deserialize<'de> for $name {
+            fn deserialize<D: $crate::entity::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str> as $crate::entity::serde::Deserialize>::deserialize(d)?;
+                $name::parse(&text).ok_or_else(|| {
+                    <D::Error as $crate::entity::serde::de::Error>::custom(format!(
+                        concat!("`{}` is not a ", stringify!($name), " (`", $prefix, "` and a number)"),
+                        text
+                    ))
+                })
+            }
+        }
     };
 }
+
+/// For [`entity_id!`]'s serde impls in other crates.
+#[doc(hidden)]
+pub use serde;
 
 /// The arena that owns entities of type `V`, indexed only by `K`.
 #[derive(Clone, PartialEq)]
@@ -115,6 +138,25 @@ impl<K: EntityId, V> PrimaryMap<K, V> {
 
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (K, &V)> + ExactSizeIterator + '_ {
         self.elems.iter().enumerate().map(|(i, v)| (K::new(i), v))
+    }
+}
+
+/// A list, entity `i` at position `i`.
+impl<K: EntityId, V: serde::Serialize> serde::Serialize for PrimaryMap<K, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.elems.serialize(s)
+    }
+}
+
+impl<'de, K: EntityId, V: serde::Deserialize<'de>> serde::Deserialize<'de> for PrimaryMap<K, V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(PrimaryMap { elems: Vec::deserialize(d)?, _key: PhantomData })
+    }
+}
+
+impl<K: EntityId, V> FromIterator<V> for PrimaryMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = V>>(iter: I) -> Self {
+        PrimaryMap { elems: iter.into_iter().collect(), _key: PhantomData }
     }
 }
 
@@ -204,6 +246,18 @@ mod tests {
         assert_eq!(TestId::parse("t99999999999"), None);
         assert_eq!(arena[a], "a");
         assert!(!arena.is_valid(TestId::new(2)));
+    }
+
+    #[test]
+    fn ids_and_arenas_serialise_as_printed() {
+        let mut arena: PrimaryMap<TestId, TestId> = PrimaryMap::new();
+        let a = arena.push(TestId::new(5));
+        let json = serde_json::to_string(&(a, &arena)).unwrap();
+        assert_eq!(json, r#"["t0",["t5"]]"#);
+        let (back, table): (TestId, PrimaryMap<TestId, TestId>) = serde_json::from_str(&json).unwrap();
+        assert_eq!((back, table[back]), (a, TestId::new(5)));
+        let e = serde_json::from_str::<TestId>("\"x5\"").unwrap_err().to_string();
+        assert!(e.contains("`x5` is not a TestId (`t` and a number)"), "{e}");
     }
 
     #[test]

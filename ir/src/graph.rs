@@ -267,7 +267,7 @@ mod tests {
         let gelu = g.nodes.iter().find(|(_, n)| n.op.name() == "gelu").map(|(id, _)| id).unwrap();
         let x = g.nodes[gelu].args[0];
         let ty = g.value_type(x).clone();
-        let relu = g.add_node(Op::Relu, vec![x], vec![ty], "tiny/extra");
+        let relu = g.add_node(Op::Unary(crate::op::UnaryFn::Relu), vec![x], vec![ty], "tiny/extra");
         let relu_v = g.result(relu);
         g.nodes[gelu].args[0] = relu_v;
         g.retain_nodes(|_| true).unwrap();

@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::op::{Init, Op};
+use crate::op::{BinaryFn, Init, Op, UnaryFn};
 use crate::types::{DType, Dim, Shape, TensorType};
 
 /// Why an op cannot take the given arguments. The verifier and builder add the node, op and scope.
@@ -177,26 +177,26 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<Vec<TensorType>, TypeError
             want_key_scalar(args[1], "offset")?;
             one(TensorType::new(DType::F32, shape.clone()))
         }
-        Op::Neg => {
+        Op::Unary(UnaryFn::Neg) => {
             let t = args[0];
             want_dtype(t, t.dtype.is_float() || t.dtype == DType::I32, "argument", "a float type or i32")?;
             one(t.clone())
         }
-        Op::Exp | Op::Log | Op::Sqrt | Op::Rsqrt | Op::Tanh | Op::Sigmoid | Op::Relu | Op::Gelu => {
+        Op::Unary(_) => {
             want_float(args[0], "argument")?;
             one(args[0].clone())
         }
         Op::Cast { to } => one(TensorType::new(*to, args[0].shape.clone())),
-        Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max => {
+        Op::Binary(f) if !f.is_comparison() => {
             let (a, b) = (args[0], args[1]);
             same_dtype(a, b)?;
             want_dtype(a, a.dtype != DType::Bool, "arithmetic argument", "a numeric type")?;
             one(TensorType::new(a.dtype, broadcast_shapes(&[&a.shape, &b.shape])?))
         }
-        Op::Equal | Op::Less => {
+        Op::Binary(f) => {
             let (a, b) = (args[0], args[1]);
             same_dtype(a, b)?;
-            if matches!(op, Op::Less) {
+            if *f == BinaryFn::Less {
                 want_dtype(a, a.dtype != DType::Bool, "comparison argument", "a numeric type")?;
             }
             one(TensorType::new(DType::Bool, broadcast_shapes(&[&a.shape, &b.shape])?))
@@ -497,12 +497,12 @@ mod tests {
     #[test]
     fn unary_ops_keep_type_and_want_floats() {
         let x = f32t(shape!["batch", 7u64]);
-        for op in [Op::Exp, Op::Log, Op::Sqrt, Op::Rsqrt, Op::Tanh, Op::Sigmoid, Op::Relu, Op::Gelu, Op::Neg] {
+        for op in UnaryFn::ALL.iter().map(|&f| Op::Unary(f)) {
             assert_eq!(ok(op.clone(), &[x.clone()]), [x.clone()]);
         }
-        assert!(matches!(err(Op::Exp, &[t(DType::I32, shape![2u64])]), TypeError::DType(_)));
-        assert_eq!(ok(Op::Neg, &[t(DType::I32, shape![2u64])]), [t(DType::I32, shape![2u64])]);
-        assert!(matches!(err(Op::Neg, &[t(DType::Bool, shape![2u64])]), TypeError::DType(_)));
+        assert!(matches!(err(Op::Unary(UnaryFn::Exp), &[t(DType::I32, shape![2u64])]), TypeError::DType(_)));
+        assert_eq!(ok(Op::Unary(UnaryFn::Neg), &[t(DType::I32, shape![2u64])]), [t(DType::I32, shape![2u64])]);
+        assert!(matches!(err(Op::Unary(UnaryFn::Neg), &[t(DType::Bool, shape![2u64])]), TypeError::DType(_)));
         assert_eq!(ok(Op::Cast { to: DType::Bool }, &[x.clone()]), [t(DType::Bool, x.shape.clone())]);
     }
 
@@ -511,31 +511,31 @@ mod tests {
         let a = f32t(shape!["batch", "tokens", 512u64]);
         let b = f32t(shape!["batch", 1u64, 512u64]);
         let c = f32t(shape![512u64]);
-        for op in [Op::Add, Op::Sub, Op::Mul, Op::Div, Op::Max] {
+        for op in [BinaryFn::Add, BinaryFn::Sub, BinaryFn::Mul, BinaryFn::Div, BinaryFn::Max].map(Op::Binary) {
             assert_eq!(ok(op.clone(), &[a.clone(), b.clone()]), [a.clone()]);
             assert_eq!(ok(op, &[c.clone(), a.clone()]), [a.clone()]);
         }
-        assert_eq!(ok(Op::Add, &[f32t(shape![]), a.clone()]), [a.clone()]);
-        assert!(matches!(err(Op::Add, &[a.clone(), f32t(shape![256u64])]), TypeError::Shape(_)));
-        assert!(matches!(err(Op::Add, &[a.clone(), f32t(shape!["tokens", 1u64, 512u64])]), TypeError::Shape(_)));
-        assert!(matches!(err(Op::Add, &[a.clone(), t(DType::F16, shape![512u64])]), TypeError::DType(_)));
+        assert_eq!(ok(Op::Binary(BinaryFn::Add), &[f32t(shape![]), a.clone()]), [a.clone()]);
+        assert!(matches!(err(Op::Binary(BinaryFn::Add), &[a.clone(), f32t(shape![256u64])]), TypeError::Shape(_)));
+        assert!(matches!(err(Op::Binary(BinaryFn::Add), &[a.clone(), f32t(shape!["tokens", 1u64, 512u64])]), TypeError::Shape(_)));
+        assert!(matches!(err(Op::Binary(BinaryFn::Add), &[a.clone(), t(DType::F16, shape![512u64])]), TypeError::DType(_)));
         assert!(matches!(
-            err(Op::Add, &[t(DType::Bool, shape![1u64]), t(DType::Bool, shape![1u64])]),
+            err(Op::Binary(BinaryFn::Add), &[t(DType::Bool, shape![1u64]), t(DType::Bool, shape![1u64])]),
             TypeError::DType(_)
         ));
-        assert!(matches!(err(Op::Add, &[a.clone()]), TypeError::Arity { .. }));
+        assert!(matches!(err(Op::Binary(BinaryFn::Add), &[a.clone()]), TypeError::Arity { .. }));
     }
 
     #[test]
     fn comparisons_broadcast_to_bool() {
         let a = t(DType::I32, shape!["batch", 1u64]);
         let b = t(DType::I32, shape![1u64, "batch"]);
-        assert_eq!(ok(Op::Equal, &[a.clone(), b.clone()]), [t(DType::Bool, shape!["batch", "batch"])]);
-        assert_eq!(ok(Op::Less, &[f32t(shape![3u64]), f32t(shape![])]), [t(DType::Bool, shape![3u64])]);
-        assert!(matches!(err(Op::Less, &[a.clone(), f32t(shape![])]), TypeError::DType(_)));
+        assert_eq!(ok(Op::Binary(BinaryFn::Equal), &[a.clone(), b.clone()]), [t(DType::Bool, shape!["batch", "batch"])]);
+        assert_eq!(ok(Op::Binary(BinaryFn::Less), &[f32t(shape![3u64]), f32t(shape![])]), [t(DType::Bool, shape![3u64])]);
+        assert!(matches!(err(Op::Binary(BinaryFn::Less), &[a.clone(), f32t(shape![])]), TypeError::DType(_)));
         let flags = t(DType::Bool, shape![2u64]);
-        assert_eq!(ok(Op::Equal, &[flags.clone(), flags.clone()]), [flags.clone()]);
-        assert!(matches!(err(Op::Less, &[flags.clone(), flags]), TypeError::DType(_)));
+        assert_eq!(ok(Op::Binary(BinaryFn::Equal), &[flags.clone(), flags.clone()]), [flags.clone()]);
+        assert!(matches!(err(Op::Binary(BinaryFn::Less), &[flags.clone(), flags]), TypeError::DType(_)));
     }
 
     #[test]

@@ -30,6 +30,6 @@ pub mod verify;
 
 pub use builder::{BuildError, BuildResult, GraphBuilder};
 pub use graph::{Graph, Node, NodeId, ValueId};
-pub use op::{Init, Op, OpClass};
+pub use op::{BinaryFn, Init, Op, OpClass, UnaryFn};
 pub use types::{Bindings, DType, Dim, Shape, TensorType};
 pub use verify::{verify, VerifyError, VerifyErrorKind, VerifyErrors};

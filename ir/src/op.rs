@@ -1,9 +1,11 @@
 //! The closed set of primitive ops, their attributes and their classes.
 //!
 //! Every op of `calm-spec.md` is a composition of these (the builder's helpers do the
-//! composing). Passes ask an op for its [`OpClass`] instead of listing variants, and fused ops
-//! live behind the single [`Op::Fused`] variant (see `fused.rs`), so adding a fused op never
-//! touches the matches here.
+//! composing). Passes ask an op for its [`OpClass`] instead of listing variants. The elementwise
+//! functions come in two groups, [`UnaryFn`] and [`BinaryFn`] (as tinygrad's op groups), each
+//! function named once, here: graphs hold them as [`Op::Unary`] / [`Op::Binary`], elementwise
+//! programs as the same values, and the kernels and the reference executor match on them.
+//! Fused ops live behind the single [`Op::Fused`] variant (see `fused.rs`).
 
 use std::fmt;
 
@@ -17,7 +19,7 @@ use crate::types::{DType, Shape};
 /// Serialised with an `"op"` tag holding the snake_case name, attributes beside it:
 /// `{"op": "matmul", "transpose_a": false, "transpose_b": true}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(remote = "Self", tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
     // --- sources: no tensor arguments (random ops take only their key scalars) ---
     /// A named graph input, bound by the caller.
@@ -54,30 +56,15 @@ pub enum Op {
     },
 
     // --- elementwise ---
-    Neg,
-    Exp,
-    Log,
-    Sqrt,
-    Rsqrt,
-    Tanh,
-    Sigmoid,
-    Relu,
-    /// The exact (erf) GELU, as BERT uses.
-    Gelu,
+    /// A scalar function of one argument, applied to every element ([`UnaryFn`]).
+    #[serde(skip)]
+    Unary(UnaryFn),
+    /// A scalar function of two arguments under numpy broadcasting ([`BinaryFn`]).
+    #[serde(skip)]
+    Binary(BinaryFn),
     Cast {
         to: DType,
     },
-    Add,
-    Sub,
-    Mul,
-    /// Float division; integer division truncates toward zero and a zero divisor is an error.
-    Div,
-    /// Elementwise maximum; NaN in either argument gives NaN.
-    Max,
-    /// `a == b`, broadcasting, as bool.
-    Equal,
-    /// `a < b`, broadcasting, as bool.
-    Less,
     /// `select(cond, a, b)`: `a` where `cond`, else `b`; all three broadcast.
     Select,
     /// Training-only dropout with drop probability `p`; arguments `(x, seed, offset)`. Its mask
@@ -164,6 +151,108 @@ pub enum Op {
 
     /// An op made by a fusion pass.
     Fused(FusedOp),
+}
+
+/// Declares a closed list of scalar functions, each named once: the enum, its snake_case
+/// name (the op's name in the JSON form and the program's), and the list of all of them.
+macro_rules! scalar_fns {
+    ($(#[$meta:meta])* $ty:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $ty {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)*
+        }
+
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$variant,)*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text,)*
+                }
+            }
+
+            pub fn from_name(text: &str) -> Option<$ty> {
+                Self::ALL.iter().copied().find(|f| f.name() == text)
+            }
+        }
+    };
+}
+
+scalar_fns! {
+    /// The elementwise functions of one argument: [`Op::Unary`] in graphs, `Instr::Unary` in
+    /// elementwise programs; the kernels and the reference executor compute them from here.
+    UnaryFn {
+        /// Floats and i32.
+        Neg = "neg",
+        Exp = "exp",
+        Log = "log",
+        Sqrt = "sqrt",
+        Rsqrt = "rsqrt",
+        Tanh = "tanh",
+        Sigmoid = "sigmoid",
+        Relu = "relu",
+        /// The exact (erf) GELU, as BERT uses.
+        Gelu = "gelu",
+    }
+}
+
+scalar_fns! {
+    /// The elementwise functions of two arguments, broadcasting numpy-style: [`Op::Binary`] in
+    /// graphs, `Instr::Binary` in elementwise programs.
+    BinaryFn {
+        Add = "add",
+        Sub = "sub",
+        Mul = "mul",
+        /// Float division; integer division truncates toward zero and a zero divisor is an error.
+        Div = "div",
+        /// Elementwise maximum; NaN in either argument gives NaN.
+        Max = "max",
+        /// `a == b`, as bool.
+        Equal = "equal",
+        /// `a < b`, as bool.
+        Less = "less",
+    }
+}
+
+impl BinaryFn {
+    /// True for comparisons (their result is a bool).
+    pub fn is_comparison(self) -> bool {
+        matches!(self, BinaryFn::Equal | BinaryFn::Less)
+    }
+}
+
+/// The JSON form writes a unary or binary op as its function's name alone (`{"op": "gelu"}`),
+/// like every other attribute-less op; the derived (remote) form handles the rest.
+impl Serialize for Op {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let name = match self {
+            Op::Unary(f) => f.name(),
+            Op::Binary(f) => f.name(),
+            other => return Op::serialize(other, s),
+        };
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry("op", name)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Op {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(d)?;
+        let tag = value.get("op").and_then(serde_json::Value::as_str);
+        let group = tag.and_then(|t| {
+            UnaryFn::from_name(t).map(Op::Unary).or_else(|| BinaryFn::from_name(t).map(Op::Binary))
+        });
+        // Like serde's attribute-less variants, these ignore other fields; the JSON reader
+        // refuses attributes an op does not have, for every op alike.
+        match group {
+            Some(op) => Ok(op),
+            None => Op::deserialize(value).map_err(D::Error::custom),
+        }
+    }
 }
 
 /// How a parameter is initialised (the reference executor draws it from a seed).
@@ -268,23 +357,9 @@ impl Op {
             Op::Constant { .. } => "constant",
             Op::Iota { .. } => "iota",
             Op::RandomUniform { .. } => "random_uniform",
-            Op::Neg => "neg",
-            Op::Exp => "exp",
-            Op::Log => "log",
-            Op::Sqrt => "sqrt",
-            Op::Rsqrt => "rsqrt",
-            Op::Tanh => "tanh",
-            Op::Sigmoid => "sigmoid",
-            Op::Relu => "relu",
-            Op::Gelu => "gelu",
+            Op::Unary(f) => f.name(),
             Op::Cast { .. } => "cast",
-            Op::Add => "add",
-            Op::Sub => "sub",
-            Op::Mul => "mul",
-            Op::Div => "div",
-            Op::Max => "max",
-            Op::Equal => "equal",
-            Op::Less => "less",
+            Op::Binary(f) => f.name(),
             Op::Select => "select",
             Op::Dropout { .. } => "dropout",
             Op::MatMul { .. } => "matmul",
@@ -312,23 +387,9 @@ impl Op {
             Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } | Op::Iota { .. } | Op::RandomUniform { .. } => {
                 OpClass::Source
             }
-            Op::Neg
-            | Op::Exp
-            | Op::Log
-            | Op::Sqrt
-            | Op::Rsqrt
-            | Op::Tanh
-            | Op::Sigmoid
-            | Op::Relu
-            | Op::Gelu
+            Op::Unary(_)
+            | Op::Binary(_)
             | Op::Cast { .. }
-            | Op::Add
-            | Op::Sub
-            | Op::Mul
-            | Op::Div
-            | Op::Max
-            | Op::Equal
-            | Op::Less
             | Op::Select
             | Op::Dropout { .. } => OpClass::Elementwise,
             Op::MatMul { .. } => OpClass::MatMul,
@@ -346,6 +407,16 @@ impl Op {
         self.class() == OpClass::Elementwise
     }
 
+    /// Unary functions and binary ones other than comparisons: arithmetic, which has no device
+    /// kernel for integers (comparisons, selects and casts of integers do).
+    pub fn is_arithmetic(&self) -> bool {
+        match self {
+            Op::Unary(_) => true,
+            Op::Binary(f) => !f.is_comparison(),
+            _ => false,
+        }
+    }
+
     pub fn is_source(&self) -> bool {
         self.class() == OpClass::Source
     }
@@ -359,15 +430,7 @@ impl Op {
         match self {
             Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } | Op::Iota { .. } => Arity::Exact(0),
             Op::RandomUniform { .. } => Arity::Exact(2),
-            Op::Add
-            | Op::Sub
-            | Op::Mul
-            | Op::Div
-            | Op::Max
-            | Op::Equal
-            | Op::Less
-            | Op::MatMul { .. }
-            | Op::Gather { .. } => Arity::Exact(2),
+            Op::Binary(_) | Op::MatMul { .. } | Op::Gather { .. } => Arity::Exact(2),
             Op::Select | Op::Dropout { .. } | Op::LayerNorm { .. } | Op::ScatterAdd { .. } => Arity::Exact(3),
             Op::Concat { .. } => Arity::AtLeast(1),
             Op::Fused(f) => f.arity(),
@@ -471,7 +534,8 @@ mod tests {
     #[test]
     fn ops_serialise_with_their_name_as_tag() {
         let ops = [
-            Op::Add,
+            Op::Binary(BinaryFn::Add),
+            Op::Unary(UnaryFn::Gelu),
             Op::MatMul { transpose_a: false, transpose_b: true },
             Op::ReduceSum { axes: vec![1], keep_dims: true },
             Op::Constant { value: ConstValue(f64::NEG_INFINITY), dtype: DType::F32 },
@@ -505,7 +569,7 @@ mod tests {
 
     #[test]
     fn classes_group_the_ops() {
-        assert_eq!(Op::Gelu.class(), OpClass::Elementwise);
+        assert_eq!(Op::Unary(UnaryFn::Gelu).class(), OpClass::Elementwise);
         assert_eq!(Op::Permute { perm: vec![1, 0] }.class(), OpClass::Movement);
         assert_eq!(Op::TopK { k: 2 }.num_results(), 2);
         assert!(Op::Dropout { p: 0.1, stream: 0 }.is_random());

@@ -8,42 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::op::{BinaryFn, UnaryFn};
+use crate::op::Op;
 use crate::types::DType;
-
-/// Scalar unary functions.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnaryFn {
-    Neg,
-    Exp,
-    Log,
-    Sqrt,
-    Rsqrt,
-    Tanh,
-    Sigmoid,
-    Relu,
-    Gelu,
-}
-
-/// Scalar binary functions.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BinaryFn {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Max,
-    Equal,
-    Less,
-}
-
-impl BinaryFn {
-    /// True for comparisons (their result is a bool).
-    pub fn is_comparison(self) -> bool {
-        matches!(self, BinaryFn::Equal | BinaryFn::Less)
-    }
-}
 
 /// One instruction; operands are earlier registers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,6 +82,39 @@ pub struct Program {
 }
 
 impl Program {
+    /// The program of one primitive op (arguments of `arg_types`, result of `out`), or `None`
+    /// if the op is not elementwise: what the lowering launches for a lone op, and what the
+    /// fusion passes splice together, so a fused program computes exactly what its primitives do.
+    pub fn of_primitive(op: &Op, arg_types: &[DType], out: DType) -> Option<Program> {
+        let n = arg_types.len() as u32;
+        Some(match op {
+            Op::Unary(f) => single(n, Instr::Unary { f: *f, x: 0 }, out),
+            Op::Binary(f) => single(n, Instr::Binary { f: *f, a: 0, b: 1 }, out),
+            Op::Cast { to } => single(n, Instr::Cast { to: *to, x: 0 }, out),
+            Op::Select => single(n, Instr::Select { cond: 0, a: 1, b: 2 }, out),
+            Op::Constant { value, dtype } => single(0, Instr::Const { bits: value.0.to_bits(), dtype: *dtype }, out),
+            Op::Iota { axis, .. } => single(0, Instr::Index { axis: *axis as u32 }, out),
+            Op::RandomUniform { stream, .. } => {
+                Program { instrs: vec![Instr::Uniform { stream: *stream, seed: 0, offset: 1 }], outputs: vec![(0, out)] }
+            }
+            Op::Dropout { p, stream } => {
+                // drop where u < p (in f32, as the reference), else x / (1 - p).
+                let instrs = vec![
+                    Instr::Arg { index: 0 },
+                    Instr::Uniform { stream: *stream, seed: 1, offset: 2 },
+                    Instr::constant(*p as f32 as f64),
+                    Instr::Binary { f: BinaryFn::Less, a: 1, b: 2 },
+                    Instr::constant(1.0 / (1.0 - p)),
+                    Instr::Binary { f: BinaryFn::Mul, a: 0, b: 4 },
+                    Instr::constant(0.0),
+                    Instr::Select { cond: 3, a: 6, b: 5 },
+                ];
+                Program { instrs, outputs: vec![(7, out)] }
+            }
+            _ => return None,
+        })
+    }
+
     /// Checks that operands refer to earlier registers and outputs to existing ones.
     pub fn check(&self, num_args: usize) -> Result<(), String> {
         for (i, instr) in self.instrs.iter().enumerate() {
@@ -148,6 +148,13 @@ impl Program {
             })
             .count() as u64
     }
+}
+
+/// A program that loads `n` arguments and applies `last` to them.
+fn single(n: u32, last: Instr, out: DType) -> Program {
+    let mut instrs: Vec<Instr> = (0..n).map(|index| Instr::Arg { index }).collect();
+    instrs.push(last);
+    Program { outputs: vec![(n, out)], instrs }
 }
 
 #[cfg(test)]

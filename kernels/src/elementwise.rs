@@ -9,6 +9,7 @@
 //! programs that differ only in shape share one compiled kernel.
 //! No plane (warp) operations: it runs on CPU Vulkan drivers.
 
+pub use calm_ir::op::{BinaryFn, UnaryFn};
 use cubecl::prelude::*;
 
 use crate::philox_cube::uniform_at;
@@ -22,35 +23,15 @@ pub enum Kind {
     UInt,
 }
 
+/// What a cast computes on the f32 register (registers are f32 whatever the storage).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Unary {
-    Neg,
-    Exp,
-    Log,
-    Sqrt,
-    Rsqrt,
-    Tanh,
-    Sigmoid,
-    Relu,
-    Gelu,
-    /// The value itself (casts between float types).
-    Identity,
-    /// Truncation toward zero (casts to integers).
-    Trunc,
-    /// `x != 0` as 0/1 (casts to bool).
-    NonZero,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Binary {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    /// NaN in either argument gives NaN.
-    Max,
-    Equal,
-    Less,
+pub enum CastTo {
+    /// Between float types: the value itself.
+    ToFloat,
+    /// To an integer type: truncation toward zero.
+    ToInt,
+    /// To bool: `x != 0` as 0/1.
+    ToBool,
 }
 
 /// One instruction; operands are earlier registers.
@@ -60,8 +41,10 @@ pub enum Op {
     Arg(usize),
     /// A constant, as f32 bits.
     Const(u32),
-    Unary(Unary, usize),
-    Binary(Binary, usize, usize),
+    /// The IR's functions ([`UnaryFn`], [`BinaryFn`]): the list is the IR's, computed here.
+    Unary(UnaryFn, usize),
+    Binary(BinaryFn, usize, usize),
+    Cast(CastTo, usize),
     Select(usize, usize, usize),
     /// A uniform number from the shared generator for this element, `stream`, and the u32
     /// scalars of arguments `seed` and `offset`.
@@ -150,33 +133,40 @@ pub(crate) fn constant(#[comptime] bits: u32) -> f32 {
 }
 
 #[cube]
-pub(crate) fn unary(#[comptime] f: Unary, x: f32) -> f32 {
+pub(crate) fn unary(#[comptime] f: UnaryFn, x: f32) -> f32 {
     match f {
-        Unary::Neg => -x,
-        Unary::Exp => f32::exp(x),
-        Unary::Log => f32::ln(x),
-        Unary::Sqrt => f32::sqrt(x),
-        Unary::Rsqrt => 1.0 / f32::sqrt(x),
-        Unary::Tanh => f32::tanh(x),
-        Unary::Sigmoid => 0.5 + 0.5 * f32::tanh(0.5 * x),
-        Unary::Relu => select(x > 0.0, x, 0.0),
-        Unary::Gelu => 0.5 * x * (1.0 + Erf::erf(x * 0.70710677)),
-        Unary::Identity => x,
-        Unary::Trunc => f32::trunc(x),
-        Unary::NonZero => select(x != 0.0, 1.0, 0.0),
+        UnaryFn::Neg => -x,
+        UnaryFn::Exp => f32::exp(x),
+        UnaryFn::Log => f32::ln(x),
+        UnaryFn::Sqrt => f32::sqrt(x),
+        UnaryFn::Rsqrt => 1.0 / f32::sqrt(x),
+        UnaryFn::Tanh => f32::tanh(x),
+        UnaryFn::Sigmoid => 0.5 + 0.5 * f32::tanh(0.5 * x),
+        UnaryFn::Relu => select(x > 0.0, x, 0.0),
+        UnaryFn::Gelu => 0.5 * x * (1.0 + Erf::erf(x * 0.70710677)),
     }
 }
 
 #[cube]
-pub(crate) fn binary(#[comptime] f: Binary, a: f32, b: f32) -> f32 {
+pub(crate) fn cast(#[comptime] to: CastTo, x: f32) -> f32 {
+    match to {
+        CastTo::ToFloat => x,
+        CastTo::ToInt => f32::trunc(x),
+        CastTo::ToBool => select(x != 0.0, 1.0, 0.0),
+    }
+}
+
+#[cube]
+pub(crate) fn binary(#[comptime] f: BinaryFn, a: f32, b: f32) -> f32 {
     match f {
-        Binary::Add => a + b,
-        Binary::Sub => a - b,
-        Binary::Mul => a * b,
-        Binary::Div => a / b,
-        Binary::Max => select(a < b || b.is_nan(), b, a),
-        Binary::Equal => select(a == b, 1.0, 0.0),
-        Binary::Less => select(a < b, 1.0, 0.0),
+        BinaryFn::Add => a + b,
+        BinaryFn::Sub => a - b,
+        BinaryFn::Mul => a * b,
+        BinaryFn::Div => a / b,
+        // NaN in either argument gives NaN.
+        BinaryFn::Max => select(a < b || b.is_nan(), b, a),
+        BinaryFn::Equal => select(a == b, 1.0, 0.0),
+        BinaryFn::Less => select(a < b, 1.0, 0.0),
     }
 }
 
@@ -216,6 +206,7 @@ pub fn registers<F: Float>(
             Op::Const(bits) => constant(bits),
             Op::Unary(f, x) => unary(f, *regs.index(x)),
             Op::Binary(f, a, b) => binary(f, *regs.index(a), *regs.index(b)),
+            Op::Cast(to, x) => cast(to, *regs.index(x)),
             Op::Select(c, a, b) => select(*regs.index(c) != 0.0, *regs.index(a), *regs.index(b)),
             Op::Uniform { stream, seed, offset } => {
                 let (_, seed_slot) = comptime![program.args[seed]];

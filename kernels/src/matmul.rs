@@ -8,7 +8,7 @@
 
 use cubecl::prelude::*;
 
-use crate::elementwise::{binary, constant, unary, Op};
+use crate::elementwise::{binary, cast, constant, unary, Op};
 
 /// The compile-time configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -304,6 +304,7 @@ fn epilogue<F: Float>(
                     Op::Const(bits) => constant(bits),
                     Op::Unary(f, x) => unary(f, *regs.index(x)),
                     Op::Binary(f, a, b) => binary(f, *regs.index(a), *regs.index(b)),
+                    Op::Cast(to, x) => cast(to, *regs.index(x)),
                     Op::Select(c, a, b) => select(*regs.index(c) != 0.0, *regs.index(a), *regs.index(b)),
                     _ => comptime![panic!("epilogues read their arguments and compute; no random numbers or indices")],
                 };

@@ -1,7 +1,14 @@
 //! The generated elementwise kernel on the Vulkan device (lavapipe here), against values
 //! computed on the host. Outputs start as NaN, so an element the kernel skips fails.
 
-use calm_kernels::elementwise::{launch, meta, Binary, Buf, Kind, Op, Program, Unary};
+use calm_kernels::elementwise::{launch, meta, BinaryFn, Buf, CastTo, Kind, Op, Program, UnaryFn};
+
+/// A step of one argument: one of the IR's functions or a cast.
+#[derive(Copy, Clone, Debug)]
+enum Unary {
+    Fn(UnaryFn),
+    Cast(CastTo),
+}
 use calm_kernels::philox;
 use cubecl::prelude::*;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
@@ -64,20 +71,20 @@ fn random_numbers_match_the_host_generator() {
 
 fn host_unary(f: Unary, x: f32) -> f32 {
     match f {
-        Unary::Neg => -x,
-        Unary::Exp => x.exp(),
-        Unary::Log => x.ln(),
-        Unary::Sqrt => x.sqrt(),
-        Unary::Rsqrt => 1.0 / x.sqrt(),
-        Unary::Tanh => x.tanh(),
-        Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        Unary::Relu => x.max(0.0),
+        Unary::Fn(UnaryFn::Neg) => -x,
+        Unary::Fn(UnaryFn::Exp) => x.exp(),
+        Unary::Fn(UnaryFn::Log) => x.ln(),
+        Unary::Fn(UnaryFn::Sqrt) => x.sqrt(),
+        Unary::Fn(UnaryFn::Rsqrt) => 1.0 / x.sqrt(),
+        Unary::Fn(UnaryFn::Tanh) => x.tanh(),
+        Unary::Fn(UnaryFn::Sigmoid) => 1.0 / (1.0 + (-x).exp()),
+        Unary::Fn(UnaryFn::Relu) => x.max(0.0),
         // x Φ(x) from the erf of f64 via the complementary series is overkill here: the kernel's
         // erf approximation is good to 1.5e-7, so compare with a tight tolerance below.
-        Unary::Gelu => 0.5 * x * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2) as f32),
-        Unary::Identity => x,
-        Unary::Trunc => x.trunc(),
-        Unary::NonZero => (x != 0.0) as u8 as f32,
+        Unary::Fn(UnaryFn::Gelu) => 0.5 * x * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2) as f32),
+        Unary::Cast(CastTo::ToFloat) => x,
+        Unary::Cast(CastTo::ToInt) => x.trunc(),
+        Unary::Cast(CastTo::ToBool) => (x != 0.0) as u8 as f32,
     }
 }
 
@@ -103,23 +110,27 @@ fn unary_and_binary_functions_with_broadcasting() {
     let m = upload_u32(&c, &meta(&[rows as u32, cols as u32], &[vec![cols as u32, 1], vec![0, 1]], &[]));
     let (cc, cd) = dims(rows * cols);
     let unaries = [
-        Unary::Neg,
-        Unary::Exp,
-        Unary::Tanh,
-        Unary::Sigmoid,
-        Unary::Relu,
-        Unary::Gelu,
-        Unary::Identity,
-        Unary::Trunc,
-        Unary::NonZero,
+        Unary::Fn(UnaryFn::Neg),
+        Unary::Fn(UnaryFn::Exp),
+        Unary::Fn(UnaryFn::Tanh),
+        Unary::Fn(UnaryFn::Sigmoid),
+        Unary::Fn(UnaryFn::Relu),
+        Unary::Fn(UnaryFn::Gelu),
+        Unary::Cast(CastTo::ToFloat),
+        Unary::Cast(CastTo::ToInt),
+        Unary::Cast(CastTo::ToBool),
     ];
-    let binaries = [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div, Binary::Max, Binary::Equal, Binary::Less];
+    let binaries = BinaryFn::ALL;
     for u in unaries {
-        for bf in binaries {
+        for &bf in binaries {
+            let first = match u {
+                Unary::Fn(f) => Op::Unary(f, 0),
+                Unary::Cast(to) => Op::Cast(to, 0),
+            };
             let program = Program {
                 rank: 2,
                 args: vec![(Kind::Float, 0), (Kind::Float, 1)],
-                ops: vec![Op::Arg(0), Op::Arg(1), Op::Unary(u, 0), Op::Binary(bf, 2, 1)],
+                ops: vec![Op::Arg(0), Op::Arg(1), first, Op::Binary(bf, 2, 1)],
                 outputs: vec![(3, Kind::Float, 0)],
             };
             let out = poisoned(&c, rows * cols);
@@ -138,13 +149,13 @@ fn unary_and_binary_functions_with_broadcasting() {
                 let x = host_unary(u, a[i]);
                 let y = b[i % cols];
                 let want = match bf {
-                    Binary::Add => x + y,
-                    Binary::Sub => x - y,
-                    Binary::Mul => x * y,
-                    Binary::Div => x / y,
-                    Binary::Max => x.max(y),
-                    Binary::Equal => (x == y) as u8 as f32,
-                    Binary::Less => (x < y) as u8 as f32,
+                    BinaryFn::Add => x + y,
+                    BinaryFn::Sub => x - y,
+                    BinaryFn::Mul => x * y,
+                    BinaryFn::Div => x / y,
+                    BinaryFn::Max => x.max(y),
+                    BinaryFn::Equal => (x == y) as u8 as f32,
+                    BinaryFn::Less => (x < y) as u8 as f32,
                 };
                 let ok = (got[i] - want).abs() <= 2e-6 * (1.0 + want.abs());
                 assert!(ok, "{u:?} then {bf:?} at {i}: got {}, want {want} (x = {})", got[i], a[i]);
@@ -171,12 +182,12 @@ fn selects_casts_constants_indices_and_several_outputs() {
             Op::Arg(1),
             Op::Const(f32::NEG_INFINITY.to_bits()),
             Op::Const(0.0f32.to_bits()),
-            Op::Binary(Binary::Less, 0, 3),
+            Op::Binary(BinaryFn::Less, 0, 3),
             Op::Select(4, 2, 0),
             Op::Index(1),
             Op::Const(3.0f32.to_bits()),
-            Op::Binary(Binary::Add, 1, 6),
-            Op::Binary(Binary::Equal, 1, 7),
+            Op::Binary(BinaryFn::Add, 1, 6),
+            Op::Binary(BinaryFn::Equal, 1, 7),
         ],
         outputs: vec![(5, Kind::Float, 0), (8, Kind::Int, 0), (9, Kind::UInt, 0)],
     };
@@ -223,9 +234,9 @@ fn arguments_read_as_slices_of_wider_buffers() {
         ops: vec![
             Op::Arg(0),
             Op::Const(2.0f32.to_bits()),
-            Op::Binary(Binary::Mul, 0, 1),
+            Op::Binary(BinaryFn::Mul, 0, 1),
             Op::Arg(1),
-            Op::Binary(Binary::Add, 2, 3),
+            Op::Binary(BinaryFn::Add, 2, 3),
         ],
         outputs: vec![(4, Kind::Float, 0)],
     };

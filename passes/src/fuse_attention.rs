@@ -15,7 +15,7 @@
 //! the head split is not the one above.
 
 use calm_ir::fused::FusedOp;
-use calm_ir::{Dim, Graph, Node, NodeId, Op, ValueId};
+use calm_ir::{BinaryFn, Dim, Graph, Node, NodeId, Op, ValueId};
 
 use crate::pattern::{replace, rewrite_matches, Matcher};
 use crate::pipeline::{PassError, PassLog};
@@ -61,13 +61,13 @@ fn match_attention(m: &Matcher, softmax_node: NodeId) -> Result<Found, String> {
     let p = node.results[0];
     // Scores: `s · c` or `s · c + bias`, s = qh · khᵀ.
     let (scaled, bias) = match &m.def(scores).op {
-        Op::Add => {
+        Op::Binary(BinaryFn::Add) => {
             let add = m.def(scores);
-            let pick = add.args.iter().copied().find(|&a| matches!(m.def(a).op, Op::Mul));
+            let pick = add.args.iter().copied().find(|&a| matches!(m.def(a).op, Op::Binary(BinaryFn::Mul)));
             let Some(scaled) = pick else { return Err("the scores are not a scaled product".into()) };
             (scaled, m.other_arg(g.producer(scores), scaled))
         }
-        Op::Mul => (scores, None),
+        Op::Binary(BinaryFn::Mul) => (scores, None),
         _ => return Err("the softmax does not read scaled scores".into()),
     };
     let mul = m.def(scaled);

@@ -7,8 +7,8 @@
 //! inlined into the program (a lone op reading one is rewritten for that alone); explicit
 //! broadcasts feeding a group are read through (programs broadcast their arguments). Every group
 //! value read outside the group becomes an output.
-//! Each primitive's instructions come from the lowering's [`primitive_program`], so the fused
-//! program computes exactly what the primitives do.
+//! Each primitive's instructions come from [`Program::of_primitive`] (what the lowering
+//! launches for a lone op), so the fused program computes exactly what the primitives do.
 
 use std::collections::HashMap;
 
@@ -18,7 +18,6 @@ use calm_ir::program::{Instr, Program};
 use calm_ir::{Graph, NodeId, Op, OpClass, TensorType, ValueId};
 
 use crate::dce::dce;
-use crate::lower::primitive_program;
 use crate::pipeline::PassError;
 
 /// True for nodes a group may contain.
@@ -27,10 +26,9 @@ fn fusible(g: &Graph, n: NodeId) -> bool {
     let arg_types: Vec<calm_ir::DType> = node.args.iter().map(|&a| g.value_type(a).dtype).collect();
     let out = g.value_type(node.results[0]).dtype;
     // Integer arithmetic has no device kernel; comparisons, selects and casts of integers do.
-    let integer_math = arg_types.iter().any(|t| t.is_int())
-        && matches!(node.op, Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Neg | Op::Max);
+    let integer_math = arg_types.iter().any(|t| t.is_int()) && node.op.is_arithmetic();
     let program_ok = match &node.op {
-        op if op.class() == OpClass::Elementwise => primitive_program(op, &arg_types, out).is_some(),
+        op if op.class() == OpClass::Elementwise => Program::of_primitive(op, &arg_types, out).is_some(),
         Op::Iota { .. } => true,
         // Random numbers need their keys to be graph inputs (arguments of the fused node).
         Op::RandomUniform { .. } => node.args.iter().all(|&a| matches!(g.nodes[g.producer(a)].op, Op::Input { .. })),
@@ -152,7 +150,7 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<bool, PassError> {
             let node = &g.nodes[m];
             let arg_types: Vec<calm_ir::DType> = node.args.iter().map(|&a| g.value_type(a).dtype).collect();
             let out_type = g.value_type(node.results[0]).dtype;
-            let program = primitive_program(&node.op, &arg_types, out_type).expect("fusible nodes have programs");
+            let program = Program::of_primitive(&node.op, &arg_types, out_type).expect("fusible nodes have programs");
             // The member's operands as registers of the fused program.
             let mut operand_regs = Vec::new();
             for &a in &node.args {

@@ -24,7 +24,7 @@
 //! differ.
 
 use calm_ir::fused::{FusedOp, MixtureRouter, EXPERT_LAYER_PARAMS};
-use calm_ir::{Dim, Graph, NodeId, Op, ValueId};
+use calm_ir::{BinaryFn, Dim, Graph, NodeId, Op, UnaryFn, ValueId};
 
 use crate::dce::dce;
 use crate::pattern::{add_value, replace, Matcher};
@@ -57,7 +57,7 @@ type Match<T> = Result<T, String>;
 /// `(x, w, b)` if `v` is `x·wᵀ + b` with parameters `w` and `b`, read only once on the way.
 fn linear(m: &Matcher, v: ValueId) -> Option<(ValueId, ValueId, ValueId)> {
     let add = m.def(v);
-    if add.op != Op::Add {
+    if add.op != Op::Binary(BinaryFn::Add) {
         return None;
     }
     let product =
@@ -79,7 +79,7 @@ fn layer_norm(m: &Matcher, v: ValueId) -> Option<(ValueId, ValueId, ValueId, f64
 /// The residual branch of `add(x, branch)`: `(x, branch)`, where the branch is a linear.
 fn residual(m: &Matcher, v: ValueId) -> Option<(ValueId, ValueId)> {
     let add = m.def(v);
-    if add.op != Op::Add {
+    if add.op != Op::Binary(BinaryFn::Add) {
         return None;
     }
     let [x, branch] = add.args[..] else { return None };
@@ -91,7 +91,7 @@ fn match_layer(m: &Matcher, out: ValueId) -> Match<(ValueId, Layer)> {
     let bad = |what: &str| format!("an expert layer's {what} is not the pre-LN transformer form");
     let (x1, ffn) = residual(m, out).ok_or_else(|| bad("FFN residual"))?;
     let (hidden, w2, b2) = linear(m, ffn).expect("residual checked");
-    if m.def(hidden).op != Op::Gelu || !m.internal(hidden) {
+    if m.def(hidden).op != Op::Unary(UnaryFn::Gelu) || !m.internal(hidden) {
         return Err(bad("FFN activation"));
     }
     let up = m.def(hidden).args[0];
@@ -134,7 +134,7 @@ fn match_mixture(m: &Matcher, sum_node: NodeId) -> Match<Found> {
     let g = m.g;
     let weighted = g.nodes[sum_node].args[0];
     let mul = m.def(weighted);
-    if mul.op != Op::Mul || !m.internal(weighted) {
+    if mul.op != Op::Binary(BinaryFn::Mul) || !m.internal(weighted) {
         return Err("not an expert combine".into());
     }
     let [stacked, gate_column] = mul.args[..] else { return Err("not an expert combine".into()) };
@@ -232,7 +232,7 @@ pub fn fuse_experts(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError>
         sums.into_iter()
             .filter(|&s| {
                 let mul = m.def(g.nodes[s].args[0]);
-                mul.op == Op::Mul && stacks_means(mul.args[0])
+                mul.op == Op::Binary(BinaryFn::Mul) && stacks_means(mul.args[0])
             })
             .map(|s| (s, match_mixture(&m, s)))
             .collect()
@@ -417,7 +417,7 @@ fn router_stats(m: &Matcher, route: NodeId, mixture: NodeId, top_k: u64) -> Matc
                 .filter(|&n| reduction(n, true, 0))
                 .and_then(|n| m.only_user(g.nodes[n].results[0]).map(|s| (n, s)))
                 .filter(|&(n, s)| {
-                    g.nodes[s].op == Op::Mul
+                    g.nodes[s].op == Op::Binary(BinaryFn::Mul)
                         && m.other_arg(s, g.nodes[n].results[0])
                             .and_then(|c| m.constant(c))
                             .is_some_and(|c| c == 1.0 / top_k as f64)

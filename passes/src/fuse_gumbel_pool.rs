@@ -17,7 +17,7 @@
 //! elsewhere or is a graph output, when ε is not a constant, or when the pieces do not line up.
 
 use calm_ir::fused::FusedOp;
-use calm_ir::{Graph, Node, NodeId, Op, ValueId};
+use calm_ir::{BinaryFn, Graph, Node, NodeId, Op, UnaryFn, ValueId};
 
 use crate::pattern::{replace, rewrite_matches, Matcher};
 use crate::pipeline::{PassError, PassLog};
@@ -35,7 +35,7 @@ struct Found {
 /// `(stream, seed, offset)` if `g` is `−log(−log(u))` of a uniform draw read only on this path.
 fn gumbel_noise(m: &Matcher, g: ValueId) -> Option<(u32, ValueId, ValueId)> {
     let mut v = g;
-    for op in [Op::Neg, Op::Log, Op::Neg, Op::Log] {
+    for op in [Op::Unary(UnaryFn::Neg), Op::Unary(UnaryFn::Log), Op::Unary(UnaryFn::Neg), Op::Unary(UnaryFn::Log)] {
         let node = m.def(v);
         if node.op != op || !m.internal(v) {
             return None;
@@ -63,14 +63,14 @@ fn match_pool(m: &Matcher, softmax_node: NodeId) -> Result<Found, String> {
     // Backwards: temperature, noise, logits.
     let mut y = sm.args[0];
     let mut temperature = None;
-    if m.def(y).op == Op::Div && m.shape(m.def(y).args[1]).is_empty() {
+    if m.def(y).op == Op::Binary(BinaryFn::Div) && m.shape(m.def(y).args[1]).is_empty() {
         internal(m, y, "tempered logit")?;
         temperature = Some(m.def(y).args[1]);
         y = m.def(y).args[0];
     }
     let mut noise = None;
     let mut logits = y;
-    if m.def(y).op == Op::Add {
+    if m.def(y).op == Op::Binary(BinaryFn::Add) {
         let add = m.def(y);
         // Drawn at every element of the logits (not broadcast), so the kernel's element index is
         // the generator's counter.
@@ -84,7 +84,7 @@ fn match_pool(m: &Matcher, softmax_node: NodeId) -> Result<Found, String> {
         }
     }
     let linear = m.def(logits);
-    if linear.op != Op::Add {
+    if linear.op != Op::Binary(BinaryFn::Add) {
         return Err("the logits are not a linear layer (matmul + bias)".into());
     }
     let Some(product) = linear.args.iter().copied().find(|&a| matches!(m.def(a).op, Op::MatMul { .. })) else {
@@ -99,7 +99,7 @@ fn match_pool(m: &Matcher, softmax_node: NodeId) -> Result<Found, String> {
     internal(m, logits, "logit")?;
     // Forwards: mask, pooling.
     let Some(masking) = m.only_user(probs) else { return Err("the softmax is read elsewhere".into()) };
-    if g.nodes[masking].op != Op::Mul {
+    if g.nodes[masking].op != Op::Binary(BinaryFn::Mul) {
         return Err("the softmax is not multiplied by a mask".into());
     }
     let mask = m.other_arg(masking, probs).expect("a mul has two arguments");
@@ -125,7 +125,7 @@ fn match_pool(m: &Matcher, softmax_node: NodeId) -> Result<Found, String> {
     };
     den = transpose.results[0];
     let add_eps = m.only_user(den).map(|n| (n, &g.nodes[n]));
-    let Some((add_eps, add_node)) = add_eps.filter(|(_, n)| n.op == Op::Add) else {
+    let Some((add_eps, add_node)) = add_eps.filter(|(_, n)| n.op == Op::Binary(BinaryFn::Add)) else {
         return Err("no ε is added to the cluster mass".into());
     };
     let Some(eps) = m.other_arg(add_eps, den).and_then(|e| m.constant(e)) else {
@@ -133,7 +133,7 @@ fn match_pool(m: &Matcher, softmax_node: NodeId) -> Result<Found, String> {
     };
     den = add_node.results[0];
     let divide = m.only_user(den).map(|n| &g.nodes[n]);
-    let Some(divide) = divide.filter(|n| n.op == Op::Div && n.args[..] == [num, den]) else {
+    let Some(divide) = divide.filter(|n| n.op == Op::Binary(BinaryFn::Div) && n.args[..] == [num, den]) else {
         return Err("the pooled sum is not divided by the cluster mass".into());
     };
     internal(m, num, "pooled numerator")?;

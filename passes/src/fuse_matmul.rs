@@ -13,7 +13,6 @@ use calm_ir::program::{Instr, Program};
 use calm_ir::{Graph, NodeId, Op, ValueId};
 
 use crate::dce::dce;
-use crate::lower::primitive_program;
 use crate::pipeline::PassError;
 
 /// The reader's program, if it is an elementwise op or chain with one output.
@@ -23,7 +22,7 @@ pub(crate) fn elementwise_program(g: &Graph, n: NodeId) -> Option<Program> {
         Op::Fused(FusedOp::Elementwise { program, .. }) => program.clone(),
         op if op.is_elementwise() => {
             let types: Vec<_> = node.args.iter().map(|&a| g.value_type(a).dtype).collect();
-            primitive_program(op, &types, g.value_type(node.results[0]).dtype)?
+            Program::of_primitive(op, &types, g.value_type(node.results[0]).dtype)?
         }
         _ => return None,
     };

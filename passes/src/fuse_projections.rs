@@ -16,10 +16,10 @@
 
 use std::collections::BTreeMap;
 
-use calm_ir::fused::FusedOp;
-use calm_ir::{Graph, NodeId, Op, ValueId};
+use calm_ir::{BinaryFn, Graph, NodeId, Op, ValueId};
 
 use crate::dce::dce;
+use crate::layout::reads_slices_in_place;
 use crate::pattern::{add_value, replace, Matcher};
 use crate::pipeline::{PassError, PassLog};
 
@@ -35,19 +35,6 @@ struct Branch {
     scope: String,
 }
 
-/// Whether node `reader` can read `v` as a view into a wider row-major result.
-pub fn reads_slices_in_place(g: &Graph, reader: NodeId, v: ValueId) -> bool {
-    let node = &g.nodes[reader];
-    match &node.op {
-        Op::MatMul { transpose_a: false, .. } | Op::Fused(FusedOp::MatMulEpilogue { transpose_a: false, .. }) => {
-            node.args[0] == v && !node.args[1..].contains(&v) && g.value_type(node.args[1]).rank() == 2
-        }
-        Op::Fused(FusedOp::Attention { bias, .. }) => !*bias || node.args[3] != v,
-        Op::Fused(FusedOp::Elementwise { .. }) => true,
-        op => op.is_elementwise(),
-    }
-}
-
 /// The branch rooted at matmul `n`, if it is a linear layer of parameters.
 fn branch(m: &Matcher, n: NodeId) -> Option<(ValueId, bool, Branch)> {
     let g = m.g;
@@ -59,7 +46,7 @@ fn branch(m: &Matcher, n: NodeId) -> Option<(ValueId, bool, Branch)> {
     }
     let product = node.results[0];
     let add = m.only_user(product)?;
-    if g.nodes[add].op != Op::Add {
+    if g.nodes[add].op != Op::Binary(BinaryFn::Add) {
         return None;
     }
     let bias = m.other_arg(add, product)?;
@@ -133,7 +120,7 @@ pub fn fuse_projections(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassEr
         let bias = add_value(g, PASS, Op::Concat { axis: 0 }, biases, &scope)?;
         let product = Op::MatMul { transpose_a: false, transpose_b: tb };
         let mut joint = add_value(g, PASS, product, vec![x, weight], &scope)?;
-        joint = add_value(g, PASS, Op::Add, vec![joint, bias], &scope)?;
+        joint = add_value(g, PASS, Op::Binary(BinaryFn::Add), vec![joint, bias], &scope)?;
         if let Some(op) = &activation {
             joint = add_value(g, PASS, op.clone(), vec![joint], &scope)?;
         }

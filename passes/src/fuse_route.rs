@@ -17,7 +17,7 @@
 //! or is a graph output, or when the pieces do not line up.
 
 use calm_ir::fused::FusedOp;
-use calm_ir::{Graph, Node, NodeId, Op, ValueId};
+use calm_ir::{BinaryFn, Graph, Node, NodeId, Op, ValueId};
 
 use crate::pattern::{replace, rewrite_matches, Matcher};
 use crate::pipeline::{PassError, PassLog};
@@ -49,7 +49,7 @@ fn match_route(m: &Matcher, top_k_node: NodeId) -> Result<Found, String> {
     }
     let logits = m.def(prob).args[0];
     let linear = m.def(logits);
-    if linear.op != Op::Add {
+    if linear.op != Op::Binary(BinaryFn::Add) {
         return Err("the router logits are not a linear layer (matmul + bias)".into());
     }
     let product = linear.args.iter().copied().find(|&a| matches!(m.def(a).op, Op::MatMul { transpose_a: false, .. }));
@@ -72,7 +72,7 @@ fn match_route(m: &Matcher, top_k_node: NodeId) -> Result<Found, String> {
         return Err("the top-k values are not just renormalised".into());
     };
     let total = g.nodes[sum].results[0];
-    let divide = only_reader(m, total, "sum of the top-k values", |op| *op == Op::Div)?;
+    let divide = only_reader(m, total, "sum of the top-k values", |op| *op == Op::Binary(BinaryFn::Div))?;
     if g.nodes[divide].args[..] != [values, total] || !readers.contains(&divide) {
         return Err("the gates are not the top-k values over their sum".into());
     }
@@ -86,7 +86,7 @@ fn match_route(m: &Matcher, top_k_node: NodeId) -> Result<Found, String> {
     {
         return Err("the choices are not one-hot over the experts".into());
     }
-    let weight = only_reader(m, gates_column, "gate column", |op| *op == Op::Mul)?;
+    let weight = only_reader(m, gates_column, "gate column", |op| *op == Op::Binary(BinaryFn::Mul))?;
     if m.other_arg(weight, gates_column) != Some(chosen)
         || m.shape(gates_column).last().and_then(|d| d.fixed()) != Some(1)
     {

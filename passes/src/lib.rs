@@ -20,6 +20,7 @@ pub mod fuse_matmul;
 pub mod fuse_projections;
 pub mod fuse_reduce;
 pub mod fuse_route;
+pub mod layout;
 pub mod lower;
 pub mod memory;
 pub mod pattern;

@@ -6,30 +6,36 @@
 //! launch may write its output into the slot of an argument it reads for the last time, at the
 //! same index it reads (in place). [`check_memory`] proves a plan's assignment safe.
 
-use crate::lower::contiguous_strides;
-use crate::plan::{Kernel, KernelPlan, MemoryPlan, Role, Storage};
+use calm_ir::entity::{EntityId, PrimaryMap, SecondaryMap};
 
-/// First launch writing and last launch touching each buffer (launch indices; inputs and
-/// parameters start at 0, outputs end after the last launch).
-pub fn lifetimes(plan: &KernelPlan) -> Vec<(usize, usize)> {
+use crate::layout::contiguous_strides;
+use crate::plan::{BufferId, Kernel, KernelPlan, LaunchId, MemoryPlan, Role, Slot, SlotId};
+
+/// The positions of the launches a buffer is live over: from the first that writes it to the
+/// last that touches it. Inputs and parameters start at 0; outputs end at the launch count,
+/// after the last launch.
+pub type Live = (usize, usize);
+
+/// Each buffer's [`Live`] span.
+pub fn lifetimes(plan: &KernelPlan) -> PrimaryMap<BufferId, Live> {
     let end = plan.launches.len();
-    let mut first: Vec<Option<usize>> = vec![None; plan.buffers.len()];
-    let mut last: Vec<usize> = vec![0; plan.buffers.len()];
-    for (i, l) in plan.launches.iter().enumerate() {
+    let mut first: SecondaryMap<BufferId, Option<usize>> = SecondaryMap::with_default(None);
+    let mut last: SecondaryMap<BufferId, usize> = SecondaryMap::new();
+    for (id, l) in plan.launches.iter() {
+        let i = id.index();
         for &w in &l.writes {
-            first[w as usize].get_or_insert(i);
-            last[w as usize] = last[w as usize].max(i);
+            first[w].get_or_insert(i);
+            last[w] = last[w].max(i);
         }
         for &r in &l.reads {
-            last[r as usize] = last[r as usize].max(i);
+            last[r] = last[r].max(i);
         }
     }
     for o in &plan.outputs {
-        last[o.buffer as usize] = end;
+        last[o.buffer] = end;
     }
     plan.buffers
         .iter()
-        .enumerate()
         .map(|(b, buf)| {
             let start = if buf.role == Role::Temp { first[b].unwrap_or(0) } else { 0 };
             let stop = if buf.role == Role::Temp { last[b].max(start) } else { end };
@@ -38,12 +44,13 @@ pub fn lifetimes(plan: &KernelPlan) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// True if launch `at` may write buffer `out` over buffer `arg`: an elementwise launch that
-/// reads `arg` without broadcasting, element for element, and writes `out` of the same size.
-fn in_place(plan: &KernelPlan, at: usize, arg: u32, out: u32) -> bool {
-    let l = &plan.launches[at];
+/// True if the launch at position `at` may write buffer `out` over buffer `arg`: an
+/// elementwise launch that reads `arg` without broadcasting, element for element, and writes
+/// `out` of the same size.
+fn in_place(plan: &KernelPlan, at: usize, arg: BufferId, out: BufferId) -> bool {
+    let l = &plan.launches[LaunchId::new(at)];
     let Kernel::Elementwise { shape, strides, offsets, .. } = &l.kernel else { return false };
-    let (a, o) = (&plan.buffers[arg as usize], &plan.buffers[out as usize]);
+    let (a, o) = (&plan.buffers[arg], &plan.buffers[out]);
     let identity = contiguous_strides(shape);
     // Every read of `arg` must be element for element from its start. A read from a start
     // inside the buffer (a slice read in place) would meet elements already overwritten; other
@@ -58,9 +65,9 @@ fn in_place(plan: &KernelPlan, at: usize, arg: u32, out: u32) -> bool {
 }
 
 /// Whether buffers `a` and `b` may share memory.
-fn compatible(plan: &KernelPlan, life: &[(usize, usize)], a: u32, b: u32) -> bool {
-    let (la, lb) = (life[a as usize], life[b as usize]);
-    let pinned = |x: u32| plan.buffers[x as usize].role != Role::Temp;
+fn compatible(plan: &KernelPlan, life: &PrimaryMap<BufferId, Live>, a: BufferId, b: BufferId) -> bool {
+    let (la, lb) = (life[a], life[b]);
+    let pinned = |x: BufferId| plan.buffers[x].role != Role::Temp;
     if pinned(a) || pinned(b) {
         return false;
     }
@@ -73,42 +80,42 @@ fn compatible(plan: &KernelPlan, life: &[(usize, usize)], a: u32, b: u32) -> boo
 /// Assigns every buffer to a slot.
 pub fn plan_memory(plan: &KernelPlan) -> MemoryPlan {
     let life = lifetimes(plan);
-    let mut slots: Vec<(Storage, u64)> = Vec::new();
-    let mut occupants: Vec<Vec<u32>> = Vec::new();
-    let mut slot_of = vec![0u32; plan.buffers.len()];
-    let mut order: Vec<u32> = (0..plan.buffers.len() as u32).collect();
-    order.sort_by_key(|&b| (life[b as usize].0, b));
+    let mut slots: PrimaryMap<SlotId, Slot> = PrimaryMap::new();
+    let mut occupants: SecondaryMap<SlotId, Vec<BufferId>> = SecondaryMap::new();
+    let mut slot_of: SecondaryMap<BufferId, Option<SlotId>> = SecondaryMap::with_default(None);
+    let mut order: Vec<BufferId> = plan.buffers.keys().collect();
+    order.sort_by_key(|&b| (life[b].0, b));
     for b in order {
-        let buf = &plan.buffers[b as usize];
-        let fits = |s: usize| slots[s].0 == buf.storage && occupants[s].iter().all(|&o| compatible(plan, &life, o, b));
-        let candidates: Vec<usize> = (0..slots.len()).filter(|&s| fits(s)).collect();
+        let buf = &plan.buffers[b];
+        let fits = |s: SlotId| slots[s].storage == buf.storage && occupants[s].iter().all(|&o| compatible(plan, &life, o, b));
+        let candidates: Vec<SlotId> = slots.keys().filter(|&s| fits(s)).collect();
         // Best fit: the smallest slot already large enough, else the largest (which grows).
         let chosen = candidates
             .iter()
             .copied()
-            .filter(|&s| slots[s].1 >= buf.len)
-            .min_by_key(|&s| slots[s].1)
-            .or_else(|| candidates.iter().copied().max_by_key(|&s| slots[s].1));
+            .filter(|&s| slots[s].len >= buf.len)
+            .min_by_key(|&s| slots[s].len)
+            .or_else(|| candidates.iter().copied().max_by_key(|&s| slots[s].len));
         let s = match chosen {
             Some(s) => {
-                slots[s].1 = slots[s].1.max(buf.len);
+                slots[s].len = slots[s].len.max(buf.len);
                 s
             }
-            None => {
-                slots.push((buf.storage, buf.len));
-                occupants.push(Vec::new());
-                slots.len() - 1
-            }
+            None => slots.push(Slot { storage: buf.storage, len: buf.len }),
         };
         occupants[s].push(b);
-        slot_of[b as usize] = s as u32;
+        slot_of[b] = Some(s);
     }
-    let bytes = |&(storage, len): &(Storage, u64)| storage.bytes(len, plan.float);
+    let bytes = |slot: &Slot| slot.storage.bytes(slot.len, plan.float);
     MemoryPlan {
-        peak_bytes: slots.iter().map(bytes).fold(0, u64::saturating_add),
-        naive_bytes: plan.buffers.iter().map(|b| bytes(&(b.storage, b.len))).fold(0, u64::saturating_add),
+        peak_bytes: slots.values().map(bytes).fold(0, u64::saturating_add),
+        naive_bytes: plan
+            .buffers
+            .values()
+            .map(|b| bytes(&Slot { storage: b.storage, len: b.len }))
+            .fold(0, u64::saturating_add),
+        slot_of: plan.buffers.keys().map(|b| slot_of[b].expect("every buffer is placed")).collect(),
         slots,
-        slot_of,
     }
 }
 
@@ -121,9 +128,9 @@ pub fn check_memory(plan: &KernelPlan) -> Result<(), Vec<String>> {
         return Err(vec![format!("{} buffers but {} slot assignments", plan.buffers.len(), m.slot_of.len())]);
     }
     let life = lifetimes(plan);
-    let mut by_slot: Vec<Vec<u32>> = vec![Vec::new(); m.slots.len()];
-    for (b, &s) in m.slot_of.iter().enumerate() {
-        let Some(&(storage, len)) = m.slots.get(s as usize) else {
+    let mut by_slot: SecondaryMap<SlotId, Vec<BufferId>> = SecondaryMap::new();
+    for (b, &s) in m.slot_of.iter() {
+        let Some(&Slot { storage, len }) = m.slots.get(s) else {
             errors.push(format!("buffer {b} is in slot {s}, which does not exist"));
             continue;
         };
@@ -134,15 +141,16 @@ pub fn check_memory(plan: &KernelPlan) -> Result<(), Vec<String>> {
                 buf.storage, buf.len
             ));
         }
-        by_slot[s as usize].push(b as u32);
+        by_slot[s].push(b);
     }
-    for (s, bufs) in by_slot.iter().enumerate() {
+    for s in m.slots.keys() {
+        let bufs = &by_slot[s];
         for (i, &a) in bufs.iter().enumerate() {
             for &b in &bufs[i + 1..] {
                 if !compatible(plan, &life, a, b) {
                     errors.push(format!(
                         "buffers {a} (live {:?}) and {b} (live {:?}) share slot {s} while both are live",
-                        life[a as usize], life[b as usize]
+                        life[a], life[b]
                     ));
                 }
             }

@@ -5,7 +5,7 @@ use calm_models::{build, CalmConfig, Mode};
 use calm_passes::ablate::{ablate, Ablation};
 use calm_passes::lower::{lower, LowerError, LowerOptions};
 use calm_passes::memory::check_memory;
-use calm_passes::plan::{Kernel, KernelPlan, Role};
+use calm_passes::plan::{BufferId, Kernel, KernelPlan, Role, SlotId};
 
 fn bind(batch: u64, tokens: u64) -> Bindings {
     Bindings::new().with("batch", batch).with("tokens", tokens)
@@ -17,12 +17,12 @@ fn check(g: &calm_ir::Graph, plan: &KernelPlan) {
     check_memory(plan).unwrap_or_else(|e| panic!("{}: {e:?}", g.name));
     for (n, node) in g.nodes.iter() {
         let free = matches!(node.op, Op::Input { .. } | Op::Param { .. } | Op::Reshape { .. });
-        let launched = plan.launches.iter().any(|l| l.nodes.contains(&n.to_string()));
+        let launched = plan.launches.values().any(|l| l.nodes.contains(&n));
         assert_eq!(launched, !free, "{n} ({})", node.op.name());
     }
     assert_eq!(plan.outputs.len(), g.outputs.len());
     assert!(plan.memory.peak_bytes <= plan.memory.naive_bytes);
-    for l in &plan.launches {
+    for l in plan.launches.values() {
         assert!(l.cube_count.iter().all(|&c| (1..=65_535).contains(&c)), "{:?}", l.cube_count);
     }
 }
@@ -37,10 +37,10 @@ fn calm_graphs_and_every_ablation_lower_with_a_safe_memory_plan() {
             let plan = lower(&g, &bind(4, 7), &opts).unwrap();
             check(&g, &plan);
             // Activations (not weights or inputs) take less than half their naive memory.
-            let temps: Vec<usize> = (0..plan.buffers.len()).filter(|&b| plan.buffers[b].role == Role::Temp).collect();
-            let naive: u64 = temps.iter().map(|&b| plan.buffer_bytes(b as u32)).sum();
-            let slots: std::collections::BTreeSet<u32> = temps.iter().map(|&b| plan.memory.slot_of[b]).collect();
-            let used: u64 = slots.iter().map(|&s| plan.memory.slots[s as usize].1 * 4).sum();
+            let temps: Vec<BufferId> = plan.buffers.iter().filter(|(_, b)| b.role == Role::Temp).map(|(id, _)| id).collect();
+            let naive: u64 = temps.iter().map(|&b| plan.buffer_bytes(b)).sum();
+            let slots: std::collections::BTreeSet<SlotId> = temps.iter().map(|&b| plan.memory.slot_of[b]).collect();
+            let used: u64 = slots.iter().map(|&s| plan.memory.slots[s].len * 4).sum();
             assert!(used * 2 < naive, "{preset} {mode:?}: activations {used} of naive {naive} bytes");
             if preset == "tiny" {
                 for a in Ablation::ALL {
@@ -67,10 +67,8 @@ fn elementwise_chains_run_in_place() {
     check(&g, &plan);
     // The input keeps its own slot; the three results share one.
     assert_eq!(plan.memory.slots.len(), 2, "{:?}", plan.memory);
-    let temps: Vec<u32> = (0..plan.buffers.len())
-        .filter(|&b| plan.buffers[b].role == Role::Temp)
-        .map(|b| plan.memory.slot_of[b])
-        .collect();
+    let temps: Vec<SlotId> =
+        plan.buffers.iter().filter(|(_, b)| b.role == Role::Temp).map(|(b, _)| plan.memory.slot_of[b]).collect();
     assert!(temps.windows(2).all(|w| w[0] == w[1]));
 }
 
@@ -91,9 +89,9 @@ fn a_slice_among_the_arguments_leaves_in_place_writes_to_the_others() {
     let plan = lower(&g, &Bindings::new(), &LowerOptions::default()).unwrap();
     check(&g, &plan);
     let l =
-        plan.launches.iter().find(|l| l.kernel.reads_from_a_start()).expect("the add reads its slice where it lies");
+        plan.launches.values().find(|l| l.kernel.reads_from_a_start()).expect("the add reads its slice where it lies");
     let Kernel::Elementwise { offsets, .. } = &l.kernel else { unreachable!() };
-    let slot = |b: u32| plan.memory.slot_of[b as usize];
+    let slot = |b: BufferId| plan.memory.slot_of[b];
     let (sliced, whole) = if offsets[0] != 0 { (l.reads[0], l.reads[1]) } else { (l.reads[1], l.reads[0]) };
     assert_eq!(slot(l.writes[0]), slot(whole), "the sum overwrites tanh(y), read from its start");
     assert_ne!(slot(l.writes[0]), slot(sliced), "never the buffer it reads a slice of");
@@ -104,11 +102,11 @@ fn the_checker_catches_buffers_that_overlap() {
     let g = build(&CalmConfig::preset("tiny").unwrap(), Mode::Inference).unwrap();
     let mut plan = lower(&g, &bind(2, 3), &LowerOptions::default()).unwrap();
     // Put a matmul's inputs and output in one slot: all live at that launch.
-    let l = plan.launches.iter().position(|l| matches!(l.kernel, Kernel::MatMul { .. })).unwrap();
-    let (a, out) = (plan.launches[l].reads[0] as usize, plan.launches[l].writes[0] as usize);
+    let l = plan.launches.iter().find(|(_, l)| matches!(l.kernel, Kernel::MatMul { .. })).unwrap().0;
+    let (a, out) = (plan.launches[l].reads[0], plan.launches[l].writes[0]);
     let slot = plan.memory.slot_of[out];
     plan.memory.slot_of[a] = slot;
-    plan.memory.slots[slot as usize].1 = plan.memory.slots[slot as usize].1.max(plan.buffers[a].len);
+    plan.memory.slots[slot].len = plan.memory.slots[slot].len.max(plan.buffers[a].len);
     let errors = check_memory(&plan).unwrap_err();
     assert!(errors.iter().any(|e| e.contains("while both are live")), "{errors:?}");
 }
@@ -122,4 +120,37 @@ fn integer_arithmetic_is_refused_with_the_node() {
     let g = b.finish().unwrap();
     let e = lower(&g, &Bindings::new(), &LowerOptions::default()).unwrap_err();
     assert!(matches!(e, LowerError::Unsupported { op: "add", .. }), "{e}");
+}
+
+/// The plan is the whole contract: written out and read back it is the same plan; a plan of
+/// another format, or naming a buffer it does not have, is refused with a reason.
+#[test]
+fn plans_read_back_as_written_and_old_or_broken_ones_are_refused() {
+    let g = build(&CalmConfig::preset("tiny").unwrap(), Mode::Inference).unwrap();
+    let plan = lower(&g, &bind(2, 3), &LowerOptions::default()).unwrap();
+    let text = plan.to_json();
+    assert_eq!(KernelPlan::from_json(&text).unwrap(), plan);
+    // Ports carry their IR type, so an executor needs no graph to read the outputs back.
+    for (port, o) in plan.outputs.iter().zip(&g.outputs) {
+        assert_eq!(port.dtype, g.value_type(o.value).dtype, "{}", port.name);
+    }
+
+    let old = text.replacen(calm_passes::plan::PLAN_FORMAT, "calm-plan/1", 1);
+    let e = KernelPlan::from_json(&old).unwrap_err().to_string();
+    assert!(e.contains("plan format `calm-plan/1`") && e.contains("calm compile --emit plan"), "{e}");
+
+    let mut broken = plan.clone();
+    let last = broken.buffers.len();
+    broken.launches.values_mut().next().unwrap().writes.push(BufferId::parse(&format!("b{last}")).unwrap());
+    let e = KernelPlan::from_json(&broken.to_json()).unwrap_err().to_string();
+    assert!(e.contains(&format!("names buffer b{last}, which the plan does not have")), "{e}");
+
+    let mut unsafe_memory = plan.clone();
+    let s = unsafe_memory.memory.slots.keys().next().unwrap();
+    unsafe_memory.memory.slots[s].len = 0;
+    let e = KernelPlan::from_json(&unsafe_memory.to_json()).unwrap_err().to_string();
+    assert!(e.starts_with("memory plan: ") && e.contains("does not fit slot s0"), "{e}");
+
+    let e = KernelPlan::from_json("{\"format\": \"calm-plan/2\", \"graph\": 3}").unwrap_err().to_string();
+    assert!(e.contains("expected a string at line 1 column 36"), "{e}");
 }

@@ -60,11 +60,10 @@ pub fn calm_forward<R: Runtime>(
     opts: &LowerOptions,
     iters: usize,
 ) -> (Duration, usize) {
-    let calm_passes::compile::Compiled { graph: compiled, plan, .. } =
+    let calm_passes::compile::Compiled { plan, .. } =
         compile(g, bindings, fuse, opts).expect("the benchmark graphs compile");
     let launches = plan.launches.len();
-    let types = compiled.outputs.iter().map(|o| compiled.value_type(o.value).dtype).collect();
-    let mut exec = DeviceExecutor::<R, f32>::new(client.clone(), plan, types);
+    let mut exec = DeviceExecutor::<R, f32>::new(client.clone(), plan);
     let params = ParamStore::init(g, 1);
     exec.load_params(&params).expect("weights fit");
     let inputs = random_inputs(g, bindings, 1).expect("bound");

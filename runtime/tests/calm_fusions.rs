@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use burn::backend::flex::{Flex, FlexDevice};
 use burn::tensor::FloatDType;
 use calm_ir::graph::Output;
-use calm_ir::{nn, shape, Bindings, DType, Graph, GraphBuilder, Op, ValueId};
+use calm_ir::{nn, shape, BinaryFn, Bindings, DType, Graph, GraphBuilder, Op, UnaryFn, ValueId};
 use calm_models::identity_pool::cluster;
 use calm_models::CalmConfig;
 use calm_passes::compile::fusion_passes;
@@ -50,8 +50,7 @@ fn check_fused_lowered(
     let on_reference = reference.run(&fused, params, feeds).unwrap();
     let plan = lower(&fused, &bind_inputs(g, feeds).unwrap(), opts).unwrap();
     check_memory(&plan).unwrap();
-    let types = fused.outputs.iter().map(|o| fused.value_type(o.value).dtype).collect();
-    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(WgpuRuntime::client(&WgpuDevice::default()), plan, types);
+    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(WgpuRuntime::client(&WgpuDevice::default()), plan);
     exec.poison();
     exec.load_params(params).unwrap();
     let on_device = exec.run(feeds).unwrap();
@@ -146,8 +145,8 @@ fn gumbel_pool_writes_the_assignment_only_when_asked() {
     let feeds = pool_feeds(&g, 3, 7);
     assert_eq!(fired(&check_fused(&g, &feeds, 1e-4), "fuse_gumbel_pool"), 1);
     let plan = fused_plan(&g, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default());
-    let launch = plan.launches.iter().find(|l| l.kernel.name() == "gumbel_pool").unwrap();
-    assert_eq!(plan.buffers[launch.writes[1] as usize].len, 1, "a placeholder, not [B, T, K]");
+    let launch = plan.launches.values().find(|l| l.kernel.name() == "gumbel_pool").unwrap();
+    assert_eq!(plan.buffers[launch.writes[1]].len, 1, "a placeholder, not [B, T, K]");
 }
 
 #[test]
@@ -250,15 +249,15 @@ fn broken_attention_patterns_decline_and_stay_correct() {
 
     // The scale multiplies by a computed value, not a constant.
     let mut scale = g.clone();
-    let scaled = scale.nodes.values().find(|n| n.op == Op::Mul).map(|n| n.args.clone()).unwrap();
+    let scaled = scale.nodes.values().find(|n| n.op == Op::Binary(BinaryFn::Mul)).map(|n| n.args.clone()).unwrap();
     let constant = scaled.into_iter().find(|&a| matches!(scale.nodes[scale.producer(a)].op, Op::Constant { .. }));
     let c = constant.unwrap();
     let node = scale.producer(c);
     let scope = scale.nodes[node].scope.clone();
     let ty = scale.value_type(c).clone();
-    let doubled = scale.add_node(Op::Add, vec![c, c], vec![ty], &scope);
+    let doubled = scale.add_node(Op::Binary(BinaryFn::Add), vec![c, c], vec![ty], &scope);
     let doubled: ValueId = scale.result(doubled);
-    let reader = scale.nodes.iter().find(|(_, n)| n.op == Op::Mul && n.args.contains(&c)).map(|(id, _)| id).unwrap();
+    let reader = scale.nodes.iter().find(|(_, n)| n.op == Op::Binary(BinaryFn::Mul) && n.args.contains(&c)).map(|(id, _)| id).unwrap();
     for a in scale.nodes[reader].args.iter_mut() {
         if *a == c {
             *a = doubled;
@@ -282,10 +281,9 @@ fn fused_runs_are_deterministic() {
         Pipeline::new(fusion_passes()).run(&mut fused).unwrap();
         let params = ParamStore::init(&g, 1);
         let plan = lower(&fused, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default()).unwrap();
-        let types: Vec<DType> = fused.outputs.iter().map(|o| fused.value_type(o.value).dtype).collect();
         let run = || {
             let client = WgpuRuntime::client(&WgpuDevice::default());
-            let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(client, plan.clone(), types.clone());
+            let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(client, plan.clone());
             exec.load_params(&params).unwrap();
             exec.run(&feeds).unwrap()
         };
@@ -373,7 +371,7 @@ fn broken_routing_declines_and_stays_correct() {
     assert!(declined(&log, "fuse_route").iter().any(|r| r.contains("top-k values")), "{:?}", log.notes);
     // Gates not renormalised (the division removed): declines.
     let mut g = route_graph(7, 33, 4, 2, false);
-    let divide = g.nodes.iter().find(|(_, n)| n.op == Op::Div).map(|(id, _)| id).unwrap();
+    let divide = g.nodes.iter().find(|(_, n)| n.op == Op::Binary(BinaryFn::Div)).map(|(id, _)| id).unwrap();
     let numerator = g.nodes[divide].args[0];
     let quotient = g.nodes[divide].results[0];
     g.replace_all_uses(quotient, numerator).unwrap();
@@ -415,7 +413,7 @@ fn linears_reading_one_input_run_as_one_gemm() {
         assert_eq!(fired(&log, "fuse_projections"), 1, "{:?}", log.notes);
         let plan = fused_plan(&g, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default());
         // One joint GEMM, three second layers, and no copies of the slices.
-        assert_eq!(plan.launches.len(), 4, "{:?}", plan.launches.iter().map(|l| l.kernel.name()).collect::<Vec<_>>());
+        assert_eq!(plan.launches.len(), 4, "{:?}", plan.launches.values().map(|l| l.kernel.name()).collect::<Vec<_>>());
         assert_eq!(plan.params.iter().filter(|p| p.concat.is_some()).count(), 2, "weights and biases joined at load");
     }
     // A per-sample row in a second layer's epilogue: that GEMM keeps its batch (the row cannot
@@ -425,10 +423,10 @@ fn linears_reading_one_input_run_as_one_gemm() {
         let feeds = random_inputs(&g, &Bindings::new(), 5).unwrap();
         check_fused_lowered(&g, &feeds, &ParamStore::init(&g, 7), 1e-5, &gemm);
         let plan = fused_plan(&g, &bind_inputs(&g, &feeds).unwrap(), &gemm);
-        let names: Vec<&str> = plan.launches.iter().map(|l| l.kernel.name()).collect();
+        let names: Vec<&str> = plan.launches.values().map(|l| l.kernel.name()).collect();
         assert_eq!(names.len(), 4, "the row is added in an epilogue: {names:?}");
         let batched =
-            plan.launches.iter().filter(|l| matches!(&l.kernel, Kernel::MatMul { batch, .. } if batch[..] == [3]));
+            plan.launches.values().filter(|l| matches!(&l.kernel, Kernel::MatMul { batch, .. } if batch[..] == [3]));
         assert_eq!(batched.count(), 1);
     }
 }
@@ -455,9 +453,9 @@ fn dropout_reads_its_slice_of_the_joint_gemm_in_place() {
     let log = check_fused(&g, &feeds, 1e-5);
     assert_eq!(fired(&log, "fuse_projections"), 1, "{:?}", log.notes);
     let plan = fused_plan(&g, &bind_inputs(&g, &feeds).unwrap(), &LowerOptions::default());
-    let names: Vec<&str> = plan.launches.iter().map(|l| l.kernel.name()).collect();
+    let names: Vec<&str> = plan.launches.values().map(|l| l.kernel.name()).collect();
     assert!(!names.contains(&"copy"), "no slice is copied out: {names:?}");
-    let sliced = plan.launches.iter().filter(|l| l.kernel.reads_from_a_start());
+    let sliced = plan.launches.values().filter(|l| l.kernel.reads_from_a_start());
     assert_eq!(
         sliced.count(),
         2,
@@ -481,7 +479,7 @@ fn self_attention_projections_and_attention_fuse_together() {
 fn projections_decline_where_a_slice_would_be_copied() {
     let mut g = three_channels(3, 7, 12, 8);
     // A branch's activation is also a graph output.
-    let relu = g.nodes.values().find(|n| n.op == Op::Relu).map(|n| n.results[0]).unwrap();
+    let relu = g.nodes.values().find(|n| n.op == Op::Unary(UnaryFn::Relu)).map(|n| n.results[0]).unwrap();
     g.outputs.push(Output { name: "probe".into(), value: relu });
     let log = check_fused(&g, &random_inputs(&g, &Bindings::new(), 4).unwrap(), 1e-5);
     assert_eq!(fired(&log, "fuse_projections"), 0);
@@ -517,7 +515,7 @@ fn sparse_experts_match_the_dense_mixture() {
         assert!(notes[1].detail.starts_with(&format!("routers of {dims} group")), "{:?}", notes[1]);
         assert_eq!(routing_launches(&g, &b), (1, 0, 0), "E={experts} k={top_k}");
         let plan = fused_plan(&g, &b, &LowerOptions::default());
-        let combines = plan.launches.iter().filter(|l| l.kernel.name() == "combine").count();
+        let combines = plan.launches.values().filter(|l| l.kernel.name() == "combine").count();
         assert_eq!(combines, 1, "E={experts} k={top_k}: one combine for {dims} groups");
     }
 }
@@ -525,7 +523,7 @@ fn sparse_experts_match_the_dense_mixture() {
 /// The plan's launches of (`route_dispatch`, `route`, `dispatch`) for `g` after fusion.
 fn routing_launches(g: &Graph, b: &Bindings) -> (usize, usize, usize) {
     let plan = fused_plan(g, b, &LowerOptions::default());
-    let count = |name: &str| plan.launches.iter().filter(|l| l.kernel.name() == name).count();
+    let count = |name: &str| plan.launches.values().filter(|l| l.kernel.name() == name).count();
     (count("route_dispatch"), count("route"), count("dispatch"))
 }
 
@@ -578,7 +576,7 @@ fn routing_kernel_orders_units_and_computes_balance_statistics() {
     assert_eq!(one, 0);
     assert!(routes > 0 && dispatches > 0, "{routes} routes, {dispatches} dispatches");
     let plan = fused_plan(&g, &b, &LowerOptions::default());
-    assert_eq!(plan.launches.iter().filter(|l| l.kernel.name() == "combine").count(), dispatches);
+    assert_eq!(plan.launches.values().filter(|l| l.kernel.name() == "combine").count(), dispatches);
 }
 
 #[test]
@@ -601,7 +599,7 @@ fn sparse_experts_with_all_units_on_one_expert() {
     let plan = fused_plan(&g, &b, &LowerOptions::default());
     let folded: Vec<(u32, u64)> = plan
         .launches
-        .iter()
+        .values()
         .filter_map(|l| match &l.kernel {
             Kernel::MatMul { gemm: Gemm::Vectors { rows, .. }, grouped: Some(gr), m, .. } => {
                 assert_eq!(gr.fold_experts, Some(8), "2 dimensions of 4 experts");
@@ -647,7 +645,7 @@ fn grouped_gemms_work_in_every_gemm_variant() {
         let plan = fused_plan(&g, &b, &opts);
         let grouped: Vec<Gemm> = plan
             .launches
-            .iter()
+            .values()
             .filter_map(|l| match &l.kernel {
                 Kernel::MatMul { gemm, grouped: Some(_), .. } => Some(*gemm),
                 _ => None,
@@ -690,13 +688,13 @@ fn reductions_evaluate_their_elementwise_inputs_in_place() {
     let log = check_fused(&g, &feeds, 1e-5);
     assert_eq!(fired(&log, "fuse_reduce_prologues"), 3, "{:?}", log.notes);
     let plan = fused_plan(&g, &Bindings::new(), &LowerOptions::default());
-    let names: Vec<&str> = plan.launches.iter().map(|l| l.kernel.name()).collect();
+    let names: Vec<&str> = plan.launches.values().map(|l| l.kernel.name()).collect();
     for kernel in ["elementwise+reduce_sum", "elementwise+reduce_max", "elementwise+reduce_mean", "reduce_mean"] {
         assert!(names.contains(&kernel), "{kernel} in {names:?}");
     }
     // No launch writes a product of the states' size.
     let big = 7 * 33 * 130;
-    assert!(plan.launches.iter().all(|l| l.writes.iter().all(|&w| plan.buffers[w as usize].len < big)), "{names:?}");
+    assert!(plan.launches.values().all(|l| l.writes.iter().all(|&w| plan.buffers[w].len < big)), "{names:?}");
 }
 
 #[test]

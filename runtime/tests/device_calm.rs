@@ -33,8 +33,7 @@ fn errors(want: &BTreeMap<String, HostTensor>, got: &BTreeMap<String, HostTensor
 
 fn executor(g: &Graph, params: &ParamStore, bindings: &Bindings) -> DeviceExecutor<WgpuRuntime, f32> {
     let plan = lower(g, bindings, &LowerOptions::default()).unwrap();
-    let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
-    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(WgpuRuntime::client(&WgpuDevice::default()), plan, types);
+    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(WgpuRuntime::client(&WgpuDevice::default()), plan);
     exec.poison();
     exec.load_params(params).unwrap();
     exec
@@ -97,9 +96,8 @@ fn half_precision_buffers_stay_close_to_the_reference() {
     let opts = LowerOptions { float: FloatType::F16, ..LowerOptions::default() };
     for (what, graph) in [("unfused", g.clone()), ("fused", fused(&g))] {
         let plan = lower(&graph, &b, &opts).unwrap();
-        let types = graph.outputs.iter().map(|o| graph.value_type(o.value).dtype).collect();
         let client = WgpuRuntime::client(&WgpuDevice::default());
-        let mut exec = DeviceExecutor::<WgpuRuntime, half::f16>::new(client, plan, types);
+        let mut exec = DeviceExecutor::<WgpuRuntime, half::f16>::new(client, plan);
         exec.poison();
         exec.load_params(&params).unwrap();
         let got = exec.run(&feeds).unwrap();

@@ -9,6 +9,7 @@ use burn::tensor::FloatDType;
 use calm_ir::{shape, Bindings, BuildResult, DType, Graph, GraphBuilder, Op, Shape, ValueId};
 use calm_passes::lower::{lower, LowerOptions};
 use calm_passes::memory::check_memory;
+use calm_passes::plan::SlotId;
 use calm_runtime::device::DeviceExecutor;
 use calm_runtime::host::{HostData, HostTensor};
 use calm_runtime::inputs::random_inputs;
@@ -47,9 +48,8 @@ fn compare_with(g: &Graph, feeds: &BTreeMap<String, HostTensor>, tol: f64, opts:
     let bindings = calm_runtime::reference::bind_inputs(g, feeds).unwrap();
     let plan = lower(g, &bindings, opts).unwrap();
     check_memory(&plan).unwrap();
-    let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
     let client = WgpuRuntime::client(&WgpuDevice::default());
-    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(client, plan, types);
+    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(client, plan);
     exec.poison();
     exec.load_params(&params).unwrap();
     let got = exec.run(feeds).unwrap();
@@ -155,7 +155,7 @@ fn every_gemm_variant_with_weights_epilogues_and_batches() {
             let plan = lower(&g, &Bindings::new(), &opts).unwrap();
             let variants: Vec<Gemm> = plan
                 .launches
-                .iter()
+                .values()
                 .filter_map(|l| match &l.kernel {
                     Kernel::MatMul { gemm, .. } => Some(*gemm),
                     _ => None,
@@ -184,9 +184,9 @@ fn elementwise_ops_read_slices_where_they_lie() {
         },
     );
     let plan = lower(&g, &Bindings::new(), &LowerOptions::default()).unwrap();
-    let names: Vec<&str> = plan.launches.iter().map(|l| l.kernel.name()).collect();
+    let names: Vec<&str> = plan.launches.values().map(|l| l.kernel.name()).collect();
     assert!(!names.contains(&"copy"), "{names:?}");
-    let started = plan.launches.iter().filter(|l| l.kernel.reads_from_a_start());
+    let started = plan.launches.values().filter(|l| l.kernel.reads_from_a_start());
     assert_eq!(started.count(), 3, "{names:?}");
 }
 
@@ -204,8 +204,8 @@ fn a_launch_reading_a_slice_still_writes_in_place() {
     });
     let plan = lower(&g, &Bindings::new(), &LowerOptions::default()).unwrap();
     let l =
-        plan.launches.iter().find(|l| l.kernel.reads_from_a_start()).expect("the add reads its slice where it lies");
-    let slots: Vec<u32> = l.reads.iter().chain(&l.writes).map(|&b| plan.memory.slot_of[b as usize]).collect();
+        plan.launches.values().find(|l| l.kernel.reads_from_a_start()).expect("the add reads its slice where it lies");
+    let slots: Vec<SlotId> = l.reads.iter().chain(&l.writes).map(|&b| plan.memory.slot_of[b]).collect();
     assert!(slots[..2].contains(&slots[2]), "the sum shares a slot with an argument: {slots:?}");
 }
 
@@ -240,10 +240,10 @@ fn gemms_read_a_concatenation_from_its_parts() {
     for (gemm, copies) in [(GemmStrategy::SharedTiles(GemmTile::DEFAULT), 0), (GemmStrategy::Registers, 2)] {
         let opts = LowerOptions { gemm, ..LowerOptions::default() };
         let plan = lower(&g, &Bindings::new(), &opts).unwrap();
-        let count = |name: &str| plan.launches.iter().filter(|l| l.kernel.name() == name).count();
+        let count = |name: &str| plan.launches.values().filter(|l| l.kernel.name() == name).count();
         assert_eq!(count("copy"), copies, "{gemm:?}");
         let split =
-            plan.launches.iter().filter(|l| matches!(l.kernel, Kernel::MatMul { a_split: Some(33), .. })).count();
+            plan.launches.values().filter(|l| matches!(l.kernel, Kernel::MatMul { a_split: Some(33), .. })).count();
         assert_eq!(split, if copies == 0 { 2 } else { 0 }, "{gemm:?}");
         compare_with(&g, &feeds, 1e-5, &opts);
     }
@@ -254,10 +254,10 @@ fn gemms_read_a_concatenation_from_its_parts() {
     for gemm in [GemmStrategy::Registers, GemmStrategy::SharedTiles(GemmTile::DEFAULT)] {
         let opts = LowerOptions { gemm, ..LowerOptions::default() };
         let plan = lower(&g, &Bindings::new(), &opts).unwrap();
-        assert_eq!(plan.launches.iter().filter(|l| l.kernel.name() == "copy").count(), 0, "{gemm:?}");
+        assert_eq!(plan.launches.values().filter(|l| l.kernel.name() == "copy").count(), 0, "{gemm:?}");
         let split: Vec<&Gemm> = plan
             .launches
-            .iter()
+            .values()
             .filter_map(|l| match &l.kernel {
                 Kernel::MatMul { a_split: Some(36), gemm, .. } => Some(gemm),
                 _ => None,
@@ -281,7 +281,7 @@ fn gemms_read_a_concatenation_from_its_parts() {
     let g = b.finish().unwrap();
     let opts = LowerOptions { gemm: GemmStrategy::SharedTiles(GemmTile::DEFAULT), ..LowerOptions::default() };
     let plan = lower(&g, &Bindings::new(), &opts).unwrap();
-    assert_eq!(plan.launches.iter().filter(|l| l.kernel.name() == "copy").count(), 2);
+    assert_eq!(plan.launches.values().filter(|l| l.kernel.name() == "copy").count(), 2);
     compare_with(&g, &random_inputs(&g, &Bindings::new(), 9).unwrap(), 1e-5, &opts);
 }
 

@@ -56,9 +56,7 @@ fn fused_calm_graphs_compute_what_the_primitives_compute() {
             }
             // And on the device.
             let plan = lower(&f, &b, &LowerOptions::default()).unwrap();
-            let types = f.outputs.iter().map(|o| f.value_type(o.value).dtype).collect();
-            let mut exec =
-                DeviceExecutor::<WgpuRuntime, f32>::new(WgpuRuntime::client(&WgpuDevice::default()), plan, types);
+            let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(WgpuRuntime::client(&WgpuDevice::default()), plan);
             exec.poison();
             exec.load_params(&params).unwrap();
             let dev = exec.run(&feeds).unwrap();

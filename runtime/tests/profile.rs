@@ -2,11 +2,12 @@
 //! fused kernel, device timing, the modelled roofline time, the trace; and the CUDA target:
 //! every launch's kernel as CUDA C++ and, where NVRTC is installed, compiled for sm_90.
 
+use calm_ir::entity::EntityId;
 use calm_ir::{nn, shape, Bindings, DType, GraphBuilder};
 use calm_models::{build, CalmConfig, Mode};
 use calm_passes::compile::compile;
 use calm_passes::lower::LowerOptions;
-use calm_passes::plan::FloatType;
+use calm_passes::plan::{FloatType, LaunchId};
 use calm_runtime::cuda_target::cuda_sources;
 use calm_runtime::cuda_target::nvrtc::{Nvrtc, Toolkit};
 use calm_runtime::device::DeviceExecutor;
@@ -20,8 +21,7 @@ use cubecl::Runtime;
 fn profiled(g: &calm_ir::Graph, bindings: &Bindings) -> Vec<LaunchProfile> {
     let plan = compile(g, bindings, true, &LowerOptions::default()).unwrap().plan;
     let client = WgpuRuntime::client(&WgpuDevice::default());
-    let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
-    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(client, plan, types);
+    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(client, plan);
     exec.load_params(&ParamStore::init(g, 1)).unwrap();
     exec.run(&random_inputs(g, bindings, 1).unwrap()).unwrap();
     let (launches, _) = profile::profile_plan(&exec, 1).unwrap();
@@ -118,8 +118,9 @@ fn modelled_time_is_the_roofline_floor_plus_the_launch_overhead() {
     let plan = compile(&g, &Bindings::new(), true, &opts).unwrap().plan;
     let flops = 2 * n * n * n + n * n;
     let bytes = 2 * (3 * n * n + n);
+    let first = LaunchId::new(0);
     assert_eq!(
-        (plan.launches[0].cost.flops, plan.launches[0].cost.bytes_read + plan.launches[0].cost.bytes_written),
+        (plan.launches[first].cost.flops, plan.launches[first].cost.bytes_read + plan.launches[first].cost.bytes_written),
         (flops, bytes)
     );
     let t = profile::modelled_seconds(&plan, &H200, profile::CUDA_LAUNCH_OVERHEAD_S);
@@ -186,7 +187,7 @@ fn every_launch_of_the_paper_plan_has_cuda_source() {
                 k.name,
                 &k.source[..k.source.len().min(400)]
             );
-            for &l in &k.launches {
+            for l in k.launches.iter().map(|&i| LaunchId::new(i)) {
                 assert_eq!(plan.launches[l].kernel.name(), k.plan_kernel);
                 assert_eq!(plan.launches[l].cube_dim, k.cube_dim, "{}: launched as compiled", k.name);
             }

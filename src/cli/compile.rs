@@ -105,8 +105,8 @@ impl Float {
 
 /// Launch count, FLOPs and bytes of a plan.
 fn totals(plan: &KernelPlan) -> (usize, u64, u64) {
-    let flops = plan.launches.iter().map(|l| l.cost.flops).sum();
-    let bytes = plan.launches.iter().map(|l| l.cost.bytes_read + l.cost.bytes_written).sum();
+    let flops = plan.launches.values().map(|l| l.cost.flops).sum();
+    let bytes = plan.launches.values().map(|l| l.cost.bytes_read + l.cost.bytes_written).sum();
     (plan.launches.len(), flops, bytes)
 }
 
@@ -150,7 +150,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         println!("{label:<12} {n:>9} {:>12} {:>12}", human_count(flops), human_bytes(bytes));
     }
     let mut by_kernel: BTreeMap<&str, (usize, u64, u64)> = BTreeMap::new();
-    for l in &plan.launches {
+    for l in plan.launches.values() {
         let e = by_kernel.entry(l.kernel.name()).or_default();
         e.0 += 1;
         e.1 += l.cost.flops;

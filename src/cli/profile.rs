@@ -252,12 +252,11 @@ fn modelled(
     let essential: u64 = fused
         .buffers
         .iter()
-        .enumerate()
         .filter(|(_, b)| b.role != Role::Temp)
-        .map(|(i, _)| fused.buffer_bytes(i as u32))
+        .map(|(id, _)| fused.buffer_bytes(id))
         .sum::<u64>()
         + fused.outputs.iter().map(|o| fused.buffer_bytes(o.buffer)).sum::<u64>();
-    let flops: u64 = fused.launches.iter().map(|l| l.cost.flops).sum();
+    let flops: u64 = fused.launches.values().map(|l| l.cost.flops).sum();
     let floor = c.floor_seconds(flops, essential);
     println!(
         "{:<10} {:>9} {:>12} {:>12} {:>14} {:>10}",
@@ -266,11 +265,11 @@ fn modelled(
     let mut rows = Vec::new();
     for (name, plan) in [("unfused", &unfused), ("fused", &fused)] {
         let t: f64 = profile::modelled_seconds(plan, c, overhead).iter().sum();
-        let bytes: u64 = plan.launches.iter().map(|l| l.cost.bytes_read + l.cost.bytes_written).sum();
+        let bytes: u64 = plan.launches.values().map(|l| l.cost.bytes_read + l.cost.bytes_written).sum();
         println!(
             "{name:<10} {:>9} {:>12} {:>12} {:>14.3} {:>9.2}x",
             plan.launches.len(),
-            human_count(plan.launches.iter().map(|l| l.cost.flops).sum()),
+            human_count(plan.launches.values().map(|l| l.cost.flops).sum()),
             human_bytes(bytes),
             t * 1e3,
             t / floor

@@ -129,9 +129,9 @@ fn fused(
 ) -> Result<(Outputs, String), CliError> {
     let bindings = bind_inputs(g, inputs)?;
     let opts = LowerOptions { float: args.float.plan_type(), ..device.lower_options() };
-    let calm_passes::compile::Compiled { graph: compiled, plan, .. } = compile(g, &bindings, !args.no_fuse, &opts)?;
+    let plan = compile(g, &bindings, !args.no_fuse, &opts)?.plan;
     let launches = plan.launches.len();
-    let out = device.run(&compiled, plan, params, inputs)?;
+    let out = device.run(plan, params, inputs)?;
     Ok((
         out,
         format!(

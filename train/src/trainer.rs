@@ -485,7 +485,7 @@ pub fn predict(
                     compiled = Some(calm_passes::compile::compile(g, &bindings, true, &opts)?);
                 }
                 let c = compiled.as_ref().expect("compiled above");
-                device.run(&c.graph, c.plan.clone(), params, &inputs)?["logits"].clone()
+                device.run(c.plan.clone(), params, &inputs)?["logits"].clone()
             }
         };
         let classes = *logits.shape.last().expect("logits are [batch, classes]");

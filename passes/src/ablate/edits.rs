@@ -3,7 +3,7 @@
 //! driver (`mod.rs`) then removes what became dead and verifies.
 
 use calm_ir::nn::{self, Mlp};
-use calm_ir::{Dim, Graph, Op};
+use calm_ir::{BinaryFn, Dim, Graph, Op, UnaryFn};
 
 use super::graph_edit::*;
 use super::AblateError;
@@ -58,12 +58,12 @@ pub fn no_gumbel(g: &mut Graph) -> Result<(), AblateError> {
         // softmax((π + g) / τ): its argument must still be the division by the temperature.
         let scaled = g.nodes[softmax].args[0];
         let div = g.producer(scaled);
-        if !matches!(g.nodes[div].op, Op::Div) {
+        if !matches!(g.nodes[div].op, Op::Binary(BinaryFn::Div)) {
             return Err(AblateError::not_applicable(A, format!("`{assign}` already takes a plain softmax")));
         }
         let mut logits = g.nodes[div].args[0];
         let add = g.producer(logits);
-        if matches!(g.nodes[add].op, Op::Add) {
+        if matches!(g.nodes[add].op, Op::Binary(BinaryFn::Add)) {
             let args = g.nodes[add].args.clone();
             let is_noise = |v| computed_from(g, v, &assign, |op| matches!(op, Op::RandomUniform { .. }));
             if let Some(&clean) = args.iter().find(|&&v| !is_noise(v)).filter(|_| args.iter().any(|&v| is_noise(v))) {
@@ -180,10 +180,10 @@ pub fn no_fusion_gate(g: &mut Graph) -> Result<(), AblateError> {
     const A: &str = "no-fusion-gate";
     require(g, A, "calm/fusion")?;
     let gated = g.nodes.iter().find_map(|(n, node)| {
-        if node.scope != "calm/fusion" || !matches!(node.op, Op::Mul) {
+        if node.scope != "calm/fusion" || !matches!(node.op, Op::Binary(BinaryFn::Mul)) {
             return None;
         }
-        let is_gate = |v| matches!(g.nodes[g.producer(v)].op, Op::Sigmoid);
+        let is_gate = |v| matches!(g.nodes[g.producer(v)].op, Op::Unary(UnaryFn::Sigmoid));
         match node.args[..] {
             [a, b] if is_gate(a) => Some((n, b)),
             [a, b] if is_gate(b) => Some((n, a)),

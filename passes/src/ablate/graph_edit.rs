@@ -4,7 +4,7 @@
 //! a node outside reads; its *entries* are the computed values (not inputs, parameters or
 //! constants) it reads from outside.
 
-use calm_ir::{BuildResult, Graph, GraphBuilder, NodeId, Op, OpClass, ValueId};
+use calm_ir::{BinaryFn, BuildResult, Graph, GraphBuilder, NodeId, Op, OpClass, ValueId};
 
 use super::AblateError;
 
@@ -118,12 +118,12 @@ pub fn drop_loss_term(g: &mut Graph, output_name: &str, ablation: &'static str) 
     let summand = users[term]
         .iter()
         .copied()
-        .find(|&n| matches!(g.nodes[n].op, Op::Mul) && in_scope(&g.nodes[n].scope, "calm/loss"))
+        .find(|&n| matches!(g.nodes[n].op, Op::Binary(BinaryFn::Mul)) && in_scope(&g.nodes[n].scope, "calm/loss"))
         .map(|n| g.result(n))
         .ok_or_else(|| {
             AblateError::not_applicable(ablation, format!("`{output_name}` is not a weighted term of the loss"))
         })?;
-    let add = users[summand].iter().copied().find(|&n| matches!(g.nodes[n].op, Op::Add)).ok_or_else(|| {
+    let add = users[summand].iter().copied().find(|&n| matches!(g.nodes[n].op, Op::Binary(BinaryFn::Add))).ok_or_else(|| {
         AblateError::not_applicable(ablation, format!("`{output_name}` is the only term of the loss"))
     })?;
     let args = &g.nodes[add].args;

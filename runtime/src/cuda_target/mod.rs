@@ -57,7 +57,7 @@ fn capture_plan<F: DeviceFloat>(plan: &KernelPlan) -> Result<Vec<CudaKernel>, Cu
     let _only_us = capture::CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
     capture::take_captured();
     let client = CaptureRuntime::client(&CaptureDevice);
-    let mut exec = DeviceExecutor::<CaptureRuntime, F>::new(client.clone(), plan.clone(), Vec::new());
+    let mut exec = DeviceExecutor::<CaptureRuntime, F>::new(client.clone(), plan.clone());
     exec.allocate_unloaded();
     exec.launch_all();
     // The server compiles on its own thread, in order; a sync returns after it has seen them all.
@@ -67,7 +67,7 @@ fn capture_plan<F: DeviceFloat>(plan: &KernelPlan) -> Result<Vec<CudaKernel>, Cu
         return Err(CudaTargetError::Missing { launched: captured.len(), expected: plan.launches.len() });
     }
     let mut kernels: Vec<CudaKernel> = Vec::new();
-    for (i, (c, l)) in captured.into_iter().zip(&plan.launches).enumerate() {
+    for (i, (c, l)) in captured.into_iter().zip(plan.launches.values()).enumerate() {
         let c = c.map_err(|message| CudaTargetError::Compile {
             launch: i,
             kernel: l.kernel.name().to_string(),

@@ -1,9 +1,9 @@
 //! From plan kernels (IR programs, plan configurations) to the kernels crate's compile-time
 //! configurations.
 
-use calm_ir::program::{BinaryFn, Instr, Program as IrProgram, UnaryFn};
+use calm_ir::program::{Instr, Program as IrProgram};
 use calm_ir::DType;
-use calm_kernels::elementwise::{Binary, Kind, Op, Program, Unary};
+use calm_kernels::elementwise::{CastTo, Kind, Op, Program};
 use calm_passes::plan::Storage;
 
 /// The kernel argument kind of a storage type.
@@ -33,32 +33,6 @@ pub fn slots(kinds: &[Kind]) -> Vec<(Kind, usize)> {
         .collect()
 }
 
-fn unary(f: UnaryFn) -> Unary {
-    match f {
-        UnaryFn::Neg => Unary::Neg,
-        UnaryFn::Exp => Unary::Exp,
-        UnaryFn::Log => Unary::Log,
-        UnaryFn::Sqrt => Unary::Sqrt,
-        UnaryFn::Rsqrt => Unary::Rsqrt,
-        UnaryFn::Tanh => Unary::Tanh,
-        UnaryFn::Sigmoid => Unary::Sigmoid,
-        UnaryFn::Relu => Unary::Relu,
-        UnaryFn::Gelu => Unary::Gelu,
-    }
-}
-
-fn binary(f: BinaryFn) -> Binary {
-    match f {
-        BinaryFn::Add => Binary::Add,
-        BinaryFn::Sub => Binary::Sub,
-        BinaryFn::Mul => Binary::Mul,
-        BinaryFn::Div => Binary::Div,
-        BinaryFn::Max => Binary::Max,
-        BinaryFn::Equal => Binary::Equal,
-        BinaryFn::Less => Binary::Less,
-    }
-}
-
 /// The kernel ops of an IR program (registers and argument numbers carry over).
 pub fn ops(p: &IrProgram) -> Vec<Op> {
     p.instrs
@@ -66,14 +40,14 @@ pub fn ops(p: &IrProgram) -> Vec<Op> {
         .map(|i| match *i {
             Instr::Arg { index } => Op::Arg(index as usize),
             Instr::Const { bits, .. } => Op::Const((f64::from_bits(bits) as f32).to_bits()),
-            Instr::Unary { f, x } => Op::Unary(unary(f), x as usize),
-            Instr::Binary { f, a, b } => Op::Binary(binary(f), a as usize, b as usize),
+            Instr::Unary { f, x } => Op::Unary(f, x as usize),
+            Instr::Binary { f, a, b } => Op::Binary(f, a as usize, b as usize),
             Instr::Select { cond, a, b } => Op::Select(cond as usize, a as usize, b as usize),
-            Instr::Cast { to, x } => Op::Unary(
+            Instr::Cast { to, x } => Op::Cast(
                 match to {
-                    DType::Bool => Unary::NonZero,
-                    t if t.is_int() => Unary::Trunc,
-                    _ => Unary::Identity,
+                    DType::Bool => CastTo::ToBool,
+                    t if t.is_int() => CastTo::ToInt,
+                    _ => CastTo::ToFloat,
                 },
                 x as usize,
             ),

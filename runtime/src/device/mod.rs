@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 
 use calm_ir::DType;
 use calm_kernels::elementwise::Buf;
-use calm_passes::plan::{KernelPlan, Port, Role, Storage};
+use calm_ir::entity::SecondaryMap;
+use calm_passes::plan::{BufferId, KernelPlan, Port, Role, SlotId, Storage};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use thiserror::Error;
@@ -107,64 +108,53 @@ fn from_bytes<F: DeviceFloat>(bytes: &[u8], storage: Storage, dtype: DType, len:
     }
 }
 
-/// One plan, ready to run on a device.
+/// One plan, ready to run on a device: the plan is all it needs (it never sees the graph).
 pub struct DeviceExecutor<R: Runtime, F: DeviceFloat> {
     client: ComputeClient<R>,
     plan: KernelPlan,
-    /// The device allocation of each temporary slot.
-    slots: Vec<Option<Handle>>,
+    /// The device allocation of each temporary slot (`None` for input and parameter slots).
+    slots: SecondaryMap<SlotId, Option<Handle>>,
     /// Uploaded inputs and parameters, by buffer.
-    pinned: BTreeMap<u32, Handle>,
-    /// Each launch's metadata on the device (built once).
+    pinned: BTreeMap<BufferId, Handle>,
+    /// Each launch's metadata on the device (built once), in launch order.
     metas: Vec<Option<Buf>>,
-    /// The IR dtype of each output, for reading back.
-    output_types: Vec<DType>,
     _float: std::marker::PhantomData<F>,
 }
 
 impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
-    /// Allocates the plan's slots and metadata on `client`'s device. `output_types` are the IR
-    /// dtypes of the plan's outputs, in order.
-    pub fn new(client: ComputeClient<R>, plan: KernelPlan, output_types: Vec<DType>) -> Self {
-        let pinned_slots: Vec<u32> = (0..plan.buffers.len())
-            .filter(|&b| plan.buffers[b].role != Role::Temp)
-            .map(|b| plan.memory.slot_of[b])
-            .collect();
-        let slots = plan
-            .memory
-            .slots
+    /// Allocates the plan's slots and metadata on `client`'s device.
+    pub fn new(client: ComputeClient<R>, plan: KernelPlan) -> Self {
+        let pinned_slots: Vec<SlotId> = plan
+            .buffers
             .iter()
-            .enumerate()
-            .map(|(s, _)| {
-                // Input and parameter slots are uploaded, not allocated.
-                (!pinned_slots.contains(&(s as u32))).then(|| client.empty(plan.slot_bytes(s) as usize))
-            })
+            .filter(|(_, buf)| buf.role != Role::Temp)
+            .map(|(b, _)| plan.memory.slot_of[b])
             .collect();
-        let metas = plan.launches.iter().map(|l| launch::meta(&l.kernel).map(|m| upload_u32(&client, &m))).collect();
-        DeviceExecutor {
-            client,
-            plan,
-            slots,
-            pinned: BTreeMap::new(),
-            metas,
-            output_types,
-            _float: std::marker::PhantomData,
+        let mut slots = SecondaryMap::with_default(None);
+        for s in plan.memory.slots.keys() {
+            // Input and parameter slots are uploaded, not allocated.
+            if !pinned_slots.contains(&s) {
+                slots[s] = Some(client.empty(plan.slot_bytes(s) as usize));
+            }
         }
+        let metas =
+            plan.launches.values().map(|l| launch::meta(&l.kernel).map(|m| upload_u32(&client, &m))).collect();
+        DeviceExecutor { client, plan, slots, pinned: BTreeMap::new(), metas, _float: std::marker::PhantomData }
     }
 
     /// Fills every temporary slot with NaN (floats) or all-ones bits (integers), so that an
     /// element a kernel fails to write shows up in the outputs. For tests.
     pub fn poison(&mut self) {
-        for (s, slot) in self.slots.iter_mut().enumerate() {
-            if slot.is_none() {
+        for (s, slot) in self.plan.memory.slots.iter() {
+            if self.slots[s].is_none() {
                 continue;
             }
-            let (storage, len) = self.plan.memory.slots[s];
-            let bytes: Vec<u8> = match storage {
-                Storage::Float => F::as_bytes(&vec![F::from_f64(f64::NAN); len as usize]).to_vec(),
-                _ => vec![0xFF; len as usize * 4],
+            let len = slot.len as usize;
+            let bytes: Vec<u8> = match slot.storage {
+                Storage::Float => F::as_bytes(&vec![F::from_f64(f64::NAN); len]).to_vec(),
+                _ => vec![0xFF; len * 4],
             };
-            *slot = Some(self.client.create_from_slice(&bytes));
+            self.slots[s] = Some(self.client.create_from_slice(&bytes));
         }
     }
 
@@ -189,7 +179,7 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
         } else {
             t
         };
-        let storage = self.plan.buffers[buffer as usize].storage;
+        let storage = self.plan.buffers[buffer].storage;
         let bytes = to_bytes::<F>(&t.data, storage).ok_or(DeviceError::DType {
             what,
             name: name.to_string(),
@@ -228,37 +218,35 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
     /// memory, so that the plan can be launched without values: for runtimes that compile
     /// instead of running ([`crate::cuda_target`]).
     pub fn allocate_unloaded(&mut self) {
-        for (b, buf) in self.plan.buffers.iter().enumerate() {
-            if buf.role != Role::Temp && !self.pinned.contains_key(&(b as u32)) {
+        for (b, buf) in self.plan.buffers.iter() {
+            if buf.role != Role::Temp && !self.pinned.contains_key(&b) {
                 let bytes = buf.len.max(1) * buf.storage.size_bytes(self.plan.float);
-                self.pinned.insert(b as u32, self.client.empty(bytes as usize));
+                self.pinned.insert(b, self.client.empty(bytes as usize));
             }
         }
     }
 
     /// The device handle and length of a buffer.
-    fn buf(&self, b: u32) -> Buf {
-        let len = self.plan.buffers[b as usize].len as usize;
+    fn buf(&self, b: BufferId) -> Buf {
+        let len = self.plan.buffers[b].len as usize;
         let handle = match self.pinned.get(&b) {
             Some(h) => h.clone(),
-            None => self.slots[self.plan.memory.slot_of[b as usize] as usize]
-                .clone()
-                .expect("temporary slots are allocated"),
+            None => self.slots[self.plan.memory.slot_of[b]].clone().expect("temporary slots are allocated"),
         };
         Buf { handle, len }
     }
 
     /// Enqueues every launch (after [`load_params`](Self::load_params) and the inputs).
     pub fn launch_all(&self) {
-        for (l, meta) in self.plan.launches.iter().zip(&self.metas) {
+        for (l, meta) in self.plan.launches.values().zip(&self.metas) {
             let (reads, writes) = (self.args(&l.reads), self.args(&l.writes));
             launch::launch::<R, F>(&self.client, l, &reads, &writes, meta.as_ref());
         }
     }
 
     /// Buffers as a launch takes them: storage and device handle.
-    fn args(&self, buffers: &[u32]) -> Vec<(Storage, Buf)> {
-        buffers.iter().map(|&b| (self.plan.buffers[b as usize].storage, self.buf(b))).collect()
+    fn args(&self, buffers: &[BufferId]) -> Vec<(Storage, Buf)> {
+        buffers.iter().map(|&b| (self.plan.buffers[b].storage, self.buf(b))).collect()
     }
 
     /// Runs each launch alone under the runtime's profiler and returns its time and whether
@@ -270,7 +258,7 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
         let times = self
             .plan
             .launches
-            .iter()
+            .values()
             .zip(&self.metas)
             .map(|(l, meta)| {
                 let (reads, writes) = (self.args(&l.reads), self.args(&l.writes));
@@ -298,19 +286,18 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
         }
         self.launch_all();
         let mut out = BTreeMap::new();
-        for (p, &dtype) in self.plan.outputs.iter().zip(&self.output_types) {
+        for p in &self.plan.outputs {
             let b = self.buf(p.buffer);
             let bytes = self.client.read_one(b.handle).map_err(|e| DeviceError::Read(format!("{e:?}")))?;
             let len = p.shape.iter().product::<u64>() as usize;
-            let storage = self.plan.buffers[p.buffer as usize].storage;
-            let data = from_bytes::<F>(&bytes, storage, dtype, len);
+            let storage = self.plan.buffers[p.buffer].storage;
+            let data = from_bytes::<F>(&bytes, storage, p.dtype, len);
             out.insert(p.name.clone(), HostTensor::new(p.shape.iter().map(|&d| d as usize).collect(), data));
         }
         Ok(out)
     }
 }
 
-/// A rank-2 host tensor transposed (float data; others are never stored transposed).
 /// `parts` joined along `axis`, or `None` if their shapes disagree elsewhere.
 fn concat(parts: &[&HostTensor], axis: usize) -> Option<HostTensor> {
     let first = &parts.first()?.shape;
@@ -334,6 +321,7 @@ fn concat(parts: &[&HostTensor], axis: usize) -> Option<HostTensor> {
     Some(HostTensor::new(shape, HostData::F64(out)))
 }
 
+/// A rank-2 host tensor transposed (float data; others are never stored transposed).
 fn transpose(t: &HostTensor) -> HostTensor {
     let (rows, cols) = (t.shape[0], t.shape[1]);
     let v = t.data.to_f64();

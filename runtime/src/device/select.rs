@@ -7,7 +7,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 
-use calm_ir::Graph;
 use calm_passes::plan::{FloatType, KernelPlan};
 use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cubecl::prelude::*;
@@ -153,11 +152,13 @@ impl Device {
     /// Refuses a plan whose memory does not fit this device, before anything is allocated.
     pub fn check_memory(&self, plan: &KernelPlan) -> Result<(), DeviceError> {
         let (page, total) = self.memory();
-        let largest = (0..plan.memory.slots.len()).max_by_key(|&s| plan.slot_bytes(s));
+        let largest = plan.memory.slots.keys().max_by_key(|&s| plan.slot_bytes(s));
         if let Some(slot) = largest {
-            let value = (0..plan.buffers.len())
-                .find(|&b| plan.memory.slot_of[b] as usize == slot)
-                .map_or("?", |b| plan.buffers[b].value.as_str());
+            let value = plan
+                .buffers
+                .iter()
+                .find(|&(b, _)| plan.memory.slot_of[b] == slot)
+                .map_or("?", |(_, buf)| buf.value.as_str());
             let what = || format!("the buffer of `{value}` (one allocation)");
             crate::limits::check(
                 what,
@@ -180,20 +181,18 @@ impl Device {
         }
     }
 
-    /// Runs `plan` (compiled from `g`) with these weights and inputs.
+    /// Runs `plan` with these weights and inputs.
     pub fn run(
         &self,
-        g: &Graph,
         plan: KernelPlan,
         params: &ParamStore,
         inputs: &BTreeMap<String, HostTensor>,
     ) -> Result<BTreeMap<String, HostTensor>, RunOnDeviceError> {
-        let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
         self.check_memory(&plan)?;
         macro_rules! go {
             ($client:expr, $rt:ty, $f:ty) => {{
                 let run = || -> Result<_, DeviceError> {
-                    let mut exec = DeviceExecutor::<$rt, $f>::new($client.clone(), plan, types);
+                    let mut exec = DeviceExecutor::<$rt, $f>::new($client.clone(), plan);
                     exec.load_params(params)?;
                     injected_fault();
                     exec.run(inputs)

@@ -64,7 +64,7 @@ pub const CUDA_LAUNCH_OVERHEAD_S: f64 = 3e-6;
 
 /// The modelled time of each launch of `plan`: its roofline floor plus `overhead`.
 pub fn modelled_seconds(plan: &KernelPlan, ceilings: &Ceilings, overhead: f64) -> Vec<f64> {
-    plan.launches.iter().map(|l| ceilings.floor_seconds(l.cost.flops, bytes(l)) + overhead).collect()
+    plan.launches.values().map(|l| ceilings.floor_seconds(l.cost.flops, bytes(l)) + overhead).collect()
 }
 
 fn bytes(l: &Launch) -> u64 {
@@ -131,7 +131,7 @@ pub fn profile_plan<R: Runtime, F: DeviceFloat>(
     let plan = exec.plan();
     let profiles = plan
         .launches
-        .iter()
+        .values()
         .enumerate()
         .map(|(i, l)| {
             let mut times: Vec<f64> = rounds.iter().map(|r| r[i].as_secs_f64()).collect();
@@ -196,7 +196,7 @@ pub fn group(
 
 /// The grouping key of each launch of a plan.
 pub fn launch_keys(plan: &KernelPlan) -> Vec<(String, String, u64, u64)> {
-    plan.launches.iter().map(|l| (l.kernel.name().to_string(), l.scope.clone(), l.cost.flops, bytes(l))).collect()
+    plan.launches.values().map(|l| (l.kernel.name().to_string(), l.scope.clone(), l.cost.flops, bytes(l))).collect()
 }
 
 /// What [`profile`] does besides timing the fused plan.
@@ -272,8 +272,7 @@ fn profile_on<R: Runtime>(
     opts: &Options,
 ) -> Result<Report, ProfileError> {
     let (peaks, peaks_note) = cached_peaks(client, &device, &opts.peak_cache, opts.remeasure_peaks)?;
-    let types = g.outputs.iter().map(|o| g.value_type(o.value).dtype).collect();
-    let mut exec = DeviceExecutor::<R, f32>::new(client.clone(), plan, types);
+    let mut exec = DeviceExecutor::<R, f32>::new(client.clone(), plan);
     exec.load_params(&crate::params::ParamStore::try_init(g, 1)?)?;
     let inputs = crate::inputs::random_inputs(g, bindings, 1)?;
     eprintln!("calm: profiling {} launches, {} timed runs each...", exec.plan().launches.len(), opts.iters);

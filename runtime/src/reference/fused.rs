@@ -4,7 +4,7 @@
 
 use burn::tensor::backend::Backend;
 use calm_ir::op::ConstValue;
-use calm_ir::{DType, Op};
+use calm_ir::{BinaryFn, DType, Op, UnaryFn};
 
 use super::ops::{apply, OpResult};
 use super::value::{Ctx, Value};
@@ -35,9 +35,9 @@ pub fn attention<B: Backend>(ctx: &Ctx<B>, args: &[&Value<B>], heads: u64, scale
     let (qh, kh, vh) = (split_heads(ctx, q, heads)?, split_heads(ctx, k, heads)?, split_heads(ctx, args[2], heads)?);
     let scores_shape = [b, heads, lq, lk];
     let s = prim(ctx, Op::MatMul { transpose_a: false, transpose_b: true }, &[&qh, &kh], &scores_shape)?;
-    let mut s = prim(ctx, Op::Mul, &[&s, &scalar(ctx, scale)?], &scores_shape)?;
+    let mut s = prim(ctx, Op::Binary(BinaryFn::Mul), &[&s, &scalar(ctx, scale)?], &scores_shape)?;
     if let Some(bias) = args.get(3) {
-        s = prim(ctx, Op::Add, &[&s, bias], &scores_shape)?;
+        s = prim(ctx, Op::Binary(BinaryFn::Add), &[&s, bias], &scores_shape)?;
     }
     let p = prim(ctx, Op::Softmax { axis: 3 }, &[&s], &scores_shape)?;
     let c = prim(ctx, Op::MatMul { transpose_a: false, transpose_b: false }, &[&p, &vh], &[b, heads, lq, dh])?;
@@ -60,7 +60,7 @@ pub fn gumbel_pool<B: Backend>(
     let k = args[2].shape[0];
     let bt_k = [b, t, k];
     let product = prim(ctx, Op::MatMul { transpose_a: false, transpose_b: transpose_w }, &[hidden, args[1]], &bt_k)?;
-    let mut y = prim(ctx, Op::Add, &[&product, args[2]], &bt_k)?;
+    let mut y = prim(ctx, Op::Binary(BinaryFn::Add), &[&product, args[2]], &bt_k)?;
     let mut next = 5;
     let tau = temperature.then(|| {
         next += 1;
@@ -70,21 +70,21 @@ pub fn gumbel_pool<B: Backend>(
         let (seed, offset) = (args[next], args[next + 1]);
         let u = prim(ctx, Op::RandomUniform { shape: vec![], stream }, &[seed, offset], &bt_k)?;
         let mut g = u;
-        for op in [Op::Log, Op::Neg, Op::Log, Op::Neg] {
+        for op in [Op::Unary(UnaryFn::Log), Op::Unary(UnaryFn::Neg), Op::Unary(UnaryFn::Log), Op::Unary(UnaryFn::Neg)] {
             g = prim(ctx, op, &[&g], &bt_k)?;
         }
-        y = prim(ctx, Op::Add, &[&y, &g], &bt_k)?;
+        y = prim(ctx, Op::Binary(BinaryFn::Add), &[&y, &g], &bt_k)?;
     }
     if let Some(tau) = tau {
-        y = prim(ctx, Op::Div, &[&y, tau], &bt_k)?;
+        y = prim(ctx, Op::Binary(BinaryFn::Div), &[&y, tau], &bt_k)?;
     }
     let a = prim(ctx, Op::Softmax { axis: 2 }, &[&y], &bt_k)?;
-    let assign = prim(ctx, Op::Mul, &[&a, args[4]], &bt_k)?;
+    let assign = prim(ctx, Op::Binary(BinaryFn::Mul), &[&a, args[4]], &bt_k)?;
     let num = prim(ctx, Op::MatMul { transpose_a: true, transpose_b: false }, &[&assign, x], &[b, k, d])?;
     let den = prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: true }, &[&assign], &[b, 1, k])?;
     let den = prim(ctx, Op::Permute { perm: vec![0, 2, 1] }, &[&den], &[b, k, 1])?;
-    let den = prim(ctx, Op::Add, &[&den, &scalar(ctx, eps)?], &[b, k, 1])?;
-    let pooled = prim(ctx, Op::Div, &[&num, &den], &[b, k, d])?;
+    let den = prim(ctx, Op::Binary(BinaryFn::Add), &[&den, &scalar(ctx, eps)?], &[b, k, 1])?;
+    let pooled = prim(ctx, Op::Binary(BinaryFn::Div), &[&num, &den], &[b, k, d])?;
     Ok(vec![pooled, assign])
 }
 
@@ -92,15 +92,15 @@ pub fn gumbel_pool<B: Backend>(
 pub fn route<B: Backend>(ctx: &Ctx<B>, args: &[&Value<B>], top_k: u64, transpose_w: bool) -> OpResult<Vec<Value<B>>> {
     let (b, e, k) = (args[0].shape[0], args[2].shape[0], top_k as usize);
     let product = prim(ctx, Op::MatMul { transpose_a: false, transpose_b: transpose_w }, &[args[0], args[1]], &[b, e])?;
-    let logits = prim(ctx, Op::Add, &[&product, args[2]], &[b, e])?;
+    let logits = prim(ctx, Op::Binary(BinaryFn::Add), &[&product, args[2]], &[b, e])?;
     let p = prim(ctx, Op::Softmax { axis: 1 }, &[&logits], &[b, e])?;
     let mut top = apply(ctx, &Op::TopK { k: top_k }, &[&p], &[vec![b, k], vec![b, k]])?;
     let (values, indices) = (top.remove(0), top.remove(0));
     let total = prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: true }, &[&values], &[b, 1])?;
-    let gates = prim(ctx, Op::Div, &[&values, &total], &[b, k])?;
+    let gates = prim(ctx, Op::Binary(BinaryFn::Div), &[&values, &total], &[b, k])?;
     let chosen = prim(ctx, Op::OneHot { depth: e as u64, dtype: DType::F32 }, &[&indices], &[b, k, e])?;
     let column = prim(ctx, Op::Reshape { shape: vec![] }, &[&gates], &[b, k, 1])?;
-    let weighted = prim(ctx, Op::Mul, &[&chosen, &column], &[b, k, e])?;
+    let weighted = prim(ctx, Op::Binary(BinaryFn::Mul), &[&chosen, &column], &[b, k, e])?;
     let matrix = prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: false }, &[&weighted], &[b, e])?;
     Ok(vec![matrix, p, chosen])
 }
@@ -237,7 +237,7 @@ pub fn expert_mixture<B: Backend>(
             let linear = |x: &Value<B>, w: Value<B>, bias: Value<B>| -> OpResult<Value<B>> {
                 let shape = [n, k, w.shape[0]];
                 let y = prim(ctx, Op::MatMul { transpose_a: false, transpose_b: true }, &[x, &w], &shape)?;
-                prim(ctx, Op::Add, &[&y, &bias], &shape)
+                prim(ctx, Op::Binary(BinaryFn::Add), &[&y, &bias], &shape)
             };
             let mut x = prim(ctx, Op::Gather { axis: 0 }, &[z, &index(units.clone())], &tokens)?;
             for layer in stacked.chunks(per_layer) {
@@ -251,16 +251,16 @@ pub fn expert_mixture<B: Backend>(
                 let kk = linear(&h, qkv(2, 1)?, qkv(3, 1)?)?;
                 let v = linear(&h, qkv(2, 2)?, qkv(3, 2)?)?;
                 let attended = attention(ctx, &[&q, &kk, &v], heads, scale)?.remove(0);
-                let x1 = prim(ctx, Op::Add, &[&x, &linear(&attended, p(4)?, p(5)?)?], &tokens)?;
+                let x1 = prim(ctx, Op::Binary(BinaryFn::Add), &[&x, &linear(&attended, p(4)?, p(5)?)?], &tokens)?;
                 let h = linear(&norm(&x1, 6)?, p(8)?, p(9)?)?;
-                let h = prim(ctx, Op::Gelu, &[&h], &h.shape.clone())?;
-                x = prim(ctx, Op::Add, &[&x1, &linear(&h, p(10)?, p(11)?)?], &tokens)?;
+                let h = prim(ctx, Op::Unary(UnaryFn::Gelu), &[&h], &h.shape.clone())?;
+                x = prim(ctx, Op::Binary(BinaryFn::Add), &[&x1, &linear(&h, p(10)?, p(11)?)?], &tokens)?;
             }
             let mean = prim(ctx, Op::ReduceMean { axes: vec![1], keep_dims: false }, &[&x], &[n, m])?;
             let at: Vec<i64> = units.iter().map(|&u| u * e_count as i64 + e as i64).collect();
             let gate = prim(ctx, Op::Gather { axis: 0 }, &[&flat_gates, &index(at)], &[n])?;
             let gate = prim(ctx, Op::Reshape { shape: vec![] }, &[&gate], &[n, 1])?;
-            let weighted = prim(ctx, Op::Mul, &[&mean, &gate], &[n, m])?;
+            let weighted = prim(ctx, Op::Binary(BinaryFn::Mul), &[&mean, &gate], &[n, m])?;
             out = prim(ctx, Op::ScatterAdd { axis: 0 }, &[&out, &index(units), &weighted], &[b, m])?;
         }
         outputs.push(out);
@@ -276,7 +276,7 @@ pub fn expert_mixture<B: Backend>(
         for Routed { prob, chosen, .. } in &routes {
             let per_unit = prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: false }, &[chosen], &[b, e_count])?;
             let mean = prim(ctx, Op::ReduceMean { axes: vec![0], keep_dims: false }, &[&per_unit], &[e_count])?;
-            fractions.push(row(prim(ctx, Op::Mul, &[&mean, &scalar(ctx, 1.0 / *top_k as f64)?], &[e_count])?)?);
+            fractions.push(row(prim(ctx, Op::Binary(BinaryFn::Mul), &[&mean, &scalar(ctx, 1.0 / *top_k as f64)?], &[e_count])?)?);
             let p = prob.as_ref().expect("own routers give probabilities");
             probs.push(row(prim(ctx, Op::ReduceMean { axes: vec![0], keep_dims: false }, &[p], &[e_count])?)?);
         }

@@ -113,71 +113,9 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             let zeros = B::float_zeros(physical(&shape), &ctx.device, ctx.float);
             one(Data::Float(B::float_mask_where(scaled, boolean(&dropped)?, zeros)))
         }
-        Op::Neg => one(match &args[0].data {
-            Data::Float(t) => Data::Float(B::float_neg(t.clone())),
-            Data::Int(t) => Data::Int(B::int_neg(t.clone())),
-            Data::Bool(_) => return invalid("cannot negate bools"),
-        }),
-        Op::Exp => one(Data::Float(B::float_exp(f(0)?))),
-        Op::Log => one(Data::Float(B::float_log(f(0)?))),
-        Op::Sqrt => one(Data::Float(B::float_sqrt(f(0)?))),
-        Op::Rsqrt => one(Data::Float(B::float_recip(B::float_sqrt(f(0)?)))),
-        Op::Tanh => one(Data::Float(B::float_tanh(f(0)?))),
-        Op::Sigmoid => {
-            // ½ + ½ tanh(x/2): stable in value and gradient at both extremes (1/(1+e^-x) gives
-            // a NaN gradient where e^-x overflows).
-            let t = B::float_tanh(B::float_mul_scalar(f(0)?, 0.5.into()));
-            one(Data::Float(B::float_add_scalar(B::float_mul_scalar(t, 0.5.into()), 0.5.into())))
-        }
-        Op::Relu => one(Data::Float(B::relu(f(0)?))),
-        // Flex's GELU is this formula in one pass (same operations, same order) with the
-        // exact derivative; Burn's default backward is the tanh form's.
-        Op::Gelu if ctx.on_flex => one(Data::Float(B::gelu(f(0)?))),
-        Op::Gelu => {
-            // x/2 · (1 + erf(x/√2)), the exact GELU.
-            let x = f(0)?;
-            let e = B::float_erf(B::float_div_scalar(x.clone(), std::f64::consts::SQRT_2.into()));
-            let e = B::float_add_scalar(e, 1.0.into());
-            one(Data::Float(B::float_mul(B::float_mul_scalar(x, 0.5.into()), e)))
-        }
+        Op::Unary(f) => one(unary(ctx, *f, args[0])?),
         Op::Cast { to } => one(cast(ctx, args[0], *to)),
-        Op::Add => one(arithmetic(ctx, args, &shape, B::int_add, B::float_add)?),
-        Op::Sub => one(arithmetic(ctx, args, &shape, B::int_sub, B::float_sub)?),
-        Op::Mul => one(arithmetic(ctx, args, &shape, B::int_mul, B::float_mul)?),
-        Op::Div => {
-            if matches!(args[1].data, Data::Int(_)) && args[1].host_ints()?.contains(&0) {
-                return invalid("integer division by zero");
-            }
-            one(arithmetic(ctx, args, &shape, B::int_div, B::float_div)?)
-        }
-        Op::Max => {
-            // max(a, b) = where(a < b or b is NaN, b, a): NaN propagates from either side.
-            let (a, b) = (expand(args[0], &shape), expand(args[1], &shape));
-            one(match (a, b) {
-                (Data::Float(a), Data::Float(b)) => {
-                    let lower = B::float_lower(a.clone(), b.clone(), ctx.bool);
-                    let b_nan = B::float_not_equal(b.clone(), b.clone(), ctx.bool);
-                    Data::Float(B::float_mask_where(a, B::bool_or(lower, b_nan), b))
-                }
-                (Data::Int(a), Data::Int(b)) => {
-                    let lower = B::int_lower(a.clone(), b.clone(), ctx.bool);
-                    Data::Int(B::int_mask_where(a, lower, b))
-                }
-                _ => return invalid("max of bools"),
-            })
-        }
-        Op::Equal | Op::Less => {
-            let (a, b) = (expand(args[0], &shape), expand(args[1], &shape));
-            let less = matches!(op, Op::Less);
-            one(Data::Bool(match (a, b) {
-                (Data::Float(a), Data::Float(b)) if less => B::float_lower(a, b, ctx.bool),
-                (Data::Float(a), Data::Float(b)) => B::float_equal(a, b, ctx.bool),
-                (Data::Int(a), Data::Int(b)) if less => B::int_lower(a, b, ctx.bool),
-                (Data::Int(a), Data::Int(b)) => B::int_equal(a, b, ctx.bool),
-                (Data::Bool(a), Data::Bool(b)) if !less => B::bool_equal(a, b),
-                _ => return invalid("comparison of mismatched kinds"),
-            }))
-        }
+        Op::Binary(f) => one(binary(ctx, *f, args, &shape)?),
         Op::Select => {
             let cond = match expand(args[0], &shape) {
                 Data::Bool(c) => c,
@@ -463,35 +401,88 @@ fn run_program<B: Backend>(
         .collect())
 }
 
+/// A [`UnaryFn`] of one value.
+fn unary<B: Backend>(ctx: &Ctx<B>, f: UnaryFn, arg: &Value<B>) -> OpResult<Data<B>> {
+    let x = || float(arg);
+    match f {
+        UnaryFn::Neg => Ok(match &arg.data {
+            Data::Float(t) => Data::Float(B::float_neg(t.clone())),
+            Data::Int(t) => Data::Int(B::int_neg(t.clone())),
+            Data::Bool(_) => return invalid("cannot negate bools"),
+        }),
+        UnaryFn::Exp => Ok(Data::Float(B::float_exp(x()?))),
+        UnaryFn::Log => Ok(Data::Float(B::float_log(x()?))),
+        UnaryFn::Sqrt => Ok(Data::Float(B::float_sqrt(x()?))),
+        UnaryFn::Rsqrt => Ok(Data::Float(B::float_recip(B::float_sqrt(x()?)))),
+        UnaryFn::Tanh => Ok(Data::Float(B::float_tanh(x()?))),
+        UnaryFn::Sigmoid => {
+            // ½ + ½ tanh(x/2): stable in value and gradient at both extremes (1/(1+e^-x) gives
+            // a NaN gradient where e^-x overflows).
+            let t = B::float_tanh(B::float_mul_scalar(x()?, 0.5.into()));
+            Ok(Data::Float(B::float_add_scalar(B::float_mul_scalar(t, 0.5.into()), 0.5.into())))
+        }
+        UnaryFn::Relu => Ok(Data::Float(B::relu(x()?))),
+        // Flex's GELU is this formula in one pass (same operations, same order) with the
+        // exact derivative; Burn's default backward is the tanh form's.
+        UnaryFn::Gelu if ctx.on_flex => Ok(Data::Float(B::gelu(x()?))),
+        UnaryFn::Gelu => {
+            // x/2 · (1 + erf(x/√2)), the exact GELU.
+            let x = x()?;
+            let e = B::float_erf(B::float_div_scalar(x.clone(), std::f64::consts::SQRT_2.into()));
+            let e = B::float_add_scalar(e, 1.0.into());
+            Ok(Data::Float(B::float_mul(B::float_mul_scalar(x, 0.5.into()), e)))
+        }
+    }
+}
+
+/// A [`BinaryFn`] of two values broadcast to `shape`.
+fn binary<B: Backend>(ctx: &Ctx<B>, f: BinaryFn, args: &[&Value<B>], shape: &[usize]) -> OpResult<Data<B>> {
+    match f {
+        BinaryFn::Add => arithmetic(ctx, args, shape, B::int_add, B::float_add),
+        BinaryFn::Sub => arithmetic(ctx, args, shape, B::int_sub, B::float_sub),
+        BinaryFn::Mul => arithmetic(ctx, args, shape, B::int_mul, B::float_mul),
+        BinaryFn::Div => {
+            if matches!(args[1].data, Data::Int(_)) && args[1].host_ints()?.contains(&0) {
+                return invalid("integer division by zero");
+            }
+            arithmetic(ctx, args, shape, B::int_div, B::float_div)
+        }
+        BinaryFn::Max => {
+            // max(a, b) = where(a < b or b is NaN, b, a): NaN propagates from either side.
+            let (a, b) = (expand(args[0], shape), expand(args[1], shape));
+            Ok(match (a, b) {
+                (Data::Float(a), Data::Float(b)) => {
+                    let lower = B::float_lower(a.clone(), b.clone(), ctx.bool);
+                    let b_nan = B::float_not_equal(b.clone(), b.clone(), ctx.bool);
+                    Data::Float(B::float_mask_where(a, B::bool_or(lower, b_nan), b))
+                }
+                (Data::Int(a), Data::Int(b)) => {
+                    let lower = B::int_lower(a.clone(), b.clone(), ctx.bool);
+                    Data::Int(B::int_mask_where(a, lower, b))
+                }
+                _ => return invalid("max of bools"),
+            })
+        }
+        BinaryFn::Equal | BinaryFn::Less => {
+            let (a, b) = (expand(args[0], shape), expand(args[1], shape));
+            let less = f == BinaryFn::Less;
+            Ok(Data::Bool(match (a, b) {
+                (Data::Float(a), Data::Float(b)) if less => B::float_lower(a, b, ctx.bool),
+                (Data::Float(a), Data::Float(b)) => B::float_equal(a, b, ctx.bool),
+                (Data::Int(a), Data::Int(b)) if less => B::int_lower(a, b, ctx.bool),
+                (Data::Int(a), Data::Int(b)) => B::int_equal(a, b, ctx.bool),
+                (Data::Bool(a), Data::Bool(b)) if !less => B::bool_equal(a, b),
+                _ => return invalid("comparison of mismatched kinds"),
+            }))
+        }
+    }
+}
+
 /// The primitive op of an arithmetic instruction, and its operand registers.
 fn program_primitive(instr: &Instr) -> (Op, Vec<u32>) {
     match *instr {
-        Instr::Unary { f, x } => (
-            match f {
-                UnaryFn::Neg => Op::Neg,
-                UnaryFn::Exp => Op::Exp,
-                UnaryFn::Log => Op::Log,
-                UnaryFn::Sqrt => Op::Sqrt,
-                UnaryFn::Rsqrt => Op::Rsqrt,
-                UnaryFn::Tanh => Op::Tanh,
-                UnaryFn::Sigmoid => Op::Sigmoid,
-                UnaryFn::Relu => Op::Relu,
-                UnaryFn::Gelu => Op::Gelu,
-            },
-            vec![x],
-        ),
-        Instr::Binary { f, a, b } => (
-            match f {
-                BinaryFn::Add => Op::Add,
-                BinaryFn::Sub => Op::Sub,
-                BinaryFn::Mul => Op::Mul,
-                BinaryFn::Div => Op::Div,
-                BinaryFn::Max => Op::Max,
-                BinaryFn::Equal => Op::Equal,
-                BinaryFn::Less => Op::Less,
-            },
-            vec![a, b],
-        ),
+        Instr::Unary { f, x } => (Op::Unary(f), vec![x]),
+        Instr::Binary { f, a, b } => (Op::Binary(f), vec![a, b]),
         Instr::Select { cond, a, b } => (Op::Select, vec![cond, a, b]),
         Instr::Cast { to, x } => (Op::Cast { to }, vec![x]),
         Instr::Arg { .. } | Instr::Const { .. } | Instr::Index { .. } | Instr::Uniform { .. } => {

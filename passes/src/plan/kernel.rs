@@ -1,17 +1,8 @@
-//! The kernel plan: what the device executor runs. Buffers (flat, typed), an ordered list of
-//! launches (kernel, compile-time configuration, buffer arguments, launch dimensions), the
-//! graph's inputs, parameters and outputs as buffers, and the memory plan.
-//!
-//! A plan is for concrete symbol bindings: every size in it is a number.
+//! The kernels a plan launches: each [`Kernel`] variant with its compile-time configuration,
+//! the order of its buffer arguments, its work and its launch dimensions.
 
-use std::collections::BTreeMap;
-
-use calm_ir::cost::Cost;
 use calm_ir::program::Program;
 use serde::{Deserialize, Serialize};
-
-/// The format tag of serialised plans.
-pub const PLAN_FORMAT: &str = "calm-plan/1";
 
 /// Threads per cube of the one-dimensional kernels.
 pub const BLOCK: u32 = 256;
@@ -44,112 +35,6 @@ fn one_row() -> u32 {
 /// (at least one, at most a tile); the launch dimensions and the kernel both take it.
 pub fn long_attention_rows(rows_per_thread: u32) -> u32 {
     rows_per_thread.clamp(1, ATTENTION_QUERY_TILE)
-}
-
-/// The floating-point type device buffers and kernels compute in (a compile option).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FloatType {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl FloatType {
-    pub fn size_bytes(self) -> u64 {
-        match self {
-            FloatType::F32 => 4,
-            FloatType::F16 | FloatType::Bf16 => 2,
-        }
-    }
-}
-
-/// How a buffer's elements are stored on the device. Bools are u32 0/1.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Storage {
-    Float,
-    I32,
-    U32,
-    Bool,
-}
-
-impl Storage {
-    pub fn of(dtype: calm_ir::DType) -> Storage {
-        use calm_ir::DType::*;
-        match dtype {
-            F32 | F16 | Bf16 => Storage::Float,
-            I32 => Storage::I32,
-            U32 => Storage::U32,
-            Bool => Storage::Bool,
-        }
-    }
-
-    pub fn size_bytes(self, float: FloatType) -> u64 {
-        match self {
-            Storage::Float => float.size_bytes(),
-            _ => 4,
-        }
-    }
-
-    /// Bytes of `len` elements, saturating: sizes near 2^64 bytes are refused by the memory
-    /// checks, not wrapped.
-    pub fn bytes(self, len: u64, float: FloatType) -> u64 {
-        len.saturating_mul(self.size_bytes(float))
-    }
-}
-
-/// What a buffer holds.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Uploaded from a graph input.
-    Input,
-    /// Uploaded from the weights.
-    Param,
-    /// Computed by a launch (graph outputs are computed buffers too, listed in `outputs`).
-    Temp,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Buffer {
-    pub storage: Storage,
-    /// Elements.
-    pub len: u64,
-    pub role: Role,
-    /// The graph value it holds first (`v12`); reshapes alias it under other values.
-    pub value: String,
-}
-
-/// A named input, parameter or output and its buffer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Port {
-    pub name: String,
-    pub buffer: u32,
-    /// The value's concrete shape.
-    pub shape: Vec<u64>,
-    /// A matrix stored transposed on the device (a weight only ever multiplied as `x · Wᵀ`, so
-    /// that the GEMM reads it row by row).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub transposed: bool,
-    /// For a parameter buffer built at load time from several parameters (the weights a
-    /// horizontal fusion concatenated): the parts, joined along `axis` before any transpose.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concat: Option<ParamConcat>,
-}
-
-/// The parameters a load-time concatenation joins, in order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ParamConcat {
-    pub parts: Vec<String>,
-    pub axis: usize,
-}
-
-impl Port {
-    /// A port for a graph input, output or parameter stored as it is.
-    pub fn plain(name: &str, buffer: u32, shape: Vec<u64>) -> Port {
-        Port { name: name.to_string(), buffer, shape, transposed: false, concat: None }
-    }
 }
 
 /// Reductions along one axis (the IR's, so fused and plan reductions are one type).
@@ -501,61 +386,3 @@ impl Kernel {
     }
 }
 
-/// One kernel launch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Launch {
-    pub kernel: Kernel,
-    pub reads: Vec<u32>,
-    pub writes: Vec<u32>,
-    pub cube_count: [u32; 3],
-    pub cube_dim: [u32; 3],
-    /// The graph nodes this launch computes (`n12`), and the scope of the first.
-    pub nodes: Vec<String>,
-    pub scope: String,
-    /// Modelled FLOPs and bytes of the nodes it computes.
-    pub cost: Cost,
-}
-
-/// Where each buffer lives: buffers of disjoint lifetimes share a slot (one device allocation).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct MemoryPlan {
-    /// Storage and size in elements of each slot.
-    pub slots: Vec<(Storage, u64)>,
-    /// The slot of each buffer.
-    pub slot_of: Vec<u32>,
-    /// Bytes of all slots, and of one allocation per buffer.
-    pub peak_bytes: u64,
-    pub naive_bytes: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct KernelPlan {
-    pub format: String,
-    pub graph: String,
-    pub bindings: BTreeMap<String, u64>,
-    pub float: FloatType,
-    pub buffers: Vec<Buffer>,
-    pub launches: Vec<Launch>,
-    pub inputs: Vec<Port>,
-    pub params: Vec<Port>,
-    pub outputs: Vec<Port>,
-    pub memory: MemoryPlan,
-}
-
-impl KernelPlan {
-    /// Bytes of buffer `b`.
-    pub fn buffer_bytes(&self, b: u32) -> u64 {
-        let buf = &self.buffers[b as usize];
-        buf.storage.bytes(buf.len, self.float)
-    }
-
-    /// Bytes of memory slot `s`.
-    pub fn slot_bytes(&self, s: usize) -> u64 {
-        let (storage, len) = self.memory.slots[s];
-        storage.bytes(len, self.float)
-    }
-
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("plans serialise")
-    }
-}

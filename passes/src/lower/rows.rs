@@ -1,0 +1,92 @@
+//! Row kernels: softmax and log-softmax along an axis, layer norm over the last axis, and
+//! reductions (one launch per reduced axis; a fused reduction evaluates its elementwise
+//! prologue as it reads).
+
+use calm_ir::fused::{FusedOp, Reduction};
+use calm_ir::program::Program;
+use calm_ir::{NodeId, Op};
+
+use super::{LowerError, Lowering};
+use crate::layout::{around, broadcast_strides};
+use crate::plan::{Kernel, Prologue, Role, Storage};
+
+impl Lowering<'_> {
+    pub(super) fn lower_rows(&mut self, n: NodeId) -> Result<(), LowerError> {
+        let node = &self.g.nodes[n];
+        let (args, out) = (&node.args, node.results[0]);
+        let out_shape = self.shape(out)?;
+        let kernel = match &node.op {
+            Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+                let (outer, len, inner) = around(&out_shape, *axis);
+                Kernel::Softmax { outer, len, inner, log: matches!(node.op, Op::LogSoftmax { .. }) }
+            }
+            Op::LayerNorm { eps } => {
+                let cols = *out_shape.last().expect("layer norm has rank >= 1");
+                let rows = out_shape.iter().product::<u64>() / cols;
+                Kernel::LayerNorm { rows, cols, eps: *eps, grouped: None }
+            }
+            Op::Fused(FusedOp::Reduce { reduction, axes, program, .. }) => {
+                return self.lower_reduce(n, *reduction, axes, Some(program));
+            }
+            op => {
+                let (reduction, axes, _) = Reduction::of(op).expect("a row op or a reduction");
+                return self.lower_reduce(n, reduction, axes, None);
+            }
+        };
+        let reads = self.bufs(args);
+        let w = self.new_buffer(out, Role::Temp)?;
+        self.emit(n, kernel, reads, vec![w])
+    }
+
+    /// A reduction over `axes`, one launch per axis (the last axis first); with a `program`,
+    /// the first launch evaluates it over the node's arguments instead of reading a stored
+    /// input.
+    fn lower_reduce(
+        &mut self,
+        n: NodeId,
+        op: Reduction,
+        axes: &[usize],
+        program: Option<&Program>,
+    ) -> Result<(), LowerError> {
+        let (args, out) = (self.g.nodes[n].args.clone(), self.g.nodes[n].results[0]);
+        if self.g.value_type(out).dtype.is_int() {
+            return Err(self.unsupported(n, "integer reductions run on the reference executor only"));
+        }
+        // The reduced shape: a fused reduction's arguments broadcast to it.
+        let shapes = args.iter().map(|&a| self.shape(a)).collect::<Result<Vec<_>, _>>()?;
+        let rank = shapes.iter().map(Vec::len).max().unwrap_or(0);
+        let mut shape = vec![1u64; rank];
+        for s in &shapes {
+            for (d, &size) in s.iter().enumerate() {
+                let at = rank - s.len() + d;
+                if size != 1 {
+                    shape[at] = size;
+                }
+            }
+        }
+        let mut prologue = match program {
+            Some(program) => {
+                let strides =
+                    shapes.iter().map(|s| broadcast_strides(s, &shape)).collect();
+                Some(Prologue { shape: shape.clone(), strides, program: program.clone() })
+            }
+            None => None,
+        };
+        let mut reads = self.bufs(&args);
+        let mut sorted = axes.to_vec();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        for (i, &axis) in sorted.iter().enumerate() {
+            let (outer, len, inner) = around(&shape, axis);
+            shape[axis] = 1;
+            // Intermediate results get buffers of their own; the last is the output.
+            let w = if i + 1 == sorted.len() {
+                self.new_buffer(out, Role::Temp)?
+            } else {
+                self.scratch(Storage::Float, outer * inner, format!("{out}.{i}"))
+            };
+            let kernel = Kernel::Reduce { op, outer, len, inner, prologue: prologue.take() };
+            self.emit(n, kernel, std::mem::replace(&mut reads, vec![w]), vec![w])?;
+        }
+        Ok(())
+    }
+}
