@@ -148,7 +148,8 @@ fn fused_executor_compiles_runs_and_compares() {
     let (ok, plan, _) = calm(&["compile", s(&graph), "--bind", "batch=6,tokens=5", "--emit", "plan"]);
     assert!(ok);
     let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
-    assert_eq!(plan["format"], "calm-plan/1");
+    // Format 2 (typed ids, port dtypes) since the plan became self-contained; 1 is refused.
+    assert_eq!(plan["format"], "calm-plan/2");
     assert_eq!(plan["launches"].as_array().unwrap().len(), count("fused"));
     // Unbound symbols and a device that cannot start are one-line errors.
     let (ok, _, stderr) = calm(&["compile", s(&graph)]);
