@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use calm_ir::fused::FusedOp;
 use calm_ir::{Graph, NodeId, Op, ValueId};
 
-use crate::dce::dce;
 use crate::pattern::{add_value, replace, Matcher};
 use crate::pipeline::{PassError, PassLog};
 
@@ -158,9 +157,6 @@ pub fn fuse_projections(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassEr
             &scope,
             format!("{} linears ({}) as one GEMM of width {total}{act}", branches.len(), names.join(", ")),
         );
-    }
-    if changed {
-        dce(g)?;
     }
     Ok(changed)
 }
