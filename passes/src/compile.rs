@@ -6,7 +6,7 @@ use thiserror::Error;
 use crate::cse::cse;
 use crate::fuse_attention::fuse_attention;
 use crate::fuse_elementwise::fuse_elementwise;
-use crate::fuse_experts::fuse_experts;
+use crate::fuse_experts::{fuse_expert_routers, fuse_experts, join_expert_results};
 use crate::fuse_gumbel_pool::fuse_gumbel_pool;
 use crate::fuse_matmul::fuse_matmul_epilogues;
 use crate::fuse_projections::fuse_projections;
@@ -18,17 +18,21 @@ use crate::plan::KernelPlan;
 
 /// The fusion passes, in the order they run: the CALM patterns first (they match primitives),
 /// then common subexpressions merged, then the generic elementwise, epilogue and prologue
-/// fusions over what is left.
+/// fusions over what is left. The pipeline removes dead code after each pass that changed the
+/// graph; the expert fusion is three passes so that this happens between its steps (the
+/// mixture, then its routers, then its groups' results joined).
 pub fn fusion_passes() -> Vec<Pass> {
     vec![
         Pass { name: "fuse_gumbel_pool", run: fuse_gumbel_pool },
         Pass { name: "fuse_attention", run: fuse_attention },
         Pass { name: "fuse_route", run: fuse_route },
         Pass { name: "fuse_experts", run: fuse_experts },
+        Pass { name: "fuse_expert_routers", run: fuse_expert_routers },
+        Pass { name: "join_expert_results", run: join_expert_results },
         Pass { name: "fuse_projections", run: fuse_projections },
         Pass { name: "cse", run: cse },
-        Pass { name: "fuse_elementwise", run: |g, _| fuse_elementwise(g) },
-        Pass { name: "fuse_matmul_epilogues", run: |g, _| fuse_matmul_epilogues(g) },
+        Pass { name: "fuse_elementwise", run: fuse_elementwise },
+        Pass { name: "fuse_matmul_epilogues", run: fuse_matmul_epilogues },
         Pass { name: "fuse_reduce_prologues", run: fuse_reduce_prologues },
     ]
 }
@@ -43,6 +47,8 @@ pub fn reference_passes() -> Vec<Pass> {
         Pass { name: "fuse_attention", run: fuse_attention },
         Pass { name: "fuse_route", run: fuse_route },
         Pass { name: "fuse_experts", run: fuse_experts },
+        Pass { name: "fuse_expert_routers", run: fuse_expert_routers },
+        Pass { name: "join_expert_results", run: join_expert_results },
     ]
 }
 

@@ -3,25 +3,28 @@
 //! but the first are replaced by it. Builders repeat small computations freely (CALM computes
 //! the mask's token count once per masked mean); without this pass each copy is a launch.
 //!
-//! Inputs and parameters are never merged: they are the graph's interface.
+//! Inputs and parameters are never merged: they are the graph's interface. The merged copies
+//! are removed with the merge (nothing reads them any more).
 
 use std::collections::HashMap;
 
+use calm_ir::entity::SecondaryMap;
 use calm_ir::{Graph, NodeId, Op, ValueId};
 
-use crate::dce::dce;
 use crate::pipeline::{PassError, PassLog};
 
 const PASS: &str = "cse";
 
 /// Merges duplicate nodes; returns whether anything changed.
 pub fn cse(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError> {
-    let order = g.topo_order().map_err(|_| PassError::Failed { pass: PASS, message: "graph has a cycle".into() })?;
+    let failed = |message: String| PassError::Failed { pass: PASS, message };
+    let order = g.topo_order().map_err(|_| failed("graph has a cycle".into()))?;
     // Candidates by op name and arguments (already rewritten to the kept nodes' results, since
     // producers come first); ops compare in full within a bucket.
     let mut seen: HashMap<(&'static str, Vec<ValueId>), Vec<NodeId>> = HashMap::new();
     let mut replaced: HashMap<ValueId, ValueId> = HashMap::new();
-    let mut merged = 0usize;
+    let mut merged: SecondaryMap<NodeId, bool> = SecondaryMap::new();
+    let mut count = 0usize;
     for n in order {
         let args: Vec<ValueId> = g.nodes[n].args.iter().map(|a| *replaced.get(a).unwrap_or(a)).collect();
         if matches!(g.nodes[n].op, Op::Input { .. } | Op::Param { .. }) {
@@ -39,19 +42,21 @@ pub fn cse(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError> {
                 for (&old, &new) in g.nodes[n].results.iter().zip(&g.nodes[m].results) {
                     replaced.insert(old, new);
                 }
-                merged += 1;
+                merged[n] = true;
+                count += 1;
             }
             None => bucket.push(n),
         }
     }
     for (&old, &new) in &replaced {
-        g.replace_all_uses(old, new).map_err(|e| PassError::Failed { pass: PASS, message: e.to_string() })?;
+        g.replace_all_uses(old, new).map_err(|e| failed(e.to_string()))?;
     }
-    if merged > 0 {
-        log.fired(PASS, "", format!("merged {merged} duplicate nodes"));
-        dce(g)?;
+    if count > 0 {
+        log.fired(PASS, "", format!("merged {count} duplicate nodes"));
+        // Every result of a merged copy now reads as its twin's: the copies are unread.
+        g.retain_nodes(|n| !merged[n]).map_err(|e| failed(e.to_string()))?;
     }
-    Ok(merged > 0)
+    Ok(count > 0)
 }
 
 #[cfg(test)]

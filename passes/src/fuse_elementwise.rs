@@ -9,6 +9,10 @@
 //! value read outside the group becomes an output.
 //! Each primitive's instructions come from [`Program::of_primitive`] (what the lowering
 //! launches for a lone op), so the fused program computes exactly what the primitives do.
+//!
+//! The log gets, per scope, the groups rewritten there (how many ops each, at the scope of the
+//! group's last node) and the nodes kept out of a neighbouring group, with the reason (another
+//! shape, or a cycle joining would close): one note per scope and reason, not one per node.
 
 use std::collections::HashMap;
 
@@ -17,8 +21,13 @@ use calm_ir::fused::FusedOp;
 use calm_ir::program::{Instr, Program};
 use calm_ir::{Graph, NodeId, Op, OpClass, TensorType, ValueId};
 
-use crate::dce::dce;
-use crate::pipeline::PassError;
+use crate::pipeline::{PassError, PassLog};
+
+const PASS: &str = "fuse_elementwise";
+
+/// Why an elementwise node stayed out of the group of one of its arguments' producers.
+const OTHER_SHAPE: &str = "the group computes another shape";
+const CYCLE: &str = "joining would close a cycle (another argument depends on the group)";
 
 /// True for nodes a group may contain.
 fn fusible(g: &Graph, n: NodeId) -> bool {
@@ -78,27 +87,68 @@ fn depends_on(
     false
 }
 
+/// Notes gathered per scope (in the order scopes first come up), so that a graph's thousands of
+/// elementwise nodes make one note per scope and kind.
+struct PerScope<T> {
+    entries: Vec<(String, &'static str, Vec<T>)>,
+}
+
+impl<T> PerScope<T> {
+    fn new() -> Self {
+        PerScope { entries: Vec::new() }
+    }
+
+    fn add(&mut self, scope: &str, kind: &'static str, item: T) {
+        match self.entries.iter_mut().find(|(s, k, _)| s == scope && *k == kind) {
+            Some((_, _, items)) => items.push(item),
+            None => self.entries.push((scope.to_string(), kind, vec![item])),
+        }
+    }
+}
+
+/// The note for the groups rewritten at one scope, from their sizes.
+fn fired_note(sizes: &[usize]) -> String {
+    match sizes {
+        [1] => "1 op, its scalar constant inlined".into(),
+        [ops] => format!("{ops} ops in one kernel"),
+        _ => {
+            let each: Vec<String> = sizes.iter().map(usize::to_string).collect();
+            format!("{} ops in {} kernels ({})", sizes.iter().sum::<usize>(), sizes.len(), each.join(" + "))
+        }
+    }
+}
+
+/// The note for the nodes of one scope kept out of a neighbouring group for one reason.
+fn declined_note(ops: &[&'static str], reason: &str) -> String {
+    let mut names = ops.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    let what = if ops.len() == 1 { "1 op".to_string() } else { format!("{} ops", ops.len()) };
+    format!("{what} ({}) kept out of a neighbouring group: {reason}", names.join(", "))
+}
+
 /// Fuses elementwise chains; returns whether anything changed.
-pub fn fuse_elementwise(g: &mut Graph) -> Result<bool, PassError> {
-    let order = g
-        .topo_order()
-        .map_err(|_| PassError::Failed { pass: "fuse_elementwise", message: "graph has a cycle".into() })?;
+pub fn fuse_elementwise(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError> {
+    let order = g.topo_order().map_err(|_| PassError::Failed { pass: PASS, message: "graph has a cycle".into() })?;
     let mut pos: SecondaryMap<NodeId, usize> = SecondaryMap::new();
     for (i, &n) in order.iter().enumerate() {
         pos[n] = i;
     }
     let mut group_of: SecondaryMap<NodeId, Option<usize>> = SecondaryMap::with_default(None);
     let mut groups: Vec<Vec<NodeId>> = Vec::new();
+    let mut kept_apart: PerScope<&'static str> = PerScope::new();
     for &n in &order {
         if !fusible(g, n) {
             continue;
         }
         let shape = &g.value_type(g.nodes[n].results[0]).shape;
         let mut joined = None;
+        let mut reasons: Vec<&'static str> = Vec::new();
         for &a in &g.nodes[n].args {
             let p = g.producer(through_broadcasts(g, a));
             let Some(gid) = group_of[p] else { continue };
-            if &g.value_type(g.nodes[p].results[0]).shape != shape || joined == Some(gid) {
+            if &g.value_type(g.nodes[p].results[0]).shape != shape {
+                reasons.push(OTHER_SHAPE);
                 continue;
             }
             let lowest = groups[gid].iter().map(|&m| pos[m]).min().expect("groups are not empty");
@@ -113,6 +163,12 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<bool, PassError> {
                 joined = Some(gid);
                 break;
             }
+            reasons.push(CYCLE);
+        }
+        reasons.sort_unstable();
+        reasons.dedup();
+        for reason in reasons {
+            kept_apart.add(&g.nodes[n].scope, reason, g.nodes[n].op.name());
         }
         let gid = joined.unwrap_or_else(|| {
             groups.push(Vec::new());
@@ -122,8 +178,13 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<bool, PassError> {
         group_of[n] = Some(gid);
     }
 
+    for (scope, reason, ops) in &kept_apart.entries {
+        log.declined(PASS, scope, declined_note(ops, reason));
+    }
+
     let users = g.users();
     let output_values: Vec<ValueId> = g.outputs.iter().map(|o| o.value).collect();
+    let mut rewritten_at: PerScope<usize> = PerScope::new();
     let mut changed = false;
     // A lone op is rewritten too when it reads a scalar constant: inlined, the constant needs
     // no launch of its own to fill its buffer.
@@ -211,13 +272,13 @@ pub fn fuse_elementwise(g: &mut Graph) -> Result<bool, PassError> {
         let fused = g.add_node(Op::Fused(FusedOp::Elementwise { shape, program }), args, types, &scope);
         let results = g.nodes[fused].results.clone();
         for (&(old, _), &new) in outputs.iter().zip(&results) {
-            g.replace_all_uses(old, new)
-                .map_err(|e| PassError::Failed { pass: "fuse_elementwise", message: e.to_string() })?;
+            g.replace_all_uses(old, new).map_err(|e| PassError::Failed { pass: PASS, message: e.to_string() })?;
         }
+        rewritten_at.add(&scope, "fired", members.len());
         changed = true;
     }
-    if changed {
-        dce(g)?;
+    for (scope, _, sizes) in &rewritten_at.entries {
+        log.fired(PASS, scope, fired_note(sizes));
     }
     Ok(changed)
 }

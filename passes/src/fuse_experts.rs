@@ -22,11 +22,15 @@
 //! the weights are loaded). It declines when the gates do not come from a fused top-k router
 //! (`dense-moe` uses every expert), when an intermediate is read elsewhere, or when the experts
 //! differ.
+//!
+//! Two later steps are passes of their own, each matched on the graph the pipeline has cleared
+//! of what the step before replaced: [`fuse_expert_routers`] lets a mixture compute its routers,
+//! and [`join_expert_results`] lets it write its groups' results as their concatenation. All
+//! three note under `fuse_experts`.
 
 use calm_ir::fused::{FusedOp, MixtureRouter, EXPERT_LAYER_PARAMS};
 use calm_ir::{BinaryFn, Dim, Graph, NodeId, Op, UnaryFn, ValueId};
 
-use crate::dce::dce;
 use crate::pattern::{add_value, replace, Matcher};
 use crate::pipeline::{PassError, PassLog};
 use crate::plan::ROUTE_THREADS;
@@ -315,32 +319,41 @@ pub fn fuse_experts(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError>
             ),
         );
     }
-    if changed {
-        dce(g)?;
-        each_mixture(g, log, absorb_routers)?;
-        each_mixture(g, log, join_results)?;
-    }
     Ok(changed)
 }
 
-/// Applies `step` to every expert mixture of `g`, then drops what the steps left dead. (`dce`
-/// renumbers nodes, so each round finds the mixtures anew; a step that does not apply leaves
-/// its mixture as it is.)
+/// Second step of the expert fusion, a pass of its own so that it matches on a graph without
+/// the dense experts [`fuse_experts`] replaced (they read the routers' results): each mixture
+/// that can computes its routers (`absorb_routers`). Notes go under `fuse_experts`.
+pub fn fuse_expert_routers(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError> {
+    each_mixture(g, log, absorb_routers)
+}
+
+/// Third step of the expert fusion, after [`fuse_expert_routers`] and its dead-code
+/// elimination: each mixture whose groups' results the graph only concatenates writes them as
+/// that concatenation (`join_results`). Notes go under `fuse_experts`.
+pub fn join_expert_results(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassError> {
+    each_mixture(g, log, join_results)
+}
+
+/// Applies `step` to every expert mixture of `g` (a step that does not apply leaves its
+/// mixture as it is); returns whether any step applied.
 fn each_mixture(
     g: &mut Graph,
     log: &mut PassLog,
-    step: fn(&mut Graph, &mut PassLog, NodeId) -> Result<(), PassError>,
-) -> Result<(), PassError> {
+    step: fn(&mut Graph, &mut PassLog, NodeId) -> Result<bool, PassError>,
+) -> Result<bool, PassError> {
     let mixtures: Vec<NodeId> = g
         .nodes
         .iter()
         .filter(|(_, n)| matches!(n.op, Op::Fused(FusedOp::ExpertMixture { .. })))
         .map(|(id, _)| id)
         .collect();
+    let mut changed = false;
     for mixture in mixtures {
-        step(g, log, mixture)?;
+        changed |= step(g, log, mixture)?;
     }
-    dce(g).map(|_| ())
+    Ok(changed)
 }
 
 /// A mixture's routers, when it can compute them itself.
@@ -433,10 +446,10 @@ fn router_stats(m: &Matcher, route: NodeId, mixture: NodeId, top_k: u64) -> Matc
 
 /// Makes `mixture` compute its routers ([`MixtureRouter`]): one kernel then routes every group
 /// and orders the units by expert, and computes the load-balance statistics where the graph
-/// reads them. Declines (logged) where [`match_routers`] does.
-fn absorb_routers(g: &mut Graph, log: &mut PassLog, mixture: NodeId) -> Result<(), PassError> {
+/// reads them. Declines (logged) where [`match_routers`] does. Returns whether it applied.
+fn absorb_routers(g: &mut Graph, log: &mut PassLog, mixture: NodeId) -> Result<bool, PassError> {
     if !matches!(g.nodes[mixture].op, Op::Fused(FusedOp::ExpertMixture { router: None, .. })) {
-        return Ok(());
+        return Ok(false);
     }
     let scope = g.nodes[mixture].scope.clone();
     let found = match_routers(&Matcher::new(g), mixture);
@@ -444,7 +457,7 @@ fn absorb_routers(g: &mut Graph, log: &mut PassLog, mixture: NodeId) -> Result<(
         Ok(r) => r,
         Err(reason) => {
             log.declined(PASS, &scope, format!("the mixture reads its routers' gates: {reason}"));
-            return Ok(());
+            return Ok(false);
         }
     };
     let old = g.nodes[mixture].clone();
@@ -472,7 +485,7 @@ fn absorb_routers(g: &mut Graph, log: &mut PassLog, mixture: NodeId) -> Result<(
     }
     let what = if stats { "routers and load-balance statistics" } else { "routers" };
     log.fired(PASS, &scope, format!("{what} of {groups} group(s) computed with the dispatch order, in one kernel"));
-    Ok(())
+    Ok(true)
 }
 
 /// A new mixture node of `op` on `args`, its results typed by the op's shape rule.
@@ -485,12 +498,15 @@ fn add_mixture(g: &mut Graph, op: FusedOp, args: Vec<ValueId>, scope: &str) -> R
 
 /// Makes `mixture` write its groups' results as one concatenation where the graph only
 /// concatenates them (CALM's `mix`), so that the combine writes each group's columns in place
-/// of a copy per group.
-fn join_results(g: &mut Graph, log: &mut PassLog, mixture: NodeId) -> Result<(), PassError> {
+/// of a copy per group. Returns whether it applied.
+fn join_results(g: &mut Graph, log: &mut PassLog, mixture: NodeId) -> Result<bool, PassError> {
     let old = g.nodes[mixture].clone();
     let Op::Fused(mut op @ FusedOp::ExpertMixture { groups, joined: false, .. }) = old.op.clone() else {
-        return Ok(());
+        return Ok(false);
     };
+    if groups < 2 {
+        return Ok(false);
+    }
     let parts = &old.results[..groups as usize];
     let concat = {
         let m = Matcher::new(g);
@@ -502,7 +518,11 @@ fn join_results(g: &mut Graph, log: &mut PassLog, mixture: NodeId) -> Result<(),
             })
             .map(|c| g.nodes[c].results[0])
     };
-    let Some(concat) = concat.filter(|_| groups > 1) else { return Ok(()) };
+    let Some(concat) = concat else {
+        let reason = "each group writes its own result: the graph reads them other than as one concatenation";
+        log.declined(PASS, &old.scope, reason);
+        return Ok(false);
+    };
     if let FusedOp::ExpertMixture { joined, .. } = &mut op {
         *joined = true;
     }
@@ -512,7 +532,7 @@ fn join_results(g: &mut Graph, log: &mut PassLog, mixture: NodeId) -> Result<(),
         replace(g, PASS, before, after)?;
     }
     log.fired(PASS, &old.scope, format!("the {groups} groups' results written as their concatenation"));
-    Ok(())
+    Ok(true)
 }
 
 /// Replaces each group's statistic `parts[c]` (`[E]`) by row `c` of `all` (`[G, E]`). Where

@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 
 use calm_ir::{BinaryFn, Graph, NodeId, Op, ValueId};
 
-use crate::dce::dce;
 use crate::layout::reads_slices_in_place;
 use crate::pattern::{add_value, replace, Matcher};
 use crate::pipeline::{PassError, PassLog};
@@ -145,9 +144,6 @@ pub fn fuse_projections(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassEr
             &scope,
             format!("{} linears ({}) as one GEMM of width {total}{act}", branches.len(), names.join(", ")),
         );
-    }
-    if changed {
-        dce(g)?;
     }
     Ok(changed)
 }

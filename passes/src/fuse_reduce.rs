@@ -12,7 +12,6 @@
 use calm_ir::fused::{FusedOp, Reduction};
 use calm_ir::{Graph, NodeId, Op, ValueId};
 
-use crate::dce::dce;
 use crate::fuse_matmul::elementwise_program;
 use crate::pipeline::{PassError, PassLog};
 
@@ -46,10 +45,14 @@ pub fn fuse_reduce_prologues(g: &mut Graph, log: &mut PassLog) -> Result<bool, P
         } else {
             None
         };
-        let program = match (reason, elementwise_program(g, producer)) {
-            (None, Some(program)) => program,
-            (reason, _) => {
-                log.declined(PASS, &scope, reason.unwrap_or("the chain has several outputs"));
+        let found = match reason {
+            Some(reason) => Err(reason.to_string()),
+            None => elementwise_program(g, producer),
+        };
+        let program = match found {
+            Ok(program) => program,
+            Err(reason) => {
+                log.declined(PASS, &scope, reason);
                 continue;
             }
         };
@@ -63,9 +66,6 @@ pub fn fuse_reduce_prologues(g: &mut Graph, log: &mut PassLog) -> Result<bool, P
         g.replace_all_uses(out, new).map_err(|e| PassError::Failed { pass: PASS, message: e.to_string() })?;
         log.fired(PASS, &scope, detail.to_lowercase());
         changed = true;
-    }
-    if changed {
-        dce(g)?;
     }
     Ok(changed)
 }

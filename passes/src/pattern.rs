@@ -4,7 +4,6 @@
 use calm_ir::entity::SecondaryMap;
 use calm_ir::{Dim, Graph, Node, NodeId, Op, ValueId};
 
-use crate::dce::dce;
 use crate::pipeline::{PassError, PassLog};
 
 /// A read-only view of a graph for matching.
@@ -62,8 +61,8 @@ impl<'g> Matcher<'g> {
 
 /// The frame of a pattern rewrite: every node that `candidate` selects is matched on the graph
 /// as it is; then each match is rewritten by `rewrite` (which says what it did, for the log) and
-/// each decline is logged with its reason; dead code goes at the end. Returns whether anything
-/// changed.
+/// each decline is logged with its reason. The replaced nodes stay, unread, for the pipeline's
+/// dead-code elimination. Returns whether anything changed.
 pub fn rewrite_matches<T>(
     g: &mut Graph,
     log: &mut PassLog,
@@ -88,9 +87,6 @@ pub fn rewrite_matches<T>(
             }
             Err(reason) => log.declined(pass, &scope, reason),
         }
-    }
-    if changed {
-        dce(g)?;
     }
     Ok(changed)
 }

@@ -3,6 +3,8 @@
 use calm_ir::{verify, Graph, VerifyErrors};
 use thiserror::Error;
 
+use crate::dce::dce;
+
 #[derive(Debug, Error)]
 pub enum PassError {
     #[error("input graph is invalid: {0}")]
@@ -15,7 +17,8 @@ pub enum PassError {
 }
 
 /// A named graph transformation; `run` says whether it changed the graph and may note what it
-/// did (or declined to do) in the log.
+/// did (or declined to do) in the log. A pass leaves what it replaced in place: the pipeline
+/// removes dead code after every pass that changed the graph.
 #[derive(Clone, Copy)]
 pub struct Pass {
     pub name: &'static str,
@@ -57,15 +60,18 @@ impl PassLog {
 /// What a pipeline run did.
 #[derive(Debug, Default)]
 pub struct PipelineReport {
-    /// Each pass in order, and whether it changed the graph.
+    /// Each step in order, and whether it changed the graph: the passes, each one that changed
+    /// the graph followed by the pipeline's `dce` (true where it removed nodes).
     pub passes: Vec<(&'static str, bool)>,
     /// What the passes noted.
     pub log: PassLog,
-    /// The graph right after the pass named by [`Pipeline::dump_after`], if it ran.
+    /// The graph right after the pass named by [`Pipeline::dump_after`] and its dead-code
+    /// elimination (as the next pass sees it), if that pass ran.
     pub dumped: Option<Graph>,
 }
 
-/// A named list of passes, with the verifier before the first and after each one.
+/// A named list of passes, with the verifier before the first and after each one, and
+/// dead-code elimination ([`dce`]) after each one that changed the graph.
 pub struct Pipeline {
     pub passes: Vec<Pass>,
     /// Keep a copy of the graph after the pass of this name (`--dump-after PASS`).
@@ -82,8 +88,18 @@ impl Pipeline {
         let mut report = PipelineReport::default();
         for pass in &self.passes {
             let changed = (pass.run)(g, &mut report.log)?;
-            verify(g).map_err(|errors| PassError::Broken { pass: pass.name, errors })?;
             report.passes.push((pass.name, changed));
+            // What the pass replaced goes before the verifier and the next pass see the graph:
+            // pattern matchers count a value's readers, and a dead one would block a match.
+            if changed {
+                // A graph dce cannot walk (a cycle, a read of a missing value) is the pass's bug.
+                let removed = dce(g).map_err(|e| match verify(g) {
+                    Err(errors) => PassError::Broken { pass: pass.name, errors },
+                    Ok(()) => e,
+                })?;
+                report.passes.push(("dce", removed));
+            }
+            verify(g).map_err(|errors| PassError::Broken { pass: pass.name, errors })?;
             if self.dump_after.as_deref() == Some(pass.name) {
                 report.dumped = Some(g.clone());
             }
@@ -97,10 +113,24 @@ mod tests {
     use super::*;
     use calm_ir::sample::tiny_classifier;
 
-    fn drop_loss(g: &mut Graph, _: &mut PassLog) -> Result<bool, PassError> {
+    fn drop_output(g: &mut Graph, name: &str) -> bool {
         let before = g.outputs.len();
-        g.outputs.retain(|o| o.name != "loss");
-        Ok(g.outputs.len() != before)
+        g.outputs.retain(|o| o.name != name);
+        g.outputs.len() != before
+    }
+
+    fn drop_loss(g: &mut Graph, _: &mut PassLog) -> Result<bool, PassError> {
+        Ok(drop_output(g, "loss"))
+    }
+
+    fn drop_top2(g: &mut Graph, _: &mut PassLog) -> Result<bool, PassError> {
+        Ok(drop_output(g, "top2"))
+    }
+
+    /// Changes nothing, and fails if the graph it is given still has dead code.
+    fn expect_no_dead_code(g: &mut Graph, _: &mut PassLog) -> Result<bool, PassError> {
+        assert!(!crate::dce(&mut g.clone()).unwrap(), "dead code reached the next pass");
+        Ok(false)
     }
 
     fn break_graph(g: &mut Graph, _: &mut PassLog) -> Result<bool, PassError> {
@@ -109,17 +139,22 @@ mod tests {
     }
 
     #[test]
-    fn runs_passes_in_order_and_dumps_after_the_named_one() {
+    fn runs_passes_in_order_with_dce_after_changes_and_dumps_after_the_named_one() {
         let mut g = tiny_classifier();
         let mut p = Pipeline::new(vec![
             Pass { name: "drop_loss", run: drop_loss },
-            Pass { name: "dce", run: |g, _| crate::dce(g) },
+            Pass { name: "expect_no_dead_code", run: expect_no_dead_code },
+            Pass { name: "drop_top2", run: drop_top2 },
         ]);
         p.dump_after = Some("drop_loss".into());
         let report = p.run(&mut g).unwrap();
-        assert_eq!(report.passes, [("drop_loss", true), ("dce", true)]);
+        assert_eq!(
+            report.passes,
+            [("drop_loss", true), ("dce", true), ("expect_no_dead_code", false), ("drop_top2", true), ("dce", true)]
+        );
         let dumped = report.dumped.unwrap();
-        assert!(dumped.nodes.len() > g.nodes.len(), "the dump predates dce");
+        assert!(!crate::dce(&mut dumped.clone()).unwrap(), "the dump follows the pass's dce");
+        assert!(dumped.nodes.len() > g.nodes.len(), "the dump predates the later passes");
     }
 
     #[test]

@@ -137,6 +137,10 @@ impl Ablation {
 pub fn ablate(g: &mut Graph, ablation: Ablation) -> Result<(), AblateError> {
     let mut edited = g.clone();
     (ablation.edit())(&mut edited)?;
+    // Unlike a fusion pass, an ablation is no pipeline step: its callers (`calm ablate`, `calm
+    // build`, the trainer, tests) take the graph as it is, and the next ablation checks by scope
+    // whether its module is still there, which dead leftovers of this one would fake. So it
+    // removes what its edit left dead itself.
     dce(&mut edited)?;
     verify(&edited).map_err(|errors| AblateError::Broken { ablation: ablation.name(), errors })?;
     *g = edited;
