@@ -10,6 +10,7 @@ use calm_ir::{shape, Bindings, BuildResult, DType, Graph, GraphBuilder, Op, Shap
 use calm_passes::lower::{lower, LowerOptions};
 use calm_passes::memory::check_memory;
 use calm_passes::plan::SlotId;
+use calm_runtime::device::select::catch_device;
 use calm_runtime::device::DeviceExecutor;
 use calm_runtime::host::{HostData, HostTensor};
 use calm_runtime::inputs::random_inputs;
@@ -300,6 +301,28 @@ fn row_kernels_softmax_layer_norm_and_reductions() {
     check(&[("x", F, shape![130u64, 33u64]), ("g", F, shape![33u64]), ("bt", F, shape![33u64])], 1e-5, |b, x| {
         Ok(vec![b.layer_norm_op(x[0], x[1], x[2], 1e-5)?])
     });
+}
+
+/// A launch given other buffers than its kernel takes (a lowering bug) fails with an error
+/// naming the kernel and the counts, not a launch reading the wrong buffers.
+#[test]
+fn a_launch_with_buffers_its_kernel_does_not_take_is_an_error() {
+    let mut b = GraphBuilder::new("t");
+    let x = b.input("x", F, shape![4u64, 6u64]).unwrap();
+    let y = b.softmax(x, -1).unwrap();
+    b.output("y", y);
+    let g = b.finish().unwrap();
+    let feeds = random_inputs(&g, &Bindings::new(), 5).unwrap();
+    let mut plan = lower(&g, &Bindings::new(), &LowerOptions::default()).unwrap();
+    let softmax = plan.launches.values_mut().find(|l| l.kernel.name() == "softmax").expect("a softmax launch");
+    softmax.reads.push(softmax.reads[0]);
+    let client = WgpuRuntime::client(&WgpuDevice::default());
+    let mut exec = DeviceExecutor::<WgpuRuntime, f32>::new(client, plan);
+    let err = catch_device(|| exec.run(&feeds)).expect_err("the launch is refused");
+    assert!(
+        err.contains("softmax launch (reads: 2, writes: 1) does not fit its kernel, which takes x -> out"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,0 +1,82 @@
+//! The GEMM: its three kernel variants take the same buffers and differ in blocking.
+
+use calm_kernels::elementwise::Buf;
+use calm_kernels::matmul::{self as kernels, GemmConfig, LanesConfig, VectorConfig};
+use calm_passes::plan::{Epilogue, Gemm, GemmTile, Grouped};
+use cubecl::prelude::*;
+
+use super::{arg, u32_of, Call};
+use crate::device::{convert, DeviceFloat};
+
+/// `C = A · B` (then the epilogue) by the `gemm` variant.
+pub(super) fn matmul<R: Runtime, F: DeviceFloat>(
+    c: Call<'_, R>,
+    batch: &[u64],
+    gemm: Gemm,
+    epilogue: Option<&Epilogue>,
+    grouped: Option<&Grouped>,
+    a_split: Option<u64>,
+) {
+    let takes = "a, b, the epilogue's arguments, A's second part if split, the index buffer if grouped -> c";
+    let ([(_, a), (_, b), rest @ ..], [(_, out)]) = c.buffers() else { c.mismatch(takes) };
+    // A grouped GEMM's index buffer is its last read; a plain one reads none (the metadata
+    // fills the slot). A split A's second part is the last of the extras: the kernel finds it
+    // after the epilogue arguments.
+    let (extras, index) = match (grouped, rest) {
+        (Some(_), [extras @ .., (_, index)]) => (extras, index),
+        (None, extras) => (extras, c.meta()),
+        _ => c.mismatch(takes),
+    };
+    if extras.len() != epilogue.map_or(0, |e| e.strides.len()) + usize::from(a_split.is_some()) {
+        c.mismatch(takes);
+    }
+    let a_tail = a_split.map(|split| (u32_of(split), extras.len() - 1));
+    assert!(
+        a_tail.is_none() || !matches!(gemm, Gemm::Registers { .. }),
+        "the lowering splits A for shared-tile and vector GEMMs only"
+    );
+    assert!(
+        !matches!(gemm, Gemm::Vectors { .. }) || a_tail.is_none_or(|(split, _)| split % 4 == 0 && batch.is_empty()),
+        "the vector GEMM reads a split A's first part 4 columns at a time, without a batch"
+    );
+    assert!(
+        grouped.is_none_or(|g| g.fold_experts.is_none()) || matches!(gemm, Gemm::Vectors { .. }),
+        "the lowering folds grouped rows for vector GEMMs only"
+    );
+    let batch = convert::batching(batch.len(), grouped);
+    let epilogue = epilogue.map(|e| (convert::ops(&e.program), e.program.outputs[0].0 as usize));
+    let mut extra = SequenceArg::new();
+    for (_, x) in extras {
+        extra.push(arg::<R>(x));
+    }
+    let (m, index, client, count, dim) = (arg(c.meta()), arg(index), c.client, c.count, c.dim);
+    // The kernels read in bounds by construction (checked by the plan's shapes), so they are
+    // launched without per-access bounds checks.
+    unsafe {
+        match gemm {
+            Gemm::SharedTiles(GemmTile { tile_m, tile_n, tile_k, thread_m, thread_n }) => {
+                let cfg = GemmConfig { tile_m, tile_n, tile_k, thread_m, thread_n, batch, epilogue, a_tail };
+                let (a, b, out) = (arg(a), arg(b), arg(out));
+                kernels::matmul::launch_unchecked::<F, R>(client, count, dim, a, b, extra, out, m, index, cfg)
+            }
+            Gemm::Registers { rows, cols, .. } => {
+                let cfg = LanesConfig { rows, cols, batch, epilogue };
+                let (a, b, out) = (arg(a), arg(b), arg(out));
+                kernels::matmul_lanes::launch_unchecked::<F, R>(client, count, dim, a, b, extra, out, m, index, cfg)
+            }
+            Gemm::Vectors { rows, width, .. } => {
+                let fold_experts = grouped.and_then(|g| g.fold_experts);
+                let cfg = VectorConfig { rows, batch, epilogue, fold_experts, a_tail };
+                // A in vectors of 4 along k; B and C in vectors of `width` columns.
+                let w = width as usize;
+                let (a, b, out) = (vectors(a, 4), vectors(b, w), vectors(out, w));
+                kernels::matmul_vector::launch_unchecked::<F, R>(client, count, dim, w, a, b, extra, out, m, index, cfg)
+            }
+        }
+    }
+}
+
+/// A buffer as an argument of `width`-element vectors.
+fn vectors<R: Runtime>(x: &Buf, width: usize) -> ArrayArg<R> {
+    unsafe { ArrayArg::from_raw_parts(x.handle.clone(), x.len / width) }
+}
