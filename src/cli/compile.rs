@@ -182,6 +182,8 @@ fn print_fusions(log: &PassLog, fuse: bool) {
         println!("no fusion pattern was found in this graph");
         return;
     }
+    // Columns as wide as the longest pass name (`fuse_matmul_epilogues`).
+    let width = log.notes.iter().map(|n| n.pass.len()).max().unwrap_or(0);
     for fired in [true, false] {
         let notes: Vec<_> = log.notes.iter().filter(|n| n.fired == fired).collect();
         println!("{} ({}):", if fired { "fired" } else { "declined" }, notes.len());
@@ -197,7 +199,7 @@ fn print_fusions(log: &PassLog, fuse: bool) {
         for (pass, pattern, detail, scopes) in groups {
             let scope =
                 if scopes.len() == 1 { scopes[0].to_string() } else { format!("{pattern} ({}×)", scopes.len()) };
-            println!("  {pass:<18} {scope:<48} {detail}");
+            println!("  {pass:<width$} {scope:<48} {detail}");
         }
     }
 }

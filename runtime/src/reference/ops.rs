@@ -164,36 +164,8 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
         Op::ReduceSum { axes, .. } | Op::ReduceMean { axes, .. } | Op::ReduceMax { axes, .. } => {
             one(reduce(op, args[0], axes, &shape)?)
         }
-        Op::Reshape { .. } => one(match &args[0].data {
-            Data::Float(t) => Data::Float(B::float_reshape(t.clone(), physical(&shape))),
-            Data::Int(t) => Data::Int(B::int_reshape(t.clone(), physical(&shape))),
-            Data::Bool(t) => Data::Bool(B::bool_reshape(t.clone(), physical(&shape))),
-        }),
-        // A permutation of at most one axis moves nothing (and Burn refuses rank-0 permutes).
-        Op::Permute { .. } if args[0].rank() <= 1 => one(args[0].data.clone()),
-        Op::Permute { perm } => one(match &args[0].data {
-            Data::Float(t) => Data::Float(B::float_permute(t.clone(), perm)),
-            Data::Int(t) => Data::Int(B::int_permute(t.clone(), perm)),
-            Data::Bool(t) => Data::Bool(B::bool_permute(t.clone(), perm)),
-        }),
-        Op::Broadcast { .. } => one(expand(args[0], &shape)),
-        Op::Concat { axis } => one(match &args[0].data {
-            Data::Float(_) => Data::Float(B::float_cat(args.iter().map(|a| float(a)).collect::<OpResult<_>>()?, *axis)),
-            Data::Int(_) => Data::Int(B::int_cat(args.iter().map(|a| int(a)).collect::<OpResult<_>>()?, *axis)),
-            Data::Bool(_) => Data::Bool(B::bool_cat(args.iter().map(|a| boolean(a)).collect::<OpResult<_>>()?, *axis)),
-        }),
-        Op::Slice { axis, start, end } => {
-            let ranges: Vec<Slice> = args[0]
-                .shape
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| if i == *axis { Slice::from(*start as usize..*end as usize) } else { Slice::from(0..d) })
-                .collect();
-            one(match &args[0].data {
-                Data::Float(t) => Data::Float(B::float_slice(t.clone(), &ranges)),
-                Data::Int(t) => Data::Int(B::int_slice(t.clone(), &ranges)),
-                Data::Bool(t) => Data::Bool(B::bool_slice(t.clone(), &ranges)),
-            })
+        Op::Reshape { .. } | Op::Permute { .. } | Op::Broadcast { .. } | Op::Concat { .. } | Op::Slice { .. } => {
+            one(movement(op, args, &shape)?)
         }
         Op::Gather { axis } => {
             let rows = args[0].shape[*axis];
@@ -239,27 +211,72 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             let v = Value::<B>::from_f64(ctx, shape.clone(), values);
             Ok(vec![Value { shape: shape.clone(), data: cast(ctx, &v, *dtype) }])
         }
-        Op::Fused(FusedOp::Elementwise { program, .. }) => run_program(ctx, program, args, &shape),
-        Op::Fused(FusedOp::Reduce { reduction, axes, keep_dims, program }) => {
+        Op::Fused(f) => apply_fused(ctx, f, args, &shape),
+    }
+}
+
+/// Reshape, permute, broadcast, concat and slice: data moved, nothing computed.
+fn movement<B: Backend>(op: &Op, args: &[&Value<B>], shape: &[usize]) -> OpResult<Data<B>> {
+    match op {
+        Op::Reshape { .. } => Ok(match &args[0].data {
+            Data::Float(t) => Data::Float(B::float_reshape(t.clone(), physical(shape))),
+            Data::Int(t) => Data::Int(B::int_reshape(t.clone(), physical(shape))),
+            Data::Bool(t) => Data::Bool(B::bool_reshape(t.clone(), physical(shape))),
+        }),
+        // A permutation of at most one axis moves nothing (and Burn refuses rank-0 permutes).
+        Op::Permute { .. } if args[0].rank() <= 1 => Ok(args[0].data.clone()),
+        Op::Permute { perm } => Ok(match &args[0].data {
+            Data::Float(t) => Data::Float(B::float_permute(t.clone(), perm)),
+            Data::Int(t) => Data::Int(B::int_permute(t.clone(), perm)),
+            Data::Bool(t) => Data::Bool(B::bool_permute(t.clone(), perm)),
+        }),
+        Op::Broadcast { .. } => Ok(expand(args[0], shape)),
+        Op::Concat { axis } => Ok(match &args[0].data {
+            Data::Float(_) => Data::Float(B::float_cat(args.iter().map(|a| float(a)).collect::<OpResult<_>>()?, *axis)),
+            Data::Int(_) => Data::Int(B::int_cat(args.iter().map(|a| int(a)).collect::<OpResult<_>>()?, *axis)),
+            Data::Bool(_) => Data::Bool(B::bool_cat(args.iter().map(|a| boolean(a)).collect::<OpResult<_>>()?, *axis)),
+        }),
+        Op::Slice { axis, start, end } => {
+            let ranges: Vec<Slice> = args[0]
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| if i == *axis { Slice::from(*start as usize..*end as usize) } else { Slice::from(0..d) })
+                .collect();
+            Ok(match &args[0].data {
+                Data::Float(t) => Data::Float(B::float_slice(t.clone(), &ranges)),
+                Data::Int(t) => Data::Int(B::int_slice(t.clone(), &ranges)),
+                Data::Bool(t) => Data::Bool(B::bool_slice(t.clone(), &ranges)),
+            })
+        }
+        other => invalid(format!("{} is not a movement op", other.name())),
+    }
+}
+
+/// A fused op, as the primitives it replaced (the expert mixture: only its routed units).
+fn apply_fused<B: Backend>(ctx: &Ctx<B>, f: &FusedOp, args: &[&Value<B>], shape: &[usize]) -> OpResult<Vec<Value<B>>> {
+    match f {
+        FusedOp::Elementwise { program, .. } => run_program(ctx, program, args, shape),
+        FusedOp::Reduce { reduction, axes, keep_dims, program } => {
             let full = broadcast_result(args);
             let product = run_program(ctx, program, args, &full)?.remove(0);
-            apply(ctx, &reduction.primitive(axes, *keep_dims), &[&product], std::slice::from_ref(&shape))
+            apply(ctx, &reduction.primitive(axes, *keep_dims), &[&product], &[shape.to_vec()])
         }
-        Op::Fused(FusedOp::MatMulEpilogue { transpose_a, transpose_b, program }) => {
+        FusedOp::MatMulEpilogue { transpose_a, transpose_b, program } => {
             let product = Value {
-                shape: shape.clone(),
-                data: Data::Float(matmul::<B>(args, *transpose_a, *transpose_b, &shape)?),
+                shape: shape.to_vec(),
+                data: Data::Float(matmul::<B>(args, *transpose_a, *transpose_b, shape)?),
             };
             let mut program_args = vec![&product];
             program_args.extend_from_slice(&args[2..]);
-            run_program(ctx, program, &program_args, &shape)
+            run_program(ctx, program, &program_args, shape)
         }
-        Op::Fused(FusedOp::Attention { heads, scale, .. }) => super::fused::attention(ctx, args, *heads, *scale),
-        Op::Fused(FusedOp::GumbelPool { transpose_w, temperature, noise_stream, eps }) => {
+        FusedOp::Attention { heads, scale, .. } => super::fused::attention(ctx, args, *heads, *scale),
+        FusedOp::GumbelPool { transpose_w, temperature, noise_stream, eps } => {
             super::fused::gumbel_pool(ctx, args, *transpose_w, *temperature, *noise_stream, *eps)
         }
-        Op::Fused(FusedOp::Route { top_k, transpose_w }) => super::fused::route(ctx, args, *top_k, *transpose_w),
-        Op::Fused(f @ FusedOp::ExpertMixture { groups, experts, heads, scale, eps, joined, .. }) => {
+        FusedOp::Route { top_k, transpose_w } => super::fused::route(ctx, args, *top_k, *transpose_w),
+        f @ FusedOp::ExpertMixture { groups, experts, heads, scale, eps, joined, .. } => {
             let (routes, stacked) = args.split_at(f.first_expert_param().expect("an expert mixture"));
             let routing = super::fused::routing(f, routes, |v| v, super::fused::Stacked::Whole);
             let stacked: Vec<_> = stacked.iter().map(|&v| super::fused::Stacked::Whole(v)).collect();
