@@ -517,8 +517,14 @@ mod tests {
         }
         assert_eq!(ok(Op::Binary(BinaryFn::Add), &[f32t(shape![]), a.clone()]), [a.clone()]);
         assert!(matches!(err(Op::Binary(BinaryFn::Add), &[a.clone(), f32t(shape![256u64])]), TypeError::Shape(_)));
-        assert!(matches!(err(Op::Binary(BinaryFn::Add), &[a.clone(), f32t(shape!["tokens", 1u64, 512u64])]), TypeError::Shape(_)));
-        assert!(matches!(err(Op::Binary(BinaryFn::Add), &[a.clone(), t(DType::F16, shape![512u64])]), TypeError::DType(_)));
+        assert!(matches!(
+            err(Op::Binary(BinaryFn::Add), &[a.clone(), f32t(shape!["tokens", 1u64, 512u64])]),
+            TypeError::Shape(_)
+        ));
+        assert!(matches!(
+            err(Op::Binary(BinaryFn::Add), &[a.clone(), t(DType::F16, shape![512u64])]),
+            TypeError::DType(_)
+        ));
         assert!(matches!(
             err(Op::Binary(BinaryFn::Add), &[t(DType::Bool, shape![1u64]), t(DType::Bool, shape![1u64])]),
             TypeError::DType(_)
@@ -530,8 +536,14 @@ mod tests {
     fn comparisons_broadcast_to_bool() {
         let a = t(DType::I32, shape!["batch", 1u64]);
         let b = t(DType::I32, shape![1u64, "batch"]);
-        assert_eq!(ok(Op::Binary(BinaryFn::Equal), &[a.clone(), b.clone()]), [t(DType::Bool, shape!["batch", "batch"])]);
-        assert_eq!(ok(Op::Binary(BinaryFn::Less), &[f32t(shape![3u64]), f32t(shape![])]), [t(DType::Bool, shape![3u64])]);
+        assert_eq!(
+            ok(Op::Binary(BinaryFn::Equal), &[a.clone(), b.clone()]),
+            [t(DType::Bool, shape!["batch", "batch"])]
+        );
+        assert_eq!(
+            ok(Op::Binary(BinaryFn::Less), &[f32t(shape![3u64]), f32t(shape![])]),
+            [t(DType::Bool, shape![3u64])]
+        );
         assert!(matches!(err(Op::Binary(BinaryFn::Less), &[a.clone(), f32t(shape![])]), TypeError::DType(_)));
         let flags = t(DType::Bool, shape![2u64]);
         assert_eq!(ok(Op::Binary(BinaryFn::Equal), &[flags.clone(), flags.clone()]), [flags.clone()]);

@@ -243,9 +243,8 @@ impl<'de> Deserialize<'de> for Op {
         use serde::de::Error;
         let value = serde_json::Value::deserialize(d)?;
         let tag = value.get("op").and_then(serde_json::Value::as_str);
-        let group = tag.and_then(|t| {
-            UnaryFn::from_name(t).map(Op::Unary).or_else(|| BinaryFn::from_name(t).map(Op::Binary))
-        });
+        let group =
+            tag.and_then(|t| UnaryFn::from_name(t).map(Op::Unary).or_else(|| BinaryFn::from_name(t).map(Op::Binary)));
         // Like serde's attribute-less variants, these ignore other fields; the JSON reader
         // refuses attributes an op does not have, for every op alike.
         match group {
@@ -387,11 +386,7 @@ impl Op {
             Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } | Op::Iota { .. } | Op::RandomUniform { .. } => {
                 OpClass::Source
             }
-            Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Cast { .. }
-            | Op::Select
-            | Op::Dropout { .. } => OpClass::Elementwise,
+            Op::Unary(_) | Op::Binary(_) | Op::Cast { .. } | Op::Select | Op::Dropout { .. } => OpClass::Elementwise,
             Op::MatMul { .. } => OpClass::MatMul,
             Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::LayerNorm { .. } => OpClass::Normalize,
             Op::ReduceSum { .. } | Op::ReduceMean { .. } | Op::ReduceMax { .. } => OpClass::Reduce,

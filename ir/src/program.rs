@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::op::{BinaryFn, UnaryFn};
 use crate::op::Op;
+pub use crate::op::{BinaryFn, UnaryFn};
 use crate::types::DType;
 
 /// One instruction; operands are earlier registers.
@@ -94,9 +94,10 @@ impl Program {
             Op::Select => single(n, Instr::Select { cond: 0, a: 1, b: 2 }, out),
             Op::Constant { value, dtype } => single(0, Instr::Const { bits: value.0.to_bits(), dtype: *dtype }, out),
             Op::Iota { axis, .. } => single(0, Instr::Index { axis: *axis as u32 }, out),
-            Op::RandomUniform { stream, .. } => {
-                Program { instrs: vec![Instr::Uniform { stream: *stream, seed: 0, offset: 1 }], outputs: vec![(0, out)] }
-            }
+            Op::RandomUniform { stream, .. } => Program {
+                instrs: vec![Instr::Uniform { stream: *stream, seed: 0, offset: 1 }],
+                outputs: vec![(0, out)],
+            },
             Op::Dropout { p, stream } => {
                 // drop where u < p (in f32, as the reference), else x / (1 - p).
                 let instrs = vec![

@@ -22,22 +22,20 @@ use crate::plan::KernelPlan;
 /// graph; the expert fusion is three passes so that this happens between its steps (the
 /// mixture, then its routers, then its groups' results joined).
 pub fn fusion_passes() -> Vec<Pass> {
-    vec![
-        Pass { name: "fuse_gumbel_pool", run: fuse_gumbel_pool },
-        Pass { name: "fuse_attention", run: fuse_attention },
-        Pass { name: "fuse_route", run: fuse_route },
-        Pass { name: "fuse_experts", run: fuse_experts },
-        Pass { name: "fuse_expert_routers", run: fuse_expert_routers },
-        Pass { name: "join_expert_results", run: join_expert_results },
+    let mut passes = vec![Pass { name: "fuse_gumbel_pool", run: fuse_gumbel_pool }];
+    passes.extend(reference_passes());
+    passes.extend([
         Pass { name: "fuse_projections", run: fuse_projections },
         Pass { name: "cse", run: cse },
         Pass { name: "fuse_elementwise", run: fuse_elementwise },
         Pass { name: "fuse_matmul_epilogues", run: fuse_matmul_epilogues },
         Pass { name: "fuse_reduce_prologues", run: fuse_reduce_prologues },
-    ]
+    ]);
+    passes
 }
 
-/// The fusions worth running before the reference executor: its fused expert mixture computes
+/// The fusions worth running before the reference executor (the fusion passes run them too,
+/// after the Gumbel pool's): its fused expert mixture computes
 /// only the routed (unit, expert) pairs, about `k/E` of the dense experts' FLOPs, with the same
 /// results and gradients (the gates are exactly 0 off the routed experts). The attention fusion
 /// runs first because the expert pattern is written over fused attention. Other fusions gain

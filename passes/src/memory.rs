@@ -87,7 +87,8 @@ pub fn plan_memory(plan: &KernelPlan) -> MemoryPlan {
     order.sort_by_key(|&b| (life[b].0, b));
     for b in order {
         let buf = &plan.buffers[b];
-        let fits = |s: SlotId| slots[s].storage == buf.storage && occupants[s].iter().all(|&o| compatible(plan, &life, o, b));
+        let fits =
+            |s: SlotId| slots[s].storage == buf.storage && occupants[s].iter().all(|&o| compatible(plan, &life, o, b));
         let candidates: Vec<SlotId> = slots.keys().filter(|&s| fits(s)).collect();
         // Best fit: the smallest slot already large enough, else the largest (which grows).
         let chosen = candidates

@@ -37,7 +37,8 @@ fn calm_graphs_and_every_ablation_lower_with_a_safe_memory_plan() {
             let plan = lower(&g, &bind(4, 7), &opts).unwrap();
             check(&g, &plan);
             // Activations (not weights or inputs) take less than half their naive memory.
-            let temps: Vec<BufferId> = plan.buffers.iter().filter(|(_, b)| b.role == Role::Temp).map(|(id, _)| id).collect();
+            let temps: Vec<BufferId> =
+                plan.buffers.iter().filter(|(_, b)| b.role == Role::Temp).map(|(id, _)| id).collect();
             let naive: u64 = temps.iter().map(|&b| plan.buffer_bytes(b)).sum();
             let slots: std::collections::BTreeSet<SlotId> = temps.iter().map(|&b| plan.memory.slot_of[b]).collect();
             let used: u64 = slots.iter().map(|&s| plan.memory.slots[s].len * 4).sum();

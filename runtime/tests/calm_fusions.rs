@@ -257,7 +257,12 @@ fn broken_attention_patterns_decline_and_stay_correct() {
     let ty = scale.value_type(c).clone();
     let doubled = scale.add_node(Op::Binary(BinaryFn::Add), vec![c, c], vec![ty], &scope);
     let doubled: ValueId = scale.result(doubled);
-    let reader = scale.nodes.iter().find(|(_, n)| n.op == Op::Binary(BinaryFn::Mul) && n.args.contains(&c)).map(|(id, _)| id).unwrap();
+    let reader = scale
+        .nodes
+        .iter()
+        .find(|(_, n)| n.op == Op::Binary(BinaryFn::Mul) && n.args.contains(&c))
+        .map(|(id, _)| id)
+        .unwrap();
     for a in scale.nodes[reader].args.iter_mut() {
         if *a == c {
             *a = doubled;

@@ -120,7 +120,10 @@ fn modelled_time_is_the_roofline_floor_plus_the_launch_overhead() {
     let bytes = 2 * (3 * n * n + n);
     let first = LaunchId::new(0);
     assert_eq!(
-        (plan.launches[first].cost.flops, plan.launches[first].cost.bytes_read + plan.launches[first].cost.bytes_written),
+        (
+            plan.launches[first].cost.flops,
+            plan.launches[first].cost.bytes_read + plan.launches[first].cost.bytes_written
+        ),
         (flops, bytes)
     );
     let t = profile::modelled_seconds(&plan, &H200, profile::CUDA_LAUNCH_OVERHEAD_S);

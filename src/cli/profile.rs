@@ -249,13 +249,9 @@ fn modelled(
     );
     // The floor of the whole forward: all its FLOPs at peak, or only its inputs, weights and
     // outputs moved once, whichever is slower.
-    let essential: u64 = fused
-        .buffers
-        .iter()
-        .filter(|(_, b)| b.role != Role::Temp)
-        .map(|(id, _)| fused.buffer_bytes(id))
-        .sum::<u64>()
-        + fused.outputs.iter().map(|o| fused.buffer_bytes(o.buffer)).sum::<u64>();
+    let essential: u64 =
+        fused.buffers.iter().filter(|(_, b)| b.role != Role::Temp).map(|(id, _)| fused.buffer_bytes(id)).sum::<u64>()
+            + fused.outputs.iter().map(|o| fused.buffer_bytes(o.buffer)).sum::<u64>();
     let flops: u64 = fused.launches.values().map(|l| l.cost.flops).sum();
     let floor = c.floor_seconds(flops, essential);
     println!(

@@ -123,9 +123,9 @@ pub fn drop_loss_term(g: &mut Graph, output_name: &str, ablation: &'static str) 
         .ok_or_else(|| {
             AblateError::not_applicable(ablation, format!("`{output_name}` is not a weighted term of the loss"))
         })?;
-    let add = users[summand].iter().copied().find(|&n| matches!(g.nodes[n].op, Op::Binary(BinaryFn::Add))).ok_or_else(|| {
-        AblateError::not_applicable(ablation, format!("`{output_name}` is the only term of the loss"))
-    })?;
+    let add = users[summand].iter().copied().find(|&n| matches!(g.nodes[n].op, Op::Binary(BinaryFn::Add))).ok_or_else(
+        || AblateError::not_applicable(ablation, format!("`{output_name}` is the only term of the loss")),
+    )?;
     let args = &g.nodes[add].args;
     let other = if args[0] == summand { args[1] } else { args[0] };
     let sum = g.result(add);

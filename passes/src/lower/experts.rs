@@ -10,9 +10,7 @@ use calm_ir::program::{BinaryFn, Instr, Program, UnaryFn};
 use calm_ir::{DType, NodeId, Op, ValueId};
 
 use super::{matmul::choose_gemm, LowerError, Lowering};
-use crate::plan::{
-    BatchIndex, BufferId, Epilogue, Gemm, Grouped, GroupedNorm, Kernel, Role, Storage, ROUTE_THREADS,
-};
+use crate::plan::{BatchIndex, BufferId, Epilogue, Gemm, Grouped, GroupedNorm, Kernel, Role, Storage, ROUTE_THREADS};
 
 /// The sizes of a mixture's routed rows and the buffers its launches share.
 struct Slots {
@@ -70,7 +68,8 @@ impl Lowering<'_> {
             let p = |i: usize| args[params + layer * EXPERT_LAYER_PARAMS.len() + i];
             let first = layer == 0;
             let h = self.grouped_norm(&s, x, [p(0), p(1)], first, "ln1");
-            let qkv = self.grouped_gemm(&s, h, m, p(2), p(3), 3 * m, ExpertEpilogue { residual: None, gelu: false }, "qkv");
+            let qkv =
+                self.grouped_gemm(&s, h, m, p(2), p(3), 3 * m, ExpertEpilogue { residual: None, gelu: false }, "qkv");
             let ctx = self.scratch(Storage::Float, s.rows * m, format!("{n}.attention"));
             let attention = Kernel::Attention {
                 batch: slots,
@@ -89,7 +88,8 @@ impl Lowering<'_> {
             let x1 = ExpertEpilogue { residual: Some((x, from)), gelu: false };
             let x1 = self.grouped_gemm(&s, ctx, m, p(4), p(5), m, x1, "x1");
             let h = self.grouped_norm(&s, x1, [p(6), p(7)], false, "ln2");
-            let up = self.grouped_gemm(&s, h, m, p(8), p(9), ffn, ExpertEpilogue { residual: None, gelu: true }, "ffn1");
+            let up =
+                self.grouped_gemm(&s, h, m, p(8), p(9), ffn, ExpertEpilogue { residual: None, gelu: true }, "ffn1");
             let x2 = ExpertEpilogue { residual: Some((x1, BatchIndex::Own)), gelu: false };
             x = self.grouped_gemm(&s, up, ffn, p(10), p(11), m, x2, "x2");
         }

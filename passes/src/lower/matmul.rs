@@ -211,4 +211,3 @@ impl Lowering<'_> {
         unstored.then(|| Parts { head: self.buf(node.args[0]), tail: self.buf(node.args[1]), head_width })
     }
 }
-

@@ -63,7 +63,11 @@ impl LowerOptions {
     /// but their 32 × 16 accumulators per thread spill on a GPU (ptxas: 168–255 registers and
     /// ~10 KB of spills per thread on sm_90).
     pub fn gpu() -> Self {
-        LowerOptions { gemm: GemmStrategy::SharedTiles(GemmTile::DEFAULT), attention_rows: 1, ..LowerOptions::default() }
+        LowerOptions {
+            gemm: GemmStrategy::SharedTiles(GemmTile::DEFAULT),
+            attention_rows: 1,
+            ..LowerOptions::default()
+        }
     }
 }
 
@@ -140,7 +144,13 @@ impl Lowering<'_> {
     }
 
     /// A launch that computes node `n`, costed as the node.
-    fn emit(&mut self, n: NodeId, kernel: Kernel, reads: Vec<BufferId>, writes: Vec<BufferId>) -> Result<(), LowerError> {
+    fn emit(
+        &mut self,
+        n: NodeId,
+        kernel: Kernel,
+        reads: Vec<BufferId>,
+        writes: Vec<BufferId>,
+    ) -> Result<(), LowerError> {
         let float_bytes = Some(self.plan.float.size_bytes());
         let cost = node_cost_stored(self.g, n, self.bindings, float_bytes).map_err(|e| e.source)?;
         self.emit_costed(n, kernel, reads, writes, cost);

@@ -66,8 +66,7 @@ impl Lowering<'_> {
         }
         let mut prologue = match program {
             Some(program) => {
-                let strides =
-                    shapes.iter().map(|s| broadcast_strides(s, &shape)).collect();
+                let strides = shapes.iter().map(|s| broadcast_strides(s, &shape)).collect();
                 Some(Prologue { shape: shape.clone(), strides, program: program.clone() })
             }
             None => None,

@@ -10,9 +10,9 @@ pub mod select;
 
 use std::collections::BTreeMap;
 
+use calm_ir::entity::SecondaryMap;
 use calm_ir::DType;
 use calm_kernels::elementwise::Buf;
-use calm_ir::entity::SecondaryMap;
 use calm_passes::plan::{BufferId, KernelPlan, Port, Role, SlotId, Storage};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -137,8 +137,7 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
                 slots[s] = Some(client.empty(plan.slot_bytes(s) as usize));
             }
         }
-        let metas =
-            plan.launches.values().map(|l| launch::meta(&l.kernel).map(|m| upload_u32(&client, &m))).collect();
+        let metas = plan.launches.values().map(|l| launch::meta(&l.kernel).map(|m| upload_u32(&client, &m))).collect();
         DeviceExecutor { client, plan, slots, pinned: BTreeMap::new(), metas, _float: std::marker::PhantomData }
     }
 

@@ -276,7 +276,12 @@ pub fn expert_mixture<B: Backend>(
         for Routed { prob, chosen, .. } in &routes {
             let per_unit = prim(ctx, Op::ReduceSum { axes: vec![1], keep_dims: false }, &[chosen], &[b, e_count])?;
             let mean = prim(ctx, Op::ReduceMean { axes: vec![0], keep_dims: false }, &[&per_unit], &[e_count])?;
-            fractions.push(row(prim(ctx, Op::Binary(BinaryFn::Mul), &[&mean, &scalar(ctx, 1.0 / *top_k as f64)?], &[e_count])?)?);
+            fractions.push(row(prim(
+                ctx,
+                Op::Binary(BinaryFn::Mul),
+                &[&mean, &scalar(ctx, 1.0 / *top_k as f64)?],
+                &[e_count],
+            )?)?);
             let p = prob.as_ref().expect("own routers give probabilities");
             probs.push(row(prim(ctx, Op::ReduceMean { axes: vec![0], keep_dims: false }, &[p], &[e_count])?)?);
         }

@@ -1,25 +1,18 @@
 //! Multi-head attention.
 
 use calm_kernels::attention::{self as kernels, AttentionPath, AttentionShapeLaunch};
-use calm_passes::plan::{long_attention_rows, ATTENTION_SHORT_KEYS};
+use calm_passes::plan::{long_attention_rows, Kernel, ATTENTION_SHORT_KEYS};
 use cubecl::prelude::*;
 
 use super::{arg, u32_of, Call};
 use crate::device::DeviceFloat;
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn attention<R: Runtime, F: DeviceFloat>(
-    c: Call<'_, R>,
-    batch: u64,
-    q_len: u64,
-    kv_len: u64,
-    heads: u64,
-    head_dim: u64,
-    scale: f64,
-    bias_strides: Option<[u64; 4]>,
-    layout: [[u64; 2]; 3],
-    rows_per_thread: u32,
-) {
+pub(super) fn attention<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
+    let Kernel::Attention { batch, q_len, kv_len, heads, head_dim, scale, bias_strides, layout, rows_per_thread } =
+        *c.kernel
+    else {
+        unreachable!("an attention launch")
+    };
     let takes = "q, k, v (and the bias if it has bias strides) -> out";
     let ([(_, q), (_, k), (_, v), rest @ ..], [(_, out)]) = c.buffers() else { c.mismatch(takes) };
     let bias = c.optional(bias_strides.is_some(), rest, q, takes);

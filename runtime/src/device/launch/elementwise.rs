@@ -2,7 +2,7 @@
 
 use calm_ir::program::Program as IrProgram;
 use calm_kernels::elementwise::{self as kernels, Buf, Kind, Program};
-use calm_passes::plan::Storage;
+use calm_passes::plan::{Kernel, Storage};
 use cubecl::prelude::*;
 
 use super::{Buffers, Call};
@@ -29,7 +29,11 @@ pub(super) fn program_args<'a, R: Runtime>(
 }
 
 /// `program` over a shape of `rank`: reads its `arity` arguments, writes one buffer per output.
-pub(super) fn elementwise<R: Runtime, F: DeviceFloat>(c: Call<'_, R>, rank: usize, arity: usize, program: &IrProgram) {
+pub(super) fn elementwise<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
+    let Kernel::Elementwise { ref shape, ref strides, ref program, .. } = *c.kernel else {
+        unreachable!("an elementwise launch")
+    };
+    let (rank, arity) = (shape.len(), strides.len());
     let (p, args) = program_args(&c, program, rank, arity);
     if c.writes.len() != program.outputs.len() {
         c.mismatch(&format!("{} program outputs", program.outputs.len()));

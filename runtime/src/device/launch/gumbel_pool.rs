@@ -1,26 +1,29 @@
 //! Gumbel-softmax clustering and pooling.
 
 use calm_kernels::gumbel_pool::{self as kernels, PoolConfig};
+use calm_passes::plan::Kernel;
 use cubecl::prelude::*;
 
 use super::{arg, u32_of, Call};
 use crate::device::DeviceFloat;
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn gumbel_pool<R: Runtime, F: DeviceFloat>(
-    c: Call<'_, R>,
-    batch: u64,
-    tokens: u64,
-    hidden: u64,
-    clusters: u64,
-    width: u64,
-    threads: u32,
-    transpose_w: bool,
-    temperature: bool,
-    noise_stream: Option<u32>,
-    eps: f64,
-    write_assign: bool,
-) {
+pub(super) fn gumbel_pool<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
+    let Kernel::GumbelPool {
+        batch,
+        tokens,
+        hidden,
+        clusters,
+        width,
+        threads,
+        transpose_w,
+        temperature,
+        noise_stream,
+        eps,
+        write_assign,
+    } = *c.kernel
+    else {
+        unreachable!("a Gumbel pool launch")
+    };
     let takes = "hidden, w, bias, x, mask, then τ with a temperature, then seed, offset with noise -> pooled, assign";
     let ([(_, h), (_, w), (_, bias), (_, x), (_, mask), optional @ ..], [(_, pooled), (_, assign)]) = c.buffers()
     else {

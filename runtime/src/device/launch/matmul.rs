@@ -2,21 +2,18 @@
 
 use calm_kernels::elementwise::Buf;
 use calm_kernels::matmul::{self as kernels, GemmConfig, LanesConfig, VectorConfig};
-use calm_passes::plan::{Epilogue, Gemm, GemmTile, Grouped};
+use calm_passes::plan::{Gemm, GemmTile, Kernel};
 use cubecl::prelude::*;
 
 use super::{arg, u32_of, Call};
 use crate::device::{convert, DeviceFloat};
 
 /// `C = A · B` (then the epilogue) by the `gemm` variant.
-pub(super) fn matmul<R: Runtime, F: DeviceFloat>(
-    c: Call<'_, R>,
-    batch: &[u64],
-    gemm: Gemm,
-    epilogue: Option<&Epilogue>,
-    grouped: Option<&Grouped>,
-    a_split: Option<u64>,
-) {
+pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
+    let Kernel::MatMul { ref batch, gemm, ref epilogue, ref grouped, a_split, .. } = *c.kernel else {
+        unreachable!("a matmul launch")
+    };
+    let (epilogue, grouped) = (epilogue.as_ref(), grouped.as_ref());
     let takes = "a, b, the epilogue's arguments, A's second part if split, the index buffer if grouped -> c";
     let ([(_, a), (_, b), rest @ ..], [(_, out)]) = c.buffers() else { c.mismatch(takes) };
     // A grouped GEMM's index buffer is its last read; a plain one reads none (the metadata

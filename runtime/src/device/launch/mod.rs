@@ -156,75 +156,23 @@ pub fn launch<R: Runtime, F: DeviceFloat>(
         writes,
         meta,
     };
-    // Fields bind by value (all but the vectors and programs are `Copy`).
+    // Each family binds the fields of its kernel from `c.kernel`.
     match l.kernel {
-        Kernel::Elementwise { ref shape, ref strides, ref program, .. } => {
-            elementwise::elementwise::<R, F>(c, shape.len(), strides.len(), program)
-        }
-        Kernel::MatMul { ref batch, gemm, ref epilogue, ref grouped, a_split, .. } => {
-            matmul::matmul::<R, F>(c, batch, gemm, epilogue.as_ref(), grouped.as_ref(), a_split)
-        }
-        Kernel::Softmax { outer, len, inner, log } => rows::softmax::<R, F>(c, outer, len, inner, log),
-        Kernel::LayerNorm { rows, cols, eps, grouped } => rows::layer_norm::<R, F>(c, rows, cols, eps, grouped),
-        Kernel::Reduce { op, outer, len, inner, ref prologue } => {
-            rows::reduce::<R, F>(c, op, outer, len, inner, prologue.as_ref())
-        }
-        Kernel::Attention { batch, q_len, kv_len, heads, head_dim, scale, bias_strides, layout, rows_per_thread } => {
-            attention::attention::<R, F>(
-                c,
-                batch,
-                q_len,
-                kv_len,
-                heads,
-                head_dim,
-                scale,
-                bias_strides,
-                layout,
-                rows_per_thread,
-            )
-        }
-        Kernel::Copy { ref shape, .. } => index::copy::<R, F>(c, shape.len()),
-        Kernel::Gather { rows, inner, count, .. } => index::gather::<R, F>(c, rows, inner, count),
-        Kernel::ScatterAdd { rows, inner, count, .. } => index::scatter_add::<R, F>(c, rows, inner, count),
-        Kernel::OneHot { depth, .. } => index::one_hot::<R, F>(c, depth),
-        Kernel::TopK { rows, cols, k } => index::top_k::<R, F>(c, rows, cols, k),
-        Kernel::Dispatch { units, experts, top_k, slots, first, first_expert } => {
-            moe::dispatch::<R, F>(c, units, experts, top_k, slots, first, first_expert)
-        }
-        Kernel::Combine { units, width, tokens, top_k, groups, first_group, out_stride } => {
-            moe::combine::<R, F>(c, units, width, tokens, top_k, groups, first_group, out_stride)
-        }
-        Kernel::Route { batch, width, experts, top_k, transpose_w, write_prob, write_chosen } => {
-            route::route::<R, F>(c, batch, width, experts, top_k, transpose_w, write_prob, write_chosen)
-        }
-        Kernel::RouteDispatch { units, width, experts, top_k, transpose_w, stats, threads, .. } => {
-            route::route_dispatch::<R, F>(c, units, width, experts, top_k, transpose_w, stats, threads)
-        }
-        Kernel::GumbelPool {
-            batch,
-            tokens,
-            hidden,
-            clusters,
-            width,
-            threads,
-            transpose_w,
-            temperature,
-            noise_stream,
-            eps,
-            write_assign,
-        } => gumbel_pool::gumbel_pool::<R, F>(
-            c,
-            batch,
-            tokens,
-            hidden,
-            clusters,
-            width,
-            threads,
-            transpose_w,
-            temperature,
-            noise_stream,
-            eps,
-            write_assign,
-        ),
+        Kernel::Elementwise { .. } => elementwise::elementwise::<R, F>(c),
+        Kernel::MatMul { .. } => matmul::matmul::<R, F>(c),
+        Kernel::Softmax { .. } => rows::softmax::<R, F>(c),
+        Kernel::LayerNorm { .. } => rows::layer_norm::<R, F>(c),
+        Kernel::Reduce { .. } => rows::reduce::<R, F>(c),
+        Kernel::Attention { .. } => attention::attention::<R, F>(c),
+        Kernel::Copy { .. } => index::copy::<R, F>(c),
+        Kernel::Gather { .. } => index::gather::<R, F>(c),
+        Kernel::ScatterAdd { .. } => index::scatter_add::<R, F>(c),
+        Kernel::OneHot { .. } => index::one_hot::<R, F>(c),
+        Kernel::TopK { .. } => index::top_k::<R, F>(c),
+        Kernel::Dispatch { .. } => moe::dispatch::<R, F>(c),
+        Kernel::Combine { .. } => moe::combine::<R, F>(c),
+        Kernel::Route { .. } => route::route::<R, F>(c),
+        Kernel::RouteDispatch { .. } => route::route_dispatch::<R, F>(c),
+        Kernel::GumbelPool { .. } => gumbel_pool::gumbel_pool::<R, F>(c),
     }
 }

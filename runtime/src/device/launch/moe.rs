@@ -1,20 +1,16 @@
 //! A mixture of experts' dispatch of routed units into slots, and the combine back.
 
 use calm_kernels::moe as kernels;
+use calm_passes::plan::Kernel;
 use cubecl::prelude::*;
 
 use super::{arg, u32_of, Call};
 use crate::device::DeviceFloat;
 
-pub(super) fn dispatch<R: Runtime, F: DeviceFloat>(
-    c: Call<'_, R>,
-    units: u64,
-    experts: u64,
-    top_k: u64,
-    slots: u64,
-    first: u64,
-    first_expert: u64,
-) {
+pub(super) fn dispatch<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
+    let Kernel::Dispatch { units, experts, top_k, slots, first, first_expert } = *c.kernel else {
+        unreachable!("a dispatch launch")
+    };
     let takes = "chosen, gates -> index, slot_gate, unit_slot";
     let ([(_, chosen), (_, gates)], [(_, index), (_, slot_gate), (_, unit_slot)]) = c.buffers() else {
         c.mismatch(takes)
@@ -37,17 +33,10 @@ pub(super) fn dispatch<R: Runtime, F: DeviceFloat>(
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn combine<R: Runtime, F: DeviceFloat>(
-    c: Call<'_, R>,
-    units: u64,
-    width: u64,
-    tokens: u64,
-    top_k: u64,
-    groups: u64,
-    first_group: u64,
-    out_stride: u64,
-) {
+pub(super) fn combine<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
+    let Kernel::Combine { units, width, tokens, top_k, groups, first_group, out_stride } = *c.kernel else {
+        unreachable!("a combine launch")
+    };
     let ([(_, x), (_, slot_gate), (_, unit_slot)], [(_, out)]) = c.buffers() else {
         c.mismatch("x, slot_gate, unit_slot -> out")
     };

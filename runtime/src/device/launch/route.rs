@@ -1,22 +1,16 @@
 //! Top-k routing, alone or fused with a mixture's dispatch.
 
 use calm_kernels::route::{self as kernels, RouteConfig, RouteDispatchConfig};
+use calm_passes::plan::Kernel;
 use cubecl::prelude::*;
 
 use super::{arg, u32_of, Call};
 use crate::device::DeviceFloat;
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn route<R: Runtime, F: DeviceFloat>(
-    c: Call<'_, R>,
-    batch: u64,
-    width: u64,
-    experts: u64,
-    top_k: u64,
-    transpose_w: bool,
-    write_prob: bool,
-    write_chosen: bool,
-) {
+pub(super) fn route<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
+    let Kernel::Route { batch, width, experts, top_k, transpose_w, write_prob, write_chosen } = *c.kernel else {
+        unreachable!("a route launch")
+    };
     let ([(_, x), (_, w), (_, bias)], [(_, gates), (_, prob), (_, chosen)]) = c.buffers() else {
         c.mismatch("x, w, bias -> gates, prob, chosen")
     };
@@ -37,17 +31,10 @@ pub(super) fn route<R: Runtime, F: DeviceFloat>(
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn route_dispatch<R: Runtime, F: DeviceFloat>(
-    c: Call<'_, R>,
-    units: u64,
-    width: u64,
-    experts: u64,
-    top_k: u64,
-    transpose_w: bool,
-    stats: bool,
-    threads: u32,
-) {
+pub(super) fn route_dispatch<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
+    let Kernel::RouteDispatch { units, width, experts, top_k, transpose_w, stats, threads, .. } = *c.kernel else {
+        unreachable!("a route-dispatch launch")
+    };
     let takes = "x, w, bias -> choice, scratch, index, slot_gate, unit_slot, fraction, mean_prob";
     let [(_, x), (_, w), (_, bias)] = c.reads else { c.mismatch(takes) };
     let [(_, choice), (_, scratch), (_, index), (_, slot_gate), (_, unit_slot), (_, fraction), (_, mean_prob)] =

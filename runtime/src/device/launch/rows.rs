@@ -1,26 +1,22 @@
 //! Row kernels: softmax, layer norm and reductions (with or without an elementwise prologue).
 
 use calm_kernels::rows::{self as kernels, GroupedRows};
-use calm_passes::plan::{GroupedNorm, Prologue, Reduction};
+use calm_passes::plan::{Kernel, Reduction};
 use cubecl::prelude::*;
 
 use super::elementwise::program_args;
 use super::{arg, u32_of, Call};
 use crate::device::DeviceFloat;
 
-pub(super) fn softmax<R: Runtime, F: DeviceFloat>(c: Call<'_, R>, outer: u64, len: u64, inner: u64, log: bool) {
+pub(super) fn softmax<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
+    let Kernel::Softmax { outer, len, inner, log } = *c.kernel else { unreachable!("a softmax launch") };
     let ([(_, x)], [(_, out)]) = c.buffers() else { c.mismatch("x -> out") };
     let (outer, len, inner) = (u32_of(outer), u32_of(len), u32_of(inner));
     kernels::softmax::launch::<F, R>(c.client, c.count, c.dim, arg(x), arg(out), outer, len, inner, log);
 }
 
-pub(super) fn layer_norm<R: Runtime, F: DeviceFloat>(
-    c: Call<'_, R>,
-    rows: u64,
-    cols: u64,
-    eps: f64,
-    grouped: Option<GroupedNorm>,
-) {
+pub(super) fn layer_norm<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
+    let Kernel::LayerNorm { rows, cols, eps, grouped } = *c.kernel else { unreachable!("a layer norm launch") };
     let takes = "x, gamma, beta (and the index buffer if grouped) -> out";
     let ([(_, x), (_, gamma), (_, beta), rest @ ..], [(_, out)]) = c.buffers() else { c.mismatch(takes) };
     let index = c.optional(grouped.is_some(), rest, x, takes);
@@ -43,14 +39,9 @@ pub(super) fn layer_norm<R: Runtime, F: DeviceFloat>(
 
 /// `[outer, len, inner] → [outer, inner]` over `x`, or over the `prologue` program's output
 /// (never stored) when there is one.
-pub(super) fn reduce<R: Runtime, F: DeviceFloat>(
-    c: Call<'_, R>,
-    op: Reduction,
-    outer: u64,
-    len: u64,
-    inner: u64,
-    prologue: Option<&Prologue>,
-) {
+pub(super) fn reduce<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
+    let Kernel::Reduce { op, outer, len, inner, ref prologue } = *c.kernel else { unreachable!("a reduce launch") };
+    let prologue = prologue.as_ref();
     let op = match op {
         Reduction::Sum => kernels::Reduction::Sum,
         Reduction::Mean => kernels::Reduction::Mean,
