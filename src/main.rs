@@ -12,6 +12,10 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     keep_freed_memory();
+    // Before any thread starts: it may start calm again (without a CUDA compat libcuda on
+    // LD_LIBRARY_PATH), and it sets CUDA_PATH (the toolkit it finds, for CubeCL's CUDA runtime)
+    // and, on a headless machine, NODEVICE_SELECT (Mesa's Vulkan layer would probe Wayland).
+    calm::runtime::device::prepare_process();
     let cli = calm::cli::Cli::parse();
     match calm::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,12 +15,7 @@ fn calm(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     (
         o.status.success(),
         String::from_utf8_lossy(&o.stdout).into_owned(),
-        // Without XDG_RUNTIME_DIR (scripts/test sets it) wgpu's Vulkan loader complains; not ours.
-        String::from_utf8_lossy(&o.stderr)
-            .lines()
-            .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
-            .collect::<Vec<_>>()
-            .join("\n"),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
 

@@ -1,7 +1,11 @@
 //! `calm run` end to end: random and file inputs, weights, outputs written and read back.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
+
+use common::{output, s};
 
 use burn::backend::flex::{Flex, FlexDevice};
 use burn::tensor::FloatDType;
@@ -14,20 +18,6 @@ use calm::runtime::safetensors;
 
 fn calm(args: &[&str]) -> (bool, String, String) {
     output(Command::new(env!("CARGO_BIN_EXE_calm")).args(args))
-}
-
-/// Runs `command`: whether it succeeded, its stdout and its stderr.
-fn output(command: &mut Command) -> (bool, String, String) {
-    let o = command.output().expect("calm runs");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -148,9 +138,16 @@ fn fused_executor_compiles_runs_and_compares() {
     let (ok, plan, _) = calm(&["compile", s(&graph), "--bind", "batch=6,tokens=5", "--emit", "plan"]);
     assert!(ok);
     let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
-    // Format 2 (typed ids, port dtypes) since the plan became self-contained; 1 is refused.
-    assert_eq!(plan["format"], "calm-plan/2");
+    // Format 3 (typed ids, port dtypes, the precision it was lowered under); older are refused.
+    assert_eq!(plan["format"], "calm-plan/3");
+    assert_eq!(plan["precision"], "highest");
     assert_eq!(plan["launches"].as_array().unwrap().len(), count("fused"));
+    // --precision is recorded in the plan; every setting computes on the FP32 pipelines today.
+    let (ok, high, _) =
+        calm(&["compile", s(&graph), "--bind", "batch=6,tokens=5", "--emit", "plan", "--precision", "high"]);
+    let high: serde_json::Value = serde_json::from_str(&high).unwrap();
+    assert!(ok && high["precision"] == "high", "{high}");
+    assert_eq!(high["launches"], plan["launches"], "the same kernels at every precision until tensor-core GEMMs");
     // Unbound symbols and a device that cannot start are one-line errors.
     let (ok, _, stderr) = calm(&["compile", s(&graph)]);
     assert!(!ok && stderr.contains("symbols unbound: batch, tokens"), "{stderr}");
@@ -189,10 +186,15 @@ fn profile_times_every_launch_and_writes_json_trace_and_roofline() {
     ];
     let (ok, stdout, stderr) = calm_at(&home, &args);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("peaks: FMA") && stdout.contains("measured now"), "{stdout}");
+    assert!(stdout.contains("fp32-cores") && stdout.contains("measured now"), "{stdout}");
+    assert!(stdout.contains("precision highest") && stdout.contains("modelled ms"), "{stdout}");
     for peer in ["calm fused", "calm unfused", "burn wgpu (fusion)", "burn flex (cpu)", "calm reference on flex"] {
         assert!(stdout.contains(peer), "{peer} missing: {stdout}");
     }
+    // Burn's CUDA backend is a row where CUDA answers, else one line saying why not.
+    let cuda = stdout.lines().filter(|l| l.contains("burn cuda (fusion)")).collect::<Vec<_>>();
+    assert_eq!(cuda.len(), 1, "{stdout}");
+    assert!(cuda[0].contains("x calm fused") || cuda[0].contains("skipped, "), "{stdout}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
     let launches = report["launches"].as_array().unwrap();
     // As many launches as the compiled plan has, each named and timed.
@@ -203,7 +205,11 @@ fn profile_times_every_launch_and_writes_json_trace_and_roofline() {
     assert_eq!(launches.len(), plan["launches"].as_array().unwrap().len());
     for l in launches {
         assert!(l["kernel"].is_string() && l["seconds"].as_f64().unwrap() > 0.0, "{l}");
+        assert_eq!(l["unit"], "fp32-cores", "{l}");
+        assert!(l["modelled_seconds"].as_f64().unwrap() > 0.0, "{l}");
     }
+    assert_eq!(report["precision"], "highest");
+    assert!(report["ceilings"]["flops_per_s"]["fp32-cores"].as_f64().unwrap() > 0.0, "{report}");
     let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
     let events = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count();
     assert_eq!(events, launches.len());
@@ -245,6 +251,12 @@ fn profile_models_the_qwen_head_on_an_h200() {
     let (ok, stdout, stderr) = calm_at(dir.path(), &args);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("MODELLED, not measured"), "{stdout}");
+    // The model's table, with sources; the GEMMs on the FP32 pipelines, as they run.
+    assert!(
+        stdout.contains("fp32-cores") && stdout.contains("67.0 TFLOP/s") && stdout.contains("datasheet"),
+        "{stdout}"
+    );
+    assert!(stdout.lines().any(|l| l.starts_with("matmul") && l.contains("fp32-cores")), "{stdout}");
     let ms = |plan: &str| -> f64 {
         let line = stdout.lines().find(|l| l.starts_with(plan)).unwrap_or_else(|| panic!("no {plan} row: {stdout}"));
         line.split_whitespace().rev().nth(1).unwrap().parse().unwrap()

@@ -1,6 +1,8 @@
-//! Microbenchmarks of a device's ceilings: arithmetic (independent fused multiply-adds on
-//! vectors in registers) and memory (a vectorised copy). `calm bench` runs them beside the
-//! kernels it measures, so each kernel's speed reads as a share of what the device can do.
+//! Microbenchmarks of a device's ceilings, one per execution unit: the FP32 pipelines
+//! (independent fused multiply-adds on vectors in registers), the tensor cores (chains of
+//! `cmma` products on register tiles, per operand type), memory (a vectorised copy), and the
+//! cost of a launch (a kernel that does nothing). `calm device-peak` runs them; the profiler
+//! reads each kernel as a share of the ceiling of the unit it runs on.
 
 use cubecl::prelude::*;
 
@@ -38,5 +40,87 @@ pub fn copy<N: Size>(src: &Array<Vector<f32, N>>, dst: &mut Array<Vector<f32, N>
     let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_X + UNIT_POS_X) as usize;
     if i < dst.len() {
         dst[i] = src[i];
+    }
+}
+
+/// Tensor-core throughput: each plane keeps one `16 × 16 × k` A and B tile and four independent
+/// f32 accumulators in registers and runs `rounds` products into each (four chains, so one
+/// product's latency hides behind the others'): `2 · 16 · 16 · k · 4 · rounds` FLOPs a plane.
+/// `lhs` and `rhs` hold one tile each (`16 · k` elements); `out` four accumulator tiles a plane.
+/// Cubes are `32 × planes` units; plane `UNIT_POS_Y` of cube `CUBE_POS_X`.
+#[cube(launch_unchecked)]
+pub fn mma<I: Numeric>(lhs: &Array<I>, rhs: &Array<I>, out: &mut Array<f32>, rounds: u32, #[comptime] k: usize) {
+    let a = cmma::Matrix::<I>::from_slice(
+        cmma::MatrixIdent::A,
+        16usize,
+        16usize,
+        k,
+        cmma::MatrixLayout::RowMajor,
+        &lhs.to_slice(),
+        k as u32,
+    );
+    let b = cmma::Matrix::<I>::from_slice(
+        cmma::MatrixIdent::B,
+        16usize,
+        16usize,
+        k,
+        cmma::MatrixLayout::RowMajor,
+        &rhs.to_slice(),
+        16u32,
+    );
+    let c0 = cmma::Matrix::<f32>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        16usize,
+        16usize,
+        k,
+        cmma::MatrixLayout::Undefined,
+        0.0,
+    );
+    let c1 = cmma::Matrix::<f32>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        16usize,
+        16usize,
+        k,
+        cmma::MatrixLayout::Undefined,
+        0.0,
+    );
+    let c2 = cmma::Matrix::<f32>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        16usize,
+        16usize,
+        k,
+        cmma::MatrixLayout::Undefined,
+        0.0,
+    );
+    let c3 = cmma::Matrix::<f32>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        16usize,
+        16usize,
+        k,
+        cmma::MatrixLayout::Undefined,
+        0.0,
+    );
+    for _ in 0..rounds {
+        cmma::execute::<I, I, f32, f32>(&a, &b, &c0, &c0);
+        cmma::execute::<I, I, f32, f32>(&a, &b, &c1, &c1);
+        cmma::execute::<I, I, f32, f32>(&a, &b, &c2, &c2);
+        cmma::execute::<I, I, f32, f32>(&a, &b, &c3, &c3);
+    }
+    // Each accumulator to a tile of its own, so none of the chains is dead code.
+    let plane = (CUBE_POS_X * CUBE_DIM_Y + UNIT_POS_Y) as usize;
+    let tile = 256usize;
+    let base = plane * 4 * tile;
+    cmma::store(&mut out.slice_mut(base, base + tile), &c0, 16, cmma::MatrixLayout::RowMajor);
+    cmma::store(&mut out.slice_mut(base + tile, base + 2 * tile), &c1, 16, cmma::MatrixLayout::RowMajor);
+    cmma::store(&mut out.slice_mut(base + 2 * tile, base + 3 * tile), &c2, 16, cmma::MatrixLayout::RowMajor);
+    cmma::store(&mut out.slice_mut(base + 3 * tile, base + 4 * tile), &c3, 16, cmma::MatrixLayout::RowMajor);
+}
+
+/// Nothing but a launch: one unit writes one word (so the launch is not empty). Timing many
+/// of these back to back gives what each launch costs beyond its work.
+#[cube(launch_unchecked)]
+pub fn nothing(out: &mut Array<u32>) {
+    if ABSOLUTE_POS == 0 {
+        out[0] = 1u32;
     }
 }

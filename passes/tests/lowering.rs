@@ -152,6 +152,11 @@ fn plans_read_back_as_written_and_old_or_broken_ones_are_refused() {
     let e = KernelPlan::from_json(&unsafe_memory.to_json()).unwrap_err().to_string();
     assert!(e.starts_with("memory plan: ") && e.contains("does not fit slot s0"), "{e}");
 
-    let e = KernelPlan::from_json("{\"format\": \"calm-plan/2\", \"graph\": 3}").unwrap_err().to_string();
+    // Format 2 (before the plan recorded its precision) is refused like 1.
+    let two = plan.to_json().replacen("calm-plan/3", "calm-plan/2", 1);
+    let e = KernelPlan::from_json(&two).unwrap_err().to_string();
+    assert!(e.contains("plan format `calm-plan/2`"), "{e}");
+
+    let e = KernelPlan::from_json("{\"format\": \"calm-plan/3\", \"graph\": 3}").unwrap_err().to_string();
     assert!(e.contains("expected a string at line 1 column 36"), "{e}");
 }

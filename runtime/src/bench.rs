@@ -1,6 +1,7 @@
 //! Benchmarks measured side by side in one run on one device (`calm bench`): the device's
 //! ceilings, calm's GEMM against Burn's on the same device and on the CPU, and the CALM head
-//! forward fused, unfused, through Burn's fusion engine and on Burn Flex.
+//! forward fused, unfused, through Burn's fusion engine (wgpu, and CUDA where a CUDA device
+//! answers) and on Burn Flex.
 //!
 //! Times are host-clock medians over `iters` runs after a warm-up, each run ended by a device
 //! synchronisation, so they include launch overheads but not compilation.
@@ -75,17 +76,39 @@ pub fn calm_forward<R: Runtime>(
     (t, launches)
 }
 
-/// The GEMM benchmark: calm's fused linear + ReLU against Burn's on wgpu (with its fusion) and
-/// on Flex, all `m × k` by `k × n` in f32.
-pub fn gemm<R: Runtime>(client: &ComputeClient<R>, m: u64, k: u64, n: u64, iters: usize) -> Vec<Measurement> {
+/// The GEMM benchmark: calm's fused linear + ReLU (lowered with `lower`) against Burn's on
+/// wgpu and, where CUDA answers, on CUDA (both with Burn's fusion) and on Flex, all `m × k` by
+/// `k × n` in f32.
+pub fn gemm<R: Runtime>(
+    client: &ComputeClient<R>,
+    m: u64,
+    k: u64,
+    n: u64,
+    lower: &LowerOptions,
+    iters: usize,
+) -> Vec<Measurement> {
     let flops = 2.0 * (m * k * n) as f64;
     let bytes = 4.0 * (m * k + k * n + m * n) as f64;
     let measure = |name: &str, t: Duration| Measurement { name: name.into(), seconds: t.as_secs_f64(), flops, bytes };
-    let (t, _) = calm_forward(client, &linear_relu(m, k, n), &Bindings::new(), true, &LowerOptions::default(), iters);
+    let (t, _) = calm_forward(client, &linear_relu(m, k, n), &Bindings::new(), true, lower, iters);
     let mut out = vec![measure("calm (fused matmul + bias + relu)", t)];
     out.push(measure("burn wgpu (fusion)", burn_linear_relu::<Wgpu>(&WgpuDevice::default(), m, k, n, iters)));
+    if cuda_answers().is_ok() {
+        use burn::backend::cuda::{Cuda, CudaDevice};
+        let on_cuda =
+            crate::device::select::catch_device(|| burn_linear_relu::<Cuda>(&CudaDevice::default(), m, k, n, iters));
+        if let Ok(t) = on_cuda {
+            out.push(measure("burn cuda (fusion)", t));
+        }
+    }
     out.push(measure("burn flex (cpu)", burn_linear_relu::<Flex>(&FlexDevice, m, k, n, iters)));
     out
+}
+
+/// Whether a CUDA device starts here, or a one-line reason why not. Never panics.
+pub fn cuda_answers() -> Result<(), String> {
+    use crate::device::select::{Device, DeviceChoice};
+    Device::open(DeviceChoice::Cuda).map(|_| ()).map_err(|e| e.to_string())
 }
 
 fn burn_linear_relu<B: Backend>(device: &B::Device, m: u64, k: u64, n: u64, iters: usize) -> Duration {
@@ -112,17 +135,27 @@ pub struct Forward {
     pub unit: &'static str,
 }
 
+/// The whole forwards of [`head`], and the peers that cannot run on this machine, each with a
+/// one-line reason.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Peers {
+    /// calm fused first.
+    pub rows: Vec<Forward>,
+    pub skipped: Vec<String>,
+}
+
 /// The CALM head's inference forward (`g`) at `bindings`, side by side: calm's plan fused and
 /// unfused on `client` (lowered with `lower`), the reference executor op by op on Burn's wgpu
-/// backend (its fusion engine) and on Burn Flex (CPU, f32), and calm's reference executor on
-/// Flex with routed experts, as `calm eval` runs it.
+/// backend and, where CUDA answers, on Burn's CUDA backend (both with Burn's fusion engine)
+/// and on Burn Flex (CPU, f32), and calm's reference executor on Flex with routed experts, as
+/// `calm eval` runs it.
 pub fn head<R: Runtime>(
     client: &ComputeClient<R>,
     g: &Graph,
     bindings: &Bindings,
     lower: &LowerOptions,
     iters: usize,
-) -> Vec<Forward> {
+) -> Peers {
     let row =
         |name: &str, t: Duration, count, unit| Forward { name: name.into(), seconds: t.as_secs_f64(), count, unit };
     let (fused, fused_launches) = calm_forward(client, g, bindings, true, lower, iters);
@@ -130,13 +163,39 @@ pub fn head<R: Runtime>(
     let (burn_wgpu, burn_flex) = burn_forwards(g, bindings, iters);
     let (reference, reference_ops) = reference_forward(g, bindings, iters);
     let ops = g.nodes.len();
-    vec![
+    let mut rows = vec![
         row("calm fused", fused, fused_launches, "launches"),
         row("calm unfused", unfused, unfused_launches, "launches"),
         row("burn wgpu (fusion), op by op", burn_wgpu, ops, "ops"),
-        row("burn flex (cpu), op by op", burn_flex, ops, "ops"),
-        row("calm reference on flex (cpu), routed", reference, reference_ops, "ops"),
-    ]
+    ];
+    let mut skipped = Vec::new();
+    match burn_cuda_forward(g, bindings, iters) {
+        Ok(t) => rows.push(row(BURN_CUDA, t, ops, "ops")),
+        Err(why) => skipped.push(format!("{BURN_CUDA}: skipped, {why}")),
+    }
+    rows.push(row("burn flex (cpu), op by op", burn_flex, ops, "ops"));
+    rows.push(row("calm reference on flex (cpu), routed", reference, reference_ops, "ops"));
+    Peers { rows, skipped }
+}
+
+/// The Burn CUDA peer's name in reports.
+pub const BURN_CUDA: &str = "burn cuda (fusion), op by op";
+
+/// The reference executor's forward of `g` op by op on Burn's CUDA backend with its fusion
+/// engine (what a Burn user on an H100 runs): the host-clock median of `iters` runs, or why it
+/// cannot run here (no CUDA device, or the device failed). Probing never panics.
+pub fn burn_cuda_forward(g: &Graph, bindings: &Bindings, iters: usize) -> Result<Duration, String> {
+    use burn::backend::cuda::{Cuda, CudaDevice};
+    cuda_answers()?;
+    let params = ParamStore::init(g, 1);
+    let inputs: BTreeMap<String, HostTensor> = random_inputs(g, bindings, 1).map_err(|e| e.to_string())?;
+    crate::device::select::catch_device(|| {
+        let on_cuda = Reference::<Cuda>::new(CudaDevice::default(), FloatDType::F32);
+        median(iters, || {
+            on_cuda.run(g, &params, &inputs).expect("runs");
+        })
+    })
+    .map_err(|e| format!("Burn CUDA failed: {e}"))
 }
 
 /// calm's reference executor on Burn Flex (CPU, f32) on `g` after

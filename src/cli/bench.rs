@@ -1,47 +1,89 @@
 //! `calm bench`: device ceilings, GEMM and CALM head, side by side in one run.
 
-use std::path::Path;
-
 use calm_ir::Bindings;
 use calm_models::{build, CalmConfig, Mode};
 use calm_passes::lower::LowerOptions;
+use calm_passes::plan::ComputeUnit;
 use calm_runtime::bench;
-use calm_runtime::device::select::{Device, DeviceChoice};
+use calm_runtime::device::select::Device;
 
+use super::compile::PrecisionArg;
 use super::error::{write_file, CliError, OtherError};
+use super::run::DeviceArg;
 
-pub fn run(gemm: &str, head: &str, iters: usize, json: Option<&Path>) -> Result<(), CliError> {
+/// What `calm bench` measures, as its command line gave it.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// GEMM sizes `m,k,n` of the linear + ReLU benchmark.
+    #[arg(long, default_value = "8192,512,2048")]
+    pub gemm: String,
+    /// Sizes of the CALM head benchmark (paper preset, inference).
+    #[arg(long, default_value = "batch=16,tokens=64")]
+    pub head: String,
+    /// Timed runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Device to benchmark: `auto` tries CUDA, then Vulkan through wgpu.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Highest, help = super::compile::PRECISION_HELP)]
+    pub precision: PrecisionArg,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+pub fn run(args: &Args) -> Result<(), CliError> {
+    let gemm = &args.gemm;
     let sizes: Vec<u64> = gemm
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()
         .map_err(|_| OtherError(format!("--gemm `{gemm}`: expected m,k,n")))?;
     let [m, k, n] = sizes[..] else { return Err(OtherError(format!("--gemm `{gemm}`: expected m,k,n")).into()) };
-    let bindings: Bindings = head.parse()?;
-    let Device::Wgpu(client) = Device::open(DeviceChoice::Wgpu)? else { unreachable!("asked for wgpu") };
-    let device = Device::Wgpu(client.clone()).name();
-    let peaks = calm_runtime::profile::peaks::measure(&client, iters);
-    let (peak_flops, peak_bw) = (peaks.fma_gflops, peaks.copy_gbps);
-    println!("device: {device}");
-    println!("peaks: FMA {peak_flops:.1} GFLOP/s, copy {peak_bw:.1} GB/s (calm_kernels::peak)\n");
+    let (bindings, iters): (Bindings, usize) = (args.head.parse()?, args.iters);
+    let device = Device::open(args.device.into())?;
+    let lower = LowerOptions { precision: args.precision.into(), ..device.lower_options() };
+    let name = device.name();
+    eprintln!("calm: measuring the device's ceilings...");
+    let peaks = calm_runtime::profile::measure_peaks(&device, iters)?;
+    let fp32 = peaks.fp32_gflops;
+    println!("device: {name}, precision {}", lower.precision);
+    let tensor: Vec<String> = peaks.tensor_gflops.iter().map(|(u, g)| format!(", {u} {g:.1} GFLOP/s")).collect();
+    println!(
+        "ceilings: {} {fp32:.1} GFLOP/s{}, memory {:.1} GB/s, {:.2} µs a launch (calm_kernels::peak)\n",
+        ComputeUnit::Fp32Cores,
+        tensor.concat(),
+        peaks.copy_gbps,
+        peaks.launch_overhead_us
+    );
     println!("linear + ReLU, {m}x{k} by {k}x{n}, f32 (median of {iters}):");
-    let gemm_rows = bench::gemm(&client, m, k, n, iters);
+    let gemm_rows = calm_runtime::device::select::catch_device(|| match &device {
+        Device::Wgpu(c) => bench::gemm(c, m, k, n, &lower, iters),
+        Device::Cuda(c) => bench::gemm(c, m, k, n, &lower, iters),
+    })
+    .map_err(|e| OtherError(format!("the device failed mid-run: {e}")))?;
     let burn = gemm_rows.iter().find(|r| r.name.starts_with("burn wgpu")).map(|r| r.seconds).unwrap_or(f64::NAN);
     for r in &gemm_rows {
         println!(
-            "  {:<36} {:>9.2} ms {:>8.2} GFLOP/s {:>5.0}% of FMA peak {:>6.2}x burn wgpu",
+            "  {:<36} {:>9.2} ms {:>8.2} GFLOP/s {:>5.0}% of {} {:>6.2}x burn wgpu",
             r.name,
             r.seconds * 1e3,
             r.gflops(),
-            100.0 * r.gflops() / peak_flops,
+            100.0 * r.gflops() / fp32,
+            ComputeUnit::Fp32Cores,
             burn / r.seconds
         );
     }
     let g = build(&CalmConfig::preset("paper").unwrap_or_default(), Mode::Inference)?;
     println!("\nCALM head, paper preset, inference, {bindings} (median of {iters}):");
-    let head_rows = bench::head(&client, &g, &bindings, &LowerOptions::default(), iters);
-    let fused = head_rows[0].seconds;
-    for r in &head_rows {
+    let peers = calm_runtime::device::select::catch_device(|| match &device {
+        Device::Wgpu(c) => bench::head(c, &g, &bindings, &lower, iters),
+        Device::Cuda(c) => bench::head(c, &g, &bindings, &lower, iters),
+    })
+    .map_err(|e| OtherError(format!("the device failed mid-run: {e}")))?;
+    let fused = peers.rows[0].seconds;
+    for r in &peers.rows {
         println!(
             "  {:<38} {:>10.1} ms {:>6} {:<8} {:>6.2}x calm fused",
             r.name,
@@ -51,12 +93,16 @@ pub fn run(gemm: &str, head: &str, iters: usize, json: Option<&Path>) -> Result<
             r.seconds / fused
         );
     }
-    if let Some(path) = json {
+    for why in &peers.skipped {
+        println!("  {why}");
+    }
+    if let Some(path) = args.json.as_deref() {
         let doc = serde_json::json!({
-            "device": device,
-            "peaks": { "fma_gflops": peak_flops, "copy_gbps": peak_bw },
+            "device": name,
+            "precision": lower.precision,
+            "peaks": peaks,
             "gemm": { "m": m, "k": k, "n": n, "rows": gemm_rows },
-            "head": { "bindings": bindings.to_string(), "rows": head_rows },
+            "head": { "bindings": bindings.to_string(), "rows": peers.rows, "skipped": peers.skipped },
         });
         write_file(path, serde_json::to_string_pretty(&doc).expect("json").as_bytes())?;
     }

@@ -7,7 +7,7 @@ use calm_ir::text::{group_digits, human_bytes, human_count};
 use calm_ir::Bindings;
 use calm_passes::compile::compile;
 use calm_passes::lower::LowerOptions;
-use calm_passes::plan::{FloatType, KernelPlan};
+use calm_passes::plan::{ComputeUnit, FloatType, KernelPlan, Precision};
 use calm_passes::PassLog;
 
 use super::cuda;
@@ -83,6 +83,32 @@ pub struct Args {
     /// Element type of float buffers on the device.
     #[arg(long, value_enum, default_value_t = Float::F32)]
     pub float: Float,
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Highest, help = PRECISION_HELP)]
+    pub precision: PrecisionArg,
+}
+
+/// The help of every command's `--precision`.
+pub const PRECISION_HELP: &str =
+    "What matrix products of f32 buffers may use, as in JAX and PyTorch: `highest` exact f32, \
+`high` TF32 tensor cores allowed, `default` bf16 tensor cores allowed. Recorded in the plan and reports; every \
+setting computes exact f32 in this version (no tensor-core GEMM yet)";
+
+/// `--precision`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionArg {
+    Highest,
+    High,
+    Default,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Precision {
+        match p {
+            PrecisionArg::Highest => Precision::Highest,
+            PrecisionArg::High => Precision::High,
+            PrecisionArg::Default => Precision::Default,
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,7 +152,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         Target::Wgpu => LowerOptions::default(),
         Target::Cuda => LowerOptions::gpu(),
     };
-    let opts = LowerOptions { float: float.plan_type(), ..base };
+    let opts = LowerOptions { float: float.plan_type(), precision: args.precision.into(), ..base };
     let compiled = compile(&g, &bindings, fuse, &opts)?;
     let plan = compiled.plan;
     match emit {
@@ -143,7 +169,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         Emit::Summary => {}
     }
     let unfused = compile(&g, &bindings, false, &opts)?.plan;
-    println!("graph `{}` with {}, {:?} buffers", g.name, bindings, float);
+    println!("graph `{}` with {}, {:?} buffers, precision {}", g.name, bindings, float, plan.precision);
     println!("{:<12} {:>9} {:>12} {:>12}", "", "launches", "FLOPs", "bytes moved");
     for (label, p) in [("unfused", &unfused), (if fuse { "fused" } else { "compiled" }, &plan)] {
         let (n, flops, bytes) = totals(p);
@@ -160,6 +186,12 @@ pub fn run(args: Args) -> Result<(), CliError> {
     for (k, (n, flops, bytes)) in by_kernel {
         println!("{k:<18} {n:>9} {:>12} {:>12}", human_count(flops), human_bytes(bytes));
     }
+    let mut by_unit: BTreeMap<ComputeUnit, u64> = BTreeMap::new();
+    for l in plan.launches.values() {
+        *by_unit.entry(l.kernel.compute_unit()).or_default() += l.cost.flops;
+    }
+    let units: Vec<String> = by_unit.iter().map(|(u, f)| format!("{u} {}", human_count(*f))).collect();
+    println!("\nFLOPs by execution unit: {}", units.join(", "));
     let m = &plan.memory;
     println!(
         "\nmemory: {} in {} slots for {} buffers (one allocation each: {}; {:.1}x less)",

@@ -108,23 +108,11 @@ pub enum Command {
     /// Without --inputs, inputs are random (shaped by --bind, drawn from --seed); without
     /// --weights, parameters are initialised from --seed.
     Run(run::Args),
-    /// Benchmark on the Vulkan device (wgpu): the device's FMA and copy ceilings, calm's GEMM
+    /// Benchmark on the device: its ceilings (FP32, tensor cores, memory, launch), calm's GEMM
     /// against Burn's (wgpu with fusion, and Flex on the CPU), and the CALM head forward fused,
-    /// unfused and through Burn, all side by side in one run.
-    Bench {
-        /// GEMM sizes `m,k,n` of the linear + ReLU benchmark.
-        #[arg(long, default_value = "8192,512,2048")]
-        gemm: String,
-        /// Sizes of the CALM head benchmark (paper preset, inference).
-        #[arg(long, default_value = "batch=16,tokens=64")]
-        head: String,
-        /// Timed runs per measurement (the median is reported).
-        #[arg(long, default_value_t = 5)]
-        iters: usize,
-        /// Also write the results as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    /// unfused and through Burn (wgpu and, where CUDA answers, CUDA, both with fusion; Flex),
+    /// all side by side in one run.
+    Bench(bench::Args),
     /// Time every launch of the fused plan on the device, against the cost model and the
     /// device's measured ceilings (a roofline), beside calm unfused, Burn's fusion engine and
     /// Burn Flex in the same run. `--model h200` gives modelled times instead, with no device.
@@ -133,8 +121,11 @@ pub enum Command {
     /// (default ~/.cache/calm). Outputs: a table per kernel and scope pattern (--all: per
     /// launch), --json, --trace (Chrome trace for Perfetto), --plot (roofline SVG).
     Profile(profile::Args),
-    /// The device's two ceilings, FMA throughput and copy bandwidth, by microbenchmark: measured
-    /// once per device and cached in $CALM_HOME/device-peaks.json (default ~/.cache/calm).
+    /// The device's ceilings by microbenchmark, one per execution unit: FP32 multiply-adds on
+    /// every SM, tensor-core products per operand type (bf16, f16, tf32, where the device has
+    /// cmma), copy bandwidth on a buffer 16× the last-level cache (≥ 1 GiB on a GPU), and the
+    /// cost of a launch. Measured once per device and cached in $CALM_HOME/device-peaks.json
+    /// (default ~/.cache/calm); entries of an older format are measured again.
     DevicePeak {
         /// `auto` tries CUDA, then Vulkan through wgpu.
         #[arg(long, value_enum, default_value_t = run::DeviceArg::Auto)]
@@ -191,7 +182,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ablations => ablate::list(),
         Command::Diff { a, b, depth, params } => diff::run(&a, &b, depth, params),
         Command::Preset { name } => build::preset(&name),
-        Command::Bench { gemm, head, iters, json } => bench::run(&gemm, &head, iters, json.as_deref()),
+        Command::Bench(args) => bench::run(&args),
         Command::Compile(args) => compile::run(args),
         Command::Run(args) => run::run(args),
         Command::Profile(args) => profile::run(args),

@@ -10,6 +10,7 @@ use burn::tensor::FloatDType;
 use calm_ir::Graph;
 use calm_passes::compile::compile;
 use calm_passes::lower::LowerOptions;
+use calm_passes::plan::Precision;
 use calm_runtime::device::select::{Device, DeviceChoice};
 use calm_runtime::host::{max_relative_error, HostTensor, Summary};
 use calm_runtime::inputs::random_inputs;
@@ -17,7 +18,7 @@ use calm_runtime::params::ParamStore;
 use calm_runtime::reference::{bind_inputs, NonFinite, Reference};
 use calm_runtime::safetensors;
 
-use super::compile::Float;
+use super::compile::{Float, PrecisionArg};
 use super::error::{read_graph, CliError, OtherError};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +79,8 @@ pub struct Args {
     /// Element type of float buffers on the device.
     #[arg(long, value_enum, default_value_t = Float::F32)]
     pub float: Float,
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Highest, help = super::compile::PRECISION_HELP)]
+    pub precision: PrecisionArg,
     /// Skip the fusion passes (fused executor).
     #[arg(long)]
     pub no_fuse: bool,
@@ -128,17 +131,19 @@ fn fused(
     inputs: &Outputs,
 ) -> Result<(Outputs, String), CliError> {
     let bindings = bind_inputs(g, inputs)?;
-    let opts = LowerOptions { float: args.float.plan_type(), ..device.lower_options() };
+    let opts =
+        LowerOptions { float: args.float.plan_type(), precision: args.precision.into(), ..device.lower_options() };
     let plan = compile(g, &bindings, !args.no_fuse, &opts)?.plan;
     let launches = plan.launches.len();
     let out = device.run(plan, params, inputs)?;
     Ok((
         out,
         format!(
-            "{} kernel launches on {} ({:?} buffers{})",
+            "{} kernel launches on {} ({:?} buffers, precision {}{})",
             launches,
             device.name(),
             args.float,
+            Precision::from(args.precision),
             if !args.no_fuse { "" } else { ", unfused" }
         ),
     ))

@@ -50,6 +50,10 @@ pub use matmul::GemmStrategy;
 #[derive(Clone, Debug)]
 pub struct LowerOptions {
     pub float: FloatType,
+    /// What matrix products of f32 buffers may use. Every GEMM kernel computes exact f32 on
+    /// the FP32 pipelines for now (tensor-core GEMMs are issue 25's work), so the plan records
+    /// the setting and its kernels run at `highest` whatever it says.
+    pub precision: Precision,
     pub gemm: GemmStrategy,
     /// Store weights that are only multiplied as `x · Wᵀ` transposed, so the GEMM reads them
     /// row-major.
@@ -75,6 +79,7 @@ impl Default for LowerOptions {
     fn default() -> Self {
         LowerOptions {
             float: FloatType::F32,
+            precision: Precision::Highest,
             gemm: GemmStrategy::Registers,
             transpose_weights: true,
             attention_rows: ATTENTION_ROWS_PER_THREAD,
@@ -270,6 +275,7 @@ pub fn lower(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> Result<Kern
             graph: g.name.clone(),
             bindings: bindings.iter().map(|(k, v)| (k.to_string(), v)).collect(),
             float: opts.float,
+            precision: opts.precision,
             buffers: Default::default(),
             launches: Default::default(),
             inputs: Vec::new(),

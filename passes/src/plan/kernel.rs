@@ -2,6 +2,8 @@
 //! the order of its buffer arguments, its work and its launch dimensions.
 
 use calm_ir::program::Program;
+
+use super::ComputeUnit;
 use serde::{Deserialize, Serialize};
 
 /// Threads per cube of the one-dimensional kernels.
@@ -318,6 +320,13 @@ impl Kernel {
             Kernel::RouteDispatch { .. } => "route_dispatch",
             Kernel::Combine { .. } => "combine",
         }
+    }
+
+    /// The unit its arithmetic runs on, whose ceiling bounds it in a roofline. Every kernel of
+    /// this calm, GEMMs included, computes on the FP32 pipelines (in the plan's float type,
+    /// widened to f32 where it is narrower); a tensor-core GEMM will answer with its unit here.
+    pub fn compute_unit(&self) -> ComputeUnit {
+        ComputeUnit::Fp32Cores
     }
 
     /// How many independent units of work the kernel's launch covers: output elements for

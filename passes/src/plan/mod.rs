@@ -8,6 +8,7 @@
 //! A plan is for concrete symbol bindings: every size in it is a number.
 
 mod kernel;
+mod unit;
 
 use std::collections::BTreeMap;
 
@@ -18,9 +19,11 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use kernel::*;
+pub use unit::{ComputeUnit, Precision};
 
-/// The format tag of serialised plans. 2: typed ids, port dtypes, named slot fields.
-pub const PLAN_FORMAT: &str = "calm-plan/2";
+/// The format tag of serialised plans. 2: typed ids, port dtypes, named slot fields. 3: the
+/// precision the plan was lowered under.
+pub const PLAN_FORMAT: &str = "calm-plan/3";
 
 entity_id!(
     /// A buffer of a plan.
@@ -193,6 +196,8 @@ pub struct KernelPlan {
     pub graph: String,
     pub bindings: BTreeMap<String, u64>,
     pub float: FloatType,
+    /// What the user allowed matrix products of f32 buffers to use (see [`Precision`]).
+    pub precision: Precision,
     pub buffers: PrimaryMap<BufferId, Buffer>,
     /// In the order they run.
     pub launches: PrimaryMap<LaunchId, Launch>,

@@ -1,96 +1,24 @@
 //! NVRTC, loaded at run time: CUDA C++ to sm_90 PTX, with ptxas's resource report (registers,
 //! shared memory, spills) from the same call. No CUDA driver or GPU is needed, only the
-//! toolkit's `libnvrtc` and headers: from `CALM_NVRTC`, the CUDA toolkit, or the NVIDIA Python
-//! wheels that `scripts/fetch-cuda` installs into `$CALM_HOME/cuda`.
+//! toolkit's `libnvrtc` and headers, which [`super::toolkit`] finds (a CUDA toolkit, or the
+//! NVIDIA Python wheels that `scripts/fetch-cuda` installs into `$CALM_HOME/cuda`).
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 use thiserror::Error;
 
+pub use super::toolkit::{Toolkit, ToolkitError};
+
 #[derive(Debug, Error)]
 pub enum NvrtcError {
-    #[error(
-        "NVRTC not found (looked for {tried}); run `scripts/fetch-cuda` (pip installs the \
-         nvidia-cuda-nvrtc, -runtime, -crt and -cccl wheels into $CALM_HOME/cuda), or set \
-         CALM_NVRTC to a libnvrtc.so or to a CUDA toolkit folder"
-    )]
-    NotFound { tried: String },
+    #[error(transparent)]
+    Toolkit(#[from] ToolkitError),
     #[error("{path}: {message}")]
     Load { path: PathBuf, message: String },
-    #[error(
-        "{root}: no include/cuda_runtime.h (the generated sources include it; the nvidia-cuda-runtime wheel has it)"
-    )]
-    NoHeaders { root: PathBuf },
     #[error("NVRTC failed on kernel `{kernel}` ({code}): {log}")]
     Compile { kernel: String, code: String, log: String },
-}
-
-/// A CUDA toolkit, or the part of it NVRTC needs.
-#[derive(Clone, Debug)]
-pub struct Toolkit {
-    /// `libnvrtc.so*`, resolved (NVRTC finds its builtins library next to the real file).
-    pub library: PathBuf,
-    /// Header folders: `include/`, and `include/cccl` where the cccl wheel put it.
-    pub includes: Vec<PathBuf>,
-}
-
-/// The first `libnvrtc.so*` in `dir`.
-fn nvrtc_in(dir: &Path) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libnvrtc.so")))
-        .collect();
-    found.sort();
-    found.into_iter().next()
-}
-
-impl Toolkit {
-    /// Finds NVRTC: `CALM_NVRTC` (the library or a toolkit folder), `CUDA_PATH`, `CUDA_HOME`,
-    /// `/usr/local/cuda`, then `$CALM_HOME/cuda/nvidia/cu13` (the wheels).
-    pub fn find() -> Result<Toolkit, NvrtcError> {
-        let mut roots: Vec<PathBuf> = Vec::new();
-        let mut tried = Vec::new();
-        if let Some(p) = std::env::var_os("CALM_NVRTC").map(PathBuf::from) {
-            if p.is_file() {
-                // .../lib/libnvrtc.so.13 → the toolkit root is two levels up.
-                let root = p.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
-                return Toolkit::at(&root, p.clone());
-            }
-            roots.push(p);
-        }
-        for var in ["CUDA_PATH", "CUDA_HOME"] {
-            if let Some(p) = std::env::var_os(var) {
-                roots.push(PathBuf::from(p));
-            }
-        }
-        roots.push(PathBuf::from("/usr/local/cuda"));
-        roots.push(crate::profile::peaks::calm_home().join("cuda/nvidia/cu13"));
-        for root in roots {
-            for lib in ["lib", "lib64"] {
-                if let Some(library) = nvrtc_in(&root.join(lib)) {
-                    return Toolkit::at(&root, library);
-                }
-                tried.push(root.join(lib).display().to_string());
-            }
-        }
-        Err(NvrtcError::NotFound { tried: tried.join(", ") })
-    }
-
-    fn at(root: &Path, library: PathBuf) -> Result<Toolkit, NvrtcError> {
-        let include = root.join("include");
-        if !include.join("cuda_runtime.h").is_file() {
-            return Err(NvrtcError::NoHeaders { root: root.to_path_buf() });
-        }
-        let mut includes = vec![include.clone()];
-        if include.join("cccl").is_dir() {
-            includes.push(include.join("cccl"));
-        }
-        let library = library.canonicalize().unwrap_or(library);
-        Ok(Toolkit { library, includes })
-    }
 }
 
 type Program = *mut c_void;

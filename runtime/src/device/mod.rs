@@ -5,21 +5,35 @@
 //! hold `F` (f32 or f16, the plan's float type); integers i32; u32 and bools u32.
 
 mod convert;
+pub mod cuda_env;
 mod launch;
 pub mod select;
+pub mod stamps;
+pub mod vulkan_env;
 
 use std::collections::BTreeMap;
 
+use calm_ir::entity::EntityId;
 use calm_ir::entity::SecondaryMap;
 use calm_ir::DType;
 use calm_kernels::elementwise::Buf;
-use calm_passes::plan::{BufferId, KernelPlan, Port, Role, SlotId, Storage};
+use calm_passes::plan::{BufferId, KernelPlan, LaunchId, Port, Role, SlotId, Storage};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use thiserror::Error;
 
 use crate::host::{HostData, HostTensor};
 use crate::params::ParamStore;
+
+/// Readies the environment the device runtimes read, for a program that runs calm's devices
+/// (the `calm` binary). Call first thing in `main`, before any thread starts: it may start the
+/// process again and it sets environment variables, which is not safe once other threads read
+/// the environment. CUDA: no compat `libcuda` on `LD_LIBRARY_PATH`, `CUDA_PATH` for CubeCL
+/// ([`cuda_env`]); Vulkan: no Wayland probe on a headless machine ([`vulkan_env`]).
+pub fn prepare_process() {
+    cuda_env::prepare_process();
+    vulkan_env::prepare_process();
+}
 
 #[derive(Debug, Error)]
 pub enum DeviceError {
@@ -40,11 +54,13 @@ pub enum DeviceError {
 }
 
 /// Which clock timed a launch.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Timer {
-    /// The device's timestamps around the kernel alone.
+    /// The device's timestamps around the kernel alone (wgpu's timestamp queries).
     Device,
+    /// The GPU's global timer, stamped between launches run back to back ([`stamps`]).
+    Stamps,
     /// The host clock around the launch and a synchronisation (includes launch overhead).
     Host,
 }
@@ -237,10 +253,16 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
 
     /// Enqueues every launch (after [`load_params`](Self::load_params) and the inputs).
     pub fn launch_all(&self) {
-        for (l, meta) in self.plan.launches.values().zip(&self.metas) {
-            let (reads, writes) = (self.args(&l.reads), self.args(&l.writes));
-            launch::launch::<R, F>(&self.client, l, &reads, &writes, meta.as_ref());
+        for i in 0..self.plan.launches.len() {
+            self.launch_at(i);
         }
+    }
+
+    /// Enqueues the plan's launch `i` alone.
+    pub fn launch_at(&self, i: usize) {
+        let (l, meta) = (&self.plan.launches[LaunchId::new(i)], &self.metas[i]);
+        let (reads, writes) = (self.args(&l.reads), self.args(&l.writes));
+        launch::launch::<R, F>(&self.client, l, &reads, &writes, meta.as_ref());
     }
 
     /// Buffers as a launch takes them: storage and device handle.

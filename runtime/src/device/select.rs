@@ -13,7 +13,7 @@ use cubecl::prelude::*;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 use thiserror::Error;
 
-use super::{DeviceError, DeviceExecutor};
+use super::{cuda_env, DeviceError, DeviceExecutor};
 use crate::host::HostTensor;
 use crate::params::ParamStore;
 
@@ -83,6 +83,17 @@ fn probe<R: Runtime>(device: &R::Device) -> Option<ComputeClient<R>> {
     catch_device(|| R::client(device)).ok()
 }
 
+/// Starts CUDA: the driver's `libcuda` readied (never a compat one), the GPU probed, then the
+/// toolkit CubeCL compiles kernels with (`CUDA_PATH`, NVRTC). The driver comes first so that a
+/// machine without a GPU is told that, not that a toolkit is missing. The error is one line.
+fn open_cuda() -> Result<ComputeClient<CudaRuntime>, String> {
+    cuda_env::prepare_cuda_driver().map_err(|e| format!("CUDA did not start: {e}"))?;
+    let client = probe::<CudaRuntime>(&CudaDevice::default())
+        .ok_or("CUDA did not start: install an NVIDIA driver and GPU, or use --device wgpu")?;
+    cuda_env::prepare_cuda_toolkit().map_err(|e| format!("CUDA did not start: {e}"))?;
+    Ok(client)
+}
+
 /// Fault injection for tests of the fault path: `CALM_INJECT_FAULT=device` makes the device
 /// fail (panic, as a lost device does in the runtime) after the weights are uploaded.
 fn injected_fault() {
@@ -99,15 +110,11 @@ pub enum Device {
 
 impl Device {
     pub fn open(choice: DeviceChoice) -> Result<Device, SelectError> {
-        let cuda = || probe::<CudaRuntime>(&CudaDevice::default()).map(Device::Cuda);
+        let cuda = || open_cuda().map(Device::Cuda);
         let wgpu = || probe::<WgpuRuntime>(&WgpuDevice::default()).map(Device::Wgpu);
         let vulkan_help = "install a Vulkan driver: on Debian `apt-get install mesa-vulkan-drivers libvulkan1` (lavapipe runs on the CPU)";
         match choice {
-            DeviceChoice::Cuda => cuda().ok_or_else(|| {
-                SelectError::Unavailable(
-                    "CUDA did not start: install an NVIDIA driver and GPU, or use --device wgpu".into(),
-                )
-            }),
+            DeviceChoice::Cuda => cuda().map_err(SelectError::Unavailable),
             DeviceChoice::Wgpu => wgpu().ok_or_else(|| {
                 let help = match std::env::var("CUBECL_WGPU_DEFAULT_DEVICE") {
                     Ok(v) => format!(
@@ -118,6 +125,7 @@ impl Device {
                 SelectError::Unavailable(format!("wgpu found no adapter: {help}"))
             }),
             DeviceChoice::Auto => cuda()
+                .ok()
                 .or_else(wgpu)
                 .ok_or_else(|| SelectError::Unavailable(format!("neither CUDA nor wgpu started: {vulkan_help}"))),
         }
@@ -131,6 +139,11 @@ impl Device {
             Device::Wgpu(_) if cpu_adapter() => calm_passes::lower::LowerOptions::default(),
             Device::Wgpu(_) | Device::Cuda(_) => calm_passes::lower::LowerOptions::gpu(),
         }
+    }
+
+    /// Whether the device is a CPU adapter (lavapipe): SIMD lanes for threads, no tensor cores.
+    pub fn is_cpu_adapter(&self) -> bool {
+        matches!(self, Device::Wgpu(_)) && cpu_adapter()
     }
 
     /// The most bytes one buffer may hold, and the device's memory where it is known (CUDA's

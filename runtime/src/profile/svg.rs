@@ -1,7 +1,11 @@
 //! A roofline chart: each kernel group as a point (arithmetic intensity, achieved FLOP/s)
-//! under the device's two ceilings, on log-log axes.
+//! under the device's ceilings, on log-log axes: memory's slope, and one roof per execution
+//! unit the plotted kernels run on (FP32 pipelines solid, tensor cores dashed), so each point
+//! sits under the roof it is read against.
 
 use std::fmt::Write;
+
+use calm_passes::plan::ComputeUnit;
 
 use super::{Ceilings, KernelGroup};
 
@@ -26,9 +30,14 @@ pub fn roofline_svg(title: &str, groups: &[KernelGroup], c: &Ceilings) -> String
     let points: Vec<&KernelGroup> = groups.iter().filter(|g| g.flops > 0 && g.bytes > 0 && g.seconds > 0.0).collect();
     let intensity = |g: &KernelGroup| g.flops as f64 / g.bytes as f64;
     let achieved = |g: &KernelGroup| g.flops as f64 / g.seconds;
-    let ridge = c.ridge();
-    let (mut x0, mut x1) = (ridge / 100.0, ridge * 100.0);
-    let (mut y0, y1) = (c.flops_per_s / 1e4, c.flops_per_s * 3.0);
+    let mut units: Vec<ComputeUnit> = points.iter().map(|g| g.unit).collect();
+    units.push(ComputeUnit::Fp32Cores);
+    units.sort();
+    units.dedup();
+    let top = units.iter().map(|&u| c.flops_of(u)).fold(0.0, f64::max);
+    let ridge = c.ridge(ComputeUnit::Fp32Cores);
+    let (mut x0, mut x1) = (ridge / 100.0, units.iter().map(|&u| c.ridge(u)).fold(ridge, f64::max) * 100.0);
+    let (mut y0, y1) = (c.flops_of(ComputeUnit::Fp32Cores) / 1e4, top * 3.0);
     for g in &points {
         x0 = x0.min(intensity(g) / 2.0);
         x1 = x1.max(intensity(g) * 2.0);
@@ -66,25 +75,29 @@ pub fn roofline_svg(title: &str, groups: &[KernelGroup], c: &Ceilings) -> String
         r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">FLOP/s achieved</text>"#,
         (TOP + H - BOTTOM) / 2.0
     );
-    // The ceilings: bandwidth × intensity up to the ridge, then the FMA peak.
-    let _ = writeln!(
-        s,
-        r#"<polyline fill="none" stroke="black" stroke-width="2" points="{:.1},{:.1} {:.1},{:.1} {:.1},{:.1}"/>"#,
-        px(x0.max(10f64.powf(lx0))),
-        py(c.bytes_per_s * x0.max(10f64.powf(lx0))),
-        px(ridge),
-        py(c.flops_per_s),
-        px(10f64.powf(lx1)),
-        py(c.flops_per_s)
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="{:.1}" y="{:.1}">peak {:.3e} FLOP/s, {:.3e} B/s</text>"#,
-        px(ridge) + 6.0,
-        py(c.flops_per_s) - 6.0,
-        c.flops_per_s,
-        c.bytes_per_s
-    );
+    // The ceilings: bandwidth × intensity up to each unit's ridge, then the unit's peak.
+    for &unit in &units {
+        let (peak, ridge) = (c.flops_of(unit), c.ridge(unit));
+        let dash = if unit.is_tensor_core() { r#" stroke-dasharray="6 4""# } else { "" };
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="black" stroke-width="2"{dash} points="{:.1},{:.1} {:.1},{:.1} {:.1},{:.1}"/>"#,
+            px(x0.max(10f64.powf(lx0))),
+            py(c.bytes_per_s * x0.max(10f64.powf(lx0))),
+            px(ridge),
+            py(peak),
+            px(10f64.powf(lx1)),
+            py(peak)
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}">{unit} {:.3e} FLOP/s, memory {:.3e} B/s</text>"#,
+            px(ridge) + 6.0,
+            py(peak) - 6.0,
+            peak,
+            c.bytes_per_s
+        );
+    }
     let total: f64 = groups.iter().map(|g| g.seconds).sum::<f64>().max(f64::MIN_POSITIVE);
     let mut kernels: Vec<&str> = Vec::new();
     for g in &points {
@@ -95,12 +108,13 @@ pub fn roofline_svg(title: &str, groups: &[KernelGroup], c: &Ceilings) -> String
         let r = 3.0 + 14.0 * (g.seconds / total).sqrt();
         let _ = writeln!(
             s,
-            r#"<circle cx="{:.1}" cy="{:.1}" r="{r:.1}" fill="{colour}" fill-opacity="0.6"><title>{} {} ({} launches): {:.3} ms, {:.3e} FLOP/s, {:.0}% of its ceiling</title></circle>"#,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="{r:.1}" fill="{colour}" fill-opacity="0.6"><title>{} {} ({} launches, {}): {:.3} ms, {:.3e} FLOP/s, {:.0}% of its ceiling</title></circle>"#,
             px(intensity(g)),
             py(achieved(g)),
             escape(&g.kernel),
             escape(&g.scope),
             g.launches,
+            g.unit,
             g.seconds * 1e3,
             achieved(g),
             100.0 * g.share_of_peak(c)
