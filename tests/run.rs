@@ -209,6 +209,9 @@ fn profile_times_every_launch_and_writes_json_trace_and_roofline() {
         assert!(l["modelled_seconds"].as_f64().unwrap() > 0.0, "{l}");
     }
     assert_eq!(report["precision"], "highest");
+    // The whole forward on lavapipe's own clock (timestamp queries).
+    assert!(report["forward_seconds"].as_f64().unwrap() > 0.0 && report["forward_timer"] == "device", "{report}");
+    assert!(stdout.contains("whole forward, launches back to back"), "{stdout}");
     assert!(report["ceilings"]["flops_per_s"]["fp32-cores"].as_f64().unwrap() > 0.0, "{report}");
     let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
     let events = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count();

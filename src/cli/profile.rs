@@ -113,12 +113,21 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let (flops, bytes): (u64, u64) = (launches.iter().map(|l| l.flops).sum(), launches.iter().map(|l| l.bytes).sum());
     println!(
         "fused plan: {} launches, {} FLOPs, {} moved (cost model); sum of launch medians {:.2} ms, \
-         modelled {:.2} ms (roofline of these ceilings + launch overhead)\n",
+         modelled {:.2} ms (roofline of these ceilings + launch overhead)",
         launches.len(),
         human_count(flops),
         human_bytes(bytes),
         total * 1e3,
         modelled_total * 1e3
+    );
+    println!(
+        "whole forward, launches back to back: {:.2} ms ({})\n",
+        report.forward_seconds * 1e3,
+        match report.forward_timer {
+            Timer::Stamps => "the GPU's global timer",
+            Timer::Device => "the device's timestamp queries",
+            Timer::Host => "the host clock and a synchronisation",
+        }
     );
     let keyed = profile::profile_keys(launches)
         .into_iter()
@@ -160,6 +169,8 @@ pub fn run(args: Args) -> Result<(), CliError> {
             "device": report.device,
             "precision": report.precision,
             "timer": report.timer,
+            "forward_seconds": report.forward_seconds,
+            "forward_timer": report.forward_timer,
             "peaks": report.peaks,
             "ceilings": ceilings,
             "launches": launches.iter().map(|l| launch_json(l, &ceilings)).collect::<Vec<_>>(),

@@ -276,27 +276,46 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
     /// [`run`](Self::run).
     pub fn profile_launches(&self) -> Result<(Vec<std::time::Duration>, Timer), DeviceError> {
         let mut timer = Timer::Device;
-        let times = self
-            .plan
-            .launches
-            .values()
-            .zip(&self.metas)
-            .map(|(l, meta)| {
-                let (reads, writes) = (self.args(&l.reads), self.args(&l.writes));
-                let client = self.client.clone();
-                let l = l.clone();
-                let meta = meta.clone();
-                let ((), duration) = self
-                    .client
-                    .profile(move || launch::launch::<R, F>(&client, &l, &reads, &writes, meta.as_ref()), "launch")
-                    .map_err(|e| DeviceError::Profile(format!("{e:?}")))?;
-                if duration.timing_method() == cubecl::profile::TimingMethod::System {
+        let times = (0..self.plan.launches.len())
+            .map(|i| {
+                let (t, clock) = self.profile_range(i..i + 1)?;
+                if clock == Timer::Host {
                     timer = Timer::Host;
                 }
-                Ok(cubecl::future::block_on(duration.resolve()).duration())
+                Ok(t)
             })
             .collect::<Result<Vec<_>, DeviceError>>()?;
         Ok((times, timer))
+    }
+
+    /// Runs the whole plan once under the runtime's profiler: the forward's time, and which
+    /// clock measured it.
+    pub fn profile_forward(&self) -> Result<(std::time::Duration, Timer), DeviceError> {
+        self.profile_range(0..self.plan.launches.len())
+    }
+
+    /// Launches `range` of the plan, back to back, in one scope of the runtime's profiler.
+    fn profile_range(&self, range: std::ops::Range<usize>) -> Result<(std::time::Duration, Timer), DeviceError> {
+        // The profiler takes an owned closure: each launch with its buffers and metadata.
+        let calls: Vec<_> = range
+            .map(|i| {
+                let (l, meta) = (&self.plan.launches[LaunchId::new(i)], &self.metas[i]);
+                (l.clone(), self.args(&l.reads), self.args(&l.writes), meta.clone())
+            })
+            .collect();
+        let client = self.client.clone();
+        let launch_all = move || {
+            for (l, reads, writes, meta) in &calls {
+                launch::launch::<R, F>(&client, l, reads, writes, meta.as_ref());
+            }
+        };
+        let ((), duration) =
+            self.client.profile(launch_all, "launches").map_err(|e| DeviceError::Profile(format!("{e:?}")))?;
+        let timer = match duration.timing_method() {
+            cubecl::profile::TimingMethod::System => Timer::Host,
+            _ => Timer::Device,
+        };
+        Ok((cubecl::future::block_on(duration.resolve()).duration(), timer))
     }
 
     /// Runs the plan on `inputs` and reads every output back.

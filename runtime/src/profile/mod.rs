@@ -135,6 +135,40 @@ pub fn profile_plan<R: Runtime, F: DeviceFloat>(
     Ok((profiles, timer))
 }
 
+/// The whole forward of a loaded executor, every launch back to back: the median of `iters`
+/// rounds after one untimed, on the stamp clock where there is one, else under the runtime's
+/// profiler (device timestamps where it has them), and which clock that was.
+pub fn profile_forward<R: Runtime, F: DeviceFloat>(
+    exec: &DeviceExecutor<R, F>,
+    iters: usize,
+    clock: Option<&StampClock>,
+) -> Result<(f64, Timer), DeviceError> {
+    let median = |mut times: Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    if let Some(clock) = clock {
+        let mut forward = |_: usize| exec.launch_all();
+        let rounds: Result<Vec<f64>, String> =
+            (0..=iters.max(1)).map(|_| clock.time_launches(1, &mut forward).map(|t| t[0])).collect();
+        match rounds {
+            Ok(rounds) => return Ok((median(rounds[1..].to_vec()), Timer::Stamps)),
+            Err(why) => eprintln!("calm: the device clock failed on the whole forward ({why})"),
+        }
+    }
+    exec.profile_forward()?;
+    let mut timer = Timer::Device;
+    let mut times = Vec::new();
+    for _ in 0..iters.max(1) {
+        let (t, clock) = exec.profile_forward()?;
+        if clock == Timer::Host {
+            timer = Timer::Host;
+        }
+        times.push(t.as_secs_f64());
+    }
+    Ok((median(times), timer))
+}
+
 /// Launches of one kernel whose scopes differ only in numbers (`expert0`, `expert1`, ...),
 /// summed: the rows of the profile table.
 #[derive(Clone, Debug, Serialize)]
@@ -224,6 +258,10 @@ pub struct Report {
     /// Where the peaks came from (cache or measured now).
     pub peaks_note: String,
     pub launches: Vec<LaunchProfile>,
+    /// The whole fused forward (every launch back to back), median of the timed rounds, on
+    /// the clock `forward_timer` says.
+    pub forward_seconds: f64,
+    pub forward_timer: Timer,
     /// Calm fused first, then the others; empty without [`Options::peers`].
     pub peers: crate::bench::Peers,
 }
@@ -289,6 +327,7 @@ fn profile_on<R: Runtime>(
     eprintln!("calm: profiling {} launches, {} timed runs each...", exec.plan().launches.len(), opts.iters);
     exec.run(&inputs)?;
     let (launches, timer) = profile_plan(&exec, opts.iters, clock)?;
+    let (forward_seconds, forward_timer) = profile_forward(&exec, opts.iters, clock)?;
     drop(exec);
     let peers = if opts.peers {
         eprintln!(
@@ -298,7 +337,17 @@ fn profile_on<R: Runtime>(
     } else {
         crate::bench::Peers { rows: Vec::new(), skipped: Vec::new() }
     };
-    Ok(Report { device, precision: opts.precision, timer, peaks, peaks_note, launches, peers })
+    Ok(Report {
+        device,
+        precision: opts.precision,
+        timer,
+        peaks,
+        peaks_note,
+        launches,
+        forward_seconds,
+        forward_timer,
+        peers,
+    })
 }
 
 /// The peaks of `device`: from the cache at `cache` unless `remeasure`, else measured now and
