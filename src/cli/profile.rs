@@ -306,8 +306,10 @@ fn modelled(
     let (model, measured_on) = calibrated(model);
     let c = model.ceilings();
     println!(
-        "calm profile --model {}: {description}, {bindings}, {:?} buffers, precision {}",
-        model.name, args.float, fused.precision
+        "calm profile --model {}: {description}, {bindings}, {} buffers, precision {}",
+        model.name,
+        format!("{:?}", fused.float).to_lowercase(),
+        fused.precision
     );
     println!(
         "MODELLED, not measured: each launch max(FLOPs / its unit's ceiling, bytes / bandwidth) + launch overhead"
