@@ -68,38 +68,10 @@ pub fn mma<I: Numeric>(lhs: &Array<I>, rhs: &Array<I>, out: &mut Array<f32>, rou
         &rhs.to_slice(),
         16u32,
     );
-    let c0 = cmma::Matrix::<f32>::from_value(
-        cmma::MatrixIdent::Accumulator,
-        16usize,
-        16usize,
-        k,
-        cmma::MatrixLayout::Undefined,
-        0.0,
-    );
-    let c1 = cmma::Matrix::<f32>::from_value(
-        cmma::MatrixIdent::Accumulator,
-        16usize,
-        16usize,
-        k,
-        cmma::MatrixLayout::Undefined,
-        0.0,
-    );
-    let c2 = cmma::Matrix::<f32>::from_value(
-        cmma::MatrixIdent::Accumulator,
-        16usize,
-        16usize,
-        k,
-        cmma::MatrixLayout::Undefined,
-        0.0,
-    );
-    let c3 = cmma::Matrix::<f32>::from_value(
-        cmma::MatrixIdent::Accumulator,
-        16usize,
-        16usize,
-        k,
-        cmma::MatrixLayout::Undefined,
-        0.0,
-    );
+    let c0 = zeroed_accumulator(k);
+    let c1 = zeroed_accumulator(k);
+    let c2 = zeroed_accumulator(k);
+    let c3 = zeroed_accumulator(k);
     for _ in 0..rounds {
         cmma::execute::<I, I, f32, f32>(&a, &b, &c0, &c0);
         cmma::execute::<I, I, f32, f32>(&a, &b, &c1, &c1);
@@ -107,13 +79,31 @@ pub fn mma<I: Numeric>(lhs: &Array<I>, rhs: &Array<I>, out: &mut Array<f32>, rou
         cmma::execute::<I, I, f32, f32>(&a, &b, &c3, &c3);
     }
     // Each accumulator to a tile of its own, so none of the chains is dead code.
-    let plane = (CUBE_POS_X * CUBE_DIM_Y + UNIT_POS_Y) as usize;
-    let tile = 256usize;
-    let base = plane * 4 * tile;
-    cmma::store(&mut out.slice_mut(base, base + tile), &c0, 16, cmma::MatrixLayout::RowMajor);
-    cmma::store(&mut out.slice_mut(base + tile, base + 2 * tile), &c1, 16, cmma::MatrixLayout::RowMajor);
-    cmma::store(&mut out.slice_mut(base + 2 * tile, base + 3 * tile), &c2, 16, cmma::MatrixLayout::RowMajor);
-    cmma::store(&mut out.slice_mut(base + 3 * tile, base + 4 * tile), &c3, 16, cmma::MatrixLayout::RowMajor);
+    let first = (CUBE_POS_X * CUBE_DIM_Y + UNIT_POS_Y) as usize * 4;
+    store_tile(out, first, &c0);
+    store_tile(out, first + 1, &c1);
+    store_tile(out, first + 2, &c2);
+    store_tile(out, first + 3, &c3);
+}
+
+/// A `16 × 16` f32 accumulator of `16 × 16 × k` products, zeroed.
+#[cube]
+fn zeroed_accumulator(#[comptime] k: usize) -> cmma::Matrix<f32> {
+    cmma::Matrix::<f32>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        16usize,
+        16usize,
+        k,
+        cmma::MatrixLayout::Undefined,
+        0.0,
+    )
+}
+
+/// Stores accumulator `c` as the `tile`-th `16 × 16` row-major tile of `out`.
+#[cube]
+fn store_tile(out: &mut Array<f32>, tile: usize, c: &cmma::Matrix<f32>) {
+    let start = tile * 256;
+    cmma::store(&mut out.slice_mut(start, start + 256), c, 16, cmma::MatrixLayout::RowMajor);
 }
 
 /// Nothing but a launch: one unit writes one word (so the launch is not empty). Timing many

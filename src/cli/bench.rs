@@ -5,7 +5,8 @@ use calm_models::{build, CalmConfig, Mode};
 use calm_passes::lower::LowerOptions;
 use calm_passes::plan::ComputeUnit;
 use calm_runtime::bench;
-use calm_runtime::device::select::Device;
+use calm_runtime::device::select::{Device, RunOnDeviceError};
+use calm_runtime::device::DeviceError;
 
 use super::compile::PrecisionArg;
 use super::error::{write_file, CliError, OtherError};
@@ -62,7 +63,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         Device::Wgpu(c) => bench::gemm(c, m, k, n, &lower, iters),
         Device::Cuda(c) => bench::gemm(c, m, k, n, &lower, iters),
     })
-    .map_err(|e| OtherError(format!("the device failed mid-run: {e}")))?;
+    .map_err(|e| RunOnDeviceError::from(DeviceError::Fault(e)))?;
     let burn = gemm_rows.iter().find(|r| r.name.starts_with("burn wgpu")).map(|r| r.seconds).unwrap_or(f64::NAN);
     for r in &gemm_rows {
         println!(
@@ -81,7 +82,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         Device::Wgpu(c) => bench::head(c, &g, &bindings, &lower, iters),
         Device::Cuda(c) => bench::head(c, &g, &bindings, &lower, iters),
     })
-    .map_err(|e| OtherError(format!("the device failed mid-run: {e}")))?;
+    .map_err(|e| RunOnDeviceError::from(DeviceError::Fault(e)))?;
     let fused = peers.rows[0].seconds;
     for r in &peers.rows {
         println!(

@@ -1,17 +1,19 @@
 //! The CUDA C++ of what calm runs on a CUDA device to measure it: the ceilings'
 //! microbenchmarks (`calm_kernels::peak`: FP32 chains, tensor-core products in bf16, f16 and
-//! tf32, the copy, the empty launch) as CubeCL's CUDA compiler writes them, and the device
-//! clock's stamp and hold ([`crate::device::stamps`]). A test compiles them all for sm_90 with
-//! NVRTC, so a GPU session does not find a kernel that does not compile.
+//! tf32 through the benchmark's own launch, the copy, the empty launch) as CubeCL's CUDA
+//! compiler writes them, and the device clock's stamp and hold ([`crate::device::stamps`]). A
+//! test compiles them all for sm_90 with NVRTC, so a GPU session does not find a kernel that
+//! does not compile.
 
 use calm_kernels::peak;
+use calm_passes::plan::ComputeUnit;
 use cubecl::prelude::*;
+use cubecl::server::KernelArguments;
 
 use super::capture::{self, CaptureDevice, CaptureRuntime};
 use super::CudaTargetError;
-use cubecl::server::KernelArguments;
-
 use crate::device::stamps::{hold_task, stamp_task};
+use crate::profile::peaks::microbench::MmaBench;
 
 /// `(entry point, CUDA C++)` of each measuring kernel.
 pub fn measurement_sources() -> Result<Vec<(String, String)>, CudaTargetError> {
@@ -21,39 +23,13 @@ pub fn measurement_sources() -> Result<Vec<(String, String)>, CudaTargetError> {
     let buffer = || client.empty(1 << 16);
     // SAFETY: each array is a fresh 64 KiB buffer, longer than `len` elements of any type here.
     let array = |len| unsafe { ArrayArg::from_raw_parts(buffer(), len) };
-    let (one, plane) = (CubeCount::Static(1, 1, 1), CubeDim::new_2d(32, 4));
+    let one = CubeCount::Static(1, 1, 1);
     unsafe {
         peak::fma::launch_unchecked::<CaptureRuntime>(&client, one.clone(), CubeDim::new_1d(256), 4, array(256), 8);
-        peak::mma::launch_unchecked::<half::bf16, CaptureRuntime>(
-            &client,
-            one.clone(),
-            plane,
-            array(256),
-            array(256),
-            array(4096),
-            8,
-            16,
-        );
-        peak::mma::launch_unchecked::<half::f16, CaptureRuntime>(
-            &client,
-            one.clone(),
-            plane,
-            array(256),
-            array(256),
-            array(4096),
-            8,
-            16,
-        );
-        peak::mma::launch_unchecked::<tf32, CaptureRuntime>(
-            &client,
-            one.clone(),
-            plane,
-            array(128),
-            array(128),
-            array(4096),
-            8,
-            8,
-        );
+        for unit in [ComputeUnit::TensorBf16, ComputeUnit::TensorF16, ComputeUnit::TensorTf32] {
+            let mma = MmaBench::new(unit, 1, 8);
+            mma.launch(&client, array(mma.operand_len()), array(mma.operand_len()), array(mma.out_len()));
+        }
         peak::copy::launch_unchecked::<CaptureRuntime>(
             &client,
             one.clone(),

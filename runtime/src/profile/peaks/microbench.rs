@@ -77,8 +77,50 @@ impl MmaBench {
     /// The benchmark of `unit` (a tensor-core unit) on a device with `sms` SMs.
     pub fn for_device(unit: ComputeUnit, d: &DeviceShape) -> MmaBench {
         // tf32 products are 16 × 16 × 8 in CUDA's wmma, the 16-bit types 16 × 16 × 16.
+        MmaBench::new(unit, 8 * d.sms.unwrap_or(DEFAULT_SMS), 4096)
+    }
+
+    /// `cubes` cubes of 4 planes, `rounds` rounds of products in `unit`'s operand type.
+    pub fn new(unit: ComputeUnit, cubes: u32, rounds: u32) -> MmaBench {
+        // tf32 products are 16 × 16 × 8 in CUDA's wmma, the 16-bit types 16 × 16 × 16.
         let k = if unit == ComputeUnit::TensorTf32 { 8 } else { 16 };
-        MmaBench { unit, k, planes_per_cube: 4, cubes: 8 * d.sms.unwrap_or(DEFAULT_SMS), rounds: 4096 }
+        MmaBench { unit, k, planes_per_cube: 4, cubes, rounds }
+    }
+
+    /// Elements of one operand tile (`16 × k`) and of the output (4 accumulator tiles a plane).
+    pub fn operand_len(&self) -> usize {
+        16 * self.k
+    }
+
+    pub fn out_len(&self) -> usize {
+        self.planes_per_cube as usize * self.cubes as usize * 4 * 256
+    }
+
+    /// Launches `peak::mma` in this unit's operand type (bf16, f16 or tf32) on `lhs` and `rhs`
+    /// of [`operand_len`](Self::operand_len) elements into `out` of [`out_len`](Self::out_len).
+    ///
+    /// # Safety
+    /// The buffers must hold at least those lengths, in the operand type and in f32.
+    pub unsafe fn launch<R: Runtime>(
+        &self,
+        client: &ComputeClient<R>,
+        lhs: ArrayArg<R>,
+        rhs: ArrayArg<R>,
+        out: ArrayArg<R>,
+    ) {
+        let (count, dim, rounds, k) =
+            (grid(self.cubes), CubeDim::new_2d(32, self.planes_per_cube), self.rounds, self.k);
+        unsafe {
+            match self.unit {
+                ComputeUnit::TensorF16 => {
+                    peak::mma::launch_unchecked::<half::f16, R>(client, count, dim, lhs, rhs, out, rounds, k)
+                }
+                ComputeUnit::TensorTf32 => {
+                    peak::mma::launch_unchecked::<tf32, R>(client, count, dim, lhs, rhs, out, rounds, k)
+                }
+                _ => peak::mma::launch_unchecked::<half::bf16, R>(client, count, dim, lhs, rhs, out, rounds, k),
+            }
+        }
     }
 
     /// `2 · 16 · 16 · k` FLOPs a product, 4 chains per plane and round.
@@ -86,14 +128,29 @@ impl MmaBench {
         2.0 * 256.0 * self.k as f64 * 4.0 * self.rounds as f64 * self.planes_per_cube as f64 * self.cubes as f64
     }
 
-    /// The `cmma` configuration CubeCL must report for this benchmark to run.
-    pub fn config(&self) -> MmaConfig {
-        let operand = |kind| ElemType::Float(kind).into();
-        let kind = match self.unit {
+    /// The operand type of this unit's products.
+    fn operand_kind(&self) -> FloatKind {
+        match self.unit {
             ComputeUnit::TensorF16 => FloatKind::F16,
             ComputeUnit::TensorTf32 => FloatKind::TF32,
             _ => FloatKind::BF16,
-        };
+        }
+    }
+
+    /// One operand tile's bytes, every element 0.01 (tf32 is stored as f32).
+    fn operand_bytes(&self) -> Vec<u8> {
+        let len = self.operand_len();
+        match self.operand_kind() {
+            FloatKind::F16 => half::f16::as_bytes(&vec![half::f16::from_f32(0.01); len]).to_vec(),
+            FloatKind::TF32 => f32::as_bytes(&vec![0.01f32; len]).to_vec(),
+            _ => half::bf16::as_bytes(&vec![half::bf16::from_f32(0.01); len]).to_vec(),
+        }
+    }
+
+    /// The `cmma` configuration CubeCL must report for this benchmark to run.
+    pub fn config(&self) -> MmaConfig {
+        let operand = |kind| ElemType::Float(kind).into();
+        let kind = self.operand_kind();
         MmaConfig {
             a_type: operand(kind),
             b_type: operand(kind),
@@ -222,37 +279,14 @@ impl MmaBench {
         if !client.features().matmul.cmma.contains(&self.config()) {
             return None;
         }
-        let tile = 16 * self.k;
-        let planes = self.planes_per_cube as usize * self.cubes as usize;
-        let out = client.empty(planes * 4 * 256 * 4);
-        let (lhs, rhs) = match self.unit {
-            ComputeUnit::TensorF16 => {
-                let v = vec![half::f16::from_f32(0.01); tile];
-                (client.create_from_slice(half::f16::as_bytes(&v)), client.create_from_slice(half::f16::as_bytes(&v)))
-            }
-            ComputeUnit::TensorTf32 => {
-                let v = vec![0.01f32; tile];
-                (client.create_from_slice(f32::as_bytes(&v)), client.create_from_slice(f32::as_bytes(&v)))
-            }
-            _ => {
-                let v = vec![half::bf16::from_f32(0.01); tile];
-                (client.create_from_slice(half::bf16::as_bytes(&v)), client.create_from_slice(half::bf16::as_bytes(&v)))
-            }
-        };
+        let (tile, out_len) = (self.operand_len(), self.out_len());
+        let operand = self.operand_bytes();
+        let (lhs, rhs) = (client.create_from_slice(&operand), client.create_from_slice(&operand));
+        let out = client.empty(out_len * 4);
+        // SAFETY: the buffers were made above with exactly the lengths `launch` takes.
         let launch = || unsafe {
-            let (count, dim) = (grid(self.cubes), CubeDim::new_2d(32, self.planes_per_cube));
-            let a = ArrayArg::from_raw_parts(lhs.clone(), tile);
-            let b = ArrayArg::from_raw_parts(rhs.clone(), tile);
-            let o = ArrayArg::from_raw_parts(out.clone(), planes * 4 * 256);
-            match self.unit {
-                ComputeUnit::TensorF16 => {
-                    peak::mma::launch_unchecked::<half::f16, R>(client, count, dim, a, b, o, self.rounds, self.k)
-                }
-                ComputeUnit::TensorTf32 => {
-                    peak::mma::launch_unchecked::<tf32, R>(client, count, dim, a, b, o, self.rounds, self.k)
-                }
-                _ => peak::mma::launch_unchecked::<half::bf16, R>(client, count, dim, a, b, o, self.rounds, self.k),
-            }
+            let arg = |h: &cubecl::server::Handle, len| ArrayArg::from_raw_parts(h.clone(), len);
+            self.launch(client, arg(&lhs, tile), arg(&rhs, tile), arg(&out, out_len))
         };
         let t = fastest(iters, || {
             launch();

@@ -90,10 +90,8 @@ pub fn measure<R: Runtime>(
     progress("FP32 multiply-adds");
     let fp32 = FmaBench::for_device(shape).run(client, iters);
     let mut tensor_gflops = BTreeMap::new();
-    for unit in ComputeUnit::ALL.into_iter().filter(|u| u.is_tensor_core()) {
-        if shape.cpu {
-            continue;
-        }
+    // A CPU adapter has no tensor cores to measure.
+    for unit in ComputeUnit::ALL.into_iter().filter(|u| u.is_tensor_core() && !shape.cpu) {
         progress(unit.name());
         if let Some(rate) = MmaBench::for_device(unit, shape).run(client, iters) {
             tensor_gflops.insert(unit, rate / 1e9);
