@@ -97,8 +97,9 @@ pub fn gemm<R: Runtime>(
         use burn::backend::cuda::{Cuda, CudaDevice};
         let on_cuda =
             crate::device::select::catch_device(|| burn_linear_relu::<Cuda>(&CudaDevice::default(), m, k, n, iters));
-        if let Ok(t) = on_cuda {
-            out.push(measure("burn cuda (fusion)", t));
+        match on_cuda {
+            Ok(t) => out.push(measure("burn cuda (fusion)", t)),
+            Err(why) => eprintln!("calm: burn cuda (fusion) GEMM skipped: Burn CUDA failed: {why}"),
         }
     }
     out.push(measure("burn flex (cpu)", burn_linear_relu::<Flex>(&FlexDevice, m, k, n, iters)));
