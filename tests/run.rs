@@ -260,11 +260,22 @@ fn profile_models_the_qwen_head_on_an_h200() {
         "{stdout}"
     );
     assert!(stdout.lines().any(|l| l.starts_with("matmul") && l.contains("fp32-cores")), "{stdout}");
+    assert!(!stdout.lines().any(|l| l.starts_with("matmul") && l.contains("tensor-")), "{stdout}");
     let ms = |plan: &str| -> f64 {
         let line = stdout.lines().find(|l| l.starts_with(plan)).unwrap_or_else(|| panic!("no {plan} row: {stdout}"));
         line.split_whitespace().rev().nth(1).unwrap().parse().unwrap()
     };
     assert!(ms("fused") < ms("unfused"), "{stdout}");
+    // bf16 buffers: the GEMMs on the bf16 tensor cores, and the modelled head faster.
+    let (ok, bf16, stderr) = calm_at(dir.path(), &[&args[..], &["--float", "bf16"]].concat());
+    assert!(ok, "{stderr}");
+    assert!(bf16.lines().any(|l| l.starts_with("matmul") && l.contains("tensor-bf16")), "{bf16}");
+    let fused_bf16: f64 = bf16
+        .lines()
+        .find(|l| l.starts_with("fused"))
+        .and_then(|l| l.split_whitespace().rev().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no fused row: {bf16}"));
+    assert!(fused_bf16 < ms("fused"), "{bf16}");
 }
 
 #[test]
@@ -282,6 +293,22 @@ fn compile_writes_the_cuda_source_of_every_kernel() {
     for k in kernels {
         let source = std::fs::read_to_string(out.join(format!("{}.cu", k["name"].as_str().unwrap()))).unwrap();
         assert!(source.contains("#include <cuda_runtime.h>") && source.contains("__global__"), "{k}");
+    }
+    // f32 under the default precision (`highest`): every kernel on the FP32 pipelines. bf16
+    // buffers: the GEMMs on Hopper's bf16 tensor cores (wmma products in their source).
+    assert!(kernels.iter().all(|k| k["unit"] == "fp32-cores"), "{index}");
+    let bf16 = dir.path().join("bf16");
+    let args = ["compile", s(&g), "--bind", "batch=2,tokens=3", "--target", "cuda", "--float", "bf16"];
+    let (ok, _, stderr) = calm(&[&args[..], &["--emit", "cuda", s(&bf16)]].concat());
+    assert!(ok, "{stderr}");
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(bf16.join("kernels.json")).unwrap()).unwrap();
+    let kernels = index["kernels"].as_array().unwrap();
+    let tensor: Vec<&serde_json::Value> = kernels.iter().filter(|k| k["unit"] == "tensor-bf16").collect();
+    assert!(!tensor.is_empty(), "{index}");
+    for k in &tensor {
+        assert!(k["plan_kernel"].as_str().unwrap().starts_with("matmul"), "{k}");
+        let source = std::fs::read_to_string(bf16.join(format!("{}.cu", k["name"].as_str().unwrap()))).unwrap();
+        assert!(source.contains("wmma::mma_sync"), "{k}");
     }
     // CUDA output needs the CUDA target, and a folder.
     let (ok, _, stderr) = calm(&["compile", s(&g), "--bind", "batch=2,tokens=3", "--emit", "cuda", s(&out)]);

@@ -14,7 +14,7 @@
 
 use cubecl::prelude::*;
 
-use crate::elementwise::{linear_pos, neg_infinity};
+use crate::elementwise::{cube_pos, linear_pos, neg_infinity};
 use crate::rows::softmax_in_registers;
 
 /// Keys per step of the long path.
@@ -167,7 +167,7 @@ fn attention_long<F: Float>(
 ) {
     let tile = CUBE_DIM_X * rows;
     let tiles = shape.q_len.div_ceil(tile);
-    let cube = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
+    let cube = cube_pos();
     if cube >= shape.batch * heads * tiles {
         terminate!();
     }

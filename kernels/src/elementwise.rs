@@ -173,7 +173,14 @@ pub(crate) fn binary(#[comptime] f: BinaryFn, a: f32, b: f32) -> f32 {
 /// Linear position of this thread over a grid tiled in x and y.
 #[cube]
 pub fn linear_pos() -> u32 {
-    (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_X + UNIT_POS_X
+    cube_pos() * CUBE_DIM_X + UNIT_POS_X
+}
+
+/// The cube's position in a launch whose cube count is tiled over x and y (see the plan's
+/// `launch_dims`): one cube per sample, row or line of such kernels.
+#[cube]
+pub fn cube_pos() -> u32 {
+    CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X
 }
 
 /// The registers of `program` at element `pos` of its output shape (arguments read at their

@@ -12,6 +12,7 @@
 
 use cubecl::prelude::*;
 
+use crate::elementwise::cube_pos;
 use crate::philox_cube::uniform_at;
 use crate::rows::{row_times_matrix, softmax_in_registers};
 
@@ -71,7 +72,7 @@ pub fn gumbel_pool<F: Float>(
     eps: f32,
     #[comptime] cfg: PoolConfig,
 ) {
-    let b = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
+    let b = cube_pos();
     if b >= batch {
         terminate!();
     }

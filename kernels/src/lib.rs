@@ -8,6 +8,7 @@ pub mod elementwise;
 pub mod gumbel_pool;
 pub mod index;
 pub mod matmul;
+pub mod matmul_tensor;
 pub mod moe;
 pub mod peak;
 pub mod philox;

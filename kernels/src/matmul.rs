@@ -10,7 +10,29 @@ use cubecl::prelude::*;
 
 use crate::elementwise::{binary, cast, constant, unary, Op};
 
-/// The compile-time configuration.
+/// What a GEMM reads and writes besides `A · B`, the same for the shared-tile, vector and
+/// tensor-core kernels (compile-time).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GemmIo {
+    pub batch: Batching,
+    /// The epilogue: ops over argument 0 (the accumulator) and extra arguments 1.., the register
+    /// to store. `Arg(i)` for `i ≥ 1` reads extra argument `i − 1`.
+    pub epilogue: Option<(Vec<Op>, usize)>,
+    /// `A` in two parts along `k` (a concatenation never stored): `(split, at)` reads columns
+    /// `split..` from `extra[at]`, a contiguous `[m, k − split]` matrix (batch folded into rows;
+    /// the vector kernel needs `split` a multiple of 4 and no batch).
+    pub a_tail: Option<(u32, usize)>,
+    /// Grouped GEMMs over `E` experts: `Some(E)` folds the batch (rank 1, slots ordered by
+    /// expert) into one sequence of rows, cut into tiles that stay within one expert's slots,
+    /// so that each loaded weight feeds a tile of rows, not one slot's few (MegaBlocks'
+    /// grouping, without padding). The index array holds, after the slots' experts and units,
+    /// where each expert's slots start (`E + 1` entries). Launched with `z = 1` and
+    /// `y = ⌈rows of all slots / tile rows⌉ + E − 1`; cubes past the last tile exit. Not with
+    /// `a_tail`.
+    pub fold_experts: Option<u32>,
+}
+
+/// The compile-time configuration of [`matmul`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GemmConfig {
     pub tile_m: u32,
@@ -18,13 +40,7 @@ pub struct GemmConfig {
     pub tile_k: u32,
     pub thread_m: u32,
     pub thread_n: u32,
-    pub batch: Batching,
-    /// The epilogue: ops over argument 0 (the accumulator) and extra arguments 1.., the register
-    /// to store. `Arg(i)` for `i ≥ 1` reads extra argument `i − 1`.
-    pub epilogue: Option<(Vec<Op>, usize)>,
-    /// `A` in two parts along `k` (a concatenation never stored): `(split, at)` reads columns
-    /// `split..` from `extra[at]`, a contiguous `[m, k − split]` matrix (batch folded into rows).
-    pub a_tail: Option<(u32, usize)>,
+    pub io: GemmIo,
 }
 
 impl GemmConfig {
@@ -111,7 +127,7 @@ fn remap(index: &Array<u32>, coord: u32, slots: u32, #[comptime] mode: BatchInde
 /// The offsets of batch entry `bz`'s `A` and `B`, from the batch dimensions and strides in
 /// `meta` (see [`GemmShape::meta`]).
 #[cube]
-fn batch_offsets(meta: &Array<u32>, index: &Array<u32>, bz: u32, #[comptime] batch: Batching) -> (u32, u32) {
+pub(crate) fn batch_offsets(meta: &Array<u32>, index: &Array<u32>, bz: u32, #[comptime] batch: Batching) -> (u32, u32) {
     let rank = comptime![batch.rank];
     let mut rem = bz;
     // A may start inside its buffer (a slice of a wider result read in place).
@@ -129,6 +145,186 @@ fn batch_offsets(meta: &Array<u32>, index: &Array<u32>, bz: u32, #[comptime] bat
     (a_off, b_off)
 }
 
+/// The rows `first .. end` of all slots' rows (slot-major, `m` per slot) that the cube's tile
+/// `tile` covers when grouped rows are folded over `experts` experts (see
+/// [`GemmIo::fold_experts`]): expert `e`'s slots `index[2S + e] .. index[2S + e + 1]`
+/// are cut into tiles of `rows` rows, the last one partial. `found` is false for the cubes
+/// past the last tile (the launch covers one spare tile per expert).
+#[cube]
+pub(crate) fn expert_tile(
+    index: &Array<u32>,
+    meta: &Array<u32>,
+    tile: u32,
+    #[comptime] rows: u32,
+    #[comptime] experts: u32,
+) -> (u32, u32, bool) {
+    let m = meta[0];
+    let slots = meta[8];
+    let mut rest = tile;
+    let mut first = 0u32;
+    let mut end = 0u32;
+    let mut found = false;
+    for e in 0..experts {
+        if !found {
+            let (start, last) = (index[(2 * slots + e) as usize] * m, index[(2 * slots + e + 1) as usize] * m);
+            let tiles = (last - start).div_ceil(rows);
+            if rest < tiles {
+                first = start + rest * rows;
+                end = last;
+                found = true;
+            } else {
+                rest -= tiles;
+            }
+        }
+    }
+    (first, end, found)
+}
+
+/// The rows of `C` a cube's tile covers and where its operands start: `(row0, end, bz, a_off,
+/// b_off)`, rows `row0 .. end` of batch entry `bz` (tile `CUBE_POS_Y` of `tm` rows), or folded
+/// (`fold = Some(E)`) rows counted over all slots within one expert's slots, every row of the
+/// tile reading that expert's B. Folded, the tile's rows belong to several slots: `a_rows`
+/// (`tm` entries) receives where each row of A starts, computed once per cube (rows past the
+/// end read the last row; they are not stored). Cubes past the last folded tile exit.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_tile_rows(
+    meta: &Array<u32>,
+    index: &Array<u32>,
+    a_rows: &mut SharedMemory<u32>,
+    tid: u32,
+    #[comptime] tm: u32,
+    #[comptime] threads: u32,
+    #[comptime] fold: Option<u32>,
+    #[comptime] batch: Batching,
+) -> (u32, u32, u32, u32, u32) {
+    let m = meta[0];
+    let mut row0 = CUBE_POS_Y * tm;
+    let mut end = m;
+    let mut bz = CUBE_POS_Z;
+    if comptime![fold.is_some()] {
+        let (first, last, found) = expert_tile(index, meta, CUBE_POS_Y, tm, comptime![fold.unwrap_or(0)]);
+        if !found {
+            terminate!();
+        }
+        row0 = first;
+        end = last;
+        bz = first / m;
+        #[unroll]
+        for l in 0..comptime![tm.div_ceil(threads)] {
+            let i = tid + l * threads;
+            if i < tm {
+                let r = select(row0 + i < end, row0 + i, end - 1);
+                a_rows[i as usize] = batch_offsets(meta, index, r / m, batch.clone()).0 + (r % m) * meta[3];
+            }
+        }
+        sync_cube();
+    }
+    let (a_off, b_off) = batch_offsets(meta, index, bz, batch);
+    (row0, end, bz, a_off, b_off)
+}
+
+/// Stages the `tk`-deep slices of the tile's `A` (rows `row0 .. end`) and `B` (columns `col0..`)
+/// at `k0` in shared memory, as `T`, zero outside the matrices: `a_tile[kk · tm + i] =
+/// A[row0 + i, k0 + kk]` (k-major: column-major A with stride `tm`), `b_tile[kk · tn + j] =
+/// B[k0 + kk, col0 + j]` (row-major with stride `tn`). Consecutive threads take consecutive
+/// elements of a row-major A's rows and B's rows. `A` may be folded rows (`a_rows`) or read
+/// in two parts (`a_tail`, see [`GemmIo::a_tail`]).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_tiles<F: Float, T: Numeric>(
+    a: &Array<F>,
+    b: &Array<F>,
+    extra: &Sequence<Array<F>>,
+    meta: &Array<u32>,
+    a_rows: &SharedMemory<u32>,
+    a_tile: &mut SharedMemory<T>,
+    b_tile: &mut SharedMemory<T>,
+    tile: (u32, u32, u32, u32, u32),
+    k0: u32,
+    tid: u32,
+    #[comptime] shape: (u32, u32, u32, u32),
+    #[comptime] io: GemmIo,
+) {
+    let (tm, tn, tk, threads) = comptime![shape];
+    let fold = comptime![io.fold_experts.is_some()];
+    let (row0, end, col0, a_off, b_off) = tile;
+    let (n, k) = (meta[1], meta[2]);
+    let (a_rs, a_cs, b_rs, b_cs) = (meta[3], meta[4], meta[5], meta[6]);
+    #[unroll]
+    for l in 0..comptime![(tk * tm).div_ceil(threads)] {
+        let idx = tid + l * threads;
+        if idx < tk * tm {
+            let kk = idx % tk;
+            let i = idx / tk;
+            let (r, kc) = (row0 + i, k0 + kk);
+            let mut v = F::new(0.0);
+            if r < end && kc < k {
+                if comptime![fold] {
+                    v = a[(a_rows[i as usize] + kc * a_cs) as usize];
+                } else {
+                    match io.a_tail {
+                        Some(tail) => {
+                            let (split, at) = comptime![tail];
+                            if kc < split {
+                                v = a[(a_off + r * a_rs + kc * a_cs) as usize];
+                            } else {
+                                v = extra.index(at)[(r * (k - split) + kc - split) as usize];
+                            }
+                        }
+                        None => v = a[(a_off + r * a_rs + kc * a_cs) as usize],
+                    }
+                }
+            }
+            a_tile[(kk * tm + i) as usize] = T::cast_from(v);
+        }
+    }
+    #[unroll]
+    for l in 0..comptime![(tk * tn).div_ceil(threads)] {
+        let idx = tid + l * threads;
+        if idx < tk * tn {
+            let j = idx % tn;
+            let kk = idx / tn;
+            let (kc, col) = (k0 + kk, col0 + j);
+            let mut v = F::new(0.0);
+            if kc < k && col < n {
+                v = b[(b_off + kc * b_rs + col * b_cs) as usize];
+            }
+            b_tile[(kk * tn + j) as usize] = T::cast_from(v);
+        }
+    }
+}
+
+/// Stores `C[row, col] = epilogue(acc)` where the element exists (`row < end`, `col < n`):
+/// `row` of batch entry `bz`, or (folded) counted over all slots.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn store_c<F: Float>(
+    acc: f32,
+    extra: &Sequence<Array<F>>,
+    meta: &Array<u32>,
+    index: &Array<u32>,
+    c: &mut Array<F>,
+    at: (u32, u32, u32, u32),
+    #[comptime] fold: bool,
+    #[comptime] batch: Batching,
+    #[comptime] program: Option<(Vec<Op>, usize)>,
+) {
+    let (bz, row, col, end) = at;
+    let (m, n) = (meta[0], meta[1]);
+    if row < end && col < n {
+        // Folded, `row` counts over all slots: its slot and its row in the slot.
+        let mut entry = bz;
+        let mut local = row;
+        if comptime![fold] {
+            entry = row / m;
+            local = row % m;
+        }
+        let value = epilogue(acc, extra, meta, index, entry, local, col, batch, program);
+        c[((entry * m + local) * n + col) as usize] = F::cast_from(value);
+    }
+}
+
 #[cube(launch, launch_unchecked)]
 pub fn matmul<F: Float>(
     a: &Array<F>,
@@ -142,20 +338,15 @@ pub fn matmul<F: Float>(
     let (tm, tn, tk) = comptime![(cfg.tile_m, cfg.tile_n, cfg.tile_k)];
     let (thm, thn) = comptime![(cfg.thread_m, cfg.thread_n)];
     let threads = comptime![cfg.threads()];
-    let m = meta[0];
-    let n = meta[1];
+    let fold = comptime![cfg.io.fold_experts.is_some()];
     let k = meta[2];
-    let (a_rs, a_cs, b_rs, b_cs) = (meta[3], meta[4], meta[5], meta[6]);
-
-    // The batch entry of this cube, and the offsets of its A and B.
-    let bz = CUBE_POS_Z;
-    let (a_off, b_off) = batch_offsets(meta, index, bz, cfg.batch.clone());
-
     let tid = UNIT_POS_X;
+    let mut a_rows = SharedMemory::<u32>::new(comptime![if fold { tm as usize } else { 1 }]);
+    let (row0, end, bz, a_off, b_off) =
+        gemm_tile_rows(meta, index, &mut a_rows, tid, tm, threads, cfg.io.fold_experts, cfg.io.batch.clone());
     let per_row = comptime![tn / thn];
     let trow = tid / per_row;
     let tcol = tid % per_row;
-    let row0 = CUBE_POS_Y * tm;
     let col0 = CUBE_POS_X * tn;
 
     let mut acc = Array::<f32>::new(comptime![(thm * thn) as usize]);
@@ -170,48 +361,20 @@ pub fn matmul<F: Float>(
 
     let mut k0 = 0u32;
     while k0 < k {
-        // A tile, stored k-major: a_tile[kk * tm + i] = A[row0 + i, k0 + kk]; consecutive
-        // threads take consecutive kk, which is contiguous in a row-major A.
-        #[unroll]
-        for l in 0..comptime![(tk * tm).div_ceil(threads)] {
-            let idx = tid + l * threads;
-            if idx < tk * tm {
-                let kk = idx % tk;
-                let i = idx / tk;
-                let (r, kc) = (row0 + i, k0 + kk);
-                let mut v = F::new(0.0);
-                if r < m && kc < k {
-                    match cfg.a_tail {
-                        Some(tail) => {
-                            let (split, at) = comptime![tail];
-                            if kc < split {
-                                v = a[(a_off + r * a_rs + kc * a_cs) as usize];
-                            } else {
-                                v = extra.index(at)[(r * (k - split) + kc - split) as usize];
-                            }
-                        }
-                        None => v = a[(a_off + r * a_rs + kc * a_cs) as usize],
-                    }
-                }
-                a_tile[(kk * tm + i) as usize] = v;
-            }
-        }
-        // B tile: b_tile[kk * tn + j] = B[k0 + kk, col0 + j]; consecutive threads take
-        // consecutive j, contiguous in a row-major B.
-        #[unroll]
-        for l in 0..comptime![(tk * tn).div_ceil(threads)] {
-            let idx = tid + l * threads;
-            if idx < tk * tn {
-                let j = idx % tn;
-                let kk = idx / tn;
-                let (kc, col) = (k0 + kk, col0 + j);
-                let mut v = F::new(0.0);
-                if kc < k && col < n {
-                    v = b[(b_off + kc * b_rs + col * b_cs) as usize];
-                }
-                b_tile[(kk * tn + j) as usize] = v;
-            }
-        }
+        stage_tiles::<F, F>(
+            a,
+            b,
+            extra,
+            meta,
+            &a_rows,
+            &mut a_tile,
+            &mut b_tile,
+            (row0, end, col0, a_off, b_off),
+            k0,
+            tid,
+            comptime![(tm, tn, tk, threads)],
+            cfg.io.clone(),
+        );
         sync_cube();
         #[unroll]
         for kk in 0..tk {
@@ -239,22 +402,18 @@ pub fn matmul<F: Float>(
     for r in 0..thm {
         #[unroll]
         for cc in 0..thn {
-            let row = row0 + trow * thm + r;
-            let col = col0 + tcol * thn + cc;
-            if row < m && col < n {
-                let value = epilogue(
-                    acc[(r * thn + cc) as usize],
-                    extra,
-                    meta,
-                    index,
-                    bz,
-                    row,
-                    col,
-                    cfg.batch.clone(),
-                    cfg.epilogue.clone(),
-                );
-                c[((bz * m + row) * n + col) as usize] = F::cast_from(value);
-            }
+            let at = (bz, row0 + trow * thm + r, col0 + tcol * thn + cc, end);
+            store_c(
+                acc[(r * thn + cc) as usize],
+                extra,
+                meta,
+                index,
+                c,
+                at,
+                fold,
+                cfg.io.batch.clone(),
+                cfg.io.epilogue.clone(),
+            );
         }
     }
 }
@@ -410,18 +569,7 @@ pub fn matmul_lanes<F: Float>(
 pub struct VectorConfig {
     /// Rows of `C` per cube.
     pub rows: u32,
-    pub batch: Batching,
-    pub epilogue: Option<(Vec<Op>, usize)>,
-    /// Grouped GEMMs over `E` experts: `Some(E)` folds the batch (rank 1, slots ordered by
-    /// expert) into one sequence of rows, cut into tiles of `rows` that stay within one
-    /// expert's slots, so that each loaded weight feeds up to `rows` rows, not one slot's few
-    /// (MegaBlocks' grouping, without padding). The index array holds, after the slots'
-    /// experts and units, where each expert's slots start (`E + 1` entries). Launched with
-    /// `z = 1` and `y = ⌈rows of all slots / rows⌉ + E − 1`; cubes past the last tile exit.
-    pub fold_experts: Option<u32>,
-    /// `A` in two parts along `k`, as [`GemmConfig::a_tail`]: `(split, at)` reads columns
-    /// `split..` from `extra[at]`; `split` is a multiple of 4. Needs no batch (rank 0).
-    pub a_tail: Option<(u32, usize)>,
+    pub io: GemmIo,
 }
 
 /// Four consecutive rows of `B` (one vector of columns each), as f32.
@@ -477,35 +625,22 @@ pub fn matmul_vector<F: Float, N: Size>(
     // This cube's rows `row0 .. end`: of batch entry z, or of one expert's slots' rows.
     let mut row0 = CUBE_POS_Y * rows;
     let mut end = m;
-    if comptime![cfg.fold_experts.is_some()] {
-        let experts = comptime![cfg.fold_experts.unwrap_or(0)];
-        let slots = meta[8];
-        let mut tile = CUBE_POS_Y;
-        let mut found = false;
-        for e in 0..experts {
-            if !found {
-                let (first, last) = (index[(2 * slots + e) as usize] * m, index[(2 * slots + e + 1) as usize] * m);
-                let tiles = (last - first).div_ceil(rows);
-                if tile < tiles {
-                    row0 = first + tile * rows;
-                    end = last;
-                    found = true;
-                } else {
-                    tile -= tiles;
-                }
-            }
-        }
+    if comptime![cfg.io.fold_experts.is_some()] {
+        let (first, last, found) =
+            expert_tile(index, meta, CUBE_POS_Y, rows, comptime![cfg.io.fold_experts.unwrap_or(0)]);
         if !found {
             terminate!();
         }
+        row0 = first;
+        end = last;
     }
     // Every row of the cube reads the same B: its batch entry's, or its tile's expert's (that
     // of the tile's first slot).
     let mut bz0 = CUBE_POS_Z;
-    if comptime![cfg.fold_experts.is_some()] {
+    if comptime![cfg.io.fold_experts.is_some()] {
         bz0 = row0 / m;
     }
-    let (a_base, b_off) = batch_offsets(meta, index, bz0, cfg.batch.clone());
+    let (a_base, b_off) = batch_offsets(meta, index, bz0, cfg.io.batch.clone());
     let mut acc = Array::<Vector<f32, N>>::new(comptime![rows as usize]);
     let mut a_at = Array::<u32>::new(comptime![rows as usize]);
     // Each row's batch entry and its row in the entry.
@@ -519,10 +654,10 @@ pub fn matmul_vector<F: Float, N: Size>(
         let mut bz = bz0;
         let mut t = row;
         let mut a_off = a_base;
-        if comptime![cfg.fold_experts.is_some()] {
+        if comptime![cfg.io.fold_experts.is_some()] {
             bz = row / m;
             t = row % m;
-            a_off = batch_offsets(meta, index, bz, cfg.batch.clone()).0;
+            a_off = batch_offsets(meta, index, bz, cfg.io.batch.clone()).0;
         }
         a_at[r as usize] = (a_off + t * a_rs) / 4;
         entry[r as usize] = bz;
@@ -532,8 +667,8 @@ pub fn matmul_vector<F: Float, N: Size>(
     let b_step = b_rs / width;
     // With a split A, `a` holds columns `..split` (rows `split` wide) and the tail the rest.
     let mut head_steps = k / 4;
-    if comptime![cfg.a_tail.is_some()] {
-        head_steps = comptime![cfg.a_tail.unwrap_or((0, 0)).0 / 4];
+    if comptime![cfg.io.a_tail.is_some()] {
+        head_steps = comptime![cfg.io.a_tail.unwrap_or((0, 0)).0 / 4];
     }
     for kq in 0..head_steps {
         let bq = b_rows(b, b_at + kq * 4 * b_step, b_step);
@@ -543,8 +678,8 @@ pub fn matmul_vector<F: Float, N: Size>(
             acc[r as usize] = fma4(acc[r as usize], av, bq);
         }
     }
-    if comptime![cfg.a_tail.is_some()] {
-        let (split, at) = comptime![cfg.a_tail.unwrap_or((0, 0))];
+    if comptime![cfg.io.a_tail.is_some()] {
+        let (split, at) = comptime![cfg.io.a_tail.unwrap_or((0, 0))];
         let tail = extra.index(at);
         let tail_width = k - split;
         for kq in head_steps..k / 4 {
@@ -578,8 +713,8 @@ pub fn matmul_vector<F: Float, N: Size>(
                         bz,
                         row,
                         col * width + e as u32,
-                        cfg.batch.clone(),
-                        cfg.epilogue.clone(),
+                        cfg.io.batch.clone(),
+                        cfg.io.epilogue.clone(),
                     );
                     out[e] = F::cast_from(value);
                 }

@@ -6,6 +6,8 @@
 
 use cubecl::prelude::*;
 
+use crate::elementwise::linear_pos;
+
 /// `iters` rounds of multiply-adds on 8 independent vectors per thread: 16 · N FLOPs a round.
 #[cube(launch_unchecked)]
 pub fn fma<N: Size>(out: &mut Array<Vector<f32, N>>, iters: u32) {
@@ -30,14 +32,13 @@ pub fn fma<N: Size>(out: &mut Array<Vector<f32, N>>, iters: u32) {
         a6 = a6 * m + c;
         a7 = a7 * m + c;
     }
-    out[((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_X + UNIT_POS_X) as usize] =
-        a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
+    out[linear_pos() as usize] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
 }
 
 /// `dst = src`, one vector per thread.
 #[cube(launch_unchecked)]
 pub fn copy<N: Size>(src: &Array<Vector<f32, N>>, dst: &mut Array<Vector<f32, N>>) {
-    let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_X + UNIT_POS_X) as usize;
+    let i = linear_pos() as usize;
     if i < dst.len() {
         dst[i] = src[i];
     }

@@ -1,13 +1,21 @@
 //! Kernels along one axis: softmax and log-softmax, layer norm (also per expert over routed
 //! slots), and sum/mean/max reductions.
 //!
-//! The data is `[outer, len, inner]` (the axis in the middle); one thread owns one
-//! `(outer, inner)` line and walks it, accumulating in f32, so results are the same on every run
-//! and no plane operations are needed.
+//! The data is `[outer, len, inner]` (the axis in the middle). Each kernel has two forms,
+//! chosen at compile time by `row_cube`:
+//! - `None`: one thread owns one `(outer, inner)` line and walks it (devices without fast
+//!   shared memory, such as lavapipe, and lines across a non-last axis, where neighbouring
+//!   threads already read neighbouring elements);
+//! - `Some(threads)`: one cube of `threads` threads owns one contiguous line (`inner = 1`), each
+//!   thread every `threads`-th element, combined through shared memory in a fixed tree (GPUs: a
+//!   row of 384 or 5120 floats is read by a whole cube at full bandwidth, not by one thread).
+//!
+//! Both accumulate in f32 in a fixed order, so results are the same on every run, and neither
+//! needs plane operations.
 
 use cubecl::prelude::*;
 
-use crate::elementwise::{linear_pos, neg_infinity, registers, Program};
+use crate::elementwise::{cube_pos, linear_pos, neg_infinity, registers, Program};
 
 /// Reductions along an axis.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -17,35 +25,72 @@ pub enum Reduction {
     Max,
 }
 
+/// The line this thread works on and the first element of it it takes (then every
+/// `row_cube.unwrap_or(1)`-th): one thread per line, or a cube per line (see the module).
+#[cube]
+fn line_share(#[comptime] row_cube: Option<u32>) -> (u32, u32) {
+    let mut line = linear_pos();
+    let mut first = 0u32;
+    if comptime![row_cube.is_some()] {
+        line = cube_pos();
+        first = UNIT_POS_X;
+    }
+    (line, first)
+}
+
+/// `value` of every thread of the line combined by `op`: the value itself with one thread per
+/// line, the cube's combination with a cube per line.
+#[cube]
+fn line_total(value: f32, #[comptime] row_cube: Option<u32>, #[comptime] op: Reduction) -> f32 {
+    match row_cube {
+        Some(threads) => cube_combine(value, threads, op),
+        None => value,
+    }
+}
+
+/// Softmax (or log-softmax) of each line.
 #[cube(launch)]
-pub fn softmax<F: Float>(x: &Array<F>, out: &mut Array<F>, outer: u32, len: u32, inner: u32, #[comptime] log: bool) {
-    let line = linear_pos();
+#[allow(clippy::too_many_arguments)]
+pub fn softmax<F: Float>(
+    x: &Array<F>,
+    out: &mut Array<F>,
+    outer: u32,
+    len: u32,
+    inner: u32,
+    #[comptime] log: bool,
+    #[comptime] row_cube: Option<u32>,
+) {
+    let (line, first) = line_share(row_cube);
     if line >= outer * inner {
         terminate!();
     }
+    let step = comptime![row_cube.unwrap_or(1)];
     let base = (line / inner) * len * inner + line % inner;
+    // NaN propagates, as in the reference (x − max is NaN either way).
     let mut max = neg_infinity();
-    for l in 0..len {
-        let v = f32::cast_from(x[(base + l * inner) as usize]);
-        // NaN propagates, as in the reference (x − max is NaN either way).
-        max = select(v > max || v.is_nan(), v, max);
+    let mut l = first;
+    while l < len {
+        max = reduce_step(max, f32::cast_from(x[(base + l * inner) as usize]), Reduction::Max);
+        l += step;
     }
+    let max = line_total(max, row_cube, Reduction::Max);
     let mut sum = 0.0f32;
-    for l in 0..len {
+    l = first;
+    while l < len {
         sum += f32::exp(f32::cast_from(x[(base + l * inner) as usize]) - max);
+        l += step;
     }
-    if log {
-        let log_sum = f32::ln(sum);
-        for l in 0..len {
-            let at = (base + l * inner) as usize;
+    let sum = line_total(sum, row_cube, Reduction::Sum);
+    let (log_sum, inv) = (f32::ln(sum), 1.0 / sum);
+    l = first;
+    while l < len {
+        let at = (base + l * inner) as usize;
+        if log {
             out[at] = F::cast_from(f32::cast_from(x[at]) - max - log_sum);
-        }
-    } else {
-        let inv = 1.0 / sum;
-        for l in 0..len {
-            let at = (base + l * inner) as usize;
+        } else {
             out[at] = F::cast_from(f32::exp(f32::cast_from(x[at]) - max) * inv);
         }
+        l += step;
     }
 }
 
@@ -59,24 +104,19 @@ pub struct GroupedRows {
     pub gather: bool,
 }
 
-#[cube(launch)]
+/// Where row `row` of a layer norm reads its input, and where its gamma and beta start: its
+/// own row and the one pair, or (grouped) its slot's expert's pair and, with `gather`, its
+/// slot's unit's row.
+#[cube]
 // `match` on comptime options: the cube macro expands it, not `if let`.
-#[allow(clippy::too_many_arguments, clippy::single_match)]
-pub fn layer_norm<F: Float>(
-    x: &Array<F>,
-    gamma: &Array<F>,
-    beta: &Array<F>,
+#[allow(clippy::single_match)]
+fn norm_row(
     index: &Array<u32>,
-    out: &mut Array<F>,
+    row: u32,
     rows: u32,
     cols: u32,
-    eps: f32,
     #[comptime] grouped: Option<GroupedRows>,
-) {
-    let row = linear_pos();
-    if row >= rows {
-        terminate!();
-    }
+) -> (u32, u32) {
     let mut base = row * cols;
     let mut params = 0u32;
     match grouped {
@@ -90,23 +130,54 @@ pub fn layer_norm<F: Float>(
         }
         None => {}
     }
+    (base, params)
+}
+
+/// Layer norm of each row of `[rows, cols]` (grouped: over routed slots).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm<F: Float>(
+    x: &Array<F>,
+    gamma: &Array<F>,
+    beta: &Array<F>,
+    index: &Array<u32>,
+    out: &mut Array<F>,
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    #[comptime] grouped: Option<GroupedRows>,
+    #[comptime] row_cube: Option<u32>,
+) {
+    let (row, first) = line_share(row_cube);
+    if row >= rows {
+        terminate!();
+    }
+    let step = comptime![row_cube.unwrap_or(1)];
+    let (base, params) = norm_row(index, row, rows, cols, grouped);
     let out_base = row * cols;
     let mut sum = 0.0f32;
-    for c in 0..cols {
+    let mut c = first;
+    while c < cols {
         sum += f32::cast_from(x[(base + c) as usize]);
+        c += step;
     }
-    let mean = sum / f32::cast_from(cols);
+    let mean = line_total(sum, row_cube, Reduction::Sum) / f32::cast_from(cols);
     // Two passes (mean, then the centred squares): as accurate as the reference's formula.
     let mut var = 0.0f32;
-    for c in 0..cols {
+    c = first;
+    while c < cols {
         let d = f32::cast_from(x[(base + c) as usize]) - mean;
         var += d * d;
+        c += step;
     }
+    let var = line_total(var, row_cube, Reduction::Sum);
     let inv = 1.0 / f32::sqrt(var / f32::cast_from(cols) + eps);
-    for c in 0..cols {
+    c = first;
+    while c < cols {
         let y = (f32::cast_from(x[(base + c) as usize]) - mean) * inv;
         let p = (params + c) as usize;
         out[(out_base + c) as usize] = F::cast_from(y * f32::cast_from(gamma[p]) + f32::cast_from(beta[p]));
+        c += step;
     }
 }
 
@@ -136,18 +207,34 @@ fn reduce_finish(acc: f32, len: u32, #[comptime] op: Reduction) -> f32 {
     out
 }
 
+/// `[outer, len, inner] → [outer, inner]` by `op`.
 #[cube(launch)]
-pub fn reduce<F: Float>(x: &Array<F>, out: &mut Array<F>, outer: u32, len: u32, inner: u32, #[comptime] op: Reduction) {
-    let line = linear_pos();
+#[allow(clippy::too_many_arguments)]
+pub fn reduce<F: Float>(
+    x: &Array<F>,
+    out: &mut Array<F>,
+    outer: u32,
+    len: u32,
+    inner: u32,
+    #[comptime] op: Reduction,
+    #[comptime] row_cube: Option<u32>,
+) {
+    let (line, first) = line_share(row_cube);
     if line >= outer * inner {
         terminate!();
     }
+    let step = comptime![row_cube.unwrap_or(1)];
     let base = (line / inner) * len * inner + line % inner;
     let mut acc = reduce_start(op);
-    for l in 0..len {
+    let mut l = first;
+    while l < len {
         acc = reduce_step(acc, f32::cast_from(x[(base + l * inner) as usize]), op);
+        l += step;
     }
-    out[line as usize] = F::cast_from(reduce_finish(acc, len, op));
+    let acc = line_total(acc, row_cube, op);
+    if first == 0 {
+        out[line as usize] = F::cast_from(reduce_finish(acc, len, op));
+    }
 }
 
 /// A reduction of an elementwise program's output (its first) along the middle axis of
@@ -166,19 +253,51 @@ pub fn reduce_program<F: Float>(
     inner: u32,
     #[comptime] program: Program,
     #[comptime] op: Reduction,
+    #[comptime] row_cube: Option<u32>,
 ) {
-    let line = linear_pos();
+    let (line, first) = line_share(row_cube);
     if line >= outer * inner {
         terminate!();
     }
+    let step = comptime![row_cube.unwrap_or(1)];
     let base = (line / inner) * len * inner + line % inner;
     let reg = comptime![program.outputs[0].0];
     let mut acc = reduce_start(op);
-    for l in 0..len {
+    let mut l = first;
+    while l < len {
         let regs = registers::<F>(base + l * inner, floats, ints, uints, meta, program.clone());
         acc = reduce_step(acc, *regs.index(reg), op);
+        l += step;
     }
-    out[line as usize] = F::cast_from(reduce_finish(acc, len, op));
+    let acc = line_total(acc, row_cube, op);
+    if first == 0 {
+        out[line as usize] = F::cast_from(reduce_finish(acc, len, op));
+    }
+}
+
+/// `value` of every thread of the cube combined by `op` (a mean combines as a sum), returned
+/// to every thread: through shared memory, halving each round, so the order is fixed. The
+/// cube must be `threads` wide, a power of two (the plan's reader and the launch check both).
+#[cube]
+fn cube_combine(value: f32, #[comptime] threads: u32, #[comptime] op: Reduction) -> f32 {
+    let mut partial = SharedMemory::<f32>::new(threads as usize);
+    let tid = UNIT_POS_X;
+    partial[tid as usize] = value;
+    sync_cube();
+    // Read from the cube's dimension (equal to `threads`) so that `half` is a runtime variable
+    // the loop can halve; a comptime start would make the macro evaluate the loop itself.
+    let mut half = CUBE_DIM_X / 2;
+    while half > 0 {
+        if tid < half {
+            partial[tid as usize] = reduce_step(partial[tid as usize], partial[(tid + half) as usize], op);
+        }
+        sync_cube();
+        half /= 2;
+    }
+    let out = partial[0];
+    // Every thread has read the total before any could overwrite it in a later round.
+    sync_cube();
+    out
 }
 
 /// `out[j] = Σ_c x[base + c] · w[c, j]` for `j < n` (`w[j, c]` if `transpose_w`), `w` starting

@@ -157,6 +157,73 @@ fn plans_read_back_as_written_and_old_or_broken_ones_are_refused() {
     let e = KernelPlan::from_json(&two).unwrap_err().to_string();
     assert!(e.contains("plan format `calm-plan/2`"), "{e}");
 
+    // A launch whose grid is not its kernel's, and a cube per line that is no power of two.
+    let mut regridded = plan.clone();
+    regridded.launches.values_mut().next().unwrap().cube_dim = [7, 1, 1];
+    let e = KernelPlan::from_json(&regridded.to_json()).unwrap_err().to_string();
+    assert!(e.starts_with("launch l0 (") && e.contains("but its kernel needs"), "{e}");
+    let gpu = lower(&g, &bind(2, 3), &LowerOptions::gpu()).unwrap();
+    let mut odd = gpu.clone();
+    let norm = odd.launches.values_mut().find(|l| matches!(l.kernel, Kernel::LayerNorm { .. })).unwrap();
+    let Kernel::LayerNorm { row_cube, .. } = &mut norm.kernel else { unreachable!() };
+    assert_eq!(*row_cube, Some(32), "the tiny preset's width");
+    *row_cube = Some(48);
+    norm.cube_dim = [48, 1, 1];
+    let e = KernelPlan::from_json(&odd.to_json()).unwrap_err().to_string();
+    assert!(e.contains("(layer_norm): a cube per line of 48 threads (not a power of two)"), "{e}");
+    assert_eq!(KernelPlan::from_json(&gpu.to_json()).unwrap(), gpu);
+
     let e = KernelPlan::from_json("{\"format\": \"calm-plan/3\", \"graph\": 3}").unwrap_err().to_string();
     assert!(e.contains("expected a string at line 1 column 36"), "{e}");
+}
+
+#[test]
+fn gemms_run_on_the_tensor_cores_the_device_has_and_the_precision_allows() {
+    use calm_passes::compile::compile;
+    use calm_passes::plan::ComputeUnit::{Fp32Cores, TensorBf16, TensorF16, TensorTf32};
+    use calm_passes::plan::{ComputeUnit, FloatType, Gemm, Precision};
+    let g = build(&CalmConfig::preset("tiny").unwrap(), Mode::Inference).unwrap();
+    let gemms = |opts: &LowerOptions| -> Vec<(ComputeUnit, Gemm, bool)> {
+        let plan = compile(&g, &bind(5, 7), true, opts).unwrap().plan;
+        let gemms: Vec<_> = plan
+            .launches
+            .values()
+            .filter_map(|l| match &l.kernel {
+                Kernel::MatMul { gemm, grouped, .. } => {
+                    Some((l.kernel.compute_unit(), *gemm, grouped.as_ref().is_some_and(|g| g.fold_experts.is_some())))
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(gemms.iter().filter(|g| g.2).count() >= 4, "the experts' grouped GEMMs fold: {gemms:?}");
+        gemms
+    };
+    let sm90 = LowerOptions::sm90();
+    // Hopper's units: f32 buffers on TF32 or bf16 tensor cores only where the precision allows,
+    // bf16 and f16 buffers on their own type's whatever it says; every GEMM, grouped ones too.
+    for (float, precision, want) in [
+        (FloatType::F32, Precision::Highest, Fp32Cores),
+        (FloatType::F32, Precision::High, TensorTf32),
+        (FloatType::F32, Precision::Default, TensorBf16),
+        (FloatType::Bf16, Precision::Highest, TensorBf16),
+        (FloatType::F16, Precision::High, TensorF16),
+    ] {
+        let got = gemms(&LowerOptions { float, precision, ..sm90.clone() });
+        assert!(got.iter().all(|&(unit, _, _)| unit == want), "{float:?} {precision:?}: {got:?}");
+        let tensor = got.iter().all(|(_, gemm, _)| matches!(gemm, Gemm::TensorCores { .. }));
+        assert_eq!(tensor, want != Fp32Cores, "{float:?} {precision:?}: {got:?}");
+    }
+    // What the device lacks runs on the FP32 pipelines: a GPU without tensor cores, one with
+    // bf16 products only asked for TF32, and lavapipe's register GEMMs whatever it reported.
+    for opts in [
+        LowerOptions { float: FloatType::Bf16, ..LowerOptions::gpu() },
+        LowerOptions { tensor_units: vec![TensorBf16], precision: Precision::High, ..sm90.clone() },
+        LowerOptions { tensor_units: sm90.tensor_units.clone(), precision: Precision::High, ..LowerOptions::default() },
+    ] {
+        let got = gemms(&opts);
+        assert!(
+            got.iter().all(|&(unit, gemm, _)| unit == Fp32Cores && !matches!(gemm, Gemm::TensorCores { .. })),
+            "{got:?}"
+        );
+    }
 }

@@ -618,6 +618,29 @@ fn sparse_experts_with_all_units_on_one_expert() {
         folded.iter().all(|&(tile, tokens)| 9 * tokens > tile as u64 && 9 * tokens % tile as u64 != 0),
         "{folded:?}"
     );
+    // The GPU lowering: shared-tile GEMMs folding the slots into tiles of one expert (with 9
+    // units, expert 2's 45 rows in two tiles of 32, the last partial; with 1 unit, experts 2
+    // and 0 one slot each, two experts none), and the layer norms a cube per row.
+    let opts = LowerOptions::gpu();
+    for batch in [9, 1] {
+        let b = Bindings::new().with("batch", batch).with("tokens", 5);
+        let feeds = random_inputs(&g, &b, 4).unwrap();
+        check_fused_lowered(&g, &feeds, &params, 1e-4, &opts);
+        let plan = fused_plan(&g, &b, &opts);
+        let mut grouped = 0;
+        for l in plan.launches.values() {
+            match &l.kernel {
+                Kernel::MatMul { gemm, grouped: Some(gr), .. } => {
+                    grouped += 1;
+                    assert_eq!(gr.fold_experts, Some(8), "{gemm:?}");
+                    assert!(matches!(gemm, Gemm::SharedTiles(t) if t.tile_m == 32), "{gemm:?}");
+                }
+                Kernel::LayerNorm { grouped: Some(_), row_cube, .. } => assert_eq!(*row_cube, Some(32)),
+                _ => {}
+            }
+        }
+        assert!(grouped > 0);
+    }
 }
 
 #[test]
@@ -662,6 +685,14 @@ fn grouped_gemms_work_in_every_gemm_variant() {
             GemmStrategy::SharedTiles(_) => matches!(g, Gemm::SharedTiles(_)),
         };
         assert!(grouped.iter().all(expected), "{grouped:?}");
+        // Shared tiles fold every expert's slots into full tiles; the register GEMM keeps a
+        // slot per batch entry.
+        let folds = plan.launches.values().filter_map(|l| match &l.kernel {
+            Kernel::MatMul { grouped: Some(gr), .. } => Some(gr.fold_experts),
+            _ => None,
+        });
+        let want = matches!(strategy, GemmStrategy::SharedTiles(_)).then_some(6);
+        assert!(folds.into_iter().all(|f| f == want), "2 dimensions of 3 experts");
     }
 }
 
@@ -700,6 +731,29 @@ fn reductions_evaluate_their_elementwise_inputs_in_place() {
     // No launch writes a product of the states' size.
     let big = 7 * 33 * 130;
     assert!(plan.launches.values().all(|l| l.writes.iter().all(|&w| plan.buffers[w].len < big)), "{names:?}");
+}
+
+#[test]
+fn reductions_with_prologues_in_a_cube_per_line() {
+    // The GPU form of the row kernels: the max over the last axis (130, with its exp
+    // prologue) in a cube per line; the masked mean over tokens (not the last axis) keeps a
+    // thread per line.
+    let g = reductions_graph(false);
+    let mut feeds = random_inputs(&g, &Bindings::new(), 8).unwrap();
+    awkward_mask(&mut feeds, 7, 33, true);
+    let opts = LowerOptions { row_threads: Some(64), ..LowerOptions::default() };
+    check_fused_lowered(&g, &feeds, &ParamStore::init(&g, 7), 1e-5, &opts);
+    let plan = fused_plan(&g, &Bindings::new(), &opts);
+    let cubes: Vec<(&str, Option<u32>, u64)> = plan
+        .launches
+        .values()
+        .filter_map(|l| match &l.kernel {
+            Kernel::Reduce { row_cube, inner, .. } => Some((l.kernel.name(), *row_cube, *inner)),
+            _ => None,
+        })
+        .collect();
+    assert!(cubes.contains(&("elementwise+reduce_max", Some(64), 1)), "{cubes:?}");
+    assert!(cubes.iter().all(|&(_, cube, inner)| cube.is_none() == (inner != 1)), "{cubes:?}");
 }
 
 #[test]

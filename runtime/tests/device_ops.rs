@@ -9,7 +9,7 @@ use burn::tensor::FloatDType;
 use calm_ir::{shape, Bindings, BuildResult, DType, Graph, GraphBuilder, Op, Shape, ValueId};
 use calm_passes::lower::{lower, LowerOptions};
 use calm_passes::memory::check_memory;
-use calm_passes::plan::SlotId;
+use calm_passes::plan::{Kernel, SlotId};
 use calm_runtime::device::select::catch_device;
 use calm_runtime::device::DeviceExecutor;
 use calm_runtime::host::{HostData, HostTensor};
@@ -301,6 +301,48 @@ fn row_kernels_softmax_layer_norm_and_reductions() {
     check(&[("x", F, shape![130u64, 33u64]), ("g", F, shape![33u64]), ("bt", F, shape![33u64])], 1e-5, |b, x| {
         Ok(vec![b.layer_norm_op(x[0], x[1], x[2], 1e-5)?])
     });
+}
+
+#[test]
+fn row_kernels_with_a_cube_per_row() {
+    // Lines shorter than a cube (37 elements, 32 threads), of a few elements per thread with a
+    // partial last stride (1001, 256 threads), and with a NaN: each matches the reference,
+    // every line of the last axis in a cube of its own.
+    let opts = LowerOptions { row_threads: Some(256), ..LowerOptions::default() };
+    for (lines, len) in [(7u64, 37u64), (5, 1001)] {
+        let mut b = GraphBuilder::new("rows");
+        let x = b.input("x", F, shape![lines, len]).unwrap();
+        let (gamma, beta) = (b.input("g", F, shape![len]).unwrap(), b.input("bt", F, shape![len]).unwrap());
+        let outs = [
+            b.softmax(x, -1).unwrap(),
+            b.log_softmax(x, 1).unwrap(),
+            b.reduce_sum(x, &[1], false).unwrap(),
+            b.reduce_mean(x, &[1], true).unwrap(),
+            b.reduce_max(x, &[1], false).unwrap(),
+            b.layer_norm_op(x, gamma, beta, 1e-5).unwrap(),
+        ];
+        for (i, o) in outs.into_iter().enumerate() {
+            b.output(&format!("out{i}"), o);
+        }
+        let g = b.finish().unwrap();
+        let mut feeds = random_inputs(&g, &Bindings::new(), 19).unwrap();
+        compare_with(&g, &feeds, 1e-5, &opts);
+        if let HostData::F32(x) = &mut feeds.get_mut("x").unwrap().data {
+            x[(len + 3) as usize] = f32::NAN;
+        }
+        compare_with(&g, &feeds, 1e-5, &opts);
+        let plan = lower(&g, &Bindings::new(), &opts).unwrap();
+        let threads = if len == 37 { 32 } else { 256 };
+        for l in plan.launches.values() {
+            let cube = match l.kernel {
+                Kernel::Softmax { row_cube, .. }
+                | Kernel::LayerNorm { row_cube, .. }
+                | Kernel::Reduce { row_cube, .. } => row_cube,
+                _ => continue,
+            };
+            assert_eq!(cube, Some(threads), "{}", l.kernel.name());
+        }
+    }
 }
 
 /// A launch given other buffers than its kernel takes (a lowering bug) fails with an error

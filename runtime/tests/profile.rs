@@ -7,7 +7,7 @@ use calm_ir::{nn, shape, Bindings, DType, GraphBuilder};
 use calm_models::{build, CalmConfig, Mode};
 use calm_passes::compile::compile;
 use calm_passes::lower::LowerOptions;
-use calm_passes::plan::{ComputeUnit, FloatType, LaunchId};
+use calm_passes::plan::{ComputeUnit, FloatType, Kernel, LaunchId, Precision};
 use calm_runtime::cuda_target::cuda_sources;
 use calm_runtime::cuda_target::nvrtc::{Nvrtc, Toolkit};
 use calm_runtime::device::DeviceExecutor;
@@ -194,9 +194,12 @@ fn the_trace_names_every_launch() {
 }
 
 fn paper_plan(float: FloatType) -> calm_passes::plan::KernelPlan {
+    paper_plan_for(&LowerOptions { float, ..LowerOptions::gpu() })
+}
+
+fn paper_plan_for(opts: &LowerOptions) -> calm_passes::plan::KernelPlan {
     let g = build(&CalmConfig::preset("paper").unwrap(), Mode::Inference).unwrap();
-    let opts = LowerOptions { float, ..LowerOptions::gpu() };
-    compile(&g, &"batch=3,tokens=7".parse().unwrap(), true, &opts).unwrap().plan
+    compile(&g, &"batch=3,tokens=7".parse().unwrap(), true, opts).unwrap().plan
 }
 
 #[test]
@@ -222,6 +225,15 @@ fn every_launch_of_the_paper_plan_has_cuda_source() {
         if float == FloatType::Bf16 {
             assert!(kernels.iter().any(|k| k.source.contains("__nv_bfloat16")), "bf16 buffers are bf16 in CUDA");
         }
+        // The GPU forms: every grouped GEMM folds its experts' slots into full tiles, every
+        // layer norm (width 384) and the stage softmaxes over long rows get a cube per row.
+        for l in plan.launches.values() {
+            match &l.kernel {
+                Kernel::MatMul { grouped: Some(g), .. } => assert!(g.fold_experts.is_some(), "{}", l.scope),
+                Kernel::LayerNorm { row_cube, .. } => assert_eq!(*row_cube, Some(128), "{}", l.scope),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -239,12 +251,25 @@ fn nvrtc_or_skip(test: &str) -> Option<Nvrtc> {
 }
 
 /// With NVRTC installed (`scripts/fetch-cuda`, which `scripts/test` runs and which sets
-/// CALM_REQUIRE_NVRTC), every kernel of the paper plan compiles for sm_90 without spills.
+/// CALM_REQUIRE_NVRTC), every kernel of the paper plan compiles for sm_90 without spills: on
+/// the FP32 pipelines (a GPU without tensor cores, or f32 under `highest`), and as Hopper runs
+/// it with bf16 buffers, f16 buffers, and f32 buffers under `high` (TF32). The tensor-core
+/// GEMMs' PTX multiplies on the tensor cores (`wmma.mma` / `mma.sync`); no other kernel's does.
 #[test]
 fn the_paper_plan_compiles_for_sm_90_without_spills() {
     let Some(nvrtc) = nvrtc_or_skip("the_paper_plan_compiles_for_sm_90_without_spills") else { return };
-    for float in [FloatType::F32, FloatType::Bf16] {
-        for k in cuda_sources(&paper_plan(float)).unwrap() {
+    let sm90 = |float, precision| LowerOptions { float, precision, ..LowerOptions::sm90() };
+    let options = [
+        LowerOptions { float: FloatType::F32, ..LowerOptions::gpu() },
+        LowerOptions { float: FloatType::Bf16, ..LowerOptions::gpu() },
+        sm90(FloatType::Bf16, Precision::Highest),
+        sm90(FloatType::F16, Precision::Highest),
+        sm90(FloatType::F32, Precision::High),
+    ];
+    for opts in &options {
+        let (float, plan) = (opts.float, paper_plan_for(opts));
+        let mut tensor_kernels = 0;
+        for k in cuda_sources(&plan).unwrap() {
             let compiled = nvrtc.compile(&k.name, &k.source, "sm_90").unwrap_or_else(|e| panic!("{float:?}: {e}"));
             assert!(compiled.ptx.contains(".target sm_90"), "{}: PTX for sm_90", k.name);
             let r =
@@ -253,7 +278,13 @@ fn the_paper_plan_compiles_for_sm_90_without_spills() {
                 });
             assert!(r.registers > 0 && r.registers <= 255, "{}: {r:?}", k.name);
             assert_eq!((r.spill_store_bytes, r.spill_load_bytes), (0, 0), "{float:?} {}: spills", k.name);
+            let unit = plan.launches[LaunchId::new(k.launches[0])].kernel.compute_unit();
+            let mma = compiled.ptx.contains("wmma.mma") || compiled.ptx.contains("mma.sync");
+            assert_eq!(mma, unit.is_tensor_core(), "{float:?} {} ({unit}): tensor-core products in its PTX", k.name);
+            tensor_kernels += usize::from(mma);
         }
+        let want = opts.tensor_unit().is_some();
+        assert_eq!(tensor_kernels > 0, want, "{float:?} {:?}: {tensor_kernels} tensor-core kernels", opts.precision);
     }
 }
 

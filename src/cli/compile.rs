@@ -90,8 +90,9 @@ pub struct Args {
 /// The help of every command's `--precision`.
 pub const PRECISION_HELP: &str =
     "What matrix products of f32 buffers may use, as in JAX and PyTorch: `highest` exact f32, \
-`high` TF32 tensor cores allowed, `default` bf16 tensor cores allowed. Recorded in the plan and reports; every \
-setting computes exact f32 in this version (no tensor-core GEMM yet)";
+`high` TF32 tensor cores allowed, `default` bf16 tensor cores allowed, on devices that report them (CUDA \
+GPUs; never lavapipe). bf16 and f16 buffers use their own type's tensor cores whatever it says. Recorded in the \
+plan and reports";
 
 /// `--precision`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,7 +151,8 @@ pub fn run(args: Args) -> Result<(), CliError> {
     super::stats::check_bound(&g, &bindings, file)?;
     let base = match args.target {
         Target::Wgpu => LowerOptions::default(),
-        Target::Cuda => LowerOptions::gpu(),
+        // Hopper (sm_90, what the CUDA target compiles for): its tensor cores included.
+        Target::Cuda => LowerOptions::sm90(),
     };
     let opts = LowerOptions { float: float.plan_type(), precision: args.precision.into(), ..base };
     let compiled = compile(&g, &bindings, fuse, &opts)?;

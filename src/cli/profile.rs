@@ -228,9 +228,10 @@ fn print_peaks(p: &DevicePeaks) {
     println!("  {:<12} {:>12.2} µs       per launch, launched back to back", "launch", p.launch_overhead_us);
 }
 
-/// The plan a GPU runs (shared-tile GEMMs, as `--target cuda` lowers), for the device model.
+/// The plan an H200 runs (as `--target cuda` lowers: shared tiles, tensor cores where the
+/// float type and precision allow), for the device model.
 fn compile_plan(g: &Graph, bindings: &Bindings, fuse: bool, args: &Args) -> Result<KernelPlan, CliError> {
-    let opts = LowerOptions { float: args.float.plan_type(), precision: args.precision.into(), ..LowerOptions::gpu() };
+    let opts = LowerOptions { float: args.float.plan_type(), precision: args.precision.into(), ..LowerOptions::sm90() };
     Ok(compile(g, bindings, fuse, &opts)?.plan)
 }
 

@@ -185,7 +185,7 @@ impl Lowering<'_> {
         let (n, rows, cols) = (s.node, s.rows, s.width);
         let out = self.scratch(Storage::Float, rows * cols, format!("{n}.{what}"));
         let grouped = Some(GroupedNorm { tokens: s.tokens, gather });
-        let kernel = Kernel::LayerNorm { rows, cols, eps: s.eps, grouped };
+        let kernel = Kernel::LayerNorm { rows, cols, eps: s.eps, grouped, row_cube: self.row_cube(cols, 1) };
         let reads = vec![x, self.buf(gamma), self.buf(beta), s.index];
         self.emit_part(n, kernel, reads, vec![out], 8 * rows * cols);
         out
@@ -232,18 +232,34 @@ impl Lowering<'_> {
         let (b_strides, b_expert) =
             if self.transposed[weight] { ([stacked, 1], width) } else { ([1, k_in], width * k_in) };
         let a_strides = [k_in, 1];
-        // A slot has only `tokens` rows (5 in CALM): the vector GEMM folds all slots' rows
-        // into one sequence, in tiles within one expert's slots, so that each loaded weight
-        // feeds 16 or 32 rows, not 5. Tiles of 32 (the dense GEMMs') when the average expert
-        // fills three of them, else 16, which wastes less of each expert's last tile
-        // (measured on lavapipe at the paper preset: see BENCHMARKS.md).
-        let mut gemm = choose_gemm(self.opts.gemm, tokens, width, k_in, a_strides, b_strides, 0);
-        let mut fold_experts = None;
-        if let Gemm::Vectors { rows: per_cube, .. } = &mut gemm {
-            let tile = if rows / experts >= 96 { 32 } else { 16 };
-            *per_cube = rows.clamp(1, tile) as u32;
-            fold_experts = Some(experts as u32);
-        }
+        // A slot has only `tokens` rows (5 in CALM): the shared-tile and vector GEMMs fold all
+        // slots' rows into one sequence, in tiles within one expert's slots, so that each
+        // loaded weight feeds a tile of rows, not 5 (MegaBlocks' dropless grouped GEMM; a slot's
+        // own 64-row tile has 5 rows of work, and the H200 profile of 2026-12-04 had these GEMMs
+        // at 1.66 TFLOP/s). The register GEMM (any layout, lavapipe) keeps a slot per batch entry.
+        let mut gemm = choose_gemm(self.opts, tokens, width, k_in, a_strides, b_strides, 0);
+        let rows_per_expert = rows / experts;
+        let fold_experts = match &mut gemm {
+            // Tiles of 32 (the dense GEMMs') when the average expert fills three of them, else
+            // 16, which wastes less of each expert's last tile (measured on lavapipe at the
+            // paper preset: see BENCHMARKS.md).
+            Gemm::Vectors { rows: per_cube, .. } => {
+                let tile = if rows_per_expert >= 96 { 32 } else { 16 };
+                *per_cube = rows.clamp(1, tile) as u32;
+                Some(experts as u32)
+            }
+            // The tile's 64 rows while the average expert fills three of them, else 32 (half
+            // as many rows per thread, the same threads), halving the last tile's waste.
+            Gemm::SharedTiles(tile) => {
+                if rows_per_expert < 3 * tile.tile_m as u64 && tile.tile_m >= 64 && tile.thread_m >= 2 {
+                    tile.tile_m /= 2;
+                    tile.thread_m /= 2;
+                }
+                Some(experts as u32)
+            }
+            Gemm::TensorCores { .. } => Some(experts as u32),
+            Gemm::Registers { .. } => None,
+        };
         let kernel = Kernel::MatMul {
             batch: vec![s.slots],
             a_batch_strides: vec![tokens * k_in],

@@ -6,7 +6,7 @@
 use calm_ir::fused::FusedOp;
 use calm_ir::{NodeId, Op, ValueId};
 
-use super::{LowerError, Lowering};
+use super::{LowerError, LowerOptions, Lowering};
 use crate::layout::{broadcast_strides, contiguous_strides, flat_row_stride, Parts};
 use crate::plan::{Epilogue, Gemm, GemmTile, Kernel, Role};
 
@@ -20,9 +20,11 @@ pub enum GemmStrategy {
     Registers,
 }
 
-/// The GEMM kernel for an `m × n` product given the layouts of `A` and `B`.
+/// The GEMM kernel for an `m × n` product given the layouts of `A` and `B`: on shared tiles,
+/// the tensor cores where the device has a unit for the plan's operands and the precision
+/// allows it (see [`LowerOptions::tensor_unit`]).
 pub(super) fn choose_gemm(
-    strategy: GemmStrategy,
+    opts: &LowerOptions,
     m: u64,
     n: u64,
     k: u64,
@@ -30,8 +32,8 @@ pub(super) fn choose_gemm(
     b_strides: [u64; 2],
     a_offset: u64,
 ) -> Gemm {
-    match strategy {
-        GemmStrategy::SharedTiles(t) => Gemm::SharedTiles(t),
+    match opts.gemm {
+        GemmStrategy::SharedTiles(t) => opts.tensor_unit().map_or(Gemm::SharedTiles(t), Gemm::tensor_cores),
         GemmStrategy::Registers => {
             let width = [16u32, 8, 4].into_iter().find(|&w| n.is_multiple_of(w as u64));
             match width {
@@ -131,7 +133,7 @@ impl Lowering<'_> {
             a_strides,
             b_strides,
             a_offset,
-            gemm: choose_gemm(self.opts.gemm, m, n_, k, a_strides, b_strides, a_offset),
+            gemm: choose_gemm(self.opts, m, n_, k, a_strides, b_strides, a_offset),
             epilogue,
             grouped: None,
             a_split: split.map(|parts| parts.head_width),
@@ -162,7 +164,7 @@ impl Lowering<'_> {
         let (n_, k) = (out[out.len() - 1], a[a.len() - 1]);
         let b_strides = self.b_strides(node.args[1], tb, k, n_);
         let rows = out[..out.len() - 1].iter().product();
-        let gemm = choose_gemm(self.opts.gemm, rows, n_, k, [head_width, 1], b_strides, 0);
+        let gemm = choose_gemm(self.opts, rows, n_, k, [head_width, 1], b_strides, 0);
         Ok(!matches!(gemm, Gemm::Registers { .. }))
     }
 

@@ -45,24 +45,56 @@ use crate::memory::plan_memory;
 use crate::plan::*;
 
 pub use matmul::GemmStrategy;
+pub use rows::ROW_CUBE_MIN_LEN;
 
 /// Compile options.
 #[derive(Clone, Debug)]
 pub struct LowerOptions {
     pub float: FloatType,
-    /// What matrix products of f32 buffers may use. Every GEMM kernel computes exact f32 on
-    /// the FP32 pipelines for now (tensor-core GEMMs are issue 25's work), so the plan records
-    /// the setting and its kernels run at `highest` whatever it says.
+    /// What matrix products of f32 buffers may use: exact f32 (`highest`), or TF32 / bf16
+    /// tensor cores where the device has them. Products of bf16 and f16 buffers use their own
+    /// type's tensor cores whatever it says (their operands are already that narrow).
     pub precision: Precision,
     pub gemm: GemmStrategy,
+    /// The tensor-core units the device has (`cmma` products it reports, 16 × 16 × 16 in bf16
+    /// and f16, 16 × 16 × 8 in tf32): with shared tiles, a GEMM whose operands one of them can
+    /// multiply runs on it. Empty: every GEMM on the FP32 pipelines.
+    pub tensor_units: Vec<ComputeUnit>,
     /// Store weights that are only multiplied as `x · Wᵀ` transposed, so the GEMM reads them
     /// row-major.
     pub transpose_weights: bool,
     /// Query rows per thread of attention over many keys (see [`ATTENTION_ROWS_PER_THREAD`]).
     pub attention_rows: u32,
+    /// Row kernels (softmax, layer norm, reductions) over contiguous lines of at least
+    /// [`ROW_CUBE_MIN_LEN`] elements: `Some(most)` gives each line a cube of up to `most`
+    /// threads (GPUs: a row is read by many threads at once); `None` one thread per line
+    /// (lavapipe, where a cube's barriers cost more than the row).
+    pub row_threads: Option<u32>,
 }
 
 impl LowerOptions {
+    /// For an NVIDIA Hopper GPU (sm_90: H100, H200) without asking it: [`gpu`](Self::gpu) with
+    /// its bf16, f16 and tf32 tensor cores. `calm compile --target cuda` and the H200 model
+    /// lower for it; a device at hand reports its own units.
+    pub fn sm90() -> Self {
+        LowerOptions {
+            tensor_units: vec![ComputeUnit::TensorBf16, ComputeUnit::TensorF16, ComputeUnit::TensorTf32],
+            ..LowerOptions::gpu()
+        }
+    }
+
+    /// The tensor-core unit a GEMM of this plan's buffers runs on, if the device has it and the
+    /// precision allows it: bf16 and f16 buffers their own type's, f32 buffers what
+    /// [`Precision::allowed_tensor_unit`] allows (none under `highest`).
+    pub fn tensor_unit(&self) -> Option<ComputeUnit> {
+        let unit = match self.float {
+            FloatType::Bf16 => Some(ComputeUnit::TensorBf16),
+            FloatType::F16 => Some(ComputeUnit::TensorF16),
+            FloatType::F32 => self.precision.allowed_tensor_unit(),
+        }?;
+        self.tensor_units.contains(&unit).then_some(unit)
+    }
+
     /// For GPUs (CUDA): GEMMs in shared-memory tiles. The register-blocked GEMMs suit lavapipe,
     /// but their 32 × 16 accumulators per thread spill on a GPU (ptxas: 168–255 registers and
     /// ~10 KB of spills per thread on sm_90).
@@ -70,6 +102,7 @@ impl LowerOptions {
         LowerOptions {
             gemm: GemmStrategy::SharedTiles(GemmTile::DEFAULT),
             attention_rows: 1,
+            row_threads: Some(256),
             ..LowerOptions::default()
         }
     }
@@ -83,6 +116,8 @@ impl Default for LowerOptions {
             gemm: GemmStrategy::Registers,
             transpose_weights: true,
             attention_rows: ATTENTION_ROWS_PER_THREAD,
+            row_threads: None,
+            tensor_units: Vec::new(),
         }
     }
 }

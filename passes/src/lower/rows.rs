@@ -10,7 +10,22 @@ use super::{LowerError, Lowering};
 use crate::layout::{around, broadcast_strides};
 use crate::plan::{Kernel, Prologue, Role, Storage};
 
+/// The shortest line a row kernel gives a cube of its own: below a plane's width most of the
+/// cube would idle, and one thread per line is as fast.
+pub const ROW_CUBE_MIN_LEN: u64 = 32;
+
 impl Lowering<'_> {
+    /// Threads per line of a row kernel over lines of `len` elements `inner` apart: a cube of
+    /// about a quarter as many threads as elements (a power of two, at least 32, at most the
+    /// device's setting or 32 where that is less) for contiguous lines long enough, else one
+    /// thread per line (`None`).
+    pub(super) fn row_cube(&self, len: u64, inner: u64) -> Option<u32> {
+        // The largest power of two within the setting: the cube's tree of halvings needs one.
+        let most = 1u32 << self.opts.row_threads?.max(32).ilog2();
+        let threads = len.div_ceil(4).next_power_of_two().clamp(32, most as u64) as u32;
+        (inner == 1 && len >= ROW_CUBE_MIN_LEN).then_some(threads)
+    }
+
     pub(super) fn lower_rows(&mut self, n: NodeId) -> Result<(), LowerError> {
         let node = &self.g.nodes[n];
         let (args, out) = (&node.args, node.results[0]);
@@ -18,12 +33,13 @@ impl Lowering<'_> {
         let kernel = match &node.op {
             Op::Softmax { axis } | Op::LogSoftmax { axis } => {
                 let (outer, len, inner) = around(&out_shape, *axis);
-                Kernel::Softmax { outer, len, inner, log: matches!(node.op, Op::LogSoftmax { .. }) }
+                let log = matches!(node.op, Op::LogSoftmax { .. });
+                Kernel::Softmax { outer, len, inner, log, row_cube: self.row_cube(len, inner) }
             }
             Op::LayerNorm { eps } => {
                 let cols = *out_shape.last().expect("layer norm has rank >= 1");
                 let rows = out_shape.iter().product::<u64>() / cols;
-                Kernel::LayerNorm { rows, cols, eps: *eps, grouped: None }
+                Kernel::LayerNorm { rows, cols, eps: *eps, grouped: None, row_cube: self.row_cube(cols, 1) }
             }
             Op::Fused(FusedOp::Reduce { reduction, axes, program, .. }) => {
                 return self.lower_reduce(n, *reduction, axes, Some(program));
@@ -83,7 +99,8 @@ impl Lowering<'_> {
             } else {
                 self.scratch(Storage::Float, outer * inner, format!("{out}.{i}"))
             };
-            let kernel = Kernel::Reduce { op, outer, len, inner, prologue: prologue.take() };
+            let row_cube = self.row_cube(len, inner);
+            let kernel = Kernel::Reduce { op, outer, len, inner, prologue: prologue.take(), row_cube };
             self.emit(n, kernel, std::mem::replace(&mut reads, vec![w]), vec![w])?;
         }
         Ok(())

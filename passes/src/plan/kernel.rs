@@ -104,7 +104,17 @@ pub enum Kernel {
         a_split: Option<u64>,
     },
     /// Softmax (or log-softmax) along the middle axis of `[outer, len, inner]`; reads `x`.
-    Softmax { outer: u64, len: u64, inner: u64, log: bool },
+    Softmax {
+        outer: u64,
+        len: u64,
+        inner: u64,
+        log: bool,
+        /// `Some(threads)`: a cube of `threads` threads (a power of two) per line, for lines
+        /// along the last axis (`inner = 1`) on devices with fast shared memory; else one
+        /// thread per line.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        row_cube: Option<u32>,
+    },
     /// Layer norm of `rows × cols`; reads `x, gamma, beta` (and, if `grouped`, the index
     /// buffer: rows are routed slots' tokens, gamma and beta per expert).
     LayerNorm {
@@ -113,6 +123,11 @@ pub enum Kernel {
         eps: f64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grouped: Option<GroupedNorm>,
+        /// `Some(threads)`: a cube of `threads` threads (a power of two) per line, for lines
+        /// along the last axis (`inner = 1`) on devices with fast shared memory; else one
+        /// thread per line.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        row_cube: Option<u32>,
     },
     /// `[outer, len, inner] → [outer, inner]`; reads `x`, or with a `prologue` the program's
     /// arguments (the reduction reads the program's output, never stored).
@@ -123,6 +138,11 @@ pub enum Kernel {
         inner: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         prologue: Option<Prologue>,
+        /// `Some(threads)`: a cube of `threads` threads (a power of two) per line, for lines
+        /// along the last axis (`inner = 1`) on devices with fast shared memory; else one
+        /// thread per line.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        row_cube: Option<u32>,
     },
     /// `out[o, c, i] = table[o, idx[c], i]`; reads `table, idx`.
     Gather { outer: u64, rows: u64, inner: u64, count: u64 },
@@ -219,10 +239,11 @@ pub enum BatchIndex {
 pub struct Grouped {
     pub b: BatchIndex,
     pub extras: Vec<BatchIndex>,
-    /// `Some(E)` (`Gemm::Vectors` only): all slots' rows as one sequence, cut into tiles that
-    /// each stay within one of the `E` experts' slots, so that a slot's few tokens share each
-    /// loaded weight with their neighbours'. The dispatch records where each expert's slots
-    /// start; launched over all rows plus one tile per expert (`z = 1`).
+    /// `Some(E)` (shared-tile and vector GEMMs): all slots' rows as one sequence, cut into
+    /// tiles that each stay within one of the `E` experts' slots, so that a slot's few tokens
+    /// share each loaded weight with their neighbours' (MegaBlocks' dropless grouping). The
+    /// dispatch records where each expert's slots start; launched over all rows plus one tile
+    /// per expert (`z = 1`).
     #[serde(default)]
     pub fold_experts: Option<u32>,
 }
@@ -248,7 +269,17 @@ pub enum Gemm {
     /// Like `Registers`, reading `A` four elements of `k` at a time and `B`, `C` in vectors of
     /// `width` columns (row-major `A` with `k % 4 = 0`, row-major `B` with `n % width = 0`).
     Vectors { rows: u32, width: u32, threads: u32 },
+    /// The shared-tile GEMM's staging, folding and epilogue with the products on tensor cores:
+    /// [`TENSOR_TILE`]² of `C` per cube of [`TENSOR_PLANES`] planes, `16 × 16 × k` products of
+    /// `unit`'s operand type (tensor-bf16, -f16 or -tf32) into f32 accumulators, `A` and `B`
+    /// staged `tile_k` deep.
+    TensorCores { unit: ComputeUnit, tile_k: u32 },
 }
+
+/// Rows and columns of `C` per cube of the tensor-core GEMM.
+pub const TENSOR_TILE: u32 = 64;
+/// Planes (warps of 32) per cube of the tensor-core GEMM, each owning a 32 × 32 quarter.
+pub const TENSOR_PLANES: u32 = 4;
 
 /// Work per cube and per thread of the tiled GEMM.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -267,6 +298,7 @@ impl Gemm {
             Gemm::SharedTiles(t) => (t.tile_m as u64, t.tile_n as u64),
             Gemm::Registers { rows, cols, threads } => (rows as u64, (cols * threads) as u64),
             Gemm::Vectors { rows, width, threads } => (rows as u64, (width * threads) as u64),
+            Gemm::TensorCores { .. } => (TENSOR_TILE as u64, TENSOR_TILE as u64),
         }
     }
 
@@ -274,6 +306,23 @@ impl Gemm {
         match *self {
             Gemm::SharedTiles(t) => t.threads(),
             Gemm::Registers { threads, .. } | Gemm::Vectors { threads, .. } => threads,
+            Gemm::TensorCores { .. } => 32 * TENSOR_PLANES,
+        }
+    }
+
+    /// The tensor-core GEMM for products whose operands are `unit`'s type: `16 × 16 × 16`
+    /// products in bf16 and f16, `16 × 16 × 8` in tf32, two of them per staged slice.
+    pub fn tensor_cores(unit: ComputeUnit) -> Gemm {
+        let tile_k = if unit == ComputeUnit::TensorTf32 { 16 } else { 32 };
+        Gemm::TensorCores { unit, tile_k }
+    }
+
+    /// `k` of one tensor-core product of `unit`'s operands.
+    pub fn mma_k(unit: ComputeUnit) -> u32 {
+        if unit == ComputeUnit::TensorTf32 {
+            8
+        } else {
+            16
         }
     }
 }
@@ -322,11 +371,14 @@ impl Kernel {
         }
     }
 
-    /// The unit its arithmetic runs on, whose ceiling bounds it in a roofline. Every kernel of
-    /// this calm, GEMMs included, computes on the FP32 pipelines (in the plan's float type,
-    /// widened to f32 where it is narrower); a tensor-core GEMM will answer with its unit here.
+    /// The unit its arithmetic runs on, whose ceiling bounds it in a roofline: the tensor-core
+    /// GEMM's operand type's tensor cores; every other kernel computes on the FP32 pipelines (in
+    /// the plan's float type, widened to f32 where it is narrower).
     pub fn compute_unit(&self) -> ComputeUnit {
-        ComputeUnit::Fp32Cores
+        match self {
+            Kernel::MatMul { gemm: Gemm::TensorCores { unit, .. }, .. } => *unit,
+            _ => ComputeUnit::Fp32Cores,
+        }
     }
 
     /// How many independent units of work the kernel's launch covers: output elements for
@@ -353,8 +405,9 @@ impl Kernel {
 
     /// Cube count and cube dimensions: the GEMM one cube per output tile (batch on z), the
     /// Gumbel pool one cube per sample, attention over many keys one cube per batch entry, head
-    /// and tile of query rows, every other kernel one thread per work item in cubes of [`BLOCK`], the cube count tiled over
-    /// x and y so that no dimension exceeds [`MAX_GRID`].
+    /// and tile of query rows, row kernels with a `row_cube` one cube per line, every other
+    /// kernel one thread per work item in cubes of [`BLOCK`], the cube count tiled over x and y
+    /// so that no dimension exceeds [`MAX_GRID`].
     pub fn launch_dims(&self) -> ([u32; 3], [u32; 3]) {
         match self {
             Kernel::MatMul { batch, m, n, gemm, grouped, .. } => {
@@ -381,6 +434,13 @@ impl Kernel {
                 ([x as u32, cubes.div_ceil(x).max(1) as u32, 1], [threads, 1, 1])
             }
             Kernel::RouteDispatch { groups, threads, .. } => ([*groups as u32, 1, 1], [*threads, 1, 1]),
+            Kernel::Softmax { row_cube: Some(threads), .. }
+            | Kernel::LayerNorm { row_cube: Some(threads), .. }
+            | Kernel::Reduce { row_cube: Some(threads), .. } => {
+                let lines = self.work_items().max(1);
+                let x = lines.min(MAX_GRID as u64);
+                ([x as u32, lines.div_ceil(x) as u32, 1], [*threads, 1, 1])
+            }
             Kernel::GumbelPool { batch, threads, .. } => {
                 let x = (*batch).clamp(1, MAX_GRID as u64);
                 ([x as u32, batch.div_ceil(x) as u32, 1], [*threads, 1, 1])

@@ -237,8 +237,36 @@ impl KernelPlan {
         // From the text, not the value: serde_json's errors then say where (line and column).
         let plan: KernelPlan = serde_json::from_str(text).map_err(|e| PlanError::Field(e.to_string()))?;
         plan.check_ids()?;
+        plan.check_launches()?;
         crate::memory::check_memory(&plan).map_err(|errors| PlanError::Memory(errors.join("; ")))?;
         Ok(plan)
+    }
+
+    /// Every launch has the grid its kernel is written for (the kernels index by it: a cube
+    /// per line's tree reduction, the tensor-core GEMM's planes) and a cube per line is a power
+    /// of two wide.
+    fn check_launches(&self) -> Result<(), PlanError> {
+        for (id, l) in self.launches.iter() {
+            let at = || format!("launch {id} ({})", l.kernel.name());
+            let (count, dim) = l.kernel.launch_dims();
+            if (l.cube_count, l.cube_dim) != (count, dim) {
+                let reason = format!(
+                    "launched as {:?} cubes of {:?}, but its kernel needs {count:?} of {dim:?}",
+                    l.cube_count, l.cube_dim
+                );
+                return Err(PlanError::Launch { at: at(), reason });
+            }
+            if let Kernel::Softmax { row_cube: Some(t), .. }
+            | Kernel::LayerNorm { row_cube: Some(t), .. }
+            | Kernel::Reduce { row_cube: Some(t), .. } = l.kernel
+            {
+                if !t.is_power_of_two() {
+                    let reason = format!("a cube per line of {t} threads (not a power of two)");
+                    return Err(PlanError::Launch { at: at(), reason });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every buffer a launch or port names exists.
@@ -274,4 +302,6 @@ pub enum PlanError {
     Dangling { at: String, buffer: BufferId },
     #[error("memory plan: {0}")]
     Memory(String),
+    #[error("{at}: {reason}")]
+    Launch { at: String, reason: String },
 }

@@ -132,12 +132,17 @@ impl Device {
     }
 
     /// How to lower plans for this device: register blocking and several attention rows per
-    /// thread on a CPU adapter (lavapipe, whose threads are SIMD lanes); GPU GEMM tiles and one
-    /// attention row per thread on CUDA and on a Vulkan GPU, where the CPU's choices would spill.
+    /// thread on a CPU adapter (lavapipe, whose threads are SIMD lanes); GPU GEMM tiles, a cube
+    /// per row and one attention row per thread on CUDA and on a Vulkan GPU, where the CPU's
+    /// choices would spill, with the tensor-core units the device reports (its capabilities,
+    /// not its name, decide).
     pub fn lower_options(&self) -> calm_passes::lower::LowerOptions {
+        use crate::profile::peaks::microbench::tensor_units;
+        use calm_passes::lower::LowerOptions;
         match self {
-            Device::Wgpu(_) if cpu_adapter() => calm_passes::lower::LowerOptions::default(),
-            Device::Wgpu(_) | Device::Cuda(_) => calm_passes::lower::LowerOptions::gpu(),
+            Device::Wgpu(_) if cpu_adapter() => LowerOptions::default(),
+            Device::Wgpu(c) => LowerOptions { tensor_units: tensor_units(c), ..LowerOptions::gpu() },
+            Device::Cuda(c) => LowerOptions { tensor_units: tensor_units(c), ..LowerOptions::gpu() },
         }
     }
 

@@ -1,9 +1,16 @@
-//! The GEMM: its three kernel variants take the same buffers and differ in blocking.
+//! The GEMM: its four kernel variants take the same buffers and differ in blocking and in the
+//! unit that multiplies.
 
 use calm_kernels::elementwise::Buf;
-use calm_kernels::matmul::{self as kernels, GemmConfig, LanesConfig, VectorConfig};
-use calm_passes::plan::{Gemm, GemmTile, Kernel};
+use calm_kernels::matmul::{self as kernels, GemmConfig, GemmIo, LanesConfig, VectorConfig};
+use calm_kernels::matmul_tensor::{self as tensor, TensorConfig};
+use calm_passes::plan::{ComputeUnit, Gemm, GemmTile, Kernel};
 use cubecl::prelude::*;
+
+// The plan sizes the tensor-core GEMM's launch; the kernel is written for the same tile.
+const _: () = assert!(
+    tensor::TENSOR_TILE == calm_passes::plan::TENSOR_TILE && tensor::TENSOR_PLANES == calm_passes::plan::TENSOR_PLANES
+);
 
 use super::{arg, u32_of, Call};
 use crate::device::{convert, DeviceFloat};
@@ -37,11 +44,17 @@ pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
         "the vector GEMM reads a split A's first part 4 columns at a time, without a batch"
     );
     assert!(
-        grouped.is_none_or(|g| g.fold_experts.is_none()) || matches!(gemm, Gemm::Vectors { .. }),
-        "the lowering folds grouped rows for vector GEMMs only"
+        grouped.is_none_or(|g| g.fold_experts.is_none()) || !matches!(gemm, Gemm::Registers { .. }),
+        "the lowering folds grouped rows for shared-tile and vector GEMMs only"
+    );
+    let fold_experts = grouped.and_then(|g| g.fold_experts);
+    assert!(
+        fold_experts.is_none() || a_tail.is_none(),
+        "folded rows read A through their slots' offsets, not in two parts"
     );
     let batch = convert::batching(batch.len(), grouped);
     let epilogue = epilogue.map(|e| (convert::ops(&e.program), e.program.outputs[0].0 as usize));
+    let io = GemmIo { batch: batch.clone(), epilogue: epilogue.clone(), a_tail, fold_experts };
     let mut extra = SequenceArg::new();
     for (_, x) in extras {
         extra.push(arg::<R>(x));
@@ -52,7 +65,7 @@ pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
     unsafe {
         match gemm {
             Gemm::SharedTiles(GemmTile { tile_m, tile_n, tile_k, thread_m, thread_n }) => {
-                let cfg = GemmConfig { tile_m, tile_n, tile_k, thread_m, thread_n, batch, epilogue, a_tail };
+                let cfg = GemmConfig { tile_m, tile_n, tile_k, thread_m, thread_n, io };
                 let (a, b, out) = (arg(a), arg(b), arg(out));
                 kernels::matmul::launch_unchecked::<F, R>(client, count, dim, a, b, extra, out, m, index, cfg)
             }
@@ -61,9 +74,23 @@ pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
                 let (a, b, out) = (arg(a), arg(b), arg(out));
                 kernels::matmul_lanes::launch_unchecked::<F, R>(client, count, dim, a, b, extra, out, m, index, cfg)
             }
+            Gemm::TensorCores { unit, tile_k } => {
+                let cfg = TensorConfig { mma_k: Gemm::mma_k(unit), tile_k, io };
+                let (a, b, out) = (arg(a), arg(b), arg(out));
+                match unit {
+                    ComputeUnit::TensorF16 => tensor::matmul_tensor::launch_unchecked::<F, half::f16, R>(
+                        client, count, dim, a, b, extra, out, m, index, cfg,
+                    ),
+                    ComputeUnit::TensorTf32 => tensor::matmul_tensor::launch_unchecked::<F, tf32, R>(
+                        client, count, dim, a, b, extra, out, m, index, cfg,
+                    ),
+                    _ => tensor::matmul_tensor::launch_unchecked::<F, half::bf16, R>(
+                        client, count, dim, a, b, extra, out, m, index, cfg,
+                    ),
+                }
+            }
             Gemm::Vectors { rows, width, .. } => {
-                let fold_experts = grouped.and_then(|g| g.fold_experts);
-                let cfg = VectorConfig { rows, batch, epilogue, fold_experts, a_tail };
+                let cfg = VectorConfig { rows, io };
                 // A in vectors of 4 along k; B and C in vectors of `width` columns.
                 let w = width as usize;
                 let (a, b, out) = (vectors(a, 4), vectors(b, w), vectors(out, w));

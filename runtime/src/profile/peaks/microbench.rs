@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use calm_kernels::peak;
-use calm_passes::plan::ComputeUnit;
+use calm_passes::plan::{ComputeUnit, Gemm};
 use cubecl::ir::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
@@ -83,8 +83,7 @@ impl MmaBench {
     /// `cubes` cubes of 4 planes, `rounds` rounds of products in `unit`'s operand type.
     pub fn new(unit: ComputeUnit, cubes: u32, rounds: u32) -> MmaBench {
         // tf32 products are 16 × 16 × 8 in CUDA's wmma, the 16-bit types 16 × 16 × 16.
-        let k = if unit == ComputeUnit::TensorTf32 { 8 } else { 16 };
-        MmaBench { unit, k, planes_per_cube: 4, cubes, rounds }
+        MmaBench { unit, k: Gemm::mma_k(unit) as usize, planes_per_cube: 4, cubes, rounds }
     }
 
     /// Elements of one operand tile (`16 × k`) and of the output (4 accumulator tiles a plane).
@@ -128,38 +127,51 @@ impl MmaBench {
         2.0 * 256.0 * self.k as f64 * 4.0 * self.rounds as f64 * self.planes_per_cube as f64 * self.cubes as f64
     }
 
-    /// The operand type of this unit's products.
-    fn operand_kind(&self) -> FloatKind {
-        match self.unit {
-            ComputeUnit::TensorF16 => FloatKind::F16,
-            ComputeUnit::TensorTf32 => FloatKind::TF32,
-            _ => FloatKind::BF16,
-        }
-    }
-
     /// One operand tile's bytes, every element 0.01 (tf32 is stored as f32).
     fn operand_bytes(&self) -> Vec<u8> {
         let len = self.operand_len();
-        match self.operand_kind() {
-            FloatKind::F16 => half::f16::as_bytes(&vec![half::f16::from_f32(0.01); len]).to_vec(),
-            FloatKind::TF32 => f32::as_bytes(&vec![0.01f32; len]).to_vec(),
+        match self.unit {
+            ComputeUnit::TensorF16 => half::f16::as_bytes(&vec![half::f16::from_f32(0.01); len]).to_vec(),
+            ComputeUnit::TensorTf32 => f32::as_bytes(&vec![0.01f32; len]).to_vec(),
             _ => half::bf16::as_bytes(&vec![half::bf16::from_f32(0.01); len]).to_vec(),
         }
     }
 
     /// The `cmma` configuration CubeCL must report for this benchmark to run.
     pub fn config(&self) -> MmaConfig {
-        let operand = |kind| ElemType::Float(kind).into();
-        let kind = self.operand_kind();
-        MmaConfig {
-            a_type: operand(kind),
-            b_type: operand(kind),
-            cd_type: operand(FloatKind::F32),
-            m: 16,
-            k: self.k as u32,
-            n: 16,
-        }
+        mma_config(self.unit)
     }
+}
+
+/// The `cmma` product a tensor-core unit stands for (what the benchmark and the tensor-core GEMM
+/// run): `16 × 16 × k` of its operand type into f32, `k` as [`Gemm::mma_k`] says.
+pub fn mma_config(unit: ComputeUnit) -> MmaConfig {
+    let operand = |kind| ElemType::Float(kind).into();
+    let kind = match unit {
+        ComputeUnit::TensorF16 => FloatKind::F16,
+        ComputeUnit::TensorTf32 => FloatKind::TF32,
+        _ => FloatKind::BF16,
+    };
+    MmaConfig {
+        a_type: operand(kind),
+        b_type: operand(kind),
+        cd_type: operand(FloatKind::F32),
+        m: 16,
+        k: Gemm::mma_k(unit),
+        n: 16,
+    }
+}
+
+/// The tensor-core units the tensor-core GEMM may use on the device: the products it reports
+/// (`cmma`), on planes of exactly 32 units (the GEMM gives each 32-unit plane a quarter of its
+/// tile; CUDA's warps, not every Vulkan device's subgroups).
+pub fn tensor_units<R: Runtime>(client: &ComputeClient<R>) -> Vec<ComputeUnit> {
+    let hardware = &client.properties().hardware;
+    if (hardware.plane_size_min, hardware.plane_size_max) != (32, 32) {
+        return Vec::new();
+    }
+    let cmma = &client.features().matmul.cmma;
+    ComputeUnit::ALL.into_iter().filter(|&u| u.is_tensor_core() && cmma.contains(&mma_config(u))).collect()
 }
 
 /// `dst = src` over `buffers` pairs of `bytes` of f32 each, in `width`-wide vectors, one pair
