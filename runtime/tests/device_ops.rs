@@ -132,7 +132,9 @@ fn every_gemm_variant_with_weights_epilogues_and_batches() {
     use calm_passes::lower::GemmStrategy;
     use calm_passes::pipeline::Pipeline;
     use calm_passes::plan::{Gemm, GemmTile, Kernel};
-    for (rows, k, n) in [(7u64, 36u64, 48u64), (130, 12, 40), (1, 4, 36), (33, 33, 130)] {
+    // The last is large enough for the GPU's default 64 × 64 tile; the others take the small
+    // tile there (too few default tiles to fill a GPU).
+    for (rows, k, n) in [(7u64, 36u64, 48u64), (130, 12, 40), (1, 4, 36), (33, 33, 130), (770, 33, 705)] {
         let mut b = GraphBuilder::new("t");
         let x = b.input("x", F, shape![2u64, rows, k]).unwrap();
         let r = b.input("r", F, shape![2u64, rows, n]).unwrap();
@@ -164,6 +166,10 @@ fn every_gemm_variant_with_weights_epilogues_and_batches() {
                 .collect();
             if gemm == GemmStrategy::Registers && n % 4 == 0 && k % 4 == 0 {
                 assert!(variants.iter().all(|v| matches!(v, Gemm::Vectors { .. })), "{variants:?}");
+            }
+            if gemm != GemmStrategy::Registers {
+                let tile = if rows == 770 { GemmTile::DEFAULT } else { GemmTile::SMALL };
+                assert!(variants.iter().all(|v| *v == Gemm::SharedTiles(tile)), "{variants:?}");
             }
             compare_with(&g, &feeds, 1e-5, &opts);
         }

@@ -194,12 +194,12 @@ fn the_trace_names_every_launch() {
 }
 
 fn paper_plan(float: FloatType) -> calm_passes::plan::KernelPlan {
-    paper_plan_for(&LowerOptions { float, ..LowerOptions::gpu() })
+    paper_plan_for(&LowerOptions { float, ..LowerOptions::gpu() }, "batch=3,tokens=7")
 }
 
-fn paper_plan_for(opts: &LowerOptions) -> calm_passes::plan::KernelPlan {
+fn paper_plan_for(opts: &LowerOptions, bind: &str) -> calm_passes::plan::KernelPlan {
     let g = build(&CalmConfig::preset("paper").unwrap(), Mode::Inference).unwrap();
-    compile(&g, &"batch=3,tokens=7".parse().unwrap(), true, opts).unwrap().plan
+    compile(&g, &bind.parse().unwrap(), true, opts).unwrap().plan
 }
 
 #[test]
@@ -259,15 +259,23 @@ fn nvrtc_or_skip(test: &str) -> Option<Nvrtc> {
 fn the_paper_plan_compiles_for_sm_90_without_spills() {
     let Some(nvrtc) = nvrtc_or_skip("the_paper_plan_compiles_for_sm_90_without_spills") else { return };
     let sm90 = |float, precision| LowerOptions { float, precision, ..LowerOptions::sm90() };
+    // At 3 × 7 every shared-tile GEMM takes the small tile; at 64 × 128 the large ones the
+    // default.
     let options = [
-        LowerOptions { float: FloatType::F32, ..LowerOptions::gpu() },
-        LowerOptions { float: FloatType::Bf16, ..LowerOptions::gpu() },
-        sm90(FloatType::Bf16, Precision::Highest),
-        sm90(FloatType::F16, Precision::Highest),
-        sm90(FloatType::F32, Precision::High),
+        (LowerOptions { float: FloatType::F32, ..LowerOptions::gpu() }, "batch=3,tokens=7"),
+        (LowerOptions { float: FloatType::F32, ..LowerOptions::gpu() }, "batch=64,tokens=128"),
+        (LowerOptions { float: FloatType::Bf16, ..LowerOptions::gpu() }, "batch=3,tokens=7"),
+        (sm90(FloatType::Bf16, Precision::Highest), "batch=3,tokens=7"),
+        (sm90(FloatType::F16, Precision::Highest), "batch=3,tokens=7"),
+        (sm90(FloatType::F32, Precision::High), "batch=3,tokens=7"),
     ];
-    for opts in &options {
-        let (float, plan) = (opts.float, paper_plan_for(opts));
+    let mut tiles = std::collections::BTreeSet::new();
+    for (opts, bind) in &options {
+        let (float, plan) = (opts.float, paper_plan_for(opts, bind));
+        tiles.extend(plan.launches.values().filter_map(|l| match l.kernel {
+            Kernel::MatMul { gemm: calm_passes::plan::Gemm::SharedTiles(t), .. } => Some((t.tile_m, t.tile_n)),
+            _ => None,
+        }));
         let mut tensor_kernels = 0;
         for k in cuda_sources(&plan).unwrap() {
             let compiled = nvrtc.compile(&k.name, &k.source, "sm_90").unwrap_or_else(|e| panic!("{float:?}: {e}"));
@@ -286,6 +294,7 @@ fn the_paper_plan_compiles_for_sm_90_without_spills() {
         let want = opts.tensor_unit().is_some();
         assert_eq!(tensor_kernels > 0, want, "{float:?} {:?}: {tensor_kernels} tensor-core kernels", opts.precision);
     }
+    assert!(tiles.contains(&(64, 64)) && tiles.contains(&(32, 32)), "both shared tiles compiled: {tiles:?}");
 }
 
 /// What calm runs on a CUDA device to measure it (the ceilings' microbenchmarks, tensor-core

@@ -330,6 +330,9 @@ impl Gemm {
 impl GemmTile {
     /// The default tiling: 64 × 64 outputs per cube, 4 × 4 per thread (256 threads), k in 16s.
     pub const DEFAULT: GemmTile = GemmTile { tile_m: 64, tile_n: 64, tile_k: 16, thread_m: 4, thread_n: 4 };
+    /// For products too small to give a GPU's SMs a default tile each: 32 × 32 outputs per
+    /// cube (4× the cubes), 2 × 2 per thread (256 threads).
+    pub const SMALL: GemmTile = GemmTile { tile_m: 32, tile_n: 32, tile_k: 16, thread_m: 2, thread_n: 2 };
 
     pub fn threads(&self) -> u32 {
         (self.tile_m / self.thread_m) * (self.tile_n / self.thread_n)
