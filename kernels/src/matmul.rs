@@ -481,8 +481,8 @@ pub struct LanesConfig {
     pub rows: u32,
     /// Columns per thread, `threads` apart (so neighbouring threads read neighbouring columns).
     pub cols: u32,
-    pub batch: Batching,
-    pub epilogue: Option<(Vec<Op>, usize)>,
+    /// Batch and epilogue; this kernel neither folds experts nor reads `A` in two parts.
+    pub io: GemmIo,
 }
 
 /// A GEMM for devices without fast shared memory and barriers (CPU Vulkan drivers): each cube
@@ -505,7 +505,7 @@ pub fn matmul_lanes<F: Float>(
     let k = meta[2];
     let (a_rs, a_cs, b_rs, b_cs) = (meta[3], meta[4], meta[5], meta[6]);
     let bz = CUBE_POS_Z;
-    let (a_off, b_off) = batch_offsets(meta, index, bz, cfg.batch.clone());
+    let (a_off, b_off) = batch_offsets(meta, index, bz, cfg.io.batch.clone());
     let threads = CUBE_DIM_X;
     let row0 = CUBE_POS_Y * rows;
     let col0 = CUBE_POS_X * threads * cols + UNIT_POS_X;
@@ -555,8 +555,8 @@ pub fn matmul_lanes<F: Float>(
                     bz,
                     row,
                     col,
-                    cfg.batch.clone(),
-                    cfg.epilogue.clone(),
+                    cfg.io.batch.clone(),
+                    cfg.io.epilogue.clone(),
                 );
                 c[((bz * m + row) * n + col) as usize] = F::cast_from(value);
             }

@@ -81,7 +81,13 @@ pub fn softmax<F: Float>(
         l += step;
     }
     let sum = line_total(sum, row_cube, Reduction::Sum);
-    let (log_sum, inv) = (f32::ln(sum), 1.0 / sum);
+    let mut log_sum = 0.0f32;
+    let mut inv = 0.0f32;
+    if log {
+        log_sum = f32::ln(sum);
+    } else {
+        inv = 1.0 / sum;
+    }
     l = first;
     while l < len {
         let at = (base + l * inner) as usize;

@@ -339,14 +339,12 @@ fn row_kernels_with_a_cube_per_row() {
         compare_with(&g, &feeds, 1e-5, &opts);
         let plan = lower(&g, &Bindings::new(), &opts).unwrap();
         let threads = if len == 37 { 32 } else { 256 };
-        for l in plan.launches.values() {
-            let cube = match l.kernel {
-                Kernel::Softmax { row_cube, .. }
-                | Kernel::LayerNorm { row_cube, .. }
-                | Kernel::Reduce { row_cube, .. } => row_cube,
-                _ => continue,
-            };
-            assert_eq!(cube, Some(threads), "{}", l.kernel.name());
+        let rows = plan
+            .launches
+            .values()
+            .filter(|l| matches!(l.kernel, Kernel::Softmax { .. } | Kernel::LayerNorm { .. } | Kernel::Reduce { .. }));
+        for l in rows {
+            assert_eq!(l.kernel.row_cube(), Some(threads), "{}", l.kernel.name());
         }
     }
 }

@@ -384,6 +384,17 @@ impl Kernel {
         }
     }
 
+    /// A row kernel's threads per line when it takes a cube per line (see `row_cube` on
+    /// [`Kernel::Softmax`]); `None` for one thread per line and for every other kernel.
+    pub fn row_cube(&self) -> Option<u32> {
+        match *self {
+            Kernel::Softmax { row_cube, .. } | Kernel::LayerNorm { row_cube, .. } | Kernel::Reduce { row_cube, .. } => {
+                row_cube
+            }
+            _ => None,
+        }
+    }
+
     /// How many independent units of work the kernel's launch covers: output elements for
     /// elementwise kernels and copies, rows for row kernels, output tiles for the GEMM.
     pub fn work_items(&self) -> u64 {
@@ -412,6 +423,11 @@ impl Kernel {
     /// kernel one thread per work item in cubes of [`BLOCK`], the cube count tiled over x and y
     /// so that no dimension exceeds [`MAX_GRID`].
     pub fn launch_dims(&self) -> ([u32; 3], [u32; 3]) {
+        if let Some(threads) = self.row_cube() {
+            let lines = self.work_items().max(1);
+            let x = lines.min(MAX_GRID as u64);
+            return ([x as u32, lines.div_ceil(x) as u32, 1], [threads, 1, 1]);
+        }
         match self {
             Kernel::MatMul { batch, m, n, gemm, grouped, .. } => {
                 let (rows, cols) = gemm.block();
@@ -437,13 +453,6 @@ impl Kernel {
                 ([x as u32, cubes.div_ceil(x).max(1) as u32, 1], [threads, 1, 1])
             }
             Kernel::RouteDispatch { groups, threads, .. } => ([*groups as u32, 1, 1], [*threads, 1, 1]),
-            Kernel::Softmax { row_cube: Some(threads), .. }
-            | Kernel::LayerNorm { row_cube: Some(threads), .. }
-            | Kernel::Reduce { row_cube: Some(threads), .. } => {
-                let lines = self.work_items().max(1);
-                let x = lines.min(MAX_GRID as u64);
-                ([x as u32, lines.div_ceil(x) as u32, 1], [*threads, 1, 1])
-            }
             Kernel::GumbelPool { batch, threads, .. } => {
                 let x = (*batch).clamp(1, MAX_GRID as u64);
                 ([x as u32, batch.div_ceil(x) as u32, 1], [*threads, 1, 1])

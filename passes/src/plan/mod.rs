@@ -256,14 +256,9 @@ impl KernelPlan {
                 );
                 return Err(PlanError::Launch { at: at(), reason });
             }
-            if let Kernel::Softmax { row_cube: Some(t), .. }
-            | Kernel::LayerNorm { row_cube: Some(t), .. }
-            | Kernel::Reduce { row_cube: Some(t), .. } = l.kernel
-            {
-                if !t.is_power_of_two() {
-                    let reason = format!("a cube per line of {t} threads (not a power of two)");
-                    return Err(PlanError::Launch { at: at(), reason });
-                }
+            if let Some(t) = l.kernel.row_cube().filter(|t| !t.is_power_of_two()) {
+                let reason = format!("a cube per line of {t} threads (not a power of two)");
+                return Err(PlanError::Launch { at: at(), reason });
             }
         }
         Ok(())

@@ -37,24 +37,24 @@ pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
     let a_tail = a_split.map(|split| (u32_of(split), extras.len() - 1));
     assert!(
         a_tail.is_none() || !matches!(gemm, Gemm::Registers { .. }),
-        "the lowering splits A for shared-tile and vector GEMMs only"
+        "the lowering splits A for every GEMM but the register one"
     );
     assert!(
         !matches!(gemm, Gemm::Vectors { .. }) || a_tail.is_none_or(|(split, _)| split % 4 == 0 && batch.is_empty()),
         "the vector GEMM reads a split A's first part 4 columns at a time, without a batch"
     );
-    assert!(
-        grouped.is_none_or(|g| g.fold_experts.is_none()) || !matches!(gemm, Gemm::Registers { .. }),
-        "the lowering folds grouped rows for shared-tile and vector GEMMs only"
-    );
     let fold_experts = grouped.and_then(|g| g.fold_experts);
+    assert!(
+        fold_experts.is_none() || !matches!(gemm, Gemm::Registers { .. }),
+        "the lowering folds grouped rows for every GEMM but the register one"
+    );
     assert!(
         fold_experts.is_none() || a_tail.is_none(),
         "folded rows read A through their slots' offsets, not in two parts"
     );
     let batch = convert::batching(batch.len(), grouped);
     let epilogue = epilogue.map(|e| (convert::ops(&e.program), e.program.outputs[0].0 as usize));
-    let io = GemmIo { batch: batch.clone(), epilogue: epilogue.clone(), a_tail, fold_experts };
+    let io = GemmIo { batch, epilogue, a_tail, fold_experts };
     let mut extra = SequenceArg::new();
     for (_, x) in extras {
         extra.push(arg::<R>(x));
@@ -70,7 +70,7 @@ pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
                 kernels::matmul::launch_unchecked::<F, R>(client, count, dim, a, b, extra, out, m, index, cfg)
             }
             Gemm::Registers { rows, cols, .. } => {
-                let cfg = LanesConfig { rows, cols, batch, epilogue };
+                let cfg = LanesConfig { rows, cols, io };
                 let (a, b, out) = (arg(a), arg(b), arg(out));
                 kernels::matmul_lanes::launch_unchecked::<F, R>(client, count, dim, a, b, extra, out, m, index, cfg)
             }
