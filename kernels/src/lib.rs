@@ -4,6 +4,7 @@
 //! Every kernel has a path without plane (warp) operations, because CPU Vulkan drivers have none.
 
 pub mod attention;
+pub mod attention_tiles;
 pub mod elementwise;
 pub mod gumbel_pool;
 pub mod index;

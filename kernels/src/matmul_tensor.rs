@@ -128,7 +128,7 @@ pub fn matmul_tensor<F: Float, I: Numeric>(
 
 /// A `16 × 16` f32 accumulator of `16 × 16 × k` products, zeroed.
 #[cube]
-fn zeroed_accumulator(#[comptime] k: u32) -> cmma::Matrix<f32> {
+pub(crate) fn zeroed_accumulator(#[comptime] k: u32) -> cmma::Matrix<f32> {
     cmma::Matrix::<f32>::from_value(
         cmma::MatrixIdent::Accumulator,
         16usize,
@@ -141,7 +141,7 @@ fn zeroed_accumulator(#[comptime] k: u32) -> cmma::Matrix<f32> {
 
 /// An operand fragment (`A`: 16 × k, `B`: k × 16) of type `I`, loaded in the main loop.
 #[cube]
-fn operand<I: Numeric>(
+pub(crate) fn operand<I: Numeric>(
     #[comptime] ident: cmma::MatrixIdent,
     #[comptime] layout: cmma::MatrixLayout,
     #[comptime] k: u32,

@@ -10,8 +10,13 @@
 //!   thread every `threads`-th element, combined through shared memory in a fixed tree (GPUs: a
 //!   row of 384 or 5120 floats is read by a whole cube at full bandwidth, not by one thread).
 //!
-//! Both accumulate in f32 in a fixed order, so results are the same on every run, and neither
-//! needs plane operations.
+//!
+//! On devices with planes of a fixed width (CUDA's warps), a cube per line first combines
+//! within each plane by a butterfly of shuffles, then the planes' partials in order
+//! ([`RowCube::plane`]); the tree in shared memory serves the others.
+//!
+//! All forms accumulate in f32 in a fixed order, so results are the same on every run; only
+//! the plane form needs plane operations.
 
 use cubecl::prelude::*;
 
@@ -25,10 +30,18 @@ pub enum Reduction {
     Max,
 }
 
+/// A cube per line: its threads (a power of two), and the width of the device's planes where
+/// the combination may shuffle within them (a power of two dividing `threads`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RowCube {
+    pub threads: u32,
+    pub plane: Option<u32>,
+}
+
 /// The line this thread works on and the first element of it it takes (then every
-/// `row_cube.unwrap_or(1)`-th): one thread per line, or a cube per line (see the module).
+/// [`line_step`]-th): one thread per line, or a cube per line (see the module).
 #[cube]
-fn line_share(#[comptime] row_cube: Option<u32>) -> (u32, u32) {
+fn line_share(#[comptime] row_cube: Option<RowCube>) -> (u32, u32) {
     let mut line = linear_pos();
     let mut first = 0u32;
     if comptime![row_cube.is_some()] {
@@ -41,11 +54,19 @@ fn line_share(#[comptime] row_cube: Option<u32>) -> (u32, u32) {
 /// `value` of every thread of the line combined by `op`: the value itself with one thread per
 /// line, the cube's combination with a cube per line.
 #[cube]
-fn line_total(value: f32, #[comptime] row_cube: Option<u32>, #[comptime] op: Reduction) -> f32 {
+fn line_total(value: f32, #[comptime] row_cube: Option<RowCube>, #[comptime] op: Reduction) -> f32 {
     match row_cube {
-        Some(threads) => cube_combine(value, threads, op),
+        Some(cube) => match cube.plane {
+            Some(width) => plane_combine(value, cube.threads, width, op),
+            None => cube_combine(value, cube.threads, op),
+        },
         None => value,
     }
+}
+
+/// The stride between a thread's elements of its line: the cube's threads, or 1.
+fn line_step(row_cube: Option<RowCube>) -> u32 {
+    row_cube.map_or(1, |c| c.threads)
 }
 
 /// Softmax (or log-softmax) of each line.
@@ -58,13 +79,13 @@ pub fn softmax<F: Float>(
     len: u32,
     inner: u32,
     #[comptime] log: bool,
-    #[comptime] row_cube: Option<u32>,
+    #[comptime] row_cube: Option<RowCube>,
 ) {
     let (line, first) = line_share(row_cube);
     if line >= outer * inner {
         terminate!();
     }
-    let step = comptime![row_cube.unwrap_or(1)];
+    let step = comptime![line_step(row_cube)];
     let base = (line / inner) * len * inner + line % inner;
     // NaN propagates, as in the reference (x − max is NaN either way).
     let mut max = neg_infinity();
@@ -152,13 +173,13 @@ pub fn layer_norm<F: Float>(
     cols: u32,
     eps: f32,
     #[comptime] grouped: Option<GroupedRows>,
-    #[comptime] row_cube: Option<u32>,
+    #[comptime] row_cube: Option<RowCube>,
 ) {
     let (row, first) = line_share(row_cube);
     if row >= rows {
         terminate!();
     }
-    let step = comptime![row_cube.unwrap_or(1)];
+    let step = comptime![line_step(row_cube)];
     let (base, params) = norm_row(index, row, rows, cols, grouped);
     let out_base = row * cols;
     let mut sum = 0.0f32;
@@ -223,13 +244,13 @@ pub fn reduce<F: Float>(
     len: u32,
     inner: u32,
     #[comptime] op: Reduction,
-    #[comptime] row_cube: Option<u32>,
+    #[comptime] row_cube: Option<RowCube>,
 ) {
     let (line, first) = line_share(row_cube);
     if line >= outer * inner {
         terminate!();
     }
-    let step = comptime![row_cube.unwrap_or(1)];
+    let step = comptime![line_step(row_cube)];
     let base = (line / inner) * len * inner + line % inner;
     let mut acc = reduce_start(op);
     let mut l = first;
@@ -259,13 +280,13 @@ pub fn reduce_program<F: Float>(
     inner: u32,
     #[comptime] program: Program,
     #[comptime] op: Reduction,
-    #[comptime] row_cube: Option<u32>,
+    #[comptime] row_cube: Option<RowCube>,
 ) {
     let (line, first) = line_share(row_cube);
     if line >= outer * inner {
         terminate!();
     }
-    let step = comptime![row_cube.unwrap_or(1)];
+    let step = comptime![line_step(row_cube)];
     let base = (line / inner) * len * inner + line % inner;
     let reg = comptime![program.outputs[0].0];
     let mut acc = reduce_start(op);
@@ -302,6 +323,31 @@ fn cube_combine(value: f32, #[comptime] threads: u32, #[comptime] op: Reduction)
     }
     let out = partial[0];
     // Every thread has read the total before any could overwrite it in a later round.
+    sync_cube();
+    out
+}
+
+/// [`cube_combine`] on planes of `width` units: a butterfly of `log2(width)` shuffles within
+/// each plane (every lane ends with the same value: each step combines the same two values,
+/// in either order), then the planes' partials in order through shared memory.
+#[cube]
+fn plane_combine(value: f32, #[comptime] threads: u32, #[comptime] width: u32, #[comptime] op: Reduction) -> f32 {
+    let mut partial = SharedMemory::<f32>::new(comptime![(threads / width) as usize]);
+    let mut v = value;
+    #[unroll]
+    for step in 0..comptime![width.trailing_zeros()] {
+        v = reduce_step(v, plane_shuffle_xor(v, comptime![width / 2] >> step), op);
+    }
+    let tid = UNIT_POS_X;
+    if UNIT_POS_PLANE == 0 {
+        partial[(tid / width) as usize] = v;
+    }
+    sync_cube();
+    let mut out = partial[0];
+    for p in 1..comptime![threads / width] {
+        out = reduce_step(out, partial[p as usize], op);
+    }
+    // Every thread has read the partials before any could overwrite them in a later round.
     sync_cube();
     out
 }

@@ -178,6 +178,80 @@ fn plans_read_back_as_written_and_old_or_broken_ones_are_refused() {
 }
 
 #[test]
+fn attention_over_many_keys_runs_in_tiles_on_gpus_where_they_fit() {
+    use calm_passes::compile::compile;
+    use calm_passes::plan::ComputeUnit::{Fp32Cores, TensorBf16, TensorTf32};
+    use calm_passes::plan::{ComputeUnit, FloatType, Precision};
+    // CALM over MiniLM: the encoder's 12 heads of 32 attend over 40 tokens; the head's
+    // cross-attention and experts' self-attention over 5 clusters (the short path).
+    let cfg = CalmConfig { backbone: calm_models::Backbone::MiniLmL6, ..CalmConfig::preset("paper").unwrap() };
+    let g = build(&cfg, Mode::Inference).unwrap();
+    let attention = |opts: &LowerOptions| -> (KernelPlan, Vec<(u64, Option<ComputeUnit>)>) {
+        let plan = compile(&g, &bind(2, 40), true, opts).unwrap().plan;
+        let tiles = plan
+            .launches
+            .values()
+            .filter_map(|l| match l.kernel {
+                Kernel::Attention { kv_len, tiles, .. } => Some((kv_len, tiles)),
+                _ => None,
+            })
+            .collect();
+        (plan, tiles)
+    };
+    let sm90 = LowerOptions::sm90();
+    for (opts, want) in [
+        (LowerOptions::default(), None),
+        (LowerOptions::gpu(), Some(Fp32Cores)),
+        (LowerOptions { float: FloatType::Bf16, ..sm90.clone() }, Some(TensorBf16)),
+        (LowerOptions { precision: Precision::High, ..sm90.clone() }, Some(TensorTf32)),
+        (LowerOptions { precision: Precision::Highest, ..sm90.clone() }, Some(Fp32Cores)),
+        // f32 tiles of heads of 32 take 43 KiB: not on a device with 32 KiB per cube.
+        (LowerOptions { shared_memory: 32 << 10, ..LowerOptions::gpu() }, None),
+    ] {
+        let (_, got) = attention(&opts);
+        assert_eq!(got.iter().filter(|(keys, _)| *keys == 40).count(), 6, "the encoder's six layers: {got:?}");
+        for (keys, tiles) in got {
+            assert_eq!(tiles, if keys == 40 { want } else { None }, "{opts:?}");
+        }
+    }
+    // A plan file asking for tiles over the short path's keys is refused.
+    let (mut plan, _) = attention(&sm90);
+    let short = plan.launches.values_mut().find(|l| matches!(l.kernel, Kernel::Attention { kv_len: 5, .. })).unwrap();
+    let Kernel::Attention { tiles, .. } = &mut short.kernel else { unreachable!() };
+    *tiles = Some(Fp32Cores);
+    (short.cube_count, short.cube_dim) = short.kernel.launch_dims();
+    let e = KernelPlan::from_json(&plan.to_json()).unwrap_err().to_string();
+    assert!(e.contains("(attention): attention in tiles needs more than 16 keys"), "{e}");
+}
+
+#[test]
+fn cubes_per_row_combine_within_planes_where_the_device_has_them() {
+    let g = build(&CalmConfig::preset("paper").unwrap(), Mode::Inference).unwrap();
+    // Each launch's cube per line and planes.
+    type Rows = Vec<(Option<u32>, Option<u32>)>;
+    let rows = |opts: &LowerOptions| -> (KernelPlan, Rows) {
+        let plan = lower(&g, &bind(3, 40), opts).unwrap();
+        let rows = plan.launches.values().map(|l| (l.kernel.row_cube(), l.kernel.row_plane())).collect();
+        (plan, rows)
+    };
+    // Planes of 32 on Hopper, for every cube per line (all are 32 to 256 wide); none where the
+    // device has no planes, and none without a cube per line.
+    let (mut plan, got) = rows(&LowerOptions::sm90());
+    assert!(got.iter().filter(|(cube, _)| cube.is_some()).count() >= 10, "{got:?}");
+    assert!(got.iter().all(|&(cube, plane)| plane == cube.map(|_| 32)), "{got:?}");
+    let (_, got) = rows(&LowerOptions::gpu());
+    assert!(got.iter().any(|(cube, _)| cube.is_some()) && got.iter().all(|(_, plane)| plane.is_none()), "{got:?}");
+    let (_, got) = rows(&LowerOptions { plane_width: Some(32), ..LowerOptions::default() });
+    assert!(got.iter().all(|&(cube, plane)| cube.is_none() && plane.is_none()), "{got:?}");
+    // A plan file with planes that do not divide the cube is refused.
+    let norm = plan.launches.values_mut().find(|l| matches!(l.kernel, Kernel::LayerNorm { .. })).unwrap();
+    let Kernel::LayerNorm { plane, .. } = &mut norm.kernel else { unreachable!() };
+    *plane = Some(24);
+    let e = KernelPlan::from_json(&plan.to_json()).unwrap_err().to_string();
+    assert!(e.contains("(layer_norm): planes of 24 units must be a power of two dividing"), "{e}");
+}
+
+#[test]
 fn gemms_run_on_the_tensor_cores_the_device_has_and_the_precision_allows() {
     use calm_passes::compile::compile;
     use calm_passes::plan::ComputeUnit::{Fp32Cores, TensorBf16, TensorF16, TensorTf32};

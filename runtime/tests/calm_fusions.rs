@@ -14,7 +14,7 @@ use calm_models::CalmConfig;
 use calm_passes::compile::fusion_passes;
 use calm_passes::lower::{lower, LowerOptions};
 use calm_passes::memory::check_memory;
-use calm_passes::plan::{Gemm, Kernel, KernelPlan};
+use calm_passes::plan::{ComputeUnit, Gemm, Kernel, KernelPlan};
 use calm_passes::{PassLog, Pipeline};
 use calm_runtime::device::DeviceExecutor;
 use calm_runtime::host::{HostData, HostTensor};
@@ -223,6 +223,63 @@ fn attention_matches_the_reference_at_awkward_sizes() {
     let mut feeds = random_inputs(&g, &Bindings::new(), 5).unwrap();
     awkward_mask(&mut feeds, 3, 7, true);
     assert_eq!(fired(&check_fused(&g, &feeds, 2e-3), "fuse_attention"), 1);
+}
+
+/// The attention launches of `g`'s fused plan lowered with `opts`.
+fn attention_launches(g: &Graph, feeds: &BTreeMap<String, HostTensor>, opts: &LowerOptions) -> Vec<Kernel> {
+    let plan = fused_plan(g, &bind_inputs(g, feeds).unwrap(), opts);
+    plan.launches.values().filter(|l| matches!(l.kernel, Kernel::Attention { .. })).map(|l| l.kernel.clone()).collect()
+}
+
+#[test]
+fn attention_in_tiles_matches_the_reference_at_awkward_sizes() {
+    // The GPU lowering's tiled attention, its products on the FP32 pipelines (lavapipe has no
+    // tensor cores; only the products differ on them): (batch, q_len, kv_len, width, heads).
+    // 70 queries are a full tile and one of 6; 45 keys a full block of 32 and one of 13; 17
+    // keys one partial block, just past the short path; one query. Lavapipe's 32 KiB of shared
+    // memory per cube hold the f32 tiles of heads of 16, not 32: those keep one thread per row.
+    assert_eq!((calm_passes::plan::ATTENTION_QUERY_TILE, calm_kernels::attention_tiles::KEY_TILE), (64, 32));
+    let client = WgpuRuntime::client(&WgpuDevice::default());
+    let opts = LowerOptions {
+        shared_memory: client.properties().hardware.max_shared_memory_size as u64,
+        ..LowerOptions::gpu()
+    };
+    assert_eq!(opts.shared_memory, 32 << 10, "lavapipe's limit, which the sizes below assume");
+    for (batch, q_len, kv_len, width, heads) in [(2, 70, 45, 32, 2), (3, 1, 17, 16, 1), (1, 37, 66, 64, 2)] {
+        for masked in [false, true] {
+            let g = attention_graph(batch, q_len, kv_len, width, heads, masked);
+            let mut feeds = random_inputs(&g, &Bindings::new(), 9).unwrap();
+            if masked {
+                awkward_mask(&mut feeds, batch as usize, kv_len as usize, false);
+            }
+            let launches = attention_launches(&g, &feeds, &opts);
+            let want = (width / heads == 16).then_some(ComputeUnit::Fp32Cores);
+            assert!(matches!(launches[..], [Kernel::Attention { tiles, .. }] if tiles == want), "{launches:?}");
+            let log = check_fused_lowered(&g, &feeds, &ParamStore::init(&g, 7), 1e-4, &opts);
+            assert_eq!(fired(&log, "fuse_attention"), 1, "{:?}", log.notes);
+        }
+    }
+    // A sample with every key masked (see the test above for the tolerance).
+    let g = attention_graph(3, 20, 40, 32, 2, true);
+    let mut feeds = random_inputs(&g, &Bindings::new(), 5).unwrap();
+    awkward_mask(&mut feeds, 3, 40, true);
+    check_fused_lowered(&g, &feeds, &ParamStore::init(&g, 7), 2e-3, &opts);
+    // Self-attention reading q, k and v in place from one joint projection (row stride 3m),
+    // and heads of 12, which keep one thread per query row.
+    for (width, heads, tiled) in [(48, 3, true), (36, 3, false)] {
+        let mut b = GraphBuilder::new("self_attention");
+        let x = b.input("x", F, shape![2u64, 37u64, width]).unwrap();
+        let y = nn::multi_head_attention(&mut b, "attention", x, x, heads, None).unwrap();
+        b.output("y", y);
+        let g = b.finish().unwrap();
+        let feeds = random_inputs(&g, &Bindings::new(), 4).unwrap();
+        let launches = attention_launches(&g, &feeds, &opts);
+        assert!(
+            matches!(&launches[..], [Kernel::Attention { tiles, layout, .. }] if tiles.is_some() == tiled && layout[1] == [3 * width, width]),
+            "{launches:?}"
+        );
+        check_fused_lowered(&g, &feeds, &ParamStore::init(&g, 7), 1e-4, &opts);
+    }
 }
 
 #[test]

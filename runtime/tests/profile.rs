@@ -255,6 +255,7 @@ fn nvrtc_or_skip(test: &str) -> Option<Nvrtc> {
 /// the FP32 pipelines (a GPU without tensor cores, or f32 under `highest`), and as Hopper runs
 /// it with bf16 buffers, f16 buffers, and f32 buffers under `high` (TF32). The tensor-core
 /// GEMMs' PTX multiplies on the tensor cores (`wmma.mma` / `mma.sync`); no other kernel's does.
+/// With Hopper's planes of 32, the row kernels' cubes combine by shuffles (`shfl.sync.bfly`).
 #[test]
 fn the_paper_plan_compiles_for_sm_90_without_spills() {
     let Some(nvrtc) = nvrtc_or_skip("the_paper_plan_compiles_for_sm_90_without_spills") else { return };
@@ -276,7 +277,7 @@ fn the_paper_plan_compiles_for_sm_90_without_spills() {
             Kernel::MatMul { gemm: calm_passes::plan::Gemm::SharedTiles(t), .. } => Some((t.tile_m, t.tile_n)),
             _ => None,
         }));
-        let mut tensor_kernels = 0;
+        let (mut tensor_kernels, mut shuffling_kernels) = (0, 0);
         for k in cuda_sources(&plan).unwrap() {
             let compiled = nvrtc.compile(&k.name, &k.source, "sm_90").unwrap_or_else(|e| panic!("{float:?}: {e}"));
             assert!(compiled.ptx.contains(".target sm_90"), "{}: PTX for sm_90", k.name);
@@ -290,11 +291,66 @@ fn the_paper_plan_compiles_for_sm_90_without_spills() {
             let mma = compiled.ptx.contains("wmma.mma") || compiled.ptx.contains("mma.sync");
             assert_eq!(mma, unit.is_tensor_core(), "{float:?} {} ({unit}): tensor-core products in its PTX", k.name);
             tensor_kernels += usize::from(mma);
+            // Row kernels given planes combine by butterflies of shuffles; nothing else shuffles.
+            let plane = plan.launches[LaunchId::new(k.launches[0])].kernel.row_plane();
+            assert_eq!(plane.is_some(), compiled.ptx.contains("shfl.sync.bfly"), "{float:?} {}: shuffles", k.name);
+            shuffling_kernels += usize::from(plane.is_some());
         }
         let want = opts.tensor_unit().is_some();
         assert_eq!(tensor_kernels > 0, want, "{float:?} {:?}: {tensor_kernels} tensor-core kernels", opts.precision);
+        assert_eq!(
+            shuffling_kernels > 0,
+            opts.plane_width.is_some(),
+            "{float:?}: {shuffling_kernels} shuffling kernels"
+        );
     }
     assert!(tiles.contains(&(64, 64)) && tiles.contains(&(32, 32)), "both shared tiles compiled: {tiles:?}");
+}
+
+/// Attention over many keys in tiles, as sm_90 runs it: heads of 32 (MiniLM's) and 64 (the
+/// paper's module width) in bf16, f16, TF32 (f32 buffers under `high`) and on the FP32
+/// pipelines (f32 under `highest`) compile without spills; the tensor-core forms multiply with
+/// `mma` in their PTX, the FP32 one does not; and each uses the shared memory the lowering
+/// budgets for it.
+#[test]
+fn tiled_attention_compiles_for_sm_90() {
+    let Some(nvrtc) = nvrtc_or_skip("tiled_attention_compiles_for_sm_90") else { return };
+    for (width, heads) in [(384u64, 12u64), (512, 8)] {
+        let mut b = GraphBuilder::new("attention");
+        let x = b.input("x", DType::F32, shape![3u64, 70u64, width]).unwrap();
+        let mask = b.input("mask", DType::F32, shape![3u64, 70u64]).unwrap();
+        let bias = nn::key_mask_bias(&mut b, mask, -10000.0).unwrap();
+        let y = nn::multi_head_attention(&mut b, "attention", x, x, heads, Some(bias)).unwrap();
+        b.output("y", y);
+        let g = b.finish().unwrap();
+        for (float, precision, unit, operand_bytes) in [
+            (FloatType::Bf16, Precision::Highest, ComputeUnit::TensorBf16, 2),
+            (FloatType::F16, Precision::Highest, ComputeUnit::TensorF16, 2),
+            (FloatType::F32, Precision::High, ComputeUnit::TensorTf32, 4),
+            (FloatType::F32, Precision::Highest, ComputeUnit::Fp32Cores, 4),
+        ] {
+            let opts = LowerOptions { float, precision, ..LowerOptions::sm90() };
+            let plan = compile(&g, &Bindings::new(), true, &opts).unwrap().plan;
+            let tiled: Vec<_> = plan
+                .launches
+                .values()
+                .filter_map(|l| match l.kernel {
+                    Kernel::Attention { tiles, head_dim, .. } => Some((tiles, head_dim)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(tiled, [(Some(unit), width / heads)], "{float:?} {precision:?}");
+            let kernels = cuda_sources(&plan).unwrap();
+            let k = kernels.iter().find(|k| k.plan_kernel == "attention").unwrap();
+            let budget = calm_passes::plan::attention_tile_bytes(width / heads, operand_bytes);
+            assert_eq!(k.shared_bytes as u64, budget, "{float:?} {unit}: shared memory as the lowering budgets it");
+            let compiled = nvrtc.compile(&k.name, &k.source, "sm_90").unwrap_or_else(|e| panic!("{float:?}: {e}"));
+            let r = compiled.resources.iter().find(|r| r.function == k.entry).unwrap();
+            assert_eq!((r.spill_store_bytes, r.spill_load_bytes), (0, 0), "{float:?} {unit}: spills ({r:?})");
+            let mma = compiled.ptx.contains("wmma.mma") || compiled.ptx.contains("mma.sync");
+            assert_eq!(mma, unit.is_tensor_core(), "{float:?} {unit}: tensor-core products in its PTX");
+        }
+    }
 }
 
 /// What calm runs on a CUDA device to measure it (the ceilings' microbenchmarks, tensor-core

@@ -81,6 +81,7 @@ impl Lowering<'_> {
                 bias_strides: None,
                 layout: [[3 * m, 0], [3 * m, m], [3 * m, 2 * m]],
                 rows_per_thread: self.opts.attention_rows,
+                tiles: self.attention_tiles(tokens, m / heads),
             };
             self.emit_part(n, attention, vec![qkv, qkv, qkv], vec![ctx], 4 * s.rows * tokens * m);
             // The first layer's residual is the unit's own rows of z.
@@ -185,7 +186,8 @@ impl Lowering<'_> {
         let (n, rows, cols) = (s.node, s.rows, s.width);
         let out = self.scratch(Storage::Float, rows * cols, format!("{n}.{what}"));
         let grouped = Some(GroupedNorm { tokens: s.tokens, gather });
-        let kernel = Kernel::LayerNorm { rows, cols, eps: s.eps, grouped, row_cube: self.row_cube(cols, 1) };
+        let row_cube = self.row_cube(cols, 1);
+        let kernel = Kernel::LayerNorm { rows, cols, eps: s.eps, grouped, row_cube, plane: self.row_plane(row_cube) };
         let reads = vec![x, self.buf(gamma), self.buf(beta), s.index];
         self.emit_part(n, kernel, reads, vec![out], 8 * rows * cols);
         out

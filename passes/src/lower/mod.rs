@@ -47,6 +47,13 @@ use crate::plan::*;
 pub use matmul::GemmStrategy;
 pub use rows::ROW_CUBE_MIN_LEN;
 
+/// Shared memory per cube every CUDA GPU since Kepler offers without opting in (48 KiB), the
+/// GPU lowering's assumption when it does not ask the device.
+pub const GPU_SHARED_MEMORY: u64 = 48 << 10;
+/// Shared memory per cube on Hopper (H100, H200) with CUDA's opt-in, which CubeCL's launches
+/// make: 227 KiB.
+pub const SM90_SHARED_MEMORY: u64 = 227 << 10;
+
 /// Compile options.
 #[derive(Clone, Debug)]
 pub struct LowerOptions {
@@ -65,11 +72,22 @@ pub struct LowerOptions {
     pub transpose_weights: bool,
     /// Query rows per thread of attention over many keys (see [`ATTENTION_ROWS_PER_THREAD`]).
     pub attention_rows: u32,
+    /// Attention over many keys in tiles staged in shared memory (GPUs), its products on the
+    /// tensor cores where [`tensor_unit`](Self::tensor_unit) allows; heads whose width is not a
+    /// multiple of 16 keep one thread per query row.
+    pub attention_tiles: bool,
+    /// Bytes of shared memory one cube may use (the device's limit): attention runs in tiles
+    /// only where its tiles fit.
+    pub shared_memory: u64,
     /// Row kernels (softmax, layer norm, reductions) over contiguous lines of at least
     /// [`ROW_CUBE_MIN_LEN`] elements: `Some(most)` gives each line a cube of up to `most`
     /// threads (GPUs: a row is read by many threads at once); `None` one thread per line
     /// (lavapipe, where a cube's barriers cost more than the row).
     pub row_threads: Option<u32>,
+    /// The device's plane width where all its planes have one (CUDA's warps: 32) and plane
+    /// operations: a cube per line then combines within planes by shuffles. `None`: the tree
+    /// in shared memory only.
+    pub plane_width: Option<u32>,
 }
 
 impl LowerOptions {
@@ -79,6 +97,8 @@ impl LowerOptions {
     pub fn sm90() -> Self {
         LowerOptions {
             tensor_units: vec![ComputeUnit::TensorBf16, ComputeUnit::TensorF16, ComputeUnit::TensorTf32],
+            shared_memory: SM90_SHARED_MEMORY,
+            plane_width: Some(32),
             ..LowerOptions::gpu()
         }
     }
@@ -102,6 +122,8 @@ impl LowerOptions {
         LowerOptions {
             gemm: GemmStrategy::SharedTiles(GemmTile::DEFAULT),
             attention_rows: 1,
+            attention_tiles: true,
+            shared_memory: GPU_SHARED_MEMORY,
             row_threads: Some(256),
             ..LowerOptions::default()
         }
@@ -116,7 +138,10 @@ impl Default for LowerOptions {
             gemm: GemmStrategy::Registers,
             transpose_weights: true,
             attention_rows: ATTENTION_ROWS_PER_THREAD,
+            attention_tiles: false,
+            shared_memory: GPU_SHARED_MEMORY,
             row_threads: None,
+            plane_width: None,
             tensor_units: Vec::new(),
         }
     }

@@ -26,6 +26,13 @@ impl Lowering<'_> {
         (inner == 1 && len >= ROW_CUBE_MIN_LEN).then_some(threads)
     }
 
+    /// The plane width a cube per line of `row_cube` threads combines within: the device's,
+    /// where it has planes of one width that divides the cube.
+    pub(super) fn row_plane(&self, row_cube: Option<u32>) -> Option<u32> {
+        let threads = row_cube?;
+        self.opts.plane_width.filter(|&w| w.is_power_of_two() && threads % w == 0)
+    }
+
     pub(super) fn lower_rows(&mut self, n: NodeId) -> Result<(), LowerError> {
         let node = &self.g.nodes[n];
         let (args, out) = (&node.args, node.results[0]);
@@ -34,12 +41,14 @@ impl Lowering<'_> {
             Op::Softmax { axis } | Op::LogSoftmax { axis } => {
                 let (outer, len, inner) = around(&out_shape, *axis);
                 let log = matches!(node.op, Op::LogSoftmax { .. });
-                Kernel::Softmax { outer, len, inner, log, row_cube: self.row_cube(len, inner) }
+                let row_cube = self.row_cube(len, inner);
+                Kernel::Softmax { outer, len, inner, log, row_cube, plane: self.row_plane(row_cube) }
             }
             Op::LayerNorm { eps } => {
                 let cols = *out_shape.last().expect("layer norm has rank >= 1");
                 let rows = out_shape.iter().product::<u64>() / cols;
-                Kernel::LayerNorm { rows, cols, eps: *eps, grouped: None, row_cube: self.row_cube(cols, 1) }
+                let row_cube = self.row_cube(cols, 1);
+                Kernel::LayerNorm { rows, cols, eps: *eps, grouped: None, row_cube, plane: self.row_plane(row_cube) }
             }
             Op::Fused(FusedOp::Reduce { reduction, axes, program, .. }) => {
                 return self.lower_reduce(n, *reduction, axes, Some(program));
@@ -100,7 +109,8 @@ impl Lowering<'_> {
                 self.scratch(Storage::Float, outer * inner, format!("{out}.{i}"))
             };
             let row_cube = self.row_cube(len, inner);
-            let kernel = Kernel::Reduce { op, outer, len, inner, prologue: prologue.take(), row_cube };
+            let plane = self.row_plane(row_cube);
+            let kernel = Kernel::Reduce { op, outer, len, inner, prologue: prologue.take(), row_cube, plane };
             self.emit(n, kernel, std::mem::replace(&mut reads, vec![w]), vec![w])?;
         }
         Ok(())

@@ -23,6 +23,28 @@ pub const ROUTE_THREADS: u64 = 256;
 /// Query rows per cube of attention's long path (one cube per batch entry, head and tile).
 pub const ATTENTION_QUERY_TILE: u32 = 64;
 
+/// Threads of a cube of attention in tiles (four planes of 32; see `tiles` on
+/// [`Kernel::Attention`]), over [`ATTENTION_QUERY_TILE`] query rows.
+pub const ATTENTION_TILE_THREADS: u32 = 128;
+
+/// Keys per step of attention in tiles.
+pub const ATTENTION_KEY_TILE: u32 = 32;
+
+/// Shared memory of a cube of attention in tiles over heads of `head_dim`, its operands staged
+/// in `operand_bytes`-wide elements: the query, key and value tiles and the probabilities in
+/// the operands' type, the scores and the output in f32 (score and probability rows padded by
+/// 4 and 8 elements), and a scale per row; each buffer starts 128-byte aligned.
+pub fn attention_tile_bytes(head_dim: u64, operand_bytes: u64) -> u64 {
+    let (rows, keys) = (ATTENTION_QUERY_TILE as u64, ATTENTION_KEY_TILE as u64);
+    let operands = [rows * head_dim, keys * head_dim, keys * head_dim, rows * (keys + 8)].map(|n| n * operand_bytes);
+    let floats = [rows * (keys + 4), rows * head_dim, rows].map(|n| n * 4);
+    operands.iter().chain(&floats).map(|b| b.next_multiple_of(128)).sum()
+}
+
+/// The widest head attention runs in tiles (its query and output tiles, 64 rows of it, then
+/// take 48 KB of shared memory in tf32; wider heads keep one thread per query row).
+pub const ATTENTION_TILE_MAX_HEAD: u64 = 128;
+
 /// Query rows per thread of attention's long path on CPU drivers (a cube then has
 /// `ATTENTION_QUERY_TILE / 8` threads, one SIMD group of llvmpipe's 256-bit lanes): each key
 /// and value element a thread reads feeds this many rows. GPUs take one row per thread (eight
@@ -114,6 +136,10 @@ pub enum Kernel {
         /// thread per line.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         row_cube: Option<u32>,
+        /// With a cube per line, the device's plane width: each plane combines its threads'
+        /// values by shuffles before the planes combine through shared memory.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plane: Option<u32>,
     },
     /// Layer norm of `rows × cols`; reads `x, gamma, beta` (and, if `grouped`, the index
     /// buffer: rows are routed slots' tokens, gamma and beta per expert).
@@ -128,6 +154,10 @@ pub enum Kernel {
         /// thread per line.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         row_cube: Option<u32>,
+        /// With a cube per line, the device's plane width: each plane combines its threads'
+        /// values by shuffles before the planes combine through shared memory.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plane: Option<u32>,
     },
     /// `[outer, len, inner] → [outer, inner]`; reads `x`, or with a `prologue` the program's
     /// arguments (the reduction reads the program's output, never stored).
@@ -143,6 +173,10 @@ pub enum Kernel {
         /// thread per line.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         row_cube: Option<u32>,
+        /// With a cube per line, the device's plane width: each plane combines its threads'
+        /// values by shuffles before the planes combine through shared memory.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plane: Option<u32>,
     },
     /// `out[o, c, i] = table[o, idx[c], i]`; reads `table, idx`.
     Gather { outer: u64, rows: u64, inner: u64, count: u64 },
@@ -175,6 +209,12 @@ pub enum Kernel {
         /// Query rows per thread on the long path (more than [`ATTENTION_SHORT_KEYS`] keys).
         #[serde(default = "one_row")]
         rows_per_thread: u32,
+        /// GPUs, more than [`ATTENTION_SHORT_KEYS`] keys and a head width that is a multiple
+        /// of 16 up to [`ATTENTION_TILE_MAX_HEAD`]: `Some(unit)` runs the long path in tiles (FlashAttention-2's loop, query and
+        /// key tiles staged in shared memory), its two products on `unit` (a tensor-core unit,
+        /// or the FP32 pipelines on devices without them); `None` one thread per query row.
+        #[serde(default)]
+        tiles: Option<ComputeUnit>,
     },
     /// Gumbel-softmax clustering and pooling, one cube of `threads` per sample; reads `hidden,
     /// w, bias, x, mask[, τ][, seed, offset]`, writes `pooled` and `assign` (the latter a
@@ -380,6 +420,7 @@ impl Kernel {
     pub fn compute_unit(&self) -> ComputeUnit {
         match self {
             Kernel::MatMul { gemm: Gemm::TensorCores { unit, .. }, .. } => *unit,
+            Kernel::Attention { tiles: Some(unit), .. } => *unit,
             _ => ComputeUnit::Fp32Cores,
         }
     }
@@ -391,6 +432,15 @@ impl Kernel {
             Kernel::Softmax { row_cube, .. } | Kernel::LayerNorm { row_cube, .. } | Kernel::Reduce { row_cube, .. } => {
                 row_cube
             }
+            _ => None,
+        }
+    }
+
+    /// With a cube per line, the width of the planes its combination shuffles within (see
+    /// `plane` on [`Kernel::Softmax`]); `None` for a tree in shared memory and other kernels.
+    pub fn row_plane(&self) -> Option<u32> {
+        match *self {
+            Kernel::Softmax { plane, .. } | Kernel::LayerNorm { plane, .. } | Kernel::Reduce { plane, .. } => plane,
             _ => None,
         }
     }
@@ -442,13 +492,19 @@ impl Kernel {
                 };
                 ([x, y as u32, z as u32], [gemm.threads(), 1, 1])
             }
-            Kernel::Attention { batch, q_len, kv_len, heads, rows_per_thread, .. }
+            Kernel::Attention { batch, q_len, kv_len, heads, rows_per_thread, tiles, .. }
                 if *kv_len > ATTENTION_SHORT_KEYS =>
             {
-                // The kernel's tile is its threads × rows per thread.
-                let rows = long_attention_rows(*rows_per_thread);
-                let threads = ATTENTION_QUERY_TILE / rows;
-                let cubes = batch * heads * q_len.div_ceil((threads * rows) as u64);
+                // A cube per tile of query rows: four planes sharing a tile, or threads of
+                // `rows_per_thread` rows each (the tile is their threads × rows).
+                let (threads, tile) = match tiles {
+                    Some(_) => (ATTENTION_TILE_THREADS, ATTENTION_QUERY_TILE),
+                    None => {
+                        let rows = long_attention_rows(*rows_per_thread);
+                        (ATTENTION_QUERY_TILE / rows, ATTENTION_QUERY_TILE / rows * rows)
+                    }
+                };
+                let cubes = batch * heads * q_len.div_ceil(tile as u64);
                 let x = cubes.clamp(1, MAX_GRID as u64);
                 ([x as u32, cubes.div_ceil(x).max(1) as u32, 1], [threads, 1, 1])
             }

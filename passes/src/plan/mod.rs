@@ -260,6 +260,24 @@ impl KernelPlan {
                 let reason = format!("a cube per line of {t} threads (not a power of two)");
                 return Err(PlanError::Launch { at: at(), reason });
             }
+            if let Some(w) = l.kernel.row_plane() {
+                if !w.is_power_of_two() || l.kernel.row_cube().is_none_or(|t| t % w != 0) {
+                    let reason = format!(
+                        "planes of {w} units must be a power of two dividing a cube per line, not {:?}",
+                        l.kernel.row_cube()
+                    );
+                    return Err(PlanError::Launch { at: at(), reason });
+                }
+            }
+            if let Kernel::Attention { kv_len, head_dim, tiles: Some(_), .. } = l.kernel {
+                if kv_len <= ATTENTION_SHORT_KEYS || head_dim % 16 != 0 || head_dim > ATTENTION_TILE_MAX_HEAD {
+                    let reason = format!(
+                        "attention in tiles needs more than {ATTENTION_SHORT_KEYS} keys and a head width that \
+                         is a multiple of 16 up to {ATTENTION_TILE_MAX_HEAD}, not {kv_len} keys of width {head_dim}"
+                    );
+                    return Err(PlanError::Launch { at: at(), reason });
+                }
+            }
         }
         Ok(())
     }

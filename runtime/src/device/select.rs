@@ -137,12 +137,11 @@ impl Device {
     /// choices would spill, with the tensor-core units the device reports (its capabilities,
     /// not its name, decide).
     pub fn lower_options(&self) -> calm_passes::lower::LowerOptions {
-        use crate::profile::peaks::microbench::tensor_units;
         use calm_passes::lower::LowerOptions;
         match self {
             Device::Wgpu(_) if cpu_adapter() => LowerOptions::default(),
-            Device::Wgpu(c) => LowerOptions { tensor_units: tensor_units(c), ..LowerOptions::gpu() },
-            Device::Cuda(c) => LowerOptions { tensor_units: tensor_units(c), ..LowerOptions::gpu() },
+            Device::Wgpu(c) => gpu_options(c),
+            Device::Cuda(c) => gpu_options(c),
         }
     }
 
@@ -311,6 +310,22 @@ pub enum RunOnDeviceError {
     Select(#[from] SelectError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+}
+
+/// The GPU lowering for what the device reports: its tensor-core units, the shared memory one
+/// cube may use, and its plane width where every plane has the same and plane operations work.
+fn gpu_options<R: Runtime>(client: &ComputeClient<R>) -> calm_passes::lower::LowerOptions {
+    use crate::profile::peaks::microbench::tensor_units;
+    let properties = client.properties();
+    let hardware = &properties.hardware;
+    let planes = properties.features.plane.contains(cubecl::features::Plane::Ops)
+        && hardware.plane_size_min == hardware.plane_size_max;
+    calm_passes::lower::LowerOptions {
+        tensor_units: tensor_units(client),
+        shared_memory: hardware.max_shared_memory_size as u64,
+        plane_width: planes.then_some(hardware.plane_size_min),
+        ..calm_passes::lower::LowerOptions::gpu()
+    }
 }
 
 #[cfg(test)]
