@@ -30,6 +30,22 @@ pub struct GemmIo {
     /// `y = ⌈rows of all slots / tile rows⌉ + E − 1`; cubes past the last tile exit. Not with
     /// `a_tail`.
     pub fold_experts: Option<u32>,
+    /// `A` read through a layer norm of its rows (a norm never stored; shared-tile and
+    /// tensor-core kernels): see [`NormA`].
+    pub a_norm: Option<NormA>,
+}
+
+/// A layer norm applied to `A`'s rows as they are staged: each cube first computes its rows'
+/// mean and inverse deviation over all `k` columns (two passes, as the layer-norm kernel does),
+/// then stages `(a − mean) · inv · gamma + beta`. `gamma` and `beta` are extra arguments;
+/// folded over experts they are stacked per expert (`k` each) and read at the tile's expert.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NormA {
+    /// ε's f32 bits.
+    pub eps_bits: u32,
+    /// Where gamma and beta are in `extra`.
+    pub gamma: usize,
+    pub beta: usize,
 }
 
 /// The compile-time configuration of [`matmul`].
@@ -224,6 +240,80 @@ pub(crate) fn gemm_tile_rows(
     (row0, end, bz, a_off, b_off)
 }
 
+/// The statistics of the tile's rows of `A` for [`GemmIo::a_norm`], into `norm`: the mean and
+/// inverse deviation of row `i` at `2i` and `2i + 1` (rows past the end: the last row's).
+/// `threads / tm` threads share a row, each every `threads / tm`-th column, combined in order.
+/// Returns where the tile's gamma and beta start (its expert's, folded, else 0). Without a
+/// norm, does nothing (`norm` may have one entry).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn norm_rows<F: Float>(
+    a: &Array<F>,
+    meta: &Array<u32>,
+    index: &Array<u32>,
+    a_rows: &SharedMemory<u32>,
+    norm: &mut SharedMemory<f32>,
+    tile: (u32, u32, u32, u32),
+    tid: u32,
+    #[comptime] tm: u32,
+    #[comptime] threads: u32,
+    #[comptime] io: GemmIo,
+) -> u32 {
+    let mut params = 0u32;
+    if comptime![io.a_norm.is_some()] {
+        let eps = constant(comptime![io.a_norm.as_ref().map_or(0, |n| n.eps_bits)]);
+        let fold = comptime![io.fold_experts.is_some()];
+        let share = comptime![threads / tm];
+        let (row0, end, bz, a_off) = tile;
+        let (k, a_rs, a_cs) = (meta[2], meta[3], meta[4]);
+        let mut partial = SharedMemory::<f32>::new(comptime![threads as usize]);
+        let i = tid / share;
+        let part = tid % share;
+        let r = select(row0 + i < end, row0 + i, end - 1);
+        let mut start = a_off + r * a_rs;
+        if comptime![fold] {
+            start = a_rows[i as usize];
+        }
+        // Pass 1: the mean; pass 2: the centred squares.
+        let mut sum = 0.0f32;
+        let mut c = part;
+        while c < k {
+            sum += f32::cast_from(a[(start + c * a_cs) as usize]);
+            c += share;
+        }
+        partial[tid as usize] = sum;
+        sync_cube();
+        let mut mean = 0.0f32;
+        for p in 0..share {
+            mean += partial[(i * share + p) as usize];
+        }
+        mean /= f32::cast_from(k);
+        sync_cube();
+        let mut var = 0.0f32;
+        c = part;
+        while c < k {
+            let d = f32::cast_from(a[(start + c * a_cs) as usize]) - mean;
+            var += d * d;
+            c += share;
+        }
+        partial[tid as usize] = var;
+        sync_cube();
+        if part == 0 {
+            let mut total = 0.0f32;
+            for p in 0..share {
+                total += partial[(i * share + p) as usize];
+            }
+            norm[(2 * i) as usize] = mean;
+            norm[(2 * i + 1) as usize] = 1.0 / f32::sqrt(total / f32::cast_from(k) + eps);
+        }
+        if comptime![fold] {
+            params = index[bz as usize] * k;
+        }
+        sync_cube();
+    }
+    params
+}
+
 /// Stages the `tk`-deep slices of the tile's `A` (rows `row0 .. end`) and `B` (columns `col0..`)
 /// at `k0` in shared memory, as `T`, zero outside the matrices: `a_tile[kk · tm + i] =
 /// A[row0 + i, k0 + kk]` (k-major: column-major A with stride `tm`), `b_tile[kk · tn + j] =
@@ -238,6 +328,8 @@ pub(crate) fn stage_tiles<F: Float, T: Numeric>(
     extra: &Sequence<Array<F>>,
     meta: &Array<u32>,
     a_rows: &SharedMemory<u32>,
+    norm: &SharedMemory<f32>,
+    norm_params: u32,
     a_tile: &mut SharedMemory<T>,
     b_tile: &mut SharedMemory<T>,
     tile: (u32, u32, u32, u32, u32),
@@ -274,6 +366,13 @@ pub(crate) fn stage_tiles<F: Float, T: Numeric>(
                         }
                         None => v = a[(a_off + r * a_rs + kc * a_cs) as usize],
                     }
+                }
+                if comptime![io.a_norm.is_some()] {
+                    let (gamma, beta) = comptime![io.a_norm.as_ref().map_or((0, 0), |n| (n.gamma, n.beta))];
+                    // The row's statistics, then the tile's (expert's) gamma and beta.
+                    let p = (norm_params + kc) as usize;
+                    let y = (f32::cast_from(v) - norm[(2 * i) as usize]) * norm[(2 * i + 1) as usize];
+                    v = F::cast_from(y * f32::cast_from(extra.index(gamma)[p]) + f32::cast_from(extra.index(beta)[p]));
                 }
             }
             a_tile[(kk * tm + i) as usize] = T::cast_from(v);
@@ -344,6 +443,9 @@ pub fn matmul<F: Float>(
     let mut a_rows = SharedMemory::<u32>::new(comptime![if fold { tm as usize } else { 1 }]);
     let (row0, end, bz, a_off, b_off) =
         gemm_tile_rows(meta, index, &mut a_rows, tid, tm, threads, cfg.io.fold_experts, cfg.io.batch.clone());
+    let mut norm = SharedMemory::<f32>::new(comptime![if cfg.io.a_norm.is_some() { (2 * tm) as usize } else { 1 }]);
+    let norm_params =
+        norm_rows(a, meta, index, &a_rows, &mut norm, (row0, end, bz, a_off), tid, tm, threads, cfg.io.clone());
     let per_row = comptime![tn / thn];
     let trow = tid / per_row;
     let tcol = tid % per_row;
@@ -367,6 +469,8 @@ pub fn matmul<F: Float>(
             extra,
             meta,
             &a_rows,
+            &norm,
+            norm_params,
             &mut a_tile,
             &mut b_tile,
             (row0, end, col0, a_off, b_off),

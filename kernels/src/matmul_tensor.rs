@@ -13,7 +13,7 @@
 
 use cubecl::prelude::*;
 
-use crate::matmul::{gemm_tile_rows, stage_tiles, store_c, GemmIo};
+use crate::matmul::{gemm_tile_rows, norm_rows, stage_tiles, store_c, GemmIo};
 
 /// Rows and columns of `C` per cube.
 pub const TENSOR_TILE: u32 = 64;
@@ -54,6 +54,9 @@ pub fn matmul_tensor<F: Float, I: Numeric>(
     let mut a_rows = SharedMemory::<u32>::new(comptime![if fold { tm as usize } else { 1 }]);
     let (row0, end, bz, a_off, b_off) =
         gemm_tile_rows(meta, index, &mut a_rows, tid, tm, threads, cfg.io.fold_experts, cfg.io.batch.clone());
+    let mut norm = SharedMemory::<f32>::new(comptime![if cfg.io.a_norm.is_some() { (2 * tm) as usize } else { 1 }]);
+    let norm_params =
+        norm_rows(a, meta, index, &a_rows, &mut norm, (row0, end, bz, a_off), tid, tm, threads, cfg.io.clone());
     let col0 = CUBE_POS_X * tn;
     // cmma loads and stores need 32-byte aligned tiles; every fragment below starts at a
     // multiple of 16 elements of a row or column of 64.
@@ -81,6 +84,8 @@ pub fn matmul_tensor<F: Float, I: Numeric>(
             extra,
             meta,
             &a_rows,
+            &norm,
+            norm_params,
             &mut a_tile,
             &mut b_tile,
             (row0, end, col0, a_off, b_off),

@@ -172,6 +172,19 @@ fn plans_read_back_as_written_and_old_or_broken_ones_are_refused() {
     let e = KernelPlan::from_json(&odd.to_json()).unwrap_err().to_string();
     assert!(e.contains("(layer_norm): a cube per line of 48 threads (not a power of two)"), "{e}");
     assert_eq!(KernelPlan::from_json(&gpu.to_json()).unwrap(), gpu);
+    // A GEMM reading A through a layer norm and in two parts.
+    let mut split = calm_passes::compile::compile(&g, &bind(2, 3), true, &LowerOptions::gpu()).unwrap().plan;
+    let normed = split.launches.values_mut().find(|l| matches!(l.kernel, Kernel::MatMul { a_norm: Some(_), .. }));
+    let Kernel::MatMul { a_split, .. } = &mut normed.expect("the experts' second norm is read by its GEMM").kernel
+    else {
+        unreachable!()
+    };
+    *a_split = Some(8);
+    let e = KernelPlan::from_json(&split.to_json()).unwrap_err().to_string();
+    assert!(
+        e.contains("(matmul+epilogue): a layer norm of A is read by shared-tile and tensor-core GEMMs only"),
+        "{e}"
+    );
 
     let e = KernelPlan::from_json("{\"format\": \"calm-plan/3\", \"graph\": 3}").unwrap_err().to_string();
     assert!(e.contains("expected a string at line 1 column 36"), "{e}");

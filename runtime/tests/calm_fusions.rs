@@ -715,9 +715,10 @@ fn grouped_gemms_work_in_every_gemm_variant() {
     use calm_passes::lower::GemmStrategy;
     use calm_passes::plan::GemmTile;
     // Widths that are no multiple of 4 push the lowering off the vector GEMM onto the register
-    // one; the shared-tile GEMM (GPUs) is asked for explicitly.
+    // one; the shared-tile GEMM (GPUs) is asked for explicitly. Two expert layers: the second
+    // layer's first norm reads the first layer's rows, not the units'.
     let mut cfg = CalmConfig::preset("tiny").unwrap();
-    (cfg.width, cfg.heads, cfg.expert_ffn, cfg.experts, cfg.top_k) = (30, 3, 18, 3, 2);
+    (cfg.width, cfg.heads, cfg.expert_ffn, cfg.experts, cfg.top_k, cfg.expert_layers) = (30, 3, 18, 3, 2, 2);
     let g = calm_models::build(&cfg, calm_models::Mode::Inference).unwrap();
     let b = Bindings::new().with("batch", 5).with("tokens", 4);
     let feeds = random_inputs(&g, &b, 3).unwrap();
@@ -750,6 +751,13 @@ fn grouped_gemms_work_in_every_gemm_variant() {
         });
         let want = matches!(strategy, GemmStrategy::SharedTiles(_)).then_some(6);
         assert!(folds.into_iter().all(|f| f == want), "2 dimensions of 3 experts");
+        // Folded, the GEMMs after each layer norm read their rows through it, but for the
+        // first layer's, which gathers each slot's rows from its unit: one norm launch left.
+        let norms = plan.launches.values().filter(|l| matches!(l.kernel, Kernel::LayerNorm { grouped: Some(_), .. }));
+        let normed = plan.launches.values().filter(|l| matches!(l.kernel, Kernel::MatMul { a_norm: Some(_), .. }));
+        let layers = cfg.expert_layers as usize;
+        let fused = if matches!(strategy, GemmStrategy::SharedTiles(_)) { 2 * layers - 1 } else { 0 };
+        assert_eq!((norms.count(), normed.count()), (2 * layers - fused, fused), "{strategy:?}, {layers} layers");
     }
 }
 

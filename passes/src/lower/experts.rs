@@ -35,6 +35,13 @@ struct ExpertEpilogue {
     gelu: bool,
 }
 
+/// The rows a grouped GEMM multiplies: as stored, or through a layer norm with an expert's
+/// `gamma` and `beta` (with `gather`, each slot's rows read at its unit).
+enum ExpertRows {
+    Plain(BufferId),
+    Normed { x: BufferId, norm: [ValueId; 2], gather: bool, what: &'static str },
+}
+
 impl Lowering<'_> {
     pub(super) fn lower_experts(&mut self, n: NodeId) -> Result<(), LowerError> {
         let g = self.g;
@@ -67,7 +74,7 @@ impl Lowering<'_> {
         for layer in 0..*layers as usize {
             let p = |i: usize| args[params + layer * EXPERT_LAYER_PARAMS.len() + i];
             let first = layer == 0;
-            let h = self.grouped_norm(&s, x, [p(0), p(1)], first, "ln1");
+            let h = ExpertRows::Normed { x, norm: [p(0), p(1)], gather: first, what: "ln1" };
             let qkv =
                 self.grouped_gemm(&s, h, m, p(2), p(3), 3 * m, ExpertEpilogue { residual: None, gelu: false }, "qkv");
             let ctx = self.scratch(Storage::Float, s.rows * m, format!("{n}.attention"));
@@ -87,12 +94,12 @@ impl Lowering<'_> {
             // The first layer's residual is the unit's own rows of z.
             let from = if first { BatchIndex::Unit } else { BatchIndex::Own };
             let x1 = ExpertEpilogue { residual: Some((x, from)), gelu: false };
-            let x1 = self.grouped_gemm(&s, ctx, m, p(4), p(5), m, x1, "x1");
-            let h = self.grouped_norm(&s, x1, [p(6), p(7)], false, "ln2");
+            let x1 = self.grouped_gemm(&s, ExpertRows::Plain(ctx), m, p(4), p(5), m, x1, "x1");
+            let h = ExpertRows::Normed { x: x1, norm: [p(6), p(7)], gather: false, what: "ln2" };
             let up =
                 self.grouped_gemm(&s, h, m, p(8), p(9), ffn, ExpertEpilogue { residual: None, gelu: true }, "ffn1");
             let x2 = ExpertEpilogue { residual: Some((x1, BatchIndex::Own)), gelu: false };
-            x = self.grouped_gemm(&s, up, ffn, p(10), p(11), m, x2, "x2");
+            x = self.grouped_gemm(&s, ExpertRows::Plain(up), ffn, p(10), p(11), m, x2, "x2");
         }
         // Each slot's mean over its tokens, mixed back into units: all groups in one launch
         // into their concatenation if joined, else a launch per group.
@@ -194,12 +201,15 @@ impl Lowering<'_> {
     }
 
     /// Every slot's `[tokens, k_in]` rows of `a` times its expert's `k_in × width` block of the
-    /// stacked `weight`, plus its expert's block of `bias`, then the epilogue.
+    /// stacked `weight`, plus its expert's block of `bias`, then the epilogue. Rows to normalise
+    /// are normalised as the GEMM reads them where its kernel can (shared tiles and tensor cores
+    /// fold whole tiles of one expert's rows, which then share one gamma and beta; not rows
+    /// gathered from their units), else by a layer-norm launch first.
     #[allow(clippy::too_many_arguments)]
     fn grouped_gemm(
         &mut self,
         s: &Slots,
-        a: BufferId,
+        a: ExpertRows,
         k_in: u64,
         weight: ValueId,
         bias: ValueId,
@@ -214,7 +224,7 @@ impl Lowering<'_> {
             vec![Instr::Arg { index: 0 }, Instr::Arg { index: 1 }, Instr::Binary { f: BinaryFn::Add, a: 0, b: 1 }];
         let mut strides = vec![vec![width, 0, 1]];
         let mut extras = vec![BatchIndex::Expert];
-        let mut reads = vec![a, self.buf(weight), self.buf(bias)];
+        let mut reads = vec![self.buf(weight), self.buf(bias)];
         if let Some((r, at)) = epilogue.residual {
             let last = instrs.len() as u32 - 1;
             instrs.push(Instr::Arg { index: 2 });
@@ -228,7 +238,6 @@ impl Lowering<'_> {
             instrs.push(Instr::Unary { f: UnaryFn::Gelu, x: last });
         }
         let program = Program { outputs: vec![(instrs.len() as u32 - 1, DType::F32)], instrs };
-        reads.push(s.index);
         // Expert e's `k_in × width` block: columns e·width.. of the transposed stack, or
         // rows e·width.. of the stack as stored.
         let (b_strides, b_expert) =
@@ -262,6 +271,18 @@ impl Lowering<'_> {
             Gemm::TensorCores { .. } => Some(experts as u32),
             Gemm::Registers { .. } => None,
         };
+        let folded = matches!(gemm, Gemm::SharedTiles(_) | Gemm::TensorCores { .. });
+        let (a, a_norm, mut flops) = match a {
+            ExpertRows::Normed { x, norm: [gamma, beta], gather: false, .. } if folded => {
+                reads.extend([self.buf(gamma), self.buf(beta)]);
+                (x, Some(s.eps), 8 * rows * k_in)
+            }
+            ExpertRows::Normed { x, norm, gather, what } => (self.grouped_norm(s, x, norm, gather, what), None, 0),
+            ExpertRows::Plain(a) => (a, None, 0),
+        };
+        reads.insert(0, a);
+        reads.push(s.index);
+        flops += 2 * rows * k_in * width;
         let kernel = Kernel::MatMul {
             batch: vec![s.slots],
             a_batch_strides: vec![tokens * k_in],
@@ -276,8 +297,9 @@ impl Lowering<'_> {
             epilogue: Some(Epilogue { program, strides }),
             grouped: Some(Grouped { b: BatchIndex::Expert, extras, fold_experts }),
             a_split: None,
+            a_norm,
         };
-        self.emit_part(n, kernel, reads, vec![out], 2 * rows * k_in * width);
+        self.emit_part(n, kernel, reads, vec![out], flops);
         out
     }
 }

@@ -156,6 +156,7 @@ impl Lowering<'_> {
             epilogue,
             grouped: None,
             a_split: split.map(|parts| parts.head_width),
+            a_norm: None,
         };
         let mut reads = vec![a_buffer, self.buf(args[1])];
         reads.extend(self.bufs(&args[2..]));

@@ -99,8 +99,9 @@ pub enum Kernel {
     },
     /// `C[b] = A[b] · B[b]` over `batch`, `A: m × k` at `a_strides` (row, column), `B: k × n` at
     /// `b_strides`, batch offsets `a_batch_strides`, `b_batch_strides`; `C` contiguous
-    /// `[batch.., m, n]`; reads `a, b, epilogue args..`, then the index array of a grouped GEMM or
-    /// `A`'s second part when `a_split` is set; computed by the `gemm` kernel variant.
+    /// `[batch.., m, n]`; reads `a, b, epilogue args..`, then `A`'s second part when `a_split`
+    /// is set, then `gamma, beta` when `a_norm` is, then the index array of a grouped GEMM;
+    /// computed by the `gemm` kernel variant.
     MatMul {
         batch: Vec<u64>,
         a_batch_strides: Vec<u64>,
@@ -124,6 +125,12 @@ pub enum Kernel {
         /// (shared-tile GEMMs only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         a_split: Option<u64>,
+        /// `Some(eps)`: `A` is read through a layer norm of its rows (over all `k` columns) that
+        /// was never stored, with `gamma` and `beta` (`k` each, stacked per expert in a
+        /// grouped GEMM with folded rows and read at the tile's expert); shared-tile and
+        /// tensor-core GEMMs only, not with `a_split`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        a_norm: Option<f64>,
     },
     /// Softmax (or log-softmax) along the middle axis of `[outer, len, inner]`; reads `x`.
     Softmax {

@@ -260,6 +260,16 @@ impl KernelPlan {
                 let reason = format!("a cube per line of {t} threads (not a power of two)");
                 return Err(PlanError::Launch { at: at(), reason });
             }
+            if let Kernel::MatMul { gemm, a_norm: Some(_), a_split, .. } = &l.kernel {
+                let whole_rows = (gemm.threads() as u64).is_multiple_of(gemm.block().0);
+                if !matches!(gemm, Gemm::SharedTiles(_) | Gemm::TensorCores { .. }) || a_split.is_some() || !whole_rows
+                {
+                    let reason = "a layer norm of A is read by shared-tile and tensor-core GEMMs only (whole groups \
+                                  of threads per row), never with A in two parts"
+                        .to_string();
+                    return Err(PlanError::Launch { at: at(), reason });
+                }
+            }
             if let Some(w) = l.kernel.row_plane() {
                 if !w.is_power_of_two() || l.kernel.row_cube().is_none_or(|t| t % w != 0) {
                     let reason = format!(

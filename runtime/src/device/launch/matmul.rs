@@ -2,7 +2,7 @@
 //! unit that multiplies.
 
 use calm_kernels::elementwise::Buf;
-use calm_kernels::matmul::{self as kernels, GemmConfig, GemmIo, LanesConfig, VectorConfig};
+use calm_kernels::matmul::{self as kernels, GemmConfig, GemmIo, LanesConfig, NormA, VectorConfig};
 use calm_kernels::matmul_tensor::{self as tensor, TensorConfig};
 use calm_passes::plan::{ComputeUnit, Gemm, GemmTile, Kernel};
 use cubecl::prelude::*;
@@ -17,11 +17,12 @@ use crate::device::{convert, DeviceFloat};
 
 /// `C = A · B` (then the epilogue) by the `gemm` variant.
 pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
-    let Kernel::MatMul { ref batch, gemm, ref epilogue, ref grouped, a_split, .. } = *c.kernel else {
+    let Kernel::MatMul { ref batch, gemm, ref epilogue, ref grouped, a_split, a_norm, .. } = *c.kernel else {
         unreachable!("a matmul launch")
     };
     let (epilogue, grouped) = (epilogue.as_ref(), grouped.as_ref());
-    let takes = "a, b, the epilogue's arguments, A's second part if split, the index buffer if grouped -> c";
+    let takes =
+        "a, b, the epilogue's arguments, A's second part if split, gamma and beta if normed, the index buffer if grouped -> c";
     let ([(_, a), (_, b), rest @ ..], [(_, out)]) = c.buffers() else { c.mismatch(takes) };
     // A grouped GEMM's index buffer is its last read; a plain one reads none (the metadata
     // fills the slot). A split A's second part is the last of the extras: the kernel finds it
@@ -31,10 +32,21 @@ pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
         (None, extras) => (extras, c.meta()),
         _ => c.mismatch(takes),
     };
-    if extras.len() != epilogue.map_or(0, |e| e.strides.len()) + usize::from(a_split.is_some()) {
+    let own = epilogue.map_or(0, |e| e.strides.len());
+    if extras.len() != own + usize::from(a_split.is_some()) + 2 * usize::from(a_norm.is_some()) {
         c.mismatch(takes);
     }
-    let a_tail = a_split.map(|split| (u32_of(split), extras.len() - 1));
+    let a_tail = a_split.map(|split| (u32_of(split), own));
+    let a_norm =
+        a_norm.map(|eps| NormA { eps_bits: (eps as f32).to_bits(), gamma: extras.len() - 2, beta: extras.len() - 1 });
+    assert!(
+        a_norm.is_none() || (a_tail.is_none() && matches!(gemm, Gemm::SharedTiles(_) | Gemm::TensorCores { .. })),
+        "the lowering normalises A in shared-tile and tensor-core GEMMs only, never A in two parts"
+    );
+    assert!(
+        a_norm.is_none() || gemm.threads().is_multiple_of(gemm.block().0 as u32),
+        "a normalised A's rows are shared by whole groups of a cube's threads"
+    );
     assert!(
         a_tail.is_none() || !matches!(gemm, Gemm::Registers { .. }),
         "the lowering splits A for every GEMM but the register one"
@@ -54,7 +66,7 @@ pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
     );
     let batch = convert::batching(batch.len(), grouped);
     let epilogue = epilogue.map(|e| (convert::ops(&e.program), e.program.outputs[0].0 as usize));
-    let io = GemmIo { batch, epilogue, a_tail, fold_experts };
+    let io = GemmIo { batch, epilogue, a_tail, fold_experts, a_norm };
     let mut extra = SequenceArg::new();
     for (_, x) in extras {
         extra.push(arg::<R>(x));
