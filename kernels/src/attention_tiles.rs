@@ -246,15 +246,7 @@ fn accumulate<I: Numeric>(
             #[unroll]
             for n in 0..comptime![hd / 16] {
                 let at = (r0 * hd + n * 16) as usize;
-                let acc = unsafe {
-                    cmma::Matrix::<f32>::uninitialized(
-                        cmma::MatrixIdent::Accumulator,
-                        16usize,
-                        16usize,
-                        mma_k as usize,
-                        cmma::MatrixLayout::Undefined,
-                    )
-                };
+                let acc = operand::<f32>(cmma::MatrixIdent::Accumulator, cmma::MatrixLayout::Undefined, mma_k);
                 cmma::load_with_layout(&acc, &o_tile.slice(at, o_len), hd, cmma::MatrixLayout::RowMajor);
                 #[unroll]
                 for c in 0..comptime![kt / mma_k] {

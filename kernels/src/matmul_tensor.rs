@@ -144,7 +144,8 @@ pub(crate) fn zeroed_accumulator(#[comptime] k: u32) -> cmma::Matrix<f32> {
     )
 }
 
-/// An operand fragment (`A`: 16 × k, `B`: k × 16) of type `I`, loaded in the main loop.
+/// A fragment (`A`: 16 × k, `B`: k × 16, an accumulator 16 × 16) of type `I`, uninitialised:
+/// loaded before use.
 #[cube]
 pub(crate) fn operand<I: Numeric>(
     #[comptime] ident: cmma::MatrixIdent,
