@@ -33,6 +33,25 @@ pub struct GemmIo {
     /// `A` read through a layer norm of its rows (a norm never stored; shared-tile and
     /// tensor-core kernels): see [`NormA`].
     pub a_norm: Option<NormA>,
+    /// `Some(S)`: `k` split in `S` shares (multiples of the tile's depth); cube `z` computes its
+    /// share's partial product and stores it as batch entry `z` (no batch, no epilogue; a
+    /// later launch sums the partials in order). Shared-tile and tensor-core kernels.
+    pub split_k: Option<u32>,
+}
+
+/// The columns of `A` (rows of `B`) this cube multiplies, `begin .. end`: all of `k`, or its
+/// share of a split `k` ([`GemmIo::split_k`]), in whole tiles of depth `tk`.
+#[cube]
+pub(crate) fn k_range(meta: &Array<u32>, #[comptime] split: Option<u32>, #[comptime] tk: u32) -> (u32, u32) {
+    let k = meta[2];
+    let mut begin = 0u32;
+    let mut end = k;
+    if comptime![split.is_some()] {
+        let share = k.div_ceil(comptime![split.unwrap_or(1)]).div_ceil(tk) * tk;
+        begin = select(CUBE_POS_Z * share < k, CUBE_POS_Z * share, k);
+        end = select(begin + share < k, begin + share, k);
+    }
+    (begin, end)
 }
 
 /// A layer norm applied to `A`'s rows as they are staged: each cube first computes its rows'
@@ -315,7 +334,7 @@ pub(crate) fn norm_rows<F: Float>(
 }
 
 /// Stages the `tk`-deep slices of the tile's `A` (rows `row0 .. end`) and `B` (columns `col0..`)
-/// at `k0` in shared memory, as `T`, zero outside the matrices: `a_tile[kk · tm + i] =
+/// at `k0` in shared memory, as `T`, zero outside the matrices and past `k_end`: `a_tile[kk · tm + i] =
 /// A[row0 + i, k0 + kk]` (k-major: column-major A with stride `tm`), `b_tile[kk · tn + j] =
 /// B[k0 + kk, col0 + j]` (row-major with stride `tn`). Consecutive threads take consecutive
 /// elements of a row-major A's rows and B's rows. `A` may be folded rows (`a_rows`) or read
@@ -334,6 +353,7 @@ pub(crate) fn stage_tiles<F: Float, T: Numeric>(
     b_tile: &mut SharedMemory<T>,
     tile: (u32, u32, u32, u32, u32),
     k0: u32,
+    k_end: u32,
     tid: u32,
     #[comptime] shape: (u32, u32, u32, u32),
     #[comptime] io: GemmIo,
@@ -351,7 +371,7 @@ pub(crate) fn stage_tiles<F: Float, T: Numeric>(
             let i = idx / tk;
             let (r, kc) = (row0 + i, k0 + kk);
             let mut v = F::new(0.0);
-            if r < end && kc < k {
+            if r < end && kc < k_end {
                 if comptime![fold] {
                     v = a[(a_rows[i as usize] + kc * a_cs) as usize];
                 } else {
@@ -386,7 +406,7 @@ pub(crate) fn stage_tiles<F: Float, T: Numeric>(
             let kk = idx / tn;
             let (kc, col) = (k0 + kk, col0 + j);
             let mut v = F::new(0.0);
-            if kc < k && col < n {
+            if kc < k_end && col < n {
                 v = b[(b_off + kc * b_rs + col * b_cs) as usize];
             }
             b_tile[(kk * tn + j) as usize] = T::cast_from(v);
@@ -438,7 +458,6 @@ pub fn matmul<F: Float>(
     let (thm, thn) = comptime![(cfg.thread_m, cfg.thread_n)];
     let threads = comptime![cfg.threads()];
     let fold = comptime![cfg.io.fold_experts.is_some()];
-    let k = meta[2];
     let tid = UNIT_POS_X;
     let mut a_rows = SharedMemory::<u32>::new(comptime![if fold { tm as usize } else { 1 }]);
     let (row0, end, bz, a_off, b_off) =
@@ -461,8 +480,8 @@ pub fn matmul<F: Float>(
     let mut a_frag = Array::<f32>::new(comptime![thm as usize]);
     let mut b_frag = Array::<f32>::new(comptime![thn as usize]);
 
-    let mut k0 = 0u32;
-    while k0 < k {
+    let (mut k0, k_end) = k_range(meta, cfg.io.split_k, tk);
+    while k0 < k_end {
         stage_tiles::<F, F>(
             a,
             b,
@@ -475,6 +494,7 @@ pub fn matmul<F: Float>(
             &mut b_tile,
             (row0, end, col0, a_off, b_off),
             k0,
+            k_end,
             tid,
             comptime![(tm, tn, tk, threads)],
             cfg.io.clone(),

@@ -13,7 +13,7 @@
 
 use cubecl::prelude::*;
 
-use crate::matmul::{gemm_tile_rows, norm_rows, stage_tiles, store_c, GemmIo};
+use crate::matmul::{gemm_tile_rows, k_range, norm_rows, stage_tiles, store_c, GemmIo};
 
 /// Rows and columns of `C` per cube.
 pub const TENSOR_TILE: u32 = 64;
@@ -49,7 +49,6 @@ pub fn matmul_tensor<F: Float, I: Numeric>(
     let (tk, mk) = comptime![(cfg.tile_k, cfg.mma_k)];
     let threads = comptime![PLANE * TENSOR_PLANES];
     let fold = comptime![cfg.io.fold_experts.is_some()];
-    let k = meta[2];
     let tid = UNIT_POS_X;
     let mut a_rows = SharedMemory::<u32>::new(comptime![if fold { tm as usize } else { 1 }]);
     let (row0, end, bz, a_off, b_off) =
@@ -76,8 +75,8 @@ pub fn matmul_tensor<F: Float, I: Numeric>(
     let b1 = operand::<I>(cmma::MatrixIdent::B, cmma::MatrixLayout::RowMajor, mk);
     let (a_len, b_len) = comptime![((tk * tm) as usize, (tk * tn) as usize)];
 
-    let mut k0 = 0u32;
-    while k0 < k {
+    let (mut k0, k_end) = k_range(meta, cfg.io.split_k, tk);
+    while k0 < k_end {
         stage_tiles::<F, I>(
             a,
             b,
@@ -90,6 +89,7 @@ pub fn matmul_tensor<F: Float, I: Numeric>(
             &mut b_tile,
             (row0, end, col0, a_off, b_off),
             k0,
+            k_end,
             tid,
             comptime![(tm, tn, tk, threads)],
             cfg.io.clone(),

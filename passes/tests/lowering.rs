@@ -185,6 +185,16 @@ fn plans_read_back_as_written_and_old_or_broken_ones_are_refused() {
         e.contains("(matmul+epilogue): a layer norm of A is read by shared-tile and tensor-core GEMMs only"),
         "{e}"
     );
+    // k split in shares by a GEMM with an epilogue.
+    let mut shares = calm_passes::compile::compile(&g, &bind(2, 3), true, &LowerOptions::gpu()).unwrap().plan;
+    let gemm = shares.launches.values_mut().find(|l| matches!(l.kernel, Kernel::MatMul { epilogue: Some(_), .. }));
+    let gemm = gemm.expect("a GEMM with an epilogue");
+    let Kernel::MatMul { split_k, batch, .. } = &mut gemm.kernel else { unreachable!() };
+    assert!(batch.is_empty());
+    *split_k = Some(4);
+    (gemm.cube_count, gemm.cube_dim) = gemm.kernel.launch_dims();
+    let e = KernelPlan::from_json(&shares.to_json()).unwrap_err().to_string();
+    assert!(e.contains("k split in 4 shares needs at least 2, a shared-tile or tensor-core GEMM"), "{e}");
 
     let e = KernelPlan::from_json("{\"format\": \"calm-plan/3\", \"graph\": 3}").unwrap_err().to_string();
     assert!(e.contains("expected a string at line 1 column 36"), "{e}");

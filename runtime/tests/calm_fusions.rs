@@ -711,6 +711,42 @@ fn dense_gates_decline_the_sparse_dispatch() {
 }
 
 #[test]
+fn gemms_of_few_tiles_split_k_and_sum_the_shares_in_order() {
+    // A 37-row linear over a concatenation never stored (300 + 701 columns), with bias, ReLU
+    // and a residual in the epilogue: on GPUs 4 tiles, so k splits and an elementwise launch
+    // sums the shares (the last one short: 1001 columns in shares of 256) before the
+    // epilogue. Compared with the reference on lavapipe through the shared-tile GEMM.
+    let mut b = GraphBuilder::new("split_k");
+    let x1 = b.input("x1", F, shape![37u64, 300u64]).unwrap();
+    let x2 = b.input("x2", F, shape![37u64, 701u64]).unwrap();
+    let r = b.input("r", F, shape![37u64, 45u64]).unwrap();
+    let x = b.concat(&[x1, x2], -1).unwrap();
+    let y = nn::linear(&mut b, "linear", x, 45).unwrap();
+    let y = b.relu(y).unwrap();
+    let y = b.add(y, r).unwrap();
+    b.output("y", y);
+    let g = b.finish().unwrap();
+    let feeds = random_inputs(&g, &Bindings::new(), 6).unwrap();
+    let opts = LowerOptions::gpu();
+    let plan = fused_plan(&g, &Bindings::new(), &opts);
+    let kernels: Vec<&Kernel> = plan.launches.values().map(|l| &l.kernel).collect();
+    let [Kernel::MatMul { split_k: Some(splits), a_split: Some(300), epilogue: None, .. }, Kernel::Elementwise { offsets, .. }] =
+        kernels[..]
+    else {
+        panic!("a split GEMM reading the concatenation in parts, then the sum: {kernels:?}")
+    };
+    assert_eq!(*splits, 4, "the most shares");
+    assert_eq!(offsets[..*splits as usize], (0..*splits as u64).map(|s| s * 37 * 45).collect::<Vec<_>>()[..]);
+    check_fused_lowered(&g, &feeds, &ParamStore::init(&g, 7), 1e-4, &opts);
+    // Unsplit where the device is asked not to, and on lavapipe's GEMMs.
+    for opts in [LowerOptions { split_k: false, ..LowerOptions::gpu() }, LowerOptions::default()] {
+        let plan = fused_plan(&g, &Bindings::new(), &opts);
+        let gemms: Vec<_> = plan.launches.values().filter(|l| matches!(l.kernel, Kernel::MatMul { .. })).collect();
+        assert!(matches!(gemms[..], [l] if matches!(l.kernel, Kernel::MatMul { split_k: None, .. })), "{gemms:?}");
+    }
+}
+
+#[test]
 fn grouped_gemms_work_in_every_gemm_variant() {
     use calm_passes::lower::GemmStrategy;
     use calm_passes::plan::GemmTile;

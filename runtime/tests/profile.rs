@@ -273,6 +273,10 @@ fn the_paper_plan_compiles_for_sm_90_without_spills() {
     let mut tiles = std::collections::BTreeSet::new();
     for (opts, bind) in &options {
         let (float, plan) = (opts.float, paper_plan_for(opts, bind));
+        // The reflection rounds' GEMMs (a row per sample) have few tiles: k splits (both GEMM
+        // kernels compile so).
+        let splits = plan.launches.values().filter(|l| matches!(l.kernel, Kernel::MatMul { split_k: Some(_), .. }));
+        assert!(splits.count() > 0, "{float:?} {bind}: GEMMs with k split");
         tiles.extend(plan.launches.values().filter_map(|l| match l.kernel {
             Kernel::MatMul { gemm: calm_passes::plan::Gemm::SharedTiles(t), .. } => Some((t.tile_m, t.tile_n)),
             _ => None,

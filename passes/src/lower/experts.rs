@@ -298,6 +298,7 @@ impl Lowering<'_> {
             grouped: Some(Grouped { b: BatchIndex::Expert, extras, fold_experts }),
             a_split: None,
             a_norm,
+            split_k: None,
         };
         self.emit_part(n, kernel, reads, vec![out], flops);
         out

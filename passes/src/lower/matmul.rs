@@ -4,11 +4,12 @@
 //! where every epilogue argument can follow them.
 
 use calm_ir::fused::FusedOp;
-use calm_ir::{NodeId, Op, ValueId};
+use calm_ir::program::{Instr, Program};
+use calm_ir::{BinaryFn, DType, NodeId, Op, ValueId};
 
 use super::{LowerError, LowerOptions, Lowering};
 use crate::layout::{broadcast_strides, contiguous_strides, flat_row_stride, Parts};
-use crate::plan::{Epilogue, Gemm, GemmTile, Kernel, Role};
+use crate::plan::{Epilogue, Gemm, GemmTile, Kernel, Role, Storage};
 
 /// How to compute matmuls: the device decides.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -70,6 +71,64 @@ fn fill_the_device(gemm: Gemm, entries: u64, m: u64, n: u64) -> Gemm {
         }
         other => other,
     }
+}
+
+/// The most shares of a split `k`: the elementwise launch that sums them reads each as an
+/// argument of its own, and with 8 and an epilogue's arguments it spilled on sm_90.
+const MAX_SPLITS: u64 = 4;
+
+/// The shares of `k` a GEMM of `tiles` output tiles splits into (see `split_k` on
+/// [`Kernel::MatMul`]): on shared tiles and tensor cores, when its tiles would leave most of a
+/// GPU's SMs idle, enough shares to give them a cube each (at most [`MAX_SPLITS`]), each at least four
+/// staged slices deep. A cube's slices run one after another, so a 64-row product over a long
+/// `k` takes as long with few cubes as with many: the reflection rounds' GEMMs (64 × 512 ×
+/// 1024 at d = 384) ran at 0.3 TFLOP/s on the H200 of 2026-12-04; split 4 ways, each cube
+/// walks a quarter of `k`.
+fn split_k(opts: &LowerOptions, gemm: &Gemm, tiles: u64, k: u64) -> Option<u32> {
+    let depth = match *gemm {
+        Gemm::SharedTiles(t) => t.tile_k as u64,
+        Gemm::TensorCores { tile_k, .. } => tile_k as u64,
+        _ => return None,
+    };
+    let shares = (GPU_SMS / tiles.max(1)).min(k / (4 * depth)).min(MAX_SPLITS);
+    (opts.split_k && 2 * tiles <= GPU_SMS && shares >= 2).then_some(shares as u32)
+}
+
+/// The program that sums `splits` partial products (arguments `0..splits`, in order) and then
+/// applies `epilogue` (its argument 0, the accumulator, becomes the sum; its others follow the
+/// partials).
+fn sum_then(splits: u32, epilogue: Option<&Program>) -> Program {
+    let mut instrs = vec![Instr::Arg { index: 0 }];
+    for s in 1..splits {
+        let last = instrs.len() as u32 - 1;
+        instrs.push(Instr::Arg { index: s });
+        instrs.push(Instr::Binary { f: BinaryFn::Add, a: last, b: last + 1 });
+    }
+    let sum = instrs.len() as u32 - 1;
+    let Some(epilogue) = epilogue else {
+        return Program { instrs, outputs: vec![(sum, DType::F32)] };
+    };
+    // The epilogue's registers renumbered after the sum's; its accumulator is the sum.
+    let mut at = Vec::with_capacity(epilogue.instrs.len());
+    for instr in &epilogue.instrs {
+        let r = |x: u32| at[x as usize];
+        let moved = match *instr {
+            Instr::Arg { index: 0 } => {
+                at.push(sum);
+                continue;
+            }
+            Instr::Arg { index } => Instr::Arg { index: index + splits - 1 },
+            Instr::Unary { f, x } => Instr::Unary { f, x: r(x) },
+            Instr::Binary { f, a, b } => Instr::Binary { f, a: r(a), b: r(b) },
+            Instr::Select { cond, a, b } => Instr::Select { cond: r(cond), a: r(a), b: r(b) },
+            Instr::Cast { to, x } => Instr::Cast { to, x: r(x) },
+            ref other => other.clone(),
+        };
+        instrs.push(moved);
+        at.push(instrs.len() as u32 - 1);
+    }
+    let outputs = epilogue.outputs.iter().map(|&(r, t)| (at[r as usize], t)).collect();
+    Program { instrs, outputs }
 }
 
 /// The transposes of a plain or fused matmul, `None` for other ops.
@@ -142,6 +201,13 @@ impl Lowering<'_> {
         });
         let gemm = choose_gemm(self.opts, m, n_, k, a_strides, b_strides, a_offset);
         let gemm = fill_the_device(gemm, batch.iter().product(), m, n_);
+        let (rows, cols) = gemm.block();
+        let splits =
+            if batch.is_empty() { split_k(self.opts, &gemm, m.div_ceil(rows) * n_.div_ceil(cols), k) } else { None };
+        let (epilogue, after) = match splits {
+            Some(_) => (None, epilogue),
+            None => (epilogue, None),
+        };
         let kernel = Kernel::MatMul {
             a_batch_strides,
             b_batch_strides,
@@ -157,12 +223,35 @@ impl Lowering<'_> {
             grouped: None,
             a_split: split.map(|parts| parts.head_width),
             a_norm: None,
+            split_k: splits,
         };
         let mut reads = vec![a_buffer, self.buf(args[1])];
-        reads.extend(self.bufs(&args[2..]));
+        let Some(splits) = splits else {
+            reads.extend(self.bufs(&args[2..]));
+            reads.extend(split.map(|parts| parts.tail));
+            let w = self.new_buffer(out, Role::Temp)?;
+            return self.emit(n, kernel, reads, vec![w]);
+        };
+        // Split k: the partial products, then one elementwise launch summing them in order and
+        // applying the epilogue (reading its arguments at the same strides over `[m, n]`).
         reads.extend(split.map(|parts| parts.tail));
+        let size = m * n_;
+        let partials = self.scratch(Storage::Float, splits as u64 * size, format!("{n}.partials"));
+        self.emit_part(n, kernel, reads, vec![partials], 2 * m * n_ * k);
+        let program = sum_then(splits, after.as_ref().map(|e| &e.program));
+        let flops = size * (splits as u64 - 1 + program.flops_per_element());
+        let mut strides = vec![vec![n_, 1]; splits as usize];
+        let mut offsets: Vec<u64> = (0..splits as u64).map(|s| s * size).collect();
+        let mut reads = vec![partials; splits as usize];
+        if let Some(e) = &after {
+            strides.extend(e.strides.iter().cloned());
+            offsets.extend(e.strides.iter().map(|_| 0));
+            reads.extend(self.bufs(&args[2..]));
+        }
+        let sum = Kernel::Elementwise { shape: vec![m, n_], strides, offsets, program };
         let w = self.new_buffer(out, Role::Temp)?;
-        self.emit(n, kernel, reads, vec![w])
+        self.emit_part(n, sum, reads, vec![w], flops);
+        Ok(())
     }
 
     /// Row and column strides of a GEMM's `B` (`k × n` as the product reads it): a weight stored

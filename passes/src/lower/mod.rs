@@ -76,6 +76,9 @@ pub struct LowerOptions {
     /// tensor cores where [`tensor_unit`](Self::tensor_unit) allows; heads whose width is not a
     /// multiple of 16 keep one thread per query row.
     pub attention_tiles: bool,
+    /// Split `k` of GEMMs whose tiles would leave most of a GPU's SMs idle (shared tiles and
+    /// tensor cores; see `split_k` on [`Kernel::MatMul`]).
+    pub split_k: bool,
     /// Bytes of shared memory one cube may use (the device's limit): attention runs in tiles
     /// only where its tiles fit.
     pub shared_memory: u64,
@@ -123,6 +126,7 @@ impl LowerOptions {
             gemm: GemmStrategy::SharedTiles(GemmTile::DEFAULT),
             attention_rows: 1,
             attention_tiles: true,
+            split_k: true,
             shared_memory: GPU_SHARED_MEMORY,
             row_threads: Some(256),
             ..LowerOptions::default()
@@ -139,6 +143,7 @@ impl Default for LowerOptions {
             transpose_weights: true,
             attention_rows: ATTENTION_ROWS_PER_THREAD,
             attention_tiles: false,
+            split_k: false,
             shared_memory: GPU_SHARED_MEMORY,
             row_threads: None,
             plane_width: None,

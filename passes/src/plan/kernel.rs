@@ -131,6 +131,12 @@ pub enum Kernel {
         /// tensor-core GEMMs only, not with `a_split`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         a_norm: Option<f64>,
+        /// `Some(S)`: `k` is split in `S` shares and the launch writes `S` partial products
+        /// `[S, m, n]` (no batch, no epilogue, not grouped; shared-tile and tensor-core GEMMs),
+        /// which an elementwise launch then sums in order before the epilogue: products of
+        /// few tiles over a long `k` get `S` times the cubes, each `S` times shorter.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        split_k: Option<u32>,
     },
     /// Softmax (or log-softmax) along the middle axis of `[outer, len, inner]`; reads `x`.
     Softmax {
@@ -457,9 +463,9 @@ impl Kernel {
     pub fn work_items(&self) -> u64 {
         match self {
             Kernel::Elementwise { shape, .. } | Kernel::Copy { shape, .. } => shape.iter().product(),
-            Kernel::MatMul { batch, m, n, gemm, .. } => {
+            Kernel::MatMul { batch, m, n, gemm, split_k, .. } => {
                 let (rows, cols) = gemm.block();
-                batch.iter().product::<u64>() * m.div_ceil(rows) * n.div_ceil(cols)
+                batch.iter().product::<u64>() * m.div_ceil(rows) * n.div_ceil(cols) * split_k.unwrap_or(1) as u64
             }
             Kernel::Softmax { outer, inner, .. } | Kernel::Reduce { outer, inner, .. } => outer * inner,
             Kernel::LayerNorm { rows, .. } | Kernel::TopK { rows, .. } => *rows,
@@ -486,10 +492,11 @@ impl Kernel {
             return ([x as u32, lines.div_ceil(x) as u32, 1], [threads, 1, 1]);
         }
         match self {
-            Kernel::MatMul { batch, m, n, gemm, grouped, .. } => {
+            Kernel::MatMul { batch, m, n, gemm, grouped, split_k, .. } => {
                 let (rows, cols) = gemm.block();
                 let x = n.div_ceil(cols) as u32;
-                let entries = batch.iter().product::<u64>().max(1);
+                // A split k's shares are the batch entries of the partial products.
+                let entries = batch.iter().product::<u64>().max(1) * split_k.unwrap_or(1) as u64;
                 // A grouped GEMM with folded rows runs over all slots' rows at once; each
                 // expert's last tile may be partial.
                 let (y, z) = if let Some(experts) = grouped.as_ref().and_then(|g| g.fold_experts) {

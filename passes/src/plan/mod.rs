@@ -260,6 +260,16 @@ impl KernelPlan {
                 let reason = format!("a cube per line of {t} threads (not a power of two)");
                 return Err(PlanError::Launch { at: at(), reason });
             }
+            if let Kernel::MatMul { gemm, batch, epilogue, grouped, split_k: Some(splits), .. } = &l.kernel {
+                let tiles = matches!(gemm, Gemm::SharedTiles(_) | Gemm::TensorCores { .. });
+                if !tiles || *splits < 2 || !batch.is_empty() || epilogue.is_some() || grouped.is_some() {
+                    let reason = format!(
+                        "k split in {splits} shares needs at least 2, a shared-tile or tensor-core GEMM, \
+                         and no batch, epilogue or grouping"
+                    );
+                    return Err(PlanError::Launch { at: at(), reason });
+                }
+            }
             if let Kernel::MatMul { gemm, a_norm: Some(_), a_split, .. } = &l.kernel {
                 let whole_rows = (gemm.threads() as u64).is_multiple_of(gemm.block().0);
                 if !matches!(gemm, Gemm::SharedTiles(_) | Gemm::TensorCores { .. }) || a_split.is_some() || !whole_rows

@@ -17,7 +17,7 @@ use crate::device::{convert, DeviceFloat};
 
 /// `C = A · B` (then the epilogue) by the `gemm` variant.
 pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
-    let Kernel::MatMul { ref batch, gemm, ref epilogue, ref grouped, a_split, a_norm, .. } = *c.kernel else {
+    let Kernel::MatMul { ref batch, gemm, ref epilogue, ref grouped, a_split, a_norm, split_k, .. } = *c.kernel else {
         unreachable!("a matmul launch")
     };
     let (epilogue, grouped) = (epilogue.as_ref(), grouped.as_ref());
@@ -66,7 +66,15 @@ pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
     );
     let batch = convert::batching(batch.len(), grouped);
     let epilogue = epilogue.map(|e| (convert::ops(&e.program), e.program.outputs[0].0 as usize));
-    let io = GemmIo { batch, epilogue, a_tail, fold_experts, a_norm };
+    assert!(
+        split_k.is_none()
+            || (matches!(gemm, Gemm::SharedTiles(_) | Gemm::TensorCores { .. })
+                && batch.rank == 0
+                && epilogue.is_none()
+                && fold_experts.is_none()),
+        "the lowering splits k for shared-tile and tensor-core GEMMs without batch, epilogue or grouping"
+    );
+    let io = GemmIo { batch, epilogue, a_tail, fold_experts, a_norm, split_k };
     let mut extra = SequenceArg::new();
     for (_, x) in extras {
         extra.push(arg::<R>(x));
