@@ -69,6 +69,10 @@ pub struct Args {
     pub float: Float,
     #[arg(long, value_enum, default_value_t = PrecisionArg::Highest, help = PRECISION_HELP)]
     pub precision: PrecisionArg,
+    /// Keep every GEMM's k whole: GPUs otherwise split the k of GEMMs with few tiles in up to 4
+    /// shares and sum them in a second launch (profile both ways to see which is faster).
+    #[arg(long)]
+    pub no_split_k: bool,
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
@@ -91,6 +95,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         remeasure_peaks: args.remeasure_peaks,
         peak_cache: PeakCache::default_path(),
         precision: args.precision.into(),
+        split_k: !args.no_split_k,
     };
     let report = profile::profile(&device, &g, &bindings, &opts)?;
     let ceilings = report.peaks.ceilings();
@@ -231,7 +236,12 @@ fn print_peaks(p: &DevicePeaks) {
 /// The plan an H200 runs (as `--target cuda` lowers: shared tiles, tensor cores where the
 /// float type and precision allow), for the device model.
 fn compile_plan(g: &Graph, bindings: &Bindings, fuse: bool, args: &Args) -> Result<KernelPlan, CliError> {
-    let opts = LowerOptions { float: args.float.plan_type(), precision: args.precision.into(), ..LowerOptions::sm90() };
+    let opts = LowerOptions {
+        float: args.float.plan_type(),
+        precision: args.precision.into(),
+        split_k: !args.no_split_k,
+        ..LowerOptions::sm90()
+    };
     Ok(compile(g, bindings, fuse, &opts)?.plan)
 }
 
@@ -329,8 +339,8 @@ fn modelled(
     }
     if Precision::from(args.precision) != Precision::Highest {
         println!(
-            "precision {}: tensor cores allowed, but this calm's GEMMs run on the FP32 pipelines at every precision, \
-             so each launch is modelled on the unit its kernel uses",
+            "precision {}: GEMMs (and attention in tiles) on the tensor cores it allows; each launch is modelled on \
+             the unit its kernel uses",
             fused.precision
         );
     }

@@ -246,6 +246,8 @@ pub struct Options {
     pub peak_cache: std::path::PathBuf,
     /// What matrix products of f32 buffers may use (recorded; see [`Precision`]).
     pub precision: Precision,
+    /// Let the device's lowering split the k of GEMMs with few tiles (`LowerOptions::split_k`).
+    pub split_k: bool,
 }
 
 /// Everything one `calm profile` run measured.
@@ -289,7 +291,9 @@ pub fn profile(
     opts: &Options,
 ) -> Result<Report, ProfileError> {
     use crate::device::select::Device;
-    let lower = calm_passes::lower::LowerOptions { precision: opts.precision, ..device.lower_options() };
+    let base = device.lower_options();
+    let lower =
+        calm_passes::lower::LowerOptions { precision: opts.precision, split_k: base.split_k && opts.split_k, ..base };
     let plan = calm_passes::compile::compile(g, bindings, true, &lower)?.plan;
     // Refused before anything is allocated when it cannot fit.
     device.check_memory(&plan)?;
