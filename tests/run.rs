@@ -152,8 +152,15 @@ fn fused_executor_compiles_runs_and_compares() {
     // Unbound symbols and a device that cannot start are one-line errors.
     let (ok, _, stderr) = calm(&["compile", s(&graph)]);
     assert!(!ok && stderr.contains("symbols unbound: batch, tokens"), "{stderr}");
-    let (ok, _, stderr) = calm(&["run", s(&graph), "--bind", "batch=2,tokens=2", "--device", "cuda"]);
-    if !ok {
+    // On CUDA the fused plan must match the reference; without it, one line says why.
+    let (ok, stdout, stderr) = calm(&["run", s(&graph), "--bind", "batch=2,tokens=2", "--device", "cuda", "--compare"]);
+    if ok {
+        for o in &g.outputs {
+            let line = stdout.lines().find(|l| l.split_whitespace().next() == Some(o.name.as_str()));
+            let err: f64 = line.and_then(|l| l.split_whitespace().last()?.parse().ok()).unwrap_or(f64::NAN);
+            assert!(err < 1e-4, "`{}` on CUDA against the reference: {stdout}", o.name);
+        }
+    } else {
         assert!(stderr.contains("CUDA did not start") && stderr.lines().count() == 1, "{stderr}");
     }
 }
