@@ -231,29 +231,12 @@ pub fn fuse_elementwise(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassEr
             }
             // Splice the member's program: its arguments become those registers, its own
             // registers are renumbered, its random keys refer to the fused node's arguments.
-            let mut local: Vec<u32> = Vec::new();
-            for instr in &program.instrs {
-                let r = |x: u32| local[x as usize];
-                let spliced = match *instr {
-                    Instr::Arg { index } => {
-                        local.push(operand_regs[index as usize]);
-                        continue;
-                    }
-                    Instr::Const { bits, dtype } => Instr::Const { bits, dtype },
-                    Instr::Unary { f, x } => Instr::Unary { f, x: r(x) },
-                    Instr::Binary { f, a, b } => Instr::Binary { f, a: r(a), b: r(b) },
-                    Instr::Select { cond, a, b } => Instr::Select { cond: r(cond), a: r(a), b: r(b) },
-                    Instr::Cast { to, x } => Instr::Cast { to, x: r(x) },
-                    Instr::Uniform { stream, seed, offset } => Instr::Uniform {
-                        stream,
-                        seed: arg_index(node.args[seed as usize], &mut args),
-                        offset: arg_index(node.args[offset as usize], &mut args),
-                    },
-                    Instr::Index { axis } => Instr::Index { axis },
-                };
-                instrs.push(spliced);
-                local.push(instrs.len() as u32 - 1);
-            }
+            let local = splice_program(
+                &program,
+                &mut instrs,
+                |index, _| operand_regs[index as usize],
+                |key| arg_index(node.args[key as usize], &mut args),
+            );
             let result_reg = local[program.outputs[0].0 as usize];
             reg_of.insert(node.results[0], result_reg);
         }
@@ -281,4 +264,37 @@ pub fn fuse_elementwise(g: &mut Graph, log: &mut PassLog) -> Result<bool, PassEr
         log.fired(PASS, scope, fired_note(sizes));
     }
     Ok(changed)
+}
+
+/// Appends `program`'s instructions to `instrs` with its registers renumbered: its argument
+/// `i` becomes the register `arg(i, instrs)` returns (which may push instructions), and the
+/// argument a random draw keys on (seed, offset) becomes argument `key(i)`. Returns where each
+/// of its registers now is. Shared by the elementwise fusion and the GEMM's split-k sum.
+pub(crate) fn splice_program(
+    program: &Program,
+    instrs: &mut Vec<Instr>,
+    mut arg: impl FnMut(u32, &mut Vec<Instr>) -> u32,
+    mut key: impl FnMut(u32) -> u32,
+) -> Vec<u32> {
+    let mut local: Vec<u32> = Vec::with_capacity(program.instrs.len());
+    for instr in &program.instrs {
+        let r = |x: u32| local[x as usize];
+        let spliced = match *instr {
+            Instr::Arg { index } => {
+                let reg = arg(index, instrs);
+                local.push(reg);
+                continue;
+            }
+            Instr::Const { bits, dtype } => Instr::Const { bits, dtype },
+            Instr::Unary { f, x } => Instr::Unary { f, x: r(x) },
+            Instr::Binary { f, a, b } => Instr::Binary { f, a: r(a), b: r(b) },
+            Instr::Select { cond, a, b } => Instr::Select { cond: r(cond), a: r(a), b: r(b) },
+            Instr::Cast { to, x } => Instr::Cast { to, x: r(x) },
+            Instr::Uniform { stream, seed, offset } => Instr::Uniform { stream, seed: key(seed), offset: key(offset) },
+            Instr::Index { axis } => Instr::Index { axis },
+        };
+        instrs.push(spliced);
+        local.push(instrs.len() as u32 - 1);
+    }
+    local
 }

@@ -8,6 +8,7 @@ use calm_ir::program::{Instr, Program};
 use calm_ir::{BinaryFn, DType, NodeId, Op, ValueId};
 
 use super::{LowerError, LowerOptions, Lowering};
+use crate::fuse_elementwise::splice_program;
 use crate::layout::{broadcast_strides, contiguous_strides, flat_row_stride, Parts};
 use crate::plan::{Epilogue, Gemm, GemmTile, Kernel, Role, Storage};
 
@@ -108,25 +109,20 @@ fn sum_then(splits: u32, epilogue: Option<&Program>) -> Program {
     let Some(epilogue) = epilogue else {
         return Program { instrs, outputs: vec![(sum, DType::F32)] };
     };
-    // The epilogue's registers renumbered after the sum's; its accumulator is the sum.
-    let mut at = Vec::with_capacity(epilogue.instrs.len());
-    for instr in &epilogue.instrs {
-        let r = |x: u32| at[x as usize];
-        let moved = match *instr {
-            Instr::Arg { index: 0 } => {
-                at.push(sum);
-                continue;
+    // The epilogue's registers renumbered after the sum's; its accumulator is the sum, its
+    // other arguments follow the partials.
+    let at = splice_program(
+        epilogue,
+        &mut instrs,
+        |index, instrs| {
+            if index == 0 {
+                return sum;
             }
-            Instr::Arg { index } => Instr::Arg { index: index + splits - 1 },
-            Instr::Unary { f, x } => Instr::Unary { f, x: r(x) },
-            Instr::Binary { f, a, b } => Instr::Binary { f, a: r(a), b: r(b) },
-            Instr::Select { cond, a, b } => Instr::Select { cond: r(cond), a: r(a), b: r(b) },
-            Instr::Cast { to, x } => Instr::Cast { to, x: r(x) },
-            ref other => other.clone(),
-        };
-        instrs.push(moved);
-        at.push(instrs.len() as u32 - 1);
-    }
+            instrs.push(Instr::Arg { index: index + splits - 1 });
+            instrs.len() as u32 - 1
+        },
+        |key| key + splits - 1,
+    );
     let outputs = epilogue.outputs.iter().map(|&(r, t)| (at[r as usize], t)).collect();
     Program { instrs, outputs }
 }
