@@ -394,3 +394,25 @@ fn the_burn_cuda_peer_runs_where_cuda_answers_and_says_why_not_elsewhere() {
         }
     }
 }
+
+/// The cubek-matmul comparison of `calm bench` runs on calm's own client: on lavapipe only the
+/// unit-tile strategies run (no cooperative matrices), each matches an f64 product at sizes
+/// that are not multiples of any tile, and the tensor-core strategies are reported, not hidden.
+#[test]
+fn cubek_matmul_runs_beside_calm_on_the_same_client_and_matches_at_awkward_sizes() {
+    use calm_runtime::bench::cubek;
+    let client = WgpuRuntime::client(&WgpuDevice::default());
+    let out = cubek::gemm(&client, (37, 70, 45), calm_passes::plan::Precision::Highest, 1);
+    assert!(out.rows.len() >= 2, "the unit-tile strategies run on lavapipe: {:?}", out.skipped);
+    for r in &out.rows {
+        assert!(r.name.ends_with("f32 tiles"), "{}", r.name);
+        let error = r.max_error.expect("every cubek row is checked");
+        assert!(error < 1e-5, "{}: error {error}", r.name);
+        assert!(r.seconds > 0.0 && r.flops == 2.0 * (37 * 70 * 45) as f64);
+    }
+    let skipped = out.skipped.join("\n");
+    assert!(skipped.contains("matmul_simple_cyclic_cmma,"), "{skipped}");
+    // Every candidate is either a row or named in a skipped line ("cubek a, b: why").
+    let named: usize = out.skipped.iter().map(|l| l.split(": ").next().unwrap_or("").split(", ").count()).sum();
+    assert_eq!(out.rows.len() + named, cubek::candidates().len(), "{skipped}");
+}

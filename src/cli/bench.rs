@@ -15,9 +15,10 @@ use super::run::DeviceArg;
 /// What `calm bench` measures, as its command line gave it.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// GEMM sizes `m,k,n` of the linear + ReLU benchmark.
-    #[arg(long, default_value = "8192,512,2048")]
-    pub gemm: String,
+    /// GEMM sizes `m,k,n` of the linear + ReLU benchmark; repeat for several (each is measured
+    /// for calm, Burn and every cubek-matmul strategy that runs on the device).
+    #[arg(long, default_values_t = ["8192,512,2048".to_string()])]
+    pub gemm: Vec<String>,
     /// Sizes of the CALM head benchmark (paper preset, inference).
     #[arg(long, default_value = "batch=16,tokens=64")]
     pub head: String,
@@ -35,13 +36,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<(), CliError> {
-    let gemm = &args.gemm;
-    let sizes: Vec<u64> = gemm
-        .split(',')
-        .map(|s| s.trim().parse())
-        .collect::<Result<_, _>>()
-        .map_err(|_| OtherError(format!("--gemm `{gemm}`: expected m,k,n")))?;
-    let [m, k, n] = sizes[..] else { return Err(OtherError(format!("--gemm `{gemm}`: expected m,k,n")).into()) };
+    let gemms = args.gemm.iter().map(|g| parse_gemm(g)).collect::<Result<Vec<_>, _>>()?;
     let (bindings, iters): (Bindings, usize) = (args.head.parse()?, args.iters);
     let device = Device::open(args.device.into())?;
     let lower = LowerOptions { precision: args.precision.into(), ..device.lower_options() };
@@ -58,26 +53,13 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         peaks.copy_gbps,
         peaks.launch_overhead_us
     );
-    println!("linear + ReLU, {m}x{k} by {k}x{n}, f32 (median of {iters}):");
-    let gemm_rows = calm_runtime::device::select::catch_device(|| match &device {
-        Device::Wgpu(c) => bench::gemm(c, m, k, n, &lower, iters),
-        Device::Cuda(c) => bench::gemm(c, m, k, n, &lower, iters),
-    })
-    .map_err(|e| RunOnDeviceError::from(DeviceError::Fault(e)))?;
-    let burn = gemm_rows.iter().find(|r| r.name.starts_with("burn wgpu")).map(|r| r.seconds).unwrap_or(f64::NAN);
-    for r in &gemm_rows {
-        println!(
-            "  {:<36} {:>9.2} ms {:>8.2} GFLOP/s {:>5.0}% of {} {:>6.2}x burn wgpu",
-            r.name,
-            r.seconds * 1e3,
-            r.gflops(),
-            100.0 * r.gflops() / fp32,
-            ComputeUnit::Fp32Cores,
-            burn / r.seconds
-        );
+    let mut gemm_json = Vec::new();
+    for &[m, k, n] in &gemms {
+        let (rows, skipped) = gemm_table(&device, [m, k, n], &lower, iters)?;
+        gemm_json.push(serde_json::json!({ "m": m, "k": k, "n": n, "rows": rows, "skipped": skipped }));
     }
     let g = build(&CalmConfig::preset("paper").unwrap_or_default(), Mode::Inference)?;
-    println!("\nCALM head, paper preset, inference, {bindings} (median of {iters}):");
+    println!("CALM head, paper preset, inference, {bindings} (median of {iters}):");
     let peers = calm_runtime::device::select::catch_device(|| match &device {
         Device::Wgpu(c) => bench::head(c, &g, &bindings, &lower, iters),
         Device::Cuda(c) => bench::head(c, &g, &bindings, &lower, iters),
@@ -102,10 +84,53 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             "device": name,
             "precision": lower.precision,
             "peaks": peaks,
-            "gemm": { "m": m, "k": k, "n": n, "rows": gemm_rows },
+            "gemm": gemm_json,
             "head": { "bindings": bindings.to_string(), "rows": peers.rows, "skipped": peers.skipped },
         });
         write_file(path, serde_json::to_string_pretty(&doc).expect("json").as_bytes())?;
     }
     Ok(())
+}
+
+fn parse_gemm(gemm: &str) -> Result<[u64; 3], CliError> {
+    let bad = || OtherError(format!("--gemm `{gemm}`: expected m,k,n, three positive sizes"));
+    let sizes: Vec<u64> = gemm.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>().map_err(|_| bad())?;
+    match sizes[..] {
+        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok([m, k, n]),
+        _ => Err(bad().into()),
+    }
+}
+
+/// One GEMM's table: calm, Burn and cubek-matmul side by side, each against calm's plain
+/// matmul, and the cubek strategies that did not run, with why.
+fn gemm_table(
+    device: &Device,
+    [m, k, n]: [u64; 3],
+    lower: &LowerOptions,
+    iters: usize,
+) -> Result<(Vec<bench::Measurement>, Vec<String>), CliError> {
+    // No "% of peak" column: the rows run on different units (FP32 pipelines, TF32 or bf16
+    // tensor cores), whose ceilings are printed above.
+    println!("linear + ReLU, {m}x{k} by {k}x{n}, f32 buffers (median of {iters}):");
+    let (gemm_rows, cubek_skipped) = calm_runtime::device::select::catch_device(|| match device {
+        Device::Wgpu(c) => bench::gemm(c, m, k, n, lower, iters),
+        Device::Cuda(c) => bench::gemm(c, m, k, n, lower, iters),
+    })
+    .map_err(|e| RunOnDeviceError::from(DeviceError::Fault(e)))?;
+    let calm_plain = gemm_rows.iter().find(|r| r.name == "calm (plain matmul)").map(|r| r.seconds).unwrap_or(f64::NAN);
+    for r in &gemm_rows {
+        let error = r.max_error.map(|e| format!("  error {e:.1e}")).unwrap_or_default();
+        println!(
+            "  {:<68} {:>9.3} ms {:>10.1} GFLOP/s {:>6.2}x calm plain{error}",
+            r.name,
+            r.seconds * 1e3,
+            r.gflops(),
+            calm_plain / r.seconds
+        );
+    }
+    for why in &cubek_skipped {
+        println!("  {why}");
+    }
+    println!();
+    Ok((gemm_rows, cubek_skipped))
 }

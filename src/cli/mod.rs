@@ -109,7 +109,8 @@ pub enum Command {
     /// --weights, parameters are initialised from --seed.
     Run(run::Args),
     /// Benchmark on the device: its ceilings (FP32, tensor cores, memory, launch), calm's GEMM
-    /// against Burn's (wgpu with fusion, and Flex on the CPU), and the CALM head forward fused,
+    /// against Burn's (wgpu with fusion, and Flex on the CPU) and every cubek-matmul strategy on
+    /// the same device, with their errors, and the CALM head forward fused,
     /// unfused and through Burn (wgpu and, where CUDA answers, CUDA, both with fusion; Flex),
     /// all side by side in one run.
     Bench(bench::Args),

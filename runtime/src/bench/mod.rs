@@ -3,6 +3,8 @@
 //! forward fused, unfused, through Burn's fusion engine (wgpu, and CUDA where a CUDA device
 //! answers) and on Burn Flex.
 //!
+//! `cubek` holds the comparison with cubek-matmul on calm's own client.
+//!
 //! Times are host-clock medians over `iters` runs after a warm-up, each run ended by a device
 //! synchronisation, so they include launch overheads but not compilation.
 
@@ -26,6 +28,8 @@ use crate::params::ParamStore;
 use crate::profile::peaks::{median, sync};
 use crate::reference::Reference;
 
+pub mod cubek;
+
 /// One measured line of a benchmark table.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Measurement {
@@ -33,6 +37,9 @@ pub struct Measurement {
     pub seconds: f64,
     pub flops: f64,
     pub bytes: f64,
+    /// The largest relative error of sampled outputs against an f64 product, where checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_error: Option<f64>,
 }
 
 impl Measurement {
@@ -41,12 +48,16 @@ impl Measurement {
     }
 }
 
-/// `relu(x Wᵀ + b)` with `x: m × k`, `W: n × k`, as a graph.
-fn linear_relu(m: u64, k: u64, n: u64) -> Graph {
+/// `relu(x Wᵀ + b)` with `x: m × k`, `W: n × k`, as a graph; or plain `x Wᵀ` (`epilogue`
+/// false), the product cubek-matmul computes.
+fn linear_relu(m: u64, k: u64, n: u64, epilogue: bool) -> Graph {
     let mut b = GraphBuilder::new("bench");
     let x = b.input("x", DType::F32, shape![m, k]).expect("input");
-    let y = nn::linear(&mut b, "lin", x, n).expect("linear");
-    let y = b.relu(y).expect("relu");
+    let layer = nn::Linear::new(&mut b, "lin", k, n, epilogue).expect("linear");
+    let mut y = b.scoped("lin", |b| layer.apply(b, x)).expect("linear");
+    if epilogue {
+        y = b.relu(y).expect("relu");
+    }
     b.output("y", y);
     b.finish().expect("a valid graph")
 }
@@ -76,9 +87,11 @@ pub fn calm_forward<R: Runtime>(
     (t, launches)
 }
 
-/// The GEMM benchmark: calm's fused linear + ReLU (lowered with `lower`) against Burn's on
-/// wgpu and, where CUDA answers, on CUDA (both with Burn's fusion) and on Flex, all `m × k` by
-/// `k × n` in f32.
+/// The GEMM benchmark: calm's fused linear + ReLU and its plain matmul (lowered with `lower`)
+/// against Burn's linear + ReLU on wgpu and, where CUDA answers, on CUDA (both with Burn's
+/// fusion) and on Flex, and against every cubek-matmul strategy on `client` itself
+/// ([`cubek::gemm`]), all `m × k` by `k × n` with f32 buffers. Also the lines of cubek
+/// strategies that did not run, each with why.
 pub fn gemm<R: Runtime>(
     client: &ComputeClient<R>,
     m: u64,
@@ -86,13 +99,24 @@ pub fn gemm<R: Runtime>(
     n: u64,
     lower: &LowerOptions,
     iters: usize,
-) -> Vec<Measurement> {
+) -> (Vec<Measurement>, Vec<String>) {
     let flops = 2.0 * (m * k * n) as f64;
     let bytes = 4.0 * (m * k + k * n + m * n) as f64;
-    let measure = |name: &str, t: Duration| Measurement { name: name.into(), seconds: t.as_secs_f64(), flops, bytes };
-    let (t, _) = calm_forward(client, &linear_relu(m, k, n), &Bindings::new(), true, lower, iters);
-    let mut out = vec![measure("calm (fused matmul + bias + relu)", t)];
-    out.push(measure("burn wgpu (fusion)", burn_linear_relu::<Wgpu>(&WgpuDevice::default(), m, k, n, iters)));
+    let measure = |name: &str, t: Duration| Measurement {
+        name: name.into(),
+        seconds: t.as_secs_f64(),
+        flops,
+        bytes,
+        max_error: None,
+    };
+    let calm = |epilogue| calm_forward(client, &linear_relu(m, k, n, epilogue), &Bindings::new(), true, lower, iters).0;
+    let mut out =
+        vec![measure("calm (fused matmul + bias + relu)", calm(true)), measure("calm (plain matmul)", calm(false))];
+    // A CUDA machine may have no Vulkan loader: then Burn wgpu's row is left out, with why.
+    match crate::device::select::catch_device(|| burn_linear_relu::<Wgpu>(&WgpuDevice::default(), m, k, n, iters)) {
+        Ok(t) => out.push(measure("burn wgpu (fusion)", t)),
+        Err(why) => eprintln!("calm: burn wgpu (fusion) GEMM skipped: Burn wgpu failed: {why}"),
+    }
     if cuda_answers().is_ok() {
         use burn::backend::cuda::{Cuda, CudaDevice};
         let on_cuda =
@@ -103,7 +127,9 @@ pub fn gemm<R: Runtime>(
         }
     }
     out.push(measure("burn flex (cpu)", burn_linear_relu::<Flex>(&FlexDevice, m, k, n, iters)));
-    out
+    let on_client = cubek::gemm(client, (m as usize, k as usize, n as usize), lower.precision, iters);
+    out.extend(on_client.rows);
+    (out, on_client.skipped)
 }
 
 /// Whether a CUDA device starts here, or a one-line reason why not. Never panics.
@@ -161,23 +187,30 @@ pub fn head<R: Runtime>(
         |name: &str, t: Duration, count, unit| Forward { name: name.into(), seconds: t.as_secs_f64(), count, unit };
     let (fused, fused_launches) = calm_forward(client, g, bindings, true, lower, iters);
     let (unfused, unfused_launches) = calm_forward(client, g, bindings, false, lower, iters);
-    let (burn_wgpu, burn_flex) = burn_forwards(g, bindings, iters);
     let (reference, reference_ops) = reference_forward(g, bindings, iters);
     let ops = g.nodes.len();
     let mut rows = vec![
         row("calm fused", fused, fused_launches, "launches"),
         row("calm unfused", unfused, unfused_launches, "launches"),
-        row("burn wgpu (fusion), op by op", burn_wgpu, ops, "ops"),
     ];
     let mut skipped = Vec::new();
+    // A CUDA machine may have no Vulkan loader: Burn wgpu's failure is a skipped row.
+    match crate::device::select::catch_device(|| burn_forward::<Wgpu>(&WgpuDevice::default(), g, bindings, iters)) {
+        Ok(t) => rows.push(row(BURN_WGPU, t, ops, "ops")),
+        Err(why) => skipped.push(format!("{BURN_WGPU}: skipped, Burn wgpu failed: {why}")),
+    }
     match burn_cuda_forward(g, bindings, iters) {
         Ok(t) => rows.push(row(BURN_CUDA, t, ops, "ops")),
         Err(why) => skipped.push(format!("{BURN_CUDA}: skipped, {why}")),
     }
+    let burn_flex = burn_forward::<Flex>(&FlexDevice, g, bindings, iters.min(3));
     rows.push(row("burn flex (cpu), op by op", burn_flex, ops, "ops"));
     rows.push(row("calm reference on flex (cpu), routed", reference, reference_ops, "ops"));
     Peers { rows, skipped }
 }
+
+/// The Burn wgpu peer's name in reports.
+pub const BURN_WGPU: &str = "burn wgpu (fusion), op by op";
 
 /// The Burn CUDA peer's name in reports.
 pub const BURN_CUDA: &str = "burn cuda (fusion), op by op";
@@ -188,15 +221,8 @@ pub const BURN_CUDA: &str = "burn cuda (fusion), op by op";
 pub fn burn_cuda_forward(g: &Graph, bindings: &Bindings, iters: usize) -> Result<Duration, String> {
     use burn::backend::cuda::{Cuda, CudaDevice};
     cuda_answers()?;
-    let params = ParamStore::init(g, 1);
-    let inputs: BTreeMap<String, HostTensor> = random_inputs(g, bindings, 1).map_err(|e| e.to_string())?;
-    crate::device::select::catch_device(|| {
-        let on_cuda = Reference::<Cuda>::new(CudaDevice::default(), FloatDType::F32);
-        median(iters, || {
-            on_cuda.run(g, &params, &inputs).expect("runs");
-        })
-    })
-    .map_err(|e| format!("Burn CUDA failed: {e}"))
+    crate::device::select::catch_device(|| burn_forward::<Cuda>(&CudaDevice::default(), g, bindings, iters))
+        .map_err(|e| format!("Burn CUDA failed: {e}"))
 }
 
 /// calm's reference executor on Burn Flex (CPU, f32) on `g` after
@@ -216,18 +242,13 @@ pub fn reference_forward(g: &Graph, bindings: &Bindings, iters: usize) -> (Durat
     (t, routed.nodes.len())
 }
 
-/// The reference executor's forward of `g` on Burn's wgpu backend (its fusion engine, same
-/// Vulkan device) and on Burn Flex (CPU, f32): host-clock medians, Flex over at most 3 runs.
-pub fn burn_forwards(g: &Graph, bindings: &Bindings, iters: usize) -> (Duration, Duration) {
+/// The reference executor's forward of `g`, op by op on Burn backend `B` (its fusion engine
+/// where `B` has one): the host-clock median of `iters` runs.
+pub fn burn_forward<B: Backend>(device: &B::Device, g: &Graph, bindings: &Bindings, iters: usize) -> Duration {
     let params = ParamStore::init(g, 1);
     let inputs: BTreeMap<String, HostTensor> = random_inputs(g, bindings, 1).expect("bound");
-    let on_wgpu = Reference::<Wgpu>::new(WgpuDevice::default(), FloatDType::F32);
-    let burn_wgpu = median(iters, || {
-        on_wgpu.run(g, &params, &inputs).expect("runs");
-    });
-    let on_flex = Reference::<Flex>::new(FlexDevice, FloatDType::F32);
-    let burn_flex = median(iters.min(3), || {
-        on_flex.run(g, &params, &inputs).expect("runs");
-    });
-    (burn_wgpu, burn_flex)
+    let on_device = Reference::<B>::new(device.clone(), FloatDType::F32);
+    median(iters, || {
+        on_device.run(g, &params, &inputs).expect("runs");
+    })
 }
