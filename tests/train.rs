@@ -119,6 +119,25 @@ fn bad_inputs_are_one_line_errors() {
         ],
     );
     assert!(!ok && stderr.contains("no-such"), "{stderr}");
+    // Epochs whose steps overflow the step counter: a one-line error, not a panic or a wrap.
+    let out = home.path().join("e");
+    let max = u64::MAX.to_string();
+    let args = [
+        "train",
+        "--train",
+        &train,
+        "--backbone",
+        "tiny",
+        "--preset",
+        "tiny",
+        "--epochs",
+        &max,
+        "--out",
+        s(&out),
+        "-q",
+    ];
+    let (ok, _, stderr) = calm(home.path(), &[&args[..], &["--limit", "9", "--batch", "4"]].concat());
+    assert!(!ok && stderr.contains("overflows the step counter") && stderr.lines().count() == 1, "{stderr}");
 }
 
 #[test]
@@ -309,4 +328,39 @@ fn a_run_killed_at_random_moments_resumes_to_the_same_weights() {
         .map(|v| v["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, (1..=72).collect::<Vec<_>>());
+}
+
+/// A disk that fills while a checkpoint is written (here a file-size limit, `ulimit -f`, with
+/// SIGXFSZ ignored so the write fails with EFBIG as on a full disk): the run fails with an
+/// error naming the file, and the previous checkpoint survives byte for byte.
+#[test]
+fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("run");
+    let train = crehate("train");
+    let args = ["--train", &train, "--backbone", "tiny", "--preset", "tiny", "--limit", "4", "--batch", "8", "-q"];
+    let mut first = vec!["train", "--out", s(&out), "--epochs", "1"];
+    first.extend(args);
+    let (ok, _, stderr) = calm(home.path(), &first);
+    assert!(ok, "{stderr}");
+    let last = out.join("last.safetensors");
+    let before = std::fs::read(&last).unwrap();
+    assert!(before.len() > 16 * 1024, "the checkpoint is larger than the limit below");
+    let command = format!(
+        "trap '' XFSZ; ulimit -f 8; exec \"$0\" train --out '{}' --epochs 2 {}",
+        s(&out),
+        args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
+    );
+    let o = Command::new("bash")
+        .args(["-c", &command, env!("CARGO_BIN_EXE_calm")])
+        .env("CALM_HOME", home.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(stderr.contains("safetensors") && stderr.contains(s(&out)), "the error names the file: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(std::fs::read(&last).unwrap(), before, "the previous checkpoint is untouched");
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.iter().all(|n| !n.to_string_lossy().contains(".tmp-")), "no temporary left: {left:?}");
 }

@@ -1,11 +1,19 @@
 //! Crash-safe file writing: a reader sees the old file or the new one, never half of one.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, synced and then
-/// renamed over the target. On error the temporary file is removed and `path` is untouched.
+/// renamed over the target, and the directory synced so the rename survives a power cut. On
+/// error the temporary file is removed and `path` is untouched.
+///
+/// The temporary's name is created exclusively (`O_EXCL`, a fresh name on a clash), so two
+/// writers never share one, even processes of the same PID in different PID namespaces; and the
+/// writer holds an advisory lock on it until the rename, which tells
+/// [`remove_stale_temporaries`] that it is alive.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -14,12 +22,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no file", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    let (mut f, tmp) = create_temporary(&dir, &file_name.to_string_lossy())?;
     let result = (|| {
-        let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        File::open(&dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -27,18 +35,69 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// A new, locked temporary `.NAME.tmp-PID-NANOS-N` in `dir`, never one that already exists.
+fn create_temporary(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}{TEMPORARY}{}-{nanos}-{n}", std::process::id()));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => {
+                // Held until the file is closed (renamed or not); a killed writer's lock goes
+                // with its process.
+                let _ = f.try_lock();
+                return Ok((f, tmp));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs `work` holding an exclusive advisory lock on `.NAME.lock` beside `path` (created if
+/// missing, and left there: removing it would race with the next locker). Processes that
+/// read, change and rewrite one shared file (a cache, a log) do so under it, so none loses
+/// another's update.
+pub fn with_lock<T>(path: &Path, work: impl FnOnce() -> T) -> io::Result<T> {
+    let lock = lock_file_beside(path)?;
+    lock.lock()?;
+    Ok(work())
+}
+
+/// The lock file `.NAME.lock` beside `path`, opened (created if missing), not yet locked.
+pub fn lock_file_beside(path: &Path) -> io::Result<File> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    OpenOptions::new().write(true).create(true).truncate(false).open(dir.join(format!(".{name}.lock")))
+}
+
+/// What separates a target's name from the rest of its temporaries' names.
+const TEMPORARY: &str = ".tmp-";
+
+/// How old an unlocked temporary must be before it counts as a killed writer's: a writer
+/// locks its file just after creating it, and this covers that instant.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
 /// Removes the temporary files that [`write_atomic`] left beside `path` when its process was
-/// killed mid-write (`.NAME.tmp-PID`, PID no longer running). Those of live processes stay.
+/// killed mid-write: those no process holds a lock on, older than a minute. A live writer's
+/// file is locked, whatever PID namespace it runs in, and stays.
 pub fn remove_stale_temporaries(path: &Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let prefix = format!(".{}{TEMPORARY}", name.to_string_lossy());
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-        if !alive {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let old =
+            entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|a| a >= STALE_AFTER));
+        let Ok(f) = OpenOptions::new().write(true).open(entry.path()) else { continue };
+        if old && f.try_lock().is_ok() {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -59,13 +118,48 @@ mod tests {
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
         // A directory that does not exist fails without creating anything.
         assert!(write_atomic(&dir.join("missing/g.json"), b"x").is_err());
-        // What a killed writer leaves is removed; a live writer's file is not.
-        let dead = dir.join(".g.json.tmp-4294967");
-        let live = dir.join(format!(".g.json.tmp-{}", std::process::id()));
-        fs::write(&dead, b"half").unwrap();
-        fs::write(&live, b"half").unwrap();
+        // What a killed writer leaves (old, unlocked) is removed; a live writer's file (locked,
+        // whatever its PID says) and a file just created are not.
+        let at = |secs| SystemTime::now() - Duration::from_secs(secs);
+        let dead = dir.join(".g.json.tmp-7-1-0");
+        let live = dir.join(".g.json.tmp-7-2-0");
+        let fresh = dir.join(".g.json.tmp-7-3-0");
+        for p in [&dead, &live, &fresh] {
+            fs::write(p, b"half").unwrap();
+        }
+        for p in [&dead, &live] {
+            File::options().write(true).open(p).unwrap().set_modified(at(3600)).unwrap();
+        }
+        let writer = File::options().write(true).open(&live).unwrap();
+        writer.try_lock().unwrap();
         remove_stale_temporaries(&path);
-        assert!(!dead.exists() && live.exists());
+        assert!(!dead.exists() && live.exists() && fresh.exists());
+        drop(writer);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Temporaries are created exclusively, under fresh names: many writers of one file at once
+    /// (threads here; processes of one PID in two namespaces alike) never share one, and every
+    /// write lands whole.
+    #[test]
+    fn concurrent_writers_never_share_a_temporary() {
+        let dir = std::env::temp_dir().join(format!("calm-ir-atomic-many-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.json");
+        let bodies: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 1 << 16]).collect();
+        std::thread::scope(|s| {
+            for body in &bodies {
+                let path = &path;
+                s.spawn(move || (0..20).for_each(|_| write_atomic(path, body).unwrap()));
+            }
+        });
+        let last = fs::read(&path).unwrap();
+        assert!(bodies.contains(&last), "a whole write, not a mix of two");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary left");
+        let (a, ta) = create_temporary(&dir, "x").unwrap();
+        let (b, tb) = create_temporary(&dir, "x").unwrap();
+        assert_ne!(ta, tb);
+        drop((a, b));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -204,9 +204,18 @@ impl Graph {
         })
     }
 
-    /// Total number of parameter elements (all parameter shapes are fixed).
+    /// Total number of parameter elements (all parameter shapes are fixed), or `None` where it
+    /// overflows 64 bits (the verifier refuses such graphs).
+    pub fn checked_param_count(&self) -> Option<u64> {
+        self.params().try_fold(0u64, |total, (_, _, t)| {
+            let numel = t.shape.iter().try_fold(1u64, |acc, d| acc.checked_mul(d.fixed().unwrap_or(0)))?;
+            total.checked_add(numel)
+        })
+    }
+
+    /// Total number of parameter elements of a verified graph (saturating, so it never panics).
     pub fn param_count(&self) -> u64 {
-        self.params().map(|(_, _, t)| t.shape.iter().map(|d| d.fixed().unwrap_or(0)).product::<u64>()).sum()
+        self.checked_param_count().unwrap_or(u64::MAX)
     }
 
     /// Keeps only the nodes for which `keep` holds, renumbering nodes and values densely in

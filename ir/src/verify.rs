@@ -51,6 +51,8 @@ pub enum VerifyErrorKind {
     BadSymbol { value: ValueId, symbol: String },
     #[error("{value}: the size of {ty} overflows 64 bits")]
     TooLarge { value: ValueId, ty: TensorType },
+    #[error("the parameters' total size overflows 64 bits")]
+    ParamsTooLarge,
     #[error("random stream {stream} is already used by {first}")]
     DuplicateStream { stream: u32, first: NodeId },
     #[error("is on a cycle: {}", cycle_text(.0))]
@@ -243,6 +245,11 @@ pub fn verify(g: &Graph) -> Result<(), VerifyErrors> {
         }
     }
 
+    // Every later count of the parameters (summaries, budgets, initialisation) may rely on it.
+    if g.checked_param_count().is_none() {
+        errors.push(VerifyError { location: Location::Graph, kind: VerifyErrorKind::ParamsTooLarge });
+    }
+
     // 2: values nobody defines.
     for (v, data) in g.values.iter() {
         let listed = g.nodes.get(data.def.node).and_then(|node| node.results.get(data.def.index)) == Some(&v);
@@ -392,6 +399,20 @@ mod tests {
         let e =
             errs.0.iter().find(|e| matches!(e.kind, VerifyErrorKind::Type(crate::infer::TypeError::DType(_)))).unwrap();
         assert!(matches!(&e.location, Location::Node { op: "matmul", scope, .. } if scope == "tiny/block/proj"), "{e}");
+    }
+
+    #[test]
+    fn parameters_whose_total_overflows_are_refused() {
+        let mut b = crate::GraphBuilder::new("m");
+        // Each 2^61 elements (2^63 bytes, within 64 bits); nine of them are not.
+        let x = b.input("x", DType::F32, shape![3u64]).unwrap();
+        for i in 0..9 {
+            b.scoped(&format!("l{i}"), |b| b.param("w", shape![1u64 << 31, 1u64 << 30], crate::op::Init::Zeros))
+                .unwrap();
+        }
+        b.output("x", x);
+        assert!(kinds(b.graph()).contains(&VerifyErrorKind::ParamsTooLarge));
+        assert_eq!(b.graph().param_count(), u64::MAX);
     }
 
     #[test]

@@ -97,6 +97,10 @@ impl Default for TrainingConfig {
     }
 }
 
+/// The most expert layers a config may ask for over all its dimensions and experts
+/// (`dimensions × experts × expert_layers`; the paper preset has 32): about 750,000 graph nodes.
+pub const MAX_EXPERT_LAYERS: u64 = 1 << 14;
+
 /// Every setting of a CALM model. The defaults are the `paper` preset.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -284,6 +288,19 @@ impl CalmConfig {
                 return fail(field, format!("{v} is absurdly large (limit {})", 1u64 << 24));
             }
         }
+        // The graph grows by about 46 nodes per expert layer (the paper preset has 32 of them in
+        // 1,772 nodes): bounding their count bounds what building the graph allocates.
+        let expert_layers = self.dimensions.saturating_mul(self.experts).saturating_mul(self.expert_layers);
+        if expert_layers > MAX_EXPERT_LAYERS {
+            return fail(
+                "dimensions × experts × expert_layers",
+                format!(
+                    "{} × {} × {} = {expert_layers} expert layers in all, over the limit of {MAX_EXPERT_LAYERS} (the graph \
+                     grows by about 46 nodes for each)",
+                    self.dimensions, self.experts, self.expert_layers
+                ),
+            );
+        }
         if !self.width.is_multiple_of(self.heads) {
             return fail("heads", format!("{} heads do not divide width {}", self.heads, self.width));
         }
@@ -395,6 +412,12 @@ mod tests {
             ("tau.toml", "[gumbel]\nend = -1.0\n", "gumbel.end"),
             ("backbone.toml", "backbone = \"gpt\"\n", "backbone"),
             ("syntax.toml", "clusters = [\n", "c"),
+            // Each field within its own limit, their product not: a three-line graph bomb.
+            (
+                "bomb.toml",
+                "dimensions = 4096\nexperts = 4096\nexpert_layers = 4096\n",
+                "dimensions × experts × expert_layers",
+            ),
         ];
         for (name, text, field) in cases {
             let e = CalmConfig::from_file(&write(&dir, name, text)).unwrap_err();

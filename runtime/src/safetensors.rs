@@ -42,6 +42,8 @@ fn dtype_size(dtype: &str) -> Option<usize> {
 }
 
 fn decode(dtype: &str, bytes: &[u8]) -> Result<HostData, String> {
+    #[cfg(test)]
+    tests::DECODED.with(|n| n.set(n.get() + 1));
     let words4 = || bytes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
     let words2 = || bytes.chunks_exact(2).map(|c| [c[0], c[1]]);
     Ok(match dtype {
@@ -133,10 +135,13 @@ fn parse(bytes: &[u8]) -> Result<(BTreeMap<String, HostTensor>, Metadata), Parse
     let header: UniqueMap = serde_json::from_slice(&bytes[8..data_start])
         .map_err(|e| corrupt(format!("header is not a JSON object of unique names: {e}")))?;
     let data = &bytes[data_start..];
-    let mut ranges: Vec<(usize, usize, String)> = Vec::new();
-    let mut out = BTreeMap::new();
+    // Every entry is checked and the ranges proven disjoint before anything is decoded: a small
+    // file with thousands of headers over one byte range would otherwise decode (and allocate)
+    // that range once per header before the overlap was found. Disjoint ranges decode to at
+    // most twice the data (2-byte floats widen to f32), which `read_with_metadata` budgeted.
+    let mut entries: Vec<(usize, usize, String, &str, Vec<usize>)> = Vec::new();
     let mut metadata = Metadata::new();
-    for (name, entry) in header.0 {
+    for (name, entry) in &header.0 {
         if name == "__metadata__" {
             let strings = entry.as_object().and_then(|m| {
                 m.iter().map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect::<Option<Metadata>>()
@@ -168,15 +173,18 @@ fn parse(bytes: &[u8]) -> Result<(BTreeMap<String, HostTensor>, Metadata), Parse
         if end - begin != expected {
             return Err(bad(format!("{} bytes for shape {shape:?} of {dtype}, expected {expected}", end - begin)));
         }
-        ranges.push((begin, end, name.clone()));
-        let values = decode(dtype, &data[begin..end]).map_err(bad)?;
-        out.insert(name.clone(), HostTensor::new(shape, values));
+        entries.push((begin, end, name.clone(), dtype, shape));
     }
-    ranges.sort();
-    for pair in ranges.windows(2) {
+    entries.sort_by_key(|e| (e.0, e.1));
+    for pair in entries.windows(2) {
         if pair[1].0 < pair[0].1 {
             return Err(ParseError::Tensor(pair[1].2.clone(), format!("its bytes overlap those of `{}`", pair[0].2)));
         }
+    }
+    let mut out = BTreeMap::new();
+    for (begin, end, name, dtype, shape) in entries {
+        let values = decode(dtype, &data[begin..end]).map_err(|reason| ParseError::Tensor(name.clone(), reason))?;
+        out.insert(name, HostTensor::new(shape, values));
     }
     Ok((out, metadata))
 }
@@ -256,6 +264,10 @@ pub fn write_with_metadata(
 
 #[cfg(test)]
 mod tests {
+    thread_local! {
+        /// How many tensors this thread has decoded (to see what a refused file cost).
+        pub(super) static DECODED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
     use super::*;
 
     fn sample() -> BTreeMap<String, HostTensor> {
@@ -334,5 +346,26 @@ mod tests {
         let twice = format!(r#"{{"x": {entry}, "x": {entry}}}"#);
         let bytes = [&(twice.len() as u64).to_le_bytes()[..], twice.as_bytes(), &[0; 4]].concat();
         assert!(reason(&bytes).contains("`x` appears twice"));
+    }
+
+    /// Thousands of headers over one byte range (a 64 KiB file that would decode to 64 MiB) are
+    /// refused before a single tensor is decoded.
+    #[test]
+    fn overlapping_ranges_are_refused_before_anything_is_decoded() {
+        let n = 1024 * 1024 / 4;
+        let mut header = Map::new();
+        for i in 0..64 {
+            header.insert(
+                format!("t{i}"),
+                serde_json::json!({"dtype": "F32", "shape": [n / 16], "data_offsets": [0, n / 4]}),
+            );
+        }
+        let bytes = file(&Value::Object(header), &vec![0; n / 4]);
+        DECODED.with(|d| d.set(0));
+        assert!(reason(&bytes).contains("overlap"));
+        assert_eq!(DECODED.with(|d| d.get()), 0, "nothing is decoded from a refused file");
+        // A valid file still decodes each tensor once.
+        assert!(parse(&to_bytes(&sample())).is_ok());
+        assert_eq!(DECODED.with(|d| d.get()), sample().len());
     }
 }

@@ -144,14 +144,26 @@ fn loss_terms(outputs: &BTreeMap<String, HostTensor>) -> BTreeMap<String, f64> {
         .collect()
 }
 
-struct Log(Option<std::fs::File>);
+/// The run's JSON-lines log: one writer at a time (it holds the log's lock for the whole run),
+/// and a line that cannot be written is reported once, on stderr, naming the file.
+struct Log {
+    file: Option<(std::fs::File, PathBuf)>,
+    /// Held while the run lasts; another run writing the same log is refused at the start.
+    _lock: Option<std::fs::File>,
+    failed: bool,
+}
 
 impl Log {
     /// Opens the log: a new run empties it; a run resumed at step `s` keeps only the lines up to
     /// step `s` (a crash after them left lines of steps the resumed run will do again).
     fn open(path: Option<&Path>, resumed_at: Option<u64>) -> Result<Self, TrainError> {
-        let Some(path) = path else { return Ok(Log(None)) };
+        let Some(path) = path else { return Ok(Log { file: None, _lock: None, failed: false }) };
         let io = |source| TrainError::Io { path: path.to_path_buf(), source };
+        let lock = calm_ir::files::lock_file_beside(path).map_err(io)?;
+        if lock.try_lock().is_err() {
+            let reason = "another run is writing it (its lock is held); give this run another --out";
+            return Err(io(std::io::Error::new(std::io::ErrorKind::WouldBlock, reason)));
+        }
         let kept: String = match (resumed_at, std::fs::read_to_string(path)) {
             (Some(step), Ok(text)) => text
                 .lines()
@@ -165,13 +177,17 @@ impl Log {
         };
         calm_ir::files::write_atomic(path, kept.as_bytes()).map_err(io)?;
         let file = std::fs::OpenOptions::new().append(true).open(path).map_err(io)?;
-        Ok(Log(Some(file)))
+        Ok(Log { file: Some((file, path.to_path_buf())), _lock: Some(lock), failed: false })
     }
 
     fn line(&mut self, value: serde_json::Value) {
-        if let Some(f) = &mut self.0 {
-            // A log line that cannot be written does not stop training; checkpoints matter.
-            let _ = writeln!(f, "{value}").and_then(|_| f.flush());
+        let Some((f, path)) = &mut self.file else { return };
+        // A log line that cannot be written does not stop training (the checkpoints matter),
+        // but it is said, once.
+        if let Err(e) = writeln!(f, "{value}").and_then(|_| f.flush()) {
+            if !std::mem::replace(&mut self.failed, true) {
+                eprintln!("calm: warning: cannot write the training log {}: {e}; training goes on", path.display());
+            }
         }
     }
 }
@@ -222,7 +238,7 @@ pub fn train(
             let per_epoch = (train.data.samples.len() as u64).div_ceil(st.settings.batch_size.max(1) as u64);
             if st.settings.batch_size == 0
                 || st.steps_per_epoch != per_epoch
-                || st.total_steps != per_epoch * st.settings.epochs
+                || per_epoch.checked_mul(st.settings.epochs) != Some(st.total_steps)
             {
                 let reason = format!(
                     "its schedule ({} steps an epoch, {} in all, batch {}) does not fit the data",
@@ -384,16 +400,23 @@ fn fresh(
             c.classes
         )));
     }
+    // Checked before anything is built or initialised.
+    let steps_per_epoch = (train.data.samples.len() as u64).div_ceil(settings.batch_size as u64);
+    let total_steps = steps_per_epoch.checked_mul(settings.epochs).ok_or_else(|| {
+        TrainError::Settings(format!(
+            "--epochs {} × {steps_per_epoch} steps an epoch overflows the step counter",
+            settings.epochs
+        ))
+    })?;
     let g = model.training_graph()?;
     let params = ParamStore::try_init(&g, settings.seed)?;
-    let steps_per_epoch = (train.data.samples.len() as u64).div_ceil(settings.batch_size as u64);
     let optimizer = AdamW::new(settings.weight_decay);
     let state = RunState {
         format: 1,
         cultures: train.data.cultures.clone(),
         classes: train.data.classes.clone(),
         step: 0,
-        total_steps: steps_per_epoch * settings.epochs,
+        total_steps,
         steps_per_epoch,
         best: None,
         data,
@@ -500,4 +523,27 @@ pub fn predict(
     }
     bar.finish_and_clear();
     Ok(preds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_has_one_writer_and_says_when_a_line_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.jsonl");
+        let mut first = Log::open(Some(&path), None).unwrap();
+        let second = Log::open(Some(&path), None).map(|_| ()).unwrap_err().to_string();
+        assert!(second.contains("train.jsonl") && second.contains("another run"), "{second}");
+        first.line(serde_json::json!({"step": 1}));
+        assert!(!first.failed);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"step\":1}\n");
+        // A handle that cannot be written (as a full disk would refuse): noticed, said once.
+        first.file = Some((std::fs::File::open(&path).unwrap(), path.clone()));
+        first.line(serde_json::json!({"step": 2}));
+        assert!(first.failed);
+        drop(first);
+        assert!(Log::open(Some(&path), Some(1)).is_ok(), "the lock goes with the run");
+    }
 }

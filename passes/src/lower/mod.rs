@@ -266,7 +266,8 @@ impl Lowering<'_> {
                 // As the cost model counts it: floats at the plan's float size.
                 let t = self.g.value_type(r);
                 let size = if t.dtype.is_float() { self.plan.float.size_bytes() } else { t.dtype.size_bytes() };
-                unwritten += t.numel(self.bindings)? * size;
+                let bytes = t.numel(self.bindings)?.checked_mul(size).and_then(|b| unwritten.checked_add(b));
+                unwritten = bytes.ok_or_else(|| ShapeError::Overflow(format!("the bytes of {r}: {t}")))?;
                 writes.push(self.scratch(Storage::of(t.dtype), 1, format!("{r} (not written)")));
             }
         }

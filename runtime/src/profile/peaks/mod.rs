@@ -193,17 +193,28 @@ impl PeakCache {
     }
 
     /// Records `peaks` for `device` and rewrites the file atomically (in the current format;
-    /// stale entries of an older one are dropped).
+    /// stale entries of an older one are dropped). Under the file's lock it first rereads what
+    /// other processes recorded since this cache was opened, so two measuring at once both land.
     pub fn insert(&mut self, device: &str, peaks: DevicePeaks) -> Result<(), PeakCacheError> {
-        self.entries.insert(device.to_string(), peaks);
-        self.stale.retain(|d| d != device);
         let io = |source| PeakCacheError::Io { path: self.path.clone(), source };
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let file = PeakFile { format: PEAKS_FORMAT.into(), devices: self.entries.clone() };
-        let json = serde_json::to_string_pretty(&file).expect("peaks serialise");
-        calm_ir::files::write_atomic(&self.path, json.as_bytes()).map_err(io)
+        let path = self.path.clone();
+        calm_ir::files::with_lock(&path, || {
+            // A file that no longer parses (or is of another format) is replaced, as before.
+            if let Ok(on_disk) = PeakCache::open(&path) {
+                // Other devices' entries on disk are at least as new as this cache's.
+                self.entries.extend(on_disk.entries);
+            }
+            self.entries.insert(device.to_string(), peaks);
+            self.stale.retain(|d| d != device);
+            let file = PeakFile { format: PEAKS_FORMAT.into(), devices: self.entries.clone() };
+            let json = serde_json::to_string_pretty(&file).expect("peaks serialise");
+            calm_ir::files::write_atomic(&path, json.as_bytes())
+        })
+        .and_then(|written| written)
+        .map_err(io)
     }
 }
 
@@ -243,6 +254,26 @@ mod tests {
         let mut fresh = PeakCache::replacing(&path);
         fresh.insert("dev", peaks()).unwrap();
         assert_eq!(PeakCache::open(&path).unwrap().get("dev"), Some(&peaks()));
+    }
+
+    /// Two processes that opened the cache before either measured both keep their entry.
+    #[test]
+    fn two_caches_measuring_at_once_lose_no_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device-peaks.json");
+        let (mut a, mut b) = (PeakCache::open(&path).unwrap(), PeakCache::open(&path).unwrap());
+        a.insert("gpu a", peaks()).unwrap();
+        b.insert("gpu b", peaks()).unwrap();
+        let file = PeakCache::open(&path).unwrap();
+        assert!(file.get("gpu a").is_some() && file.get("gpu b").is_some());
+        // Concurrent inserters from many threads: every one lands.
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let path = &path;
+                s.spawn(move || PeakCache::open(path).unwrap().insert(&format!("dev {i}"), peaks()).unwrap());
+            }
+        });
+        assert_eq!(PeakCache::open(&path).unwrap().entries().count(), 10);
     }
 
     #[test]
