@@ -64,7 +64,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         Device::Wgpu(c) => bench::head(c, &g, &bindings, &lower, iters),
         Device::Cuda(c) => bench::head(c, &g, &bindings, &lower, iters),
     })
-    .map_err(|e| RunOnDeviceError::from(DeviceError::Fault(e)))?;
+    .map_err(|e| RunOnDeviceError::from(DeviceError::from(e)))?;
     let fused = peers.rows[0].seconds;
     for r in &peers.rows {
         println!(
@@ -116,7 +116,7 @@ fn gemm_table(
         Device::Wgpu(c) => bench::gemm(c, m, k, n, lower, iters),
         Device::Cuda(c) => bench::gemm(c, m, k, n, lower, iters),
     })
-    .map_err(|e| RunOnDeviceError::from(DeviceError::Fault(e)))?;
+    .map_err(|e| RunOnDeviceError::from(DeviceError::from(e)))?;
     let calm_plain = gemm_rows.iter().find(|r| r.name == "calm (plain matmul)").map(|r| r.seconds).unwrap_or(f64::NAN);
     for r in &gemm_rows {
         let error = r.max_error.map(|e| format!("  error {e:.1e}")).unwrap_or_default();

@@ -17,7 +17,7 @@ use calm_ir::entity::EntityId;
 use calm_ir::entity::SecondaryMap;
 use calm_ir::DType;
 use calm_kernels::elementwise::Buf;
-use calm_passes::plan::{BufferId, KernelPlan, LaunchId, Port, Role, SlotId, Storage};
+use calm_passes::plan::{BufferId, Kernel, KernelPlan, LaunchId, Port, Role, SlotId, Storage};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use thiserror::Error;
@@ -51,6 +51,11 @@ pub enum DeviceError {
     Memory(#[from] crate::limits::MemoryError),
     #[error("the device failed mid-run: {0}")]
     Fault(String),
+    #[error("input `{input}`: index {index} is out of range for {bound} {what} ({kernel} at {scope})")]
+    IndexOutOfRange { input: String, index: i64, bound: u64, what: &'static str, kernel: &'static str, scope: String },
+    /// A panic in calm's own code during device work: calm's bug, not the device's.
+    #[error("calm's own code failed during device work, a bug in calm rather than the device (please report it): {0}")]
+    Bug(String),
 }
 
 /// Which clock timed a launch.
@@ -324,6 +329,7 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
             let t = inputs.get(&p.name).ok_or_else(|| DeviceError::Missing { what: "input", name: p.name.clone() })?;
             self.upload("input", &p, t)?;
         }
+        self.check_input_indices(inputs)?;
         self.launch_all();
         let mut out = BTreeMap::new();
         for p in &self.plan.outputs {
@@ -335,6 +341,38 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
             out.insert(p.name.clone(), HostTensor::new(p.shape.iter().map(|&d| d as usize).collect(), data));
         }
         Ok(out)
+    }
+}
+
+impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
+    /// Refuses an input whose values index a gather, scatter-add or one-hot out of range, as
+    /// the reference executor does: the kernels themselves read an index out of range as 0
+    /// (never out of bounds), so without this check the two executors would disagree. Indices
+    /// computed on the device (top-k's) are in range by construction.
+    fn check_input_indices(&self, inputs: &BTreeMap<String, HostTensor>) -> Result<(), DeviceError> {
+        for l in self.plan.launches.values() {
+            let (index_read, bound, what) = match l.kernel {
+                Kernel::Gather { rows, .. } | Kernel::ScatterAdd { rows, .. } => (1, rows, "rows"),
+                Kernel::OneHot { depth, .. } => (0, depth, "classes"),
+                _ => continue,
+            };
+            let Some(port) = l.reads.get(index_read).and_then(|&b| self.plan.inputs.iter().find(|p| p.buffer == b))
+            else {
+                continue;
+            };
+            let Some(t) = inputs.get(&port.name) else { continue };
+            if let Some(&bad) = t.data.to_f64().iter().find(|&&i| i < 0.0 || i >= bound as f64) {
+                return Err(DeviceError::IndexOutOfRange {
+                    input: port.name.clone(),
+                    index: bad as i64,
+                    bound,
+                    what,
+                    kernel: l.kernel.name(),
+                    scope: l.scope.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

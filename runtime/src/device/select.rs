@@ -3,6 +3,7 @@
 //! reported as unavailable, with what to install.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
@@ -34,15 +35,49 @@ pub enum SelectError {
     Float(FloatType, String),
 }
 
+/// A panic [`catch_device`] caught: what it said (where it happened), and whether it began in
+/// calm's own code (a bug of calm's, such as a failed assertion) rather than in the runtime,
+/// the driver or a library (a device fault).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caught {
+    pub message: String,
+    pub in_calm: bool,
+}
+
+impl std::fmt::Display for Caught {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        if self.in_calm {
+            write!(f, "calm's own code failed, a bug in calm rather than the device (please report it): ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl From<Caught> for DeviceError {
+    fn from(c: Caught) -> DeviceError {
+        if c.in_calm {
+            DeviceError::Bug(c.message)
+        } else {
+            DeviceError::Fault(c.message)
+        }
+    }
+}
+
+/// The payload calm panics with where it turns a device failure into a panic on purpose (as
+/// the runtime does): counted as the device's, not as a bug of calm's.
+pub struct DeviceFailure(pub String);
+
 /// Runs device work, turning a panic inside the runtime into an error carrying its message.
 /// CubeCL and wgpu panic where a device is lost, runs out of memory or rejects work, sometimes
 /// on their own server threads (cudarc's "no CUDA library" panics on CubeCL's). While any work
-/// is guarded, no panic of any thread is printed: each is kept (with where it happened, so a
-/// bug of calm's own shows as one), and the error says what they said.
-pub fn catch_device<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+/// is guarded, no panic of any thread is printed: each is kept with where it happened, and the
+/// error says what they said. A panic at a line of calm's own source (workspace files have
+/// relative paths; the runtime's, the standard library's and other crates' are absolute) is
+/// calm's bug, and [`Caught::in_calm`] says so.
+pub fn catch_device<T>(work: impl FnOnce() -> T) -> Result<T, Caught> {
     static INSTALL: Once = Once::new();
     static GUARDS: AtomicUsize = AtomicUsize::new(0);
-    static MESSAGES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static MESSAGES: Mutex<Vec<(String, bool)>> = Mutex::new(Vec::new());
     let messages = || MESSAGES.lock().unwrap_or_else(|e| e.into_inner());
     // One hook for the process, installed once: swapping hooks per call would race between
     // threads. Unguarded panics go to the hook that was there before.
@@ -53,9 +88,11 @@ pub fn catch_device<T>(work: impl FnOnce() -> T) -> Result<T, String> {
                 return previous(info);
             }
             let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            let deliberate = info.payload().downcast_ref::<DeviceFailure>().is_some();
+            let in_calm = !deliberate && info.location().is_some_and(|l| !Path::new(l.file()).is_absolute());
             let mut m = MESSAGES.lock().unwrap_or_else(|e| e.into_inner());
             if m.len() < 8 {
-                m.push(format!("{}{at}", panic_text(info.payload())));
+                m.push((format!("{}{at}", panic_text(info.payload())), in_calm));
             }
         }));
     });
@@ -63,13 +100,20 @@ pub fn catch_device<T>(work: impl FnOnce() -> T) -> Result<T, String> {
         messages().clear();
     }
     let result = catch_unwind(AssertUnwindSafe(work));
-    let said = if result.is_err() { messages().join("; ") } else { String::new() };
+    let said: Vec<(String, bool)> = if result.is_err() { messages().clone() } else { Vec::new() };
     GUARDS.fetch_sub(1, Ordering::SeqCst);
-    result.map_err(|_| if said.is_empty() { "a panic without a message".into() } else { said })
+    result.map_err(|_| {
+        let message = said.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>().join("; ");
+        let message = if message.is_empty() { "a panic without a message".into() } else { message };
+        Caught { message, in_calm: said.iter().any(|&(_, in_calm)| in_calm) }
+    })
 }
 
 /// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
 pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(DeviceFailure(text)) = payload.downcast_ref::<DeviceFailure>() {
+        return text.clone();
+    }
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -98,7 +142,7 @@ fn open_cuda() -> Result<ComputeClient<CudaRuntime>, String> {
 /// fail (panic, as a lost device does in the runtime) after the weights are uploaded.
 fn injected_fault() {
     if std::env::var_os("CALM_INJECT_FAULT").is_some_and(|v| v == "device") {
-        panic!("device lost (injected by CALM_INJECT_FAULT=device)");
+        std::panic::panic_any(DeviceFailure("device lost (injected by CALM_INJECT_FAULT=device)".into()));
     }
 }
 
@@ -214,7 +258,7 @@ impl Device {
                     injected_fault();
                     exec.run(inputs)
                 };
-                Ok(catch_device(run).map_err(DeviceError::Fault)??)
+                Ok(catch_device(run).map_err(DeviceError::from)??)
             }};
         }
         if let (Device::Wgpu(c), FloatType::F16) = (self, plan.float) {
@@ -330,8 +374,30 @@ fn gpu_options<R: Runtime>(client: &ComputeClient<R>) -> calm_passes::lower::Low
 
 #[cfg(test)]
 mod tests {
-    use super::adapter_override;
+    use super::{adapter_override, catch_device, DeviceFailure};
+    use crate::device::DeviceError;
     use wgpu::DeviceType;
+
+    /// A failed assertion of calm's own is calm's bug; a panic from a library (here the
+    /// standard library's, at an absolute path, as CubeCL's and wgpu's are) or a deliberate
+    /// device failure is the device's.
+    #[test]
+    fn calm_bugs_and_device_faults_are_told_apart() {
+        let ours = catch_device(|| assert_eq!(1 + 1, 3, "an invariant of calm's")).unwrap_err();
+        assert!(ours.in_calm && ours.message.contains("an invariant of calm's"), "{ours:?}");
+        assert!(matches!(DeviceError::from(ours), DeviceError::Bug(_)));
+        let theirs = catch_device(|| std::panic::panic_any(DeviceFailure("device lost".into()))).unwrap_err();
+        assert!(!theirs.in_calm && theirs.message.starts_with("device lost at "), "{theirs:?}");
+        let e = DeviceError::from(theirs).to_string();
+        assert!(e.starts_with("the device failed mid-run: device lost"), "{e}");
+        // A panic inside another crate (bytemuck's cast of 3 bytes to u32s), at its own line.
+        let on_a_library_line = catch_device(|| {
+            let bytes = std::hint::black_box(vec![1u8, 2, 3]);
+            bytemuck::cast_slice::<u8, u32>(&bytes).len()
+        })
+        .unwrap_err();
+        assert!(!on_a_library_line.in_calm, "{on_a_library_line:?}");
+    }
 
     #[test]
     fn adapter_overrides_read_as_cubecl_reads_them() {

@@ -309,7 +309,7 @@ pub fn profile(
             profile_on(c, name, &shape, &lower, g, plan, bindings, opts, clock.as_ref())
         }
     })
-    .map_err(DeviceError::Fault)?
+    .map_err(DeviceError::from)?
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -367,7 +367,7 @@ pub fn device_peaks(
         Device::Wgpu(c) => cached_peaks(c, &device.name(), &shape, cache, remeasure),
         Device::Cuda(c) => cached_peaks(c, &device.name(), &shape, cache, remeasure),
     })
-    .map_err(DeviceError::Fault)?
+    .map_err(DeviceError::from)?
 }
 
 /// The peaks of `device` measured now (not cached): `calm bench` sets its kernels beside
@@ -380,7 +380,7 @@ pub fn measure_peaks(device: &crate::device::select::Device, iters: usize) -> Re
         Device::Wgpu(c) => peaks::measure(c, &shape, iters, &progress),
         Device::Cuda(c) => peaks::measure(c, &shape, iters, &progress),
     })
-    .map_err(DeviceError::Fault)?)
+    .map_err(DeviceError::from)?)
 }
 
 /// What the microbenchmarks size themselves by: SMs, CPU or not, memory, last-level cache.
