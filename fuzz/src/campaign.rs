@@ -119,6 +119,10 @@ fn kind(message: &str, scratch: &Path) -> String {
     out.chars().take(80).collect()
 }
 
+/// How long one input may take before it is reported (libFuzzer's `-timeout` plays this part
+/// there). Generous: debug builds with overflow checks run the config target's graph builds.
+pub const PER_INPUT_LIMIT: Duration = Duration::from_secs(20);
+
 /// Runs `target` over its seeds, kept corpus and regressions, then over mutations of them (and of inputs
 /// that gave new kinds of error) until `budget` has passed or `max_runs` inputs have run.
 pub fn fuzz(target: Target, seed: u64, budget: Duration, max_runs: Option<u64>) -> Report {
@@ -149,7 +153,20 @@ pub fn fuzz(target: Target, seed: u64, budget: Duration, max_runs: Option<u64>) 
             None => break,
         };
         report.runs += 1;
-        match run_one(target, &input, scratch.path()) {
+        let began = Instant::now();
+        let outcome = run_one(target, &input, scratch.path());
+        // A slow input is a finding, not a hang to wait out: the process cannot stop a target
+        // mid-run, but it reports every input that took longer than the cap.
+        let took = began.elapsed();
+        if took > PER_INPUT_LIMIT {
+            let message = format!(
+                "took {:.1} s, over the per-input limit of {} s",
+                took.as_secs_f64(),
+                PER_INPUT_LIMIT.as_secs()
+            );
+            report.findings.push(Finding { input: input.clone(), message });
+        }
+        match outcome {
             Ok(Outcome::Accepted) => report.accepted += 1,
             Ok(Outcome::Refused(message)) => {
                 report.refused += 1;

@@ -110,10 +110,15 @@ fn ir_json(data: &[u8]) -> Result<(), String> {
     assert_eq!(json::to_json(&g2), again, "JSON round trip changed the graph");
     let _ = calm_ir::text::summary(&g, 3);
     let _ = calm_ir::dot::to_dot(&g);
-    // Costs under every symbol bound to 3: any error is typed.
+    // Costs and the compiler under each symbol bound to a size drawn from the input's hash:
+    // small, tile edges, and the edges of u32 and u64 arithmetic (the index proof, checked
+    // products); any error is typed.
+    const SIZES: [u64; 10] = [1, 2, 3, 17, 64, 1000, 1 << 16, (1 << 32) - 1, 1 << 32, 1 << 40];
+    let hash = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
     let mut bindings = calm_ir::Bindings::new();
-    for s in g.symbols() {
-        bindings.insert(&s, 3);
+    for (i, s) in g.symbols().into_iter().enumerate() {
+        let draw = hash.rotate_left(7 * i as u32) % SIZES.len() as u64;
+        bindings.insert(&s, SIZES[draw as usize]);
     }
     let _ = calm_ir::cost::graph_costs(&g, &bindings);
     // The compiler takes any verified graph: a plan (whose memory assignment is safe) or a

@@ -206,8 +206,14 @@ impl Graph {
 
     /// Total number of parameter elements (all parameter shapes are fixed), or `None` where it
     /// overflows 64 bits (the verifier refuses such graphs).
+    /// Safe on graphs not yet verified (the verifier calls it): a parameter node without a
+    /// result, or whose result does not exist, counts nothing (the verifier reports it).
     pub fn checked_param_count(&self) -> Option<u64> {
-        self.params().try_fold(0u64, |total, (_, _, t)| {
+        let types = self.nodes.values().filter(|node| node.op.param_name().is_some()).filter_map(|node| {
+            let v = *node.results.first()?;
+            self.values.get(v).map(|data| &data.ty)
+        });
+        types.into_iter().try_fold(0u64, |total, t| {
             let numel = t.shape.iter().try_fold(1u64, |acc, d| acc.checked_mul(d.fixed().unwrap_or(0)))?;
             total.checked_add(numel)
         })

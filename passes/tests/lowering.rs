@@ -324,3 +324,27 @@ fn gemms_run_on_the_tensor_cores_the_device_has_and_the_precision_allows() {
         );
     }
 }
+
+/// Every index a launch computes fits the kernels' u32, proven at the plan level: a buffer of
+/// 2^32 − 1 elements lowers, one of 2^32 is refused naming its launch (nothing is allocated).
+/// A plan file edited to a field over u32 is refused when read.
+#[test]
+fn launches_whose_indices_overflow_u32_are_refused_naming_the_launch() {
+    use calm_ir::shape;
+    let lowered = |len: u64| {
+        let mut b = GraphBuilder::new("big");
+        let x = b.input("x", DType::F32, shape![len]).unwrap();
+        let y = b.scoped("act", |b| b.relu(x)).unwrap();
+        b.output("y", y);
+        lower(&b.finish().unwrap(), &Bindings::new(), &LowerOptions::default())
+    };
+    let plan = lowered((1 << 32) - 1).expect("2^32 - 1 elements index in u32");
+    let e = lowered(1 << 32).unwrap_err().to_string();
+    assert!(e.contains("launch l0 (elementwise at big/act)") && e.contains("4294967296 elements"), "{e}");
+    // A plan file whose kernel field was edited past u32 is refused, naming the field.
+    let mut json: serde_json::Value = serde_json::from_str(&plan.to_json()).unwrap();
+    let kernel = &mut json["launches"][0]["kernel"];
+    kernel["strides"][0][0] = serde_json::json!(1u64 << 33);
+    let e = KernelPlan::from_json(&json.to_string()).unwrap_err().to_string();
+    assert!(e.contains("launch l0") && e.contains("`kernel.strides[0][0]` is 8589934592"), "{e}");
+}

@@ -77,6 +77,25 @@ fn draw(init: &Init, len: usize, seed: u64, name: &str) -> Vec<f32> {
     }
 }
 
+/// The most host memory [`ParamStore::init`] holds at once: every parameter's f32 values, and
+/// while the largest is drawn its uniforms (two per value for a normal initialiser, Box–Muller's
+/// pairs; one for a uniform one). Sizes past u64 saturate, as refused as sizes past memory.
+fn init_peak_bytes(g: &Graph) -> u64 {
+    let (mut stored, mut drawing) = (0u64, 0u64);
+    for n in g.nodes.values() {
+        let Op::Param { init, .. } = &n.op else { continue };
+        let len = g.value_type(n.results[0]).numel(&Bindings::new()).unwrap_or(u64::MAX);
+        let uniforms_per_value = match init {
+            Init::Normal { .. } => 2,
+            Init::Uniform { .. } => 1,
+            Init::Zeros | Init::Ones => 0,
+        };
+        stored = stored.saturating_add(len.saturating_mul(4));
+        drawing = drawing.max(len.saturating_mul(4 * uniforms_per_value));
+    }
+    stored.saturating_add(drawing)
+}
+
 /// Weights by parameter name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ParamStore {
@@ -104,13 +123,7 @@ impl ParamStore {
     /// [`ParamStore::init`], refused before allocating when the parameters (f32) would not fit
     /// in the host's memory: a hand-edited graph can declare any size.
     pub fn try_init(g: &Graph, seed: u64) -> Result<Self, crate::limits::MemoryError> {
-        let needed = g
-            .nodes
-            .values()
-            .filter(|n| matches!(n.op, Op::Param { .. }))
-            // A size past u64 is as refused as one past the host's memory.
-            .map(|n| g.value_type(n.results[0]).numel(&Bindings::new()).unwrap_or(u64::MAX).saturating_mul(4))
-            .fold(0u64, u64::saturating_add);
+        let needed = init_peak_bytes(g);
         crate::limits::check_host(|| format!("initialising the weights of `{}`", g.name), needed)?;
         Ok(ParamStore::init(g, seed))
     }
@@ -226,5 +239,18 @@ mod tests {
         let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
         let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
         assert!((mean - 1.0).abs() < 0.02 && (var.sqrt() - 0.5).abs() < 0.02, "{mean} {var}");
+    }
+
+    /// The budget counts what initialising really holds: a normal initialiser's 1,000 values
+    /// need 4 KB stored and 8 KB of uniforms while they are drawn (12 B an element).
+    #[test]
+    fn the_init_budget_counts_the_uniforms_being_drawn() {
+        let mut b = calm_ir::GraphBuilder::new("g");
+        let x = b.input("x", calm_ir::DType::F32, calm_ir::shape![2u64]).unwrap();
+        b.scoped("a", |b| b.param("w", calm_ir::shape![1000u64], Init::Normal { mean: 0.0, std: 1.0 })).unwrap();
+        b.scoped("b", |b| b.param("w", calm_ir::shape![300u64], Init::Uniform { low: 0.0, high: 1.0 })).unwrap();
+        b.scoped("c", |b| b.param("w", calm_ir::shape![5000u64], Init::Zeros)).unwrap();
+        b.output("x", x);
+        assert_eq!(init_peak_bytes(b.graph()), 4 * (1000 + 300 + 5000) + 8 * 1000);
     }
 }

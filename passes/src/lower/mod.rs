@@ -160,6 +160,8 @@ pub enum LowerError {
     Shape(#[from] ShapeError),
     #[error("{node} ({op} @ {scope}): {reason}")]
     Unsupported { node: NodeId, op: &'static str, scope: String, reason: String },
+    #[error("{0}")]
+    Plan(#[from] crate::plan::PlanError),
 }
 
 /// The state of one lowering: the graph, the plan so far, and where each value lives.
@@ -363,6 +365,7 @@ pub fn lower(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> Result<Kern
         l.plan.outputs.push(port);
     }
     let mut plan = l.plan;
+    plan.check_index_range()?;
     plan.memory = plan_memory(&plan);
     Ok(plan)
 }

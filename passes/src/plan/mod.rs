@@ -238,8 +238,42 @@ impl KernelPlan {
         let plan: KernelPlan = serde_json::from_str(text).map_err(|e| PlanError::Field(e.to_string()))?;
         plan.check_ids()?;
         plan.check_launches()?;
+        plan.check_index_range()?;
         crate::memory::check_memory(&plan).map_err(|errors| PlanError::Memory(errors.join("; ")))?;
         Ok(plan)
+    }
+
+    /// Proves that every index a launch's kernel computes fits the `u32` it computes it in (the
+    /// GEMM and attention kernels run unchecked, and the runtime narrows every size to `u32`):
+    /// each buffer the launch reads or writes holds at most `u32::MAX` elements, so its largest
+    /// index is below it, and so do its work items and every size, stride and offset of its
+    /// kernel (every unsigned integer field, found by walking the kernel's serialised form, so
+    /// a field added later is covered too; programs' constants are values, not indices). A
+    /// plan that fails is refused naming the launch and the field.
+    pub fn check_index_range(&self) -> Result<(), PlanError> {
+        const LIMIT: u64 = u32::MAX as u64;
+        for (id, l) in self.launches.iter() {
+            let refuse = |what: String, value: u64| PlanError::IndexRange {
+                at: format!("launch {id} ({} at {})", l.kernel.name(), l.scope),
+                what,
+                value,
+            };
+            for &b in l.reads.iter().chain(&l.writes) {
+                let len = self.buffers.get(b).map_or(0, |buf| buf.len);
+                if len > LIMIT {
+                    return Err(refuse(format!("buffer {b} has {len} elements"), len));
+                }
+            }
+            let items = l.kernel.work_items();
+            if items > LIMIT {
+                return Err(refuse(format!("{items} work items"), items));
+            }
+            let fields = serde_json::to_value(&l.kernel).expect("kernels serialise");
+            if let Some((path, value)) = first_over(&fields, "kernel", LIMIT) {
+                return Err(refuse(format!("`{path}` is {value}"), value));
+            }
+        }
+        Ok(())
     }
 
     /// Every launch has the grid its kernel is written for (the kernels index by it: a cube
@@ -337,4 +371,22 @@ pub enum PlanError {
     Memory(String),
     #[error("{at}: {reason}")]
     Launch { at: String, reason: String },
+    #[error("{at}: {what}, over the {} the kernels index with 32-bit integers; bind smaller sizes (a smaller batch) or split the work", u32::MAX)]
+    IndexRange { at: String, what: String, value: u64 },
+}
+
+/// The first unsigned integer over `limit` in `v` (outside elementwise programs, whose
+/// constants are values), with its path.
+fn first_over(v: &serde_json::Value, path: &str, limit: u64) -> Option<(String, u64)> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().filter(|&x| x > limit).map(|x| (path.to_string(), x)),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, x)| first_over(x, &format!("{path}[{i}]"), limit))
+        }
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .filter(|(k, _)| k.as_str() != "program")
+            .find_map(|(k, x)| first_over(x, &format!("{path}.{k}"), limit)),
+        _ => None,
+    }
 }

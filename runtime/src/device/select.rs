@@ -3,8 +3,8 @@
 //! reported as unavailable, with what to install.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 

@@ -17,10 +17,11 @@ use cubecl::prelude::*;
 
 use super::DeviceFloat;
 
-/// A size, stride or offset as the kernels take it. The one place the narrowing happens, so
-/// that it can be checked here.
+/// A size, stride or offset as the kernels take it. The one place the narrowing happens:
+/// every plan an executor gets has passed `KernelPlan::check_index_range` (the lowering and
+/// `from_json` run it), so a value that does not fit is calm's bug, reported as one.
 fn u32_of(x: u64) -> u32 {
-    x as u32
+    u32::try_from(x).expect("a size that KernelPlan::check_index_range proved fits u32")
 }
 
 fn u32s(v: &[u64]) -> Vec<u32> {
