@@ -77,3 +77,19 @@ fn data_stats_bad_file_names_the_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("bad.csv:4: column `United_Kingdom_Hate`: label `0.5` is not 0 or 1"), "{stderr}");
 }
+
+/// A table is read whole: one that would not fit in memory is refused before it is read,
+/// naming the file (here under a 64 KiB budget, `CALM_MEMORY_LIMIT`).
+#[test]
+fn a_table_too_large_for_memory_is_refused_before_it_is_read() {
+    let train = train_split();
+    let o = Command::new(env!("CARGO_BIN_EXE_calm"))
+        .args(["data", "stats", train.to_str().unwrap()])
+        .env("CALM_MEMORY_LIMIT", "64K")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(stderr.contains("CREHate_train.csv") && stderr.contains("CALM_MEMORY_LIMIT"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}

@@ -12,6 +12,19 @@ use csv::StringRecord;
 
 use crate::error::{DataError, DataErrorKind};
 
+/// Bytes a table file's reading holds at once, per byte of the file: the file itself, each
+/// field's copy as it is parsed, and the interned texts the samples keep.
+const READ_BYTES_PER_FILE_BYTE: u64 = 4;
+
+/// The whole of a table file, refused before it is read when reading it would not fit in the
+/// host's memory (a table is read whole, then parsed).
+pub(crate) fn read_whole(path: &Path) -> Result<Vec<u8>, DataError> {
+    let size = std::fs::metadata(path).map_err(|e| DataError::file(path, DataErrorKind::Io(e)))?.len();
+    calm_ir::limits::check_host(|| format!("reading {}", path.display()), size.saturating_mul(READ_BYTES_PER_FILE_BYTE))
+        .map_err(|e| DataError::file(path, DataErrorKind::Memory(e)))?;
+    std::fs::read(path).map_err(|e| DataError::file(path, DataErrorKind::Io(e)))
+}
+
 /// A CSV file being read: its header and a cursor over the rows.
 pub(crate) struct CsvFile<'a> {
     path: &'a Path,
@@ -23,7 +36,7 @@ pub(crate) struct CsvFile<'a> {
 impl<'a> CsvFile<'a> {
     /// Opens `path` and reads its header row; an empty (or whitespace-only) file is an error.
     pub fn open(path: &'a Path) -> Result<CsvFile<'a>, DataError> {
-        let bytes = std::fs::read(path).map_err(|e| DataError::file(path, DataErrorKind::Io(e)))?;
+        let bytes = read_whole(path)?;
         // Flexible: rows of the wrong length are reported by `next` with the row's line.
         let reader = csv::ReaderBuilder::new().flexible(true).from_reader(Cursor::new(bytes));
         let mut file = CsvFile { path, reader, lines: LineCounter::default(), header: StringRecord::new() };

@@ -20,6 +20,8 @@ pub struct DataError {
 pub enum DataErrorKind {
     #[error("cannot read: {0}")]
     Io(std::io::Error),
+    #[error("{0}")]
+    Memory(calm_ir::limits::MemoryError),
     #[error("empty file (no header row)")]
     Empty,
     #[error("no rows (a header but no samples)")]

@@ -100,7 +100,7 @@ fn read_jsonl(
     texts: &mut Interner,
     cultures: &mut Interner,
 ) -> Result<Vec<Row>, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::file(path, DataErrorKind::Io(e)))?;
+    let bytes = crate::csvfile::read_whole(path)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(DataError::file(path, DataErrorKind::Empty));
     }

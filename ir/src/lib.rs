@@ -20,6 +20,7 @@ pub mod fused;
 pub mod graph;
 pub mod infer;
 pub mod json;
+pub mod limits;
 pub mod nn;
 pub mod op;
 pub mod program;

@@ -17,7 +17,8 @@ pub mod cuda_target;
 pub mod device;
 pub mod host;
 pub mod inputs;
-pub mod limits;
+/// Re-exported from `calm_ir`, where the data readers use it too.
+pub use calm_ir::limits;
 pub mod parallel;
 pub mod params;
 pub mod profile;

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use calm_ir::text::human_bytes;
+use crate::text::human_bytes;
 use thiserror::Error;
 
 /// Work that needs more memory than there is.
