@@ -12,6 +12,12 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
         Target::Crehate => crehate(),
         Target::Table => table(),
         Target::Config => config(),
+        #[cfg(feature = "runtime")]
+        Target::Checkpoint => checkpoint(),
+        Target::Bind => ["batch=64,tokens=128", "n=3", "", "batch = 1 , tokens=18446744073709551615", "b=4294967296"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect(),
     }
 }
 
@@ -92,4 +98,43 @@ fn config() -> Vec<Vec<u8>> {
         b"width = 32\nheads = 2\nclusters = 3\nexperts = 4\ntop_k = 2\n".to_vec(),
         b"{\"width\": 16, \"heads\": 4, \"reflective_rounds\": 1}".to_vec(),
     ]
+}
+
+/// A tiny CALM run's checkpoint at step 0, as `calm train` writes it.
+#[cfg(feature = "runtime")]
+fn checkpoint() -> Vec<Vec<u8>> {
+    use calm_train::checkpoint::{Checkpoint, RunState};
+    use calm_train::trainer::{Backend, Settings};
+    let config = calm_models::CalmConfig::preset("tiny").expect("the tiny preset");
+    let model = calm_train::model::ModelSpec::variant("full", &config).expect("CALM");
+    let graph = model.training_graph().expect("the tiny training graph builds");
+    let params = calm_runtime::params::ParamStore::init(&graph, 1);
+    let settings = Settings {
+        epochs: 1,
+        batch_size: 4,
+        learning_rate: 1e-3,
+        weight_decay: 0.01,
+        warmup_fraction: 0.1,
+        seed: 1,
+        backend: Backend::Flex,
+        max_tokens: 16,
+    };
+    let state = RunState {
+        format: 1,
+        model,
+        settings,
+        cultures: vec!["US".into(), "UK".into(), "SG".into()],
+        classes: vec!["0".into(), "1".into()],
+        step: 0,
+        total_steps: 3,
+        steps_per_epoch: 3,
+        best: None,
+        data: "seed".into(),
+        backbone: "tiny".into(),
+    };
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("last.safetensors");
+    let optimizer = calm_train::optim::AdamW::new(0.01);
+    Checkpoint::write(&path, &state, &params, &optimizer).expect("the seed checkpoint writes");
+    vec![std::fs::read(&path).expect("the seed checkpoint reads")]
 }

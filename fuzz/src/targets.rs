@@ -30,6 +30,12 @@ pub enum Target {
     Table,
     /// A model config, TOML or JSON (the first byte picks), then both CALM graphs built.
     Config,
+    /// `--bind` text (`NAME=N,...`), then printed and re-read, and a graph's costs under it.
+    Bind,
+    /// A training checkpoint (`calm train --resume`, `calm eval --checkpoint`): its run state,
+    /// its config (the model is rebuilt from it), weights and AdamW moments.
+    #[cfg(feature = "runtime")]
+    Checkpoint,
 }
 
 impl Target {
@@ -40,6 +46,9 @@ impl Target {
         Target::Crehate,
         Target::Table,
         Target::Config,
+        Target::Bind,
+        #[cfg(feature = "runtime")]
+        Target::Checkpoint,
     ];
 
     /// The target's name: its corpus folder, its libFuzzer target.
@@ -51,6 +60,9 @@ impl Target {
             Target::Crehate => "crehate",
             Target::Table => "table",
             Target::Config => "config",
+            Target::Bind => "bind",
+            #[cfg(feature = "runtime")]
+            Target::Checkpoint => "checkpoint",
         }
     }
 
@@ -71,6 +83,11 @@ impl Target {
                 let name = if data.first() == Some(&b'{') { "x.json" } else { "x.toml" };
                 with_file(scratch, name, data, config_file)
             }
+            Target::Bind => bind(data),
+            #[cfg(feature = "runtime")]
+            Target::Checkpoint => with_file(scratch, "last.safetensors", data, |p| {
+                calm_train::checkpoint::Checkpoint::load(p).map(|_| ()).map_err(|e| e.to_string())
+            }),
         };
         match result {
             Ok(()) => Outcome::Accepted,
@@ -99,6 +116,19 @@ fn with_file(
     let path = scratch.join(name);
     std::fs::write(&path, data).expect("the scratch folder is writable");
     read(&path)
+}
+
+fn bind(data: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(data).map_err(|e| e.to_string())?;
+    let bindings: calm_ir::Bindings = text.parse().map_err(|e: calm_ir::types::ShapeError| e.to_string())?;
+    let again = bindings.to_string();
+    let reread: calm_ir::Bindings = again.parse().unwrap_or_else(|e| panic!("`{again}` does not read back: {e}"));
+    assert_eq!(reread.to_string(), again, "--bind round trip changed the bindings");
+    // Any sizes, however large, give costs or a typed error, and a plan or a typed error.
+    let g = calm_ir::sample::tiny_classifier();
+    let _ = calm_ir::cost::graph_costs(&g, &bindings);
+    let _ = calm_passes::compile::compile(&g, &bindings, true, &calm_passes::lower::LowerOptions::default());
+    Ok(())
 }
 
 fn ir_json(data: &[u8]) -> Result<(), String> {

@@ -71,6 +71,16 @@ fn fuzz_configs() {
 }
 
 #[test]
+fn fuzz_bindings() {
+    campaign(Target::Bind);
+}
+
+#[test]
+fn fuzz_checkpoints() {
+    campaign(Target::Checkpoint);
+}
+
+#[test]
 fn random_graphs_compile_and_match_the_reference_or_are_refused() {
     let count = env_u64("CALM_FUZZ_GRAPHS", 24);
     let first = env_u64("CALM_FUZZ_SEED", 0x5eed);
