@@ -101,42 +101,15 @@ fn bad_inputs_are_one_line_errors() {
     std::fs::write(&w, b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ").unwrap();
     let (ok, _, stderr) = calm(home.path(), &["eval", "--checkpoint", s(&w), "--data", &train, "-q"]);
     assert!(!ok && stderr.contains("w.safetensors") && stderr.lines().count() == 1, "{stderr}");
-    let (ok, _, stderr) = calm(
-        home.path(),
-        &[
-            "train",
-            "--train",
-            &train,
-            "--backbone",
-            "tiny",
-            "--preset",
-            "tiny",
-            "--variant",
-            "no-such",
-            "-q",
-            "--limit",
-            "2",
-        ],
-    );
+    // The tiny model on the tiny backbone, quietly: what the refusals below start from.
+    let tiny = ["train", "--train", &train, "--backbone", "tiny", "--preset", "tiny", "-q"];
+    let (ok, _, stderr) = calm(home.path(), &[&tiny[..], &["--variant", "no-such", "--limit", "2"]].concat());
     assert!(!ok && stderr.contains("no-such"), "{stderr}");
     // Epochs whose steps overflow the step counter: a one-line error, not a panic or a wrap.
     let out = home.path().join("e");
     let max = u64::MAX.to_string();
-    let args = [
-        "train",
-        "--train",
-        &train,
-        "--backbone",
-        "tiny",
-        "--preset",
-        "tiny",
-        "--epochs",
-        &max,
-        "--out",
-        s(&out),
-        "-q",
-    ];
-    let (ok, _, stderr) = calm(home.path(), &[&args[..], &["--limit", "9", "--batch", "4"]].concat());
+    let overflowing = ["--epochs", &max, "--out", s(&out), "--limit", "9", "--batch", "4"];
+    let (ok, _, stderr) = calm(home.path(), &[&tiny[..], &overflowing[..]].concat());
     assert!(!ok && stderr.contains("overflows the step counter") && stderr.lines().count() == 1, "{stderr}");
 }
 

@@ -20,8 +20,11 @@ const READ_BYTES_PER_FILE_BYTE: u64 = 4;
 /// host's memory (a table is read whole, then parsed).
 pub(crate) fn read_whole(path: &Path) -> Result<Vec<u8>, DataError> {
     let size = std::fs::metadata(path).map_err(|e| DataError::file(path, DataErrorKind::Io(e)))?.len();
-    calm_ir::limits::check_host(|| format!("reading {}", path.display()), size.saturating_mul(READ_BYTES_PER_FILE_BYTE))
-        .map_err(|e| DataError::file(path, DataErrorKind::Memory(e)))?;
+    calm_ir::limits::check_host(
+        || format!("reading {}", path.display()),
+        size.saturating_mul(READ_BYTES_PER_FILE_BYTE),
+    )
+    .map_err(|e| DataError::file(path, DataErrorKind::Memory(e)))?;
     std::fs::read(path).map_err(|e| DataError::file(path, DataErrorKind::Io(e)))
 }
 
