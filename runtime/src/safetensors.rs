@@ -348,8 +348,8 @@ mod tests {
         assert!(reason(&bytes).contains("`x` appears twice"));
     }
 
-    /// Thousands of headers over one byte range (a 64 KiB file that would decode to 64 MiB) are
-    /// refused before a single tensor is decoded.
+    /// Many headers over one byte range (64 over 64 KiB of data, which would decode to 4 MiB;
+    /// thousands scale it to any size) are refused before a single tensor is decoded.
     #[test]
     fn overlapping_ranges_are_refused_before_anything_is_decoded() {
         let n = 1024 * 1024 / 4;
