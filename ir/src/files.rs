@@ -15,19 +15,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// writer holds an advisory lock on it until the rename, which tells
 /// [`remove_stale_temporaries`] that it is alive.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = dir_of(path);
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no file", path.display())))?;
-    let (mut f, tmp) = create_temporary(&dir, &file_name.to_string_lossy())?;
+    let (mut f, tmp) = create_temporary(dir, &file_name.to_string_lossy())?;
     let result = (|| {
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
+        File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -67,12 +64,14 @@ pub fn with_lock<T>(path: &Path, work: impl FnOnce() -> T) -> io::Result<T> {
 
 /// The lock file `.NAME.lock` beside `path`, opened (created if missing), not yet locked.
 pub fn lock_file_beside(path: &Path) -> io::Result<File> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = dir_of(path);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     OpenOptions::new().write(true).create(true).truncate(false).open(dir.join(format!(".{name}.lock")))
+}
+
+/// The directory `path` is in: its parent, or `.` for a bare file name.
+fn dir_of(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// What separates a target's name from the rest of its temporaries' names.
@@ -86,8 +85,8 @@ const STALE_AFTER: Duration = Duration::from_secs(60);
 /// killed mid-write: those no process holds a lock on, older than a minute. A live writer's
 /// file is locked, whatever PID namespace it runs in, and stays.
 pub fn remove_stale_temporaries(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let Some(name) = path.file_name() else { return };
+    let dir = dir_of(path);
     let prefix = format!(".{}{TEMPORARY}", name.to_string_lossy());
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {

@@ -117,7 +117,7 @@ fn gemm_table(
         Device::Cuda(c) => bench::gemm(c, m, k, n, lower, iters),
     })
     .map_err(|e| RunOnDeviceError::from(DeviceError::from(e)))?;
-    let calm_plain = gemm_rows.iter().find(|r| r.name == "calm (plain matmul)").map(|r| r.seconds).unwrap_or(f64::NAN);
+    let calm_plain = gemm_rows.iter().find(|r| r.name == bench::CALM_PLAIN).map(|r| r.seconds).unwrap_or(f64::NAN);
     for r in &gemm_rows {
         let error = r.max_error.map(|e| format!("  error {e:.1e}")).unwrap_or_default();
         println!(

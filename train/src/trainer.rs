@@ -235,11 +235,10 @@ pub fn train(
                 return Err(TrainError::Checkpoint { path, reason });
             }
             let st = &ck.state;
-            let per_epoch = (train.data.samples.len() as u64).div_ceil(st.settings.batch_size.max(1) as u64);
-            if st.settings.batch_size == 0
-                || st.steps_per_epoch != per_epoch
-                || per_epoch.checked_mul(st.settings.epochs) != Some(st.total_steps)
-            {
+            let fits = st.settings.batch_size > 0
+                && schedule(train, st.settings.batch_size, st.settings.epochs)
+                    == (st.steps_per_epoch, Some(st.total_steps));
+            if !fits {
                 let reason = format!(
                     "its schedule ({} steps an epoch, {} in all, batch {}) does not fit the data",
                     st.steps_per_epoch, st.total_steps, st.settings.batch_size
@@ -377,6 +376,13 @@ pub fn train(
     })
 }
 
+/// Steps an epoch of batches of `batch_size` (taken as at least 1) over `train`, and in `epochs` of
+/// them, `None` where that overflows the step counter.
+fn schedule(train: &Split, batch_size: usize, epochs: u64) -> (u64, Option<u64>) {
+    let per_epoch = (train.data.samples.len() as u64).div_ceil(batch_size.max(1) as u64);
+    (per_epoch, per_epoch.checked_mul(epochs))
+}
+
 fn fresh(
     model: ModelSpec,
     settings: Settings,
@@ -401,8 +407,8 @@ fn fresh(
         )));
     }
     // Checked before anything is built or initialised.
-    let steps_per_epoch = (train.data.samples.len() as u64).div_ceil(settings.batch_size as u64);
-    let total_steps = steps_per_epoch.checked_mul(settings.epochs).ok_or_else(|| {
+    let (steps_per_epoch, total_steps) = schedule(train, settings.batch_size, settings.epochs);
+    let total_steps = total_steps.ok_or_else(|| {
         TrainError::Settings(format!(
             "--epochs {} × {steps_per_epoch} steps an epoch overflows the step counter",
             settings.epochs

@@ -271,7 +271,7 @@ impl Lowering<'_> {
             Gemm::TensorCores { .. } => Some(experts as u32),
             Gemm::Registers { .. } => None,
         };
-        let folded = matches!(gemm, Gemm::SharedTiles(_) | Gemm::TensorCores { .. });
+        let folded = gemm.stages_tiles();
         let (a, a_norm, mut flops) = match a {
             ExpertRows::Normed { x, norm: [gamma, beta], gather: false, .. } if folded => {
                 reads.extend([self.buf(gamma), self.buf(beta)]);

@@ -363,6 +363,12 @@ impl Gemm {
         }
     }
 
+    /// Whether the GEMM stages tiles of A and B in shared memory (shared tiles and tensor
+    /// cores): only these fold experts' slots, normalise A's rows or split `k`.
+    pub fn stages_tiles(&self) -> bool {
+        matches!(self, Gemm::SharedTiles(_) | Gemm::TensorCores { .. })
+    }
+
     /// The tensor-core GEMM for products whose operands are `unit`'s type: `16 × 16 × 16`
     /// products in bf16 and f16, `16 × 16 × 8` in tf32, two of them per staged slice.
     pub fn tensor_cores(unit: ComputeUnit) -> Gemm {

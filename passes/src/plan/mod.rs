@@ -295,7 +295,7 @@ impl KernelPlan {
                 return Err(PlanError::Launch { at: at(), reason });
             }
             if let Kernel::MatMul { gemm, batch, epilogue, grouped, split_k: Some(splits), .. } = &l.kernel {
-                let tiles = matches!(gemm, Gemm::SharedTiles(_) | Gemm::TensorCores { .. });
+                let tiles = gemm.stages_tiles();
                 if !tiles || *splits < 2 || !batch.is_empty() || epilogue.is_some() || grouped.is_some() {
                     let reason = format!(
                         "k split in {splits} shares needs at least 2, a shared-tile or tensor-core GEMM, \
@@ -306,8 +306,7 @@ impl KernelPlan {
             }
             if let Kernel::MatMul { gemm, a_norm: Some(_), a_split, .. } = &l.kernel {
                 let whole_rows = (gemm.threads() as u64).is_multiple_of(gemm.block().0);
-                if !matches!(gemm, Gemm::SharedTiles(_) | Gemm::TensorCores { .. }) || a_split.is_some() || !whole_rows
-                {
+                if !gemm.stages_tiles() || a_split.is_some() || !whole_rows {
                     let reason = "a layer norm of A is read by shared-tile and tensor-core GEMMs only (whole groups \
                                   of threads per row), never with A in two parts"
                         .to_string();

@@ -112,12 +112,12 @@ pub fn gemm<R: Runtime>(
     precision: Precision,
     iters: usize,
 ) -> CubekRows {
-    let x = operand(m * k, 0x9e37_79b9);
-    let w = operand(n * k, 0x7f4a_7c15);
+    let x = operand(m * k, 1);
+    let w = operand(n * k, 2);
     let (mut rows, mut skipped) = (Vec::new(), Vec::new());
     let operands: &[StorageType] = match precision {
-        Precision::Default => &[f32::as_type_native_unchecked().storage_type(), bf16_type()],
-        _ => &[f32::as_type_native_unchecked().storage_type()],
+        Precision::Default => &[f32_type(), bf16_type()],
+        _ => &[f32_type()],
     };
     for &global in operands {
         if !client.properties().supports_type(global) {
@@ -159,7 +159,6 @@ fn run_one<R: Runtime>(
     precision: Precision,
     iters: usize,
 ) -> Result<(Duration, StorageType), String> {
-    let f32_type = f32::as_type_native_unchecked().storage_type();
     let launch = |dtypes: &mut MatmulElems| {
         let binding = |h: &Handle, shape: [usize; 2], strides: [usize; 2]| TensorBinding::<R> {
             handle: h.clone().binding(),
@@ -171,7 +170,7 @@ fn run_one<R: Runtime>(
         let rhs = InputBinding::new(binding(w, [k, n], [1, k]), global);
         launch_ref(strategy, client, lhs, rhs, binding(y, [m, n], [n, 1]), dtypes)
     };
-    let globals = MatmulGlobalElems { lhs: global, rhs: global, out: f32_type };
+    let globals = MatmulGlobalElems { lhs: global, rhs: global, out: f32_type() };
     let mut dtypes = MatmulElems::from_globals(&globals);
     crate::device::select::catch_device(|| launch(&mut dtypes))
         .map_err(|panic| format!("failed: {panic}"))?
@@ -195,13 +194,16 @@ fn run_one<R: Runtime>(
 /// Whether products in `tiles` are allowed for f32 buffers under `precision`, as calm's
 /// lowering allows them; bf16 operands (which the run chose under `default`) always are.
 fn allowed(tiles: StorageType, precision: Precision) -> bool {
-    let f32_type = f32::as_type_native_unchecked().storage_type();
     let tf32_type = tf32::as_type_native_unchecked().storage_type();
     match precision {
-        Precision::Highest => tiles == f32_type,
-        Precision::High => tiles == f32_type || tiles == tf32_type,
-        Precision::Default => tiles == f32_type || tiles == tf32_type || tiles == bf16_type(),
+        Precision::Highest => tiles == f32_type(),
+        Precision::High => tiles == f32_type() || tiles == tf32_type,
+        Precision::Default => tiles == f32_type() || tiles == tf32_type || tiles == bf16_type(),
     }
+}
+
+fn f32_type() -> StorageType {
+    f32::as_type_native_unchecked().storage_type()
 }
 
 fn bf16_type() -> StorageType {
@@ -212,17 +214,9 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
-/// `len` values in [-1, 1) from a xorshift stream: reproducible operands with no zeros pattern.
-fn operand(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+/// `len` values in [-1, 1) from calm's Philox stream `stream` (as weights are drawn).
+fn operand(len: usize, stream: u32) -> Vec<f32> {
+    calm_kernels::philox::uniform(1, 0, stream, len).into_iter().map(|u| 2.0 * u - 1.0).collect()
 }
 
 fn upload<R: Runtime>(client: &ComputeClient<R>, v: &[f32], global: StorageType) -> Handle {
@@ -284,8 +278,7 @@ mod tests {
     #[test]
     fn tensor_core_tiles_are_kept_only_where_the_precision_allows_them() {
         let tf32_type = tf32::as_type_native_unchecked().storage_type();
-        let f32_type = f32::as_type_native_unchecked().storage_type();
-        assert!(allowed(f32_type, Precision::Highest));
+        assert!(allowed(f32_type(), Precision::Highest));
         assert!(!allowed(tf32_type, Precision::Highest));
         assert!(allowed(tf32_type, Precision::High));
         assert!(!allowed(bf16_type(), Precision::High));

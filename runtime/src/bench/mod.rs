@@ -110,8 +110,7 @@ pub fn gemm<R: Runtime>(
         max_error: None,
     };
     let calm = |epilogue| calm_forward(client, &linear_relu(m, k, n, epilogue), &Bindings::new(), true, lower, iters).0;
-    let mut out =
-        vec![measure("calm (fused matmul + bias + relu)", calm(true)), measure("calm (plain matmul)", calm(false))];
+    let mut out = vec![measure("calm (fused matmul + bias + relu)", calm(true)), measure(CALM_PLAIN, calm(false))];
     // A CUDA machine may have no Vulkan loader: then Burn wgpu's row is left out, with why.
     match crate::device::select::catch_device(|| burn_linear_relu::<Wgpu>(&WgpuDevice::default(), m, k, n, iters)) {
         Ok(t) => out.push(measure("burn wgpu (fusion)", t)),
@@ -131,6 +130,10 @@ pub fn gemm<R: Runtime>(
     out.extend(on_client.rows);
     (out, on_client.skipped)
 }
+
+/// The GEMM table's row every other is compared with: calm's matmul with no epilogue, the
+/// product cubek-matmul computes.
+pub const CALM_PLAIN: &str = "calm (plain matmul)";
 
 /// Whether a CUDA device starts here, or a one-line reason why not. Never panics.
 pub fn cuda_answers() -> Result<(), String> {

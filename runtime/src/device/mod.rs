@@ -54,7 +54,7 @@ pub enum DeviceError {
     #[error("input `{input}`: index {index} is out of range for {bound} {what} ({kernel} at {scope})")]
     IndexOutOfRange { input: String, index: i64, bound: u64, what: &'static str, kernel: &'static str, scope: String },
     /// A panic in calm's own code during device work: calm's bug, not the device's.
-    #[error("calm's own code failed during device work, a bug in calm rather than the device (please report it): {0}")]
+    #[error("calm's own code failed during device work, {bug}: {0}", bug = select::CALM_BUG)]
     Bug(String),
 }
 
@@ -342,9 +342,7 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
         }
         Ok(out)
     }
-}
 
-impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
     /// Refuses an input whose values index a gather, scatter-add or one-hot out of range, as
     /// the reference executor does: the kernels themselves read an index out of range as 0
     /// (never out of bounds), so without this check the two executors would disagree. Indices

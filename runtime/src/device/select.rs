@@ -35,6 +35,9 @@ pub enum SelectError {
     Float(FloatType, String),
 }
 
+/// What a panic in calm's own code is, said where one is reported.
+pub const CALM_BUG: &str = "a bug in calm rather than the device (please report it)";
+
 /// A panic [`catch_device`] caught: what it said (where it happened), and whether it began in
 /// calm's own code (a bug of calm's, such as a failed assertion) rather than in the runtime,
 /// the driver or a library (a device fault).
@@ -47,7 +50,7 @@ pub struct Caught {
 impl std::fmt::Display for Caught {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         if self.in_calm {
-            write!(f, "calm's own code failed, a bug in calm rather than the device (please report it): ")?;
+            write!(f, "calm's own code failed, {CALM_BUG}: ")?;
         }
         f.write_str(&self.message)
     }

@@ -40,7 +40,7 @@ pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
     let a_norm =
         a_norm.map(|eps| NormA { eps_bits: (eps as f32).to_bits(), gamma: extras.len() - 2, beta: extras.len() - 1 });
     assert!(
-        a_norm.is_none() || (a_tail.is_none() && matches!(gemm, Gemm::SharedTiles(_) | Gemm::TensorCores { .. })),
+        a_norm.is_none() || (a_tail.is_none() && gemm.stages_tiles()),
         "the lowering normalises A in shared-tile and tensor-core GEMMs only, never A in two parts"
     );
     assert!(
@@ -67,11 +67,7 @@ pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
     let batch = convert::batching(batch.len(), grouped);
     let epilogue = epilogue.map(|e| (convert::ops(&e.program), e.program.outputs[0].0 as usize));
     assert!(
-        split_k.is_none()
-            || (matches!(gemm, Gemm::SharedTiles(_) | Gemm::TensorCores { .. })
-                && batch.rank == 0
-                && epilogue.is_none()
-                && fold_experts.is_none()),
+        split_k.is_none() || (gemm.stages_tiles() && batch.rank == 0 && epilogue.is_none() && fold_experts.is_none()),
         "the lowering splits k for shared-tile and tensor-core GEMMs without batch, epilogue or grouping"
     );
     let io = GemmIo { batch, epilogue, a_tail, fold_experts, a_norm, split_k };
