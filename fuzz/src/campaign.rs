@@ -4,7 +4,8 @@
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use crate::mutate::{mutate, Rng};
@@ -119,14 +120,87 @@ fn kind(message: &str, scratch: &Path) -> String {
     out.chars().take(80).collect()
 }
 
-/// How long one input may take before it is reported (libFuzzer's `-timeout` plays this part
-/// there). Generous: debug builds with overflow checks run the config target's graph builds.
-pub const PER_INPUT_LIMIT: Duration = Duration::from_secs(20);
+/// What one input may cost before it is a finding, as libFuzzer's `-timeout` and
+/// `-rss_limit_mb` cap its runs.
+#[derive(Copy, Clone, Debug)]
+pub struct Caps {
+    /// Time one input may run. Generous: debug builds with overflow checks run the config
+    /// target's graph builds.
+    pub per_input: Duration,
+    /// Memory the process may hold (resident) while an input runs.
+    pub memory_bytes: u64,
+}
+
+impl Default for Caps {
+    fn default() -> Caps {
+        Caps { per_input: Duration::from_secs(20), memory_bytes: 4 << 30 }
+    }
+}
+
+/// The process's resident memory, from `/proc/self/status` (0 where it cannot be read).
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok());
+    kib.unwrap_or(0u64) * 1024
+}
+
+/// Which cap an input running for `took`, with the process holding `resident` bytes, breaks.
+pub fn broken_cap(caps: &Caps, took: Duration, resident: u64) -> Option<String> {
+    if took > caps.per_input {
+        return Some(format!("ran for over {:.1} s (the per-input limit)", caps.per_input.as_secs_f64()));
+    }
+    if resident > caps.memory_bytes {
+        return Some(format!(
+            "the process holds {} MiB, over the limit of {} MiB",
+            resident >> 20,
+            caps.memory_bytes >> 20
+        ));
+    }
+    None
+}
+
+/// The input a campaign is running, and since when.
+type Running = Arc<Mutex<Option<(Vec<u8>, Instant)>>>;
+
+/// Watches the running input from another thread: a target cannot be stopped mid-run from
+/// inside (nor a runaway allocation undone), so an input that breaks a cap is saved as a
+/// finding, `calm-fuzz-finding-TARGET-PID` in the temporary folder, and the process exits
+/// (status 3) with a line naming it and the cap, as libFuzzer does.
+fn watchdog(target: Target, caps: Caps, running: Running, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            let guard = running.lock().unwrap_or_else(|e| e.into_inner());
+            let Some((input, began)) = guard.as_ref() else { continue };
+            if let Some(why) = broken_cap(&caps, began.elapsed(), resident_bytes()) {
+                let path =
+                    std::env::temp_dir().join(format!("calm-fuzz-finding-{}-{}", target.name(), std::process::id()));
+                let saved = match std::fs::write(&path, input) {
+                    Ok(()) => format!("saved to {}", path.display()),
+                    Err(e) => format!("not saved: {e}"),
+                };
+                eprintln!(
+                    "calm-fuzz: {}: an input of {} bytes {why}; it is a finding ({saved}; copy it into {})",
+                    target.name(),
+                    input.len(),
+                    regressions_dir(target).display()
+                );
+                std::process::exit(3);
+            }
+        }
+    })
+}
 
 /// Runs `target` over its seeds, kept corpus and regressions, then over mutations of them (and of inputs
 /// that gave new kinds of error) until `budget` has passed or `max_runs` inputs have run.
-pub fn fuzz(target: Target, seed: u64, budget: Duration, max_runs: Option<u64>) -> Report {
+///
+/// An input that breaks `caps` (too long, too much memory) stops the process, saved as a
+/// finding (see [`watchdog`]).
+pub fn fuzz(target: Target, seed: u64, budget: Duration, max_runs: Option<u64>, caps: Caps) -> Report {
     let scratch = tempfile::tempdir().expect("a temporary folder");
+    let running: Running = Arc::new(Mutex::new(None));
+    let done = Arc::new(AtomicBool::new(false));
+    let watching = watchdog(target, caps, running.clone(), done.clone());
     let started = Instant::now();
     let mut report = Report {
         target,
@@ -153,19 +227,9 @@ pub fn fuzz(target: Target, seed: u64, budget: Duration, max_runs: Option<u64>) 
             None => break,
         };
         report.runs += 1;
-        let began = Instant::now();
+        *running.lock().unwrap_or_else(|e| e.into_inner()) = Some((input.clone(), Instant::now()));
         let outcome = run_one(target, &input, scratch.path());
-        // A slow input is a finding, not a hang to wait out: the process cannot stop a target
-        // mid-run, but it reports every input that took longer than the cap.
-        let took = began.elapsed();
-        if took > PER_INPUT_LIMIT {
-            let message = format!(
-                "took {:.1} s, over the per-input limit of {} s",
-                took.as_secs_f64(),
-                PER_INPUT_LIMIT.as_secs()
-            );
-            report.findings.push(Finding { input: input.clone(), message });
-        }
+        *running.lock().unwrap_or_else(|e| e.into_inner()) = None;
         match outcome {
             Ok(Outcome::Accepted) => report.accepted += 1,
             Ok(Outcome::Refused(message)) => {
@@ -177,6 +241,8 @@ pub fn fuzz(target: Target, seed: u64, budget: Duration, max_runs: Option<u64>) 
             Err(message) => report.findings.push(Finding { input, message }),
         }
     }
+    done.store(true, Ordering::Relaxed);
+    watching.join().expect("the watchdog does not panic");
     report.error_kinds = kinds.len();
     report.corpus = corpus.len();
     report.seconds = started.elapsed().as_secs_f64();

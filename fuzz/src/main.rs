@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use calm_fuzz::campaign::{corpus_dir, fuzz, read_dir, regressions_dir};
+use calm_fuzz::campaign::{corpus_dir, fuzz, read_dir, regressions_dir, Caps};
 use calm_fuzz::graphs::{check_graph, random_graph, Verdict};
 use calm_fuzz::seeds::seeds;
 use calm_fuzz::targets::Target;
@@ -19,6 +19,12 @@ struct Args {
     /// Seconds per target.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// Seconds one input may run before it is a finding (the process stops, saving it).
+    #[arg(long, default_value_t = Caps::default().per_input.as_secs_f64())]
+    input_seconds: f64,
+    /// MiB the process may hold while an input runs before it is a finding (the same).
+    #[arg(long, default_value_t = Caps::default().memory_bytes >> 20)]
+    memory_mb: u64,
     /// Seed of the mutations (and first seed of the random graphs).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -59,9 +65,11 @@ fn main() {
         std::process::exit(if bad > 0 { 1 } else { 0 });
     }
     let targets = if args.target.is_empty() { Target::ALL.to_vec() } else { args.target.clone() };
+    let caps =
+        Caps { per_input: Duration::from_secs_f64(args.input_seconds.max(0.0)), memory_bytes: args.memory_mb << 20 };
     let mut found = 0;
     for target in targets {
-        let r = fuzz(target, args.seed ^ target as u64, Duration::from_secs(args.seconds), None);
+        let r = fuzz(target, args.seed ^ target as u64, Duration::from_secs(args.seconds), None, caps);
         println!(
             "{:<12} {:>9} runs {:>7.1} s {:>8.0}/s  accepted {:>7}  refused {:>8}  error kinds {:>4}  corpus {:>5}  panics {}",
             target.name(),

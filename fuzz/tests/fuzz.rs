@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use calm_fuzz::campaign::{fuzz, regressions_dir};
+use calm_fuzz::campaign::{broken_cap, fuzz, regressions_dir, Caps};
 use calm_fuzz::graphs::{check_graph, random_graph, Verdict};
 use calm_fuzz::targets::Target;
 
@@ -17,7 +17,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn campaign(target: Target) {
     let seconds = env_u64("CALM_FUZZ_SECONDS", 8);
     let seed = env_u64("CALM_FUZZ_SEED", 0x5eed) ^ target as u64;
-    let report = fuzz(target, seed, Duration::from_secs(seconds), None);
+    let report = fuzz(target, seed, Duration::from_secs(seconds), None, Caps::default());
     eprintln!(
         "{}: {} runs in {:.1} s ({} accepted, {} refused, {} kinds of error, corpus {})",
         target.name(),
@@ -101,4 +101,29 @@ fn random_graphs_compile_and_match_the_reference_or_are_refused() {
         eprintln!("  {r}");
     }
     assert!(matched * 4 >= count * 3, "most random graphs must compile: {refused:?}");
+}
+
+#[test]
+fn an_input_over_a_cap_stops_the_campaign_and_is_saved() {
+    let caps = Caps { per_input: Duration::from_secs(20), memory_bytes: 4 << 30 };
+    assert!(broken_cap(&caps, Duration::from_secs(19), 1 << 30).is_none());
+    assert!(broken_cap(&caps, Duration::from_secs(21), 0).unwrap().contains("per-input limit"));
+    assert!(broken_cap(&caps, Duration::ZERO, 5 << 30).unwrap().contains("5120 MiB, over the limit of 4096"));
+    // The checkpoint target's seed takes more than a millisecond: under a 1 ms cap the
+    // campaign stops at it, naming and saving it.
+    for (cap, broken) in
+        [(["--input-seconds", "0.001"], "per-input limit"), (["--memory-mb", "1"], "over the limit of 1 MiB")]
+    {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_calm-fuzz"))
+            .args(["--target", "checkpoint", "--seconds", "30"])
+            .args(cap)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains(broken) && stderr.contains("it is a finding (saved to "), "{stderr}");
+        let saved = stderr.split("saved to ").nth(1).unwrap().split(';').next().unwrap();
+        assert!(!std::fs::read(saved).unwrap().is_empty());
+        std::fs::remove_file(saved).unwrap();
+    }
 }

@@ -5,7 +5,7 @@ use calm_models::{build, CalmConfig, Mode};
 use calm_passes::ablate::{ablate, Ablation};
 use calm_passes::lower::{lower, LowerError, LowerOptions};
 use calm_passes::memory::check_memory;
-use calm_passes::plan::{BufferId, Kernel, KernelPlan, Role, SlotId};
+use calm_passes::plan::{BufferId, Gemm, Kernel, KernelPlan, Role, SlotId};
 
 fn bind(batch: u64, tokens: u64) -> Bindings {
     Bindings::new().with("batch", batch).with("tokens", tokens)
@@ -195,6 +195,16 @@ fn plans_read_back_as_written_and_old_or_broken_ones_are_refused() {
     (gemm.cube_count, gemm.cube_dim) = gemm.kernel.launch_dims();
     let e = KernelPlan::from_json(&shares.to_json()).unwrap_err().to_string();
     assert!(e.contains("k split in 4 shares needs at least 2, a shared-tile or tensor-core GEMM"), "{e}");
+    // A register GEMM told to read A in two parts (only the other variants can).
+    let mut lanes = plan.clone();
+    let gemm =
+        lanes.launches.values_mut().find(|l| matches!(l.kernel, Kernel::MatMul { gemm: Gemm::Registers { .. }, .. }));
+    let Kernel::MatMul { a_split, .. } = &mut gemm.expect("lavapipe's plan has a register GEMM").kernel else {
+        unreachable!()
+    };
+    *a_split = Some(4);
+    let e = KernelPlan::from_json(&lanes.to_json()).unwrap_err().to_string();
+    assert!(e.contains("the register GEMM reads neither A in two parts nor folded expert rows"), "{e}");
 
     let e = KernelPlan::from_json("{\"format\": \"calm-plan/3\", \"graph\": 3}").unwrap_err().to_string();
     assert!(e.contains("expected a string at line 1 column 36"), "{e}");
@@ -278,7 +288,7 @@ fn cubes_per_row_combine_within_planes_where_the_device_has_them() {
 fn gemms_run_on_the_tensor_cores_the_device_has_and_the_precision_allows() {
     use calm_passes::compile::compile;
     use calm_passes::plan::ComputeUnit::{Fp32Cores, TensorBf16, TensorF16, TensorTf32};
-    use calm_passes::plan::{ComputeUnit, FloatType, Gemm, Precision};
+    use calm_passes::plan::{ComputeUnit, FloatType, Precision};
     let g = build(&CalmConfig::preset("tiny").unwrap(), Mode::Inference).unwrap();
     let gemms = |opts: &LowerOptions| -> Vec<(ComputeUnit, Gemm, bool)> {
         let plan = compile(&g, &bind(5, 7), true, opts).unwrap().plan;

@@ -365,6 +365,7 @@ pub fn lower(g: &Graph, bindings: &Bindings, opts: &LowerOptions) -> Result<Kern
         l.plan.outputs.push(port);
     }
     let mut plan = l.plan;
+    plan.check_launches()?;
     plan.check_index_range()?;
     plan.memory = plan_memory(&plan);
     Ok(plan)

@@ -279,7 +279,7 @@ impl KernelPlan {
     /// Every launch has the grid its kernel is written for (the kernels index by it: a cube
     /// per line's tree reduction, the tensor-core GEMM's planes) and a cube per line is a power
     /// of two wide.
-    fn check_launches(&self) -> Result<(), PlanError> {
+    pub(crate) fn check_launches(&self) -> Result<(), PlanError> {
         for (id, l) in self.launches.iter() {
             let at = || format!("launch {id} ({})", l.kernel.name());
             let (count, dim) = l.kernel.launch_dims();
@@ -294,24 +294,8 @@ impl KernelPlan {
                 let reason = format!("a cube per line of {t} threads (not a power of two)");
                 return Err(PlanError::Launch { at: at(), reason });
             }
-            if let Kernel::MatMul { gemm, batch, epilogue, grouped, split_k: Some(splits), .. } = &l.kernel {
-                let tiles = gemm.stages_tiles();
-                if !tiles || *splits < 2 || !batch.is_empty() || epilogue.is_some() || grouped.is_some() {
-                    let reason = format!(
-                        "k split in {splits} shares needs at least 2, a shared-tile or tensor-core GEMM, \
-                         and no batch, epilogue or grouping"
-                    );
-                    return Err(PlanError::Launch { at: at(), reason });
-                }
-            }
-            if let Kernel::MatMul { gemm, a_norm: Some(_), a_split, .. } = &l.kernel {
-                let whole_rows = (gemm.threads() as u64).is_multiple_of(gemm.block().0);
-                if !gemm.stages_tiles() || a_split.is_some() || !whole_rows {
-                    let reason = "a layer norm of A is read by shared-tile and tensor-core GEMMs only (whole groups \
-                                  of threads per row), never with A in two parts"
-                        .to_string();
-                    return Err(PlanError::Launch { at: at(), reason });
-                }
+            if let Some(reason) = gemm_rule_broken(&l.kernel) {
+                return Err(PlanError::Launch { at: at(), reason });
             }
             if let Some(w) = l.kernel.row_plane() {
                 if !w.is_power_of_two() || l.kernel.row_cube().is_none_or(|t| t % w != 0) {
@@ -388,4 +372,48 @@ fn first_over(v: &serde_json::Value, path: &str, limit: u64) -> Option<(String, 
             .find_map(|(k, x)| first_over(x, &format!("{path}.{k}"), limit)),
         _ => None,
     }
+}
+
+/// The rule a GEMM launch breaks, if any: which variants take a k split, a normalised A, A in
+/// two parts and folded expert rows. The lowering emits only what these allow; the runtime's
+/// GEMM launch relies on them (every plan it runs passed this check, in the lowering or in
+/// `from_json`).
+fn gemm_rule_broken(kernel: &Kernel) -> Option<String> {
+    let Kernel::MatMul { gemm, batch, epilogue, grouped, a_split, a_norm, split_k, .. } = kernel else {
+        return None;
+    };
+    let fold_experts = grouped.as_ref().and_then(|g| g.fold_experts);
+    if let Some(splits) = *split_k {
+        if !gemm.stages_tiles() || splits < 2 || !batch.is_empty() || epilogue.is_some() || grouped.is_some() {
+            return Some(format!(
+                "k split in {splits} shares needs at least 2, a shared-tile or tensor-core GEMM, and no batch, \
+                 epilogue or grouping"
+            ));
+        }
+    }
+    if a_norm.is_some() {
+        let whole_rows = (gemm.threads() as u64).is_multiple_of(gemm.block().0);
+        if !gemm.stages_tiles() || a_split.is_some() || !whole_rows {
+            return Some(
+                "a layer norm of A is read by shared-tile and tensor-core GEMMs only (whole groups of threads per \
+                 row), never with A in two parts"
+                    .to_string(),
+            );
+        }
+    }
+    let registers = matches!(gemm, Gemm::Registers { .. });
+    if registers && (a_split.is_some() || fold_experts.is_some()) {
+        return Some("the register GEMM reads neither A in two parts nor folded expert rows".to_string());
+    }
+    if let (Gemm::Vectors { .. }, Some(split)) = (gemm, *a_split) {
+        if split % 4 != 0 || !batch.is_empty() {
+            return Some(format!(
+                "the vector GEMM reads A's first part 4 columns at a time, without a batch, not {split} columns"
+            ));
+        }
+    }
+    if fold_experts.is_some() && a_split.is_some() {
+        return Some("folded expert rows read A through their slots' offsets, not in two parts".to_string());
+    }
+    None
 }

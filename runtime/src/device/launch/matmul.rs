@@ -39,37 +39,11 @@ pub(super) fn matmul<R: Runtime, F: DeviceFloat>(c: Call<'_, R>) {
     let a_tail = a_split.map(|split| (u32_of(split), own));
     let a_norm =
         a_norm.map(|eps| NormA { eps_bits: (eps as f32).to_bits(), gamma: extras.len() - 2, beta: extras.len() - 1 });
-    assert!(
-        a_norm.is_none() || (a_tail.is_none() && gemm.stages_tiles()),
-        "the lowering normalises A in shared-tile and tensor-core GEMMs only, never A in two parts"
-    );
-    assert!(
-        a_norm.is_none() || gemm.threads().is_multiple_of(gemm.block().0 as u32),
-        "a normalised A's rows are shared by whole groups of a cube's threads"
-    );
-    assert!(
-        a_tail.is_none() || !matches!(gemm, Gemm::Registers { .. }),
-        "the lowering splits A for every GEMM but the register one"
-    );
-    assert!(
-        !matches!(gemm, Gemm::Vectors { .. }) || a_tail.is_none_or(|(split, _)| split % 4 == 0 && batch.is_empty()),
-        "the vector GEMM reads a split A's first part 4 columns at a time, without a batch"
-    );
     let fold_experts = grouped.and_then(|g| g.fold_experts);
-    assert!(
-        fold_experts.is_none() || !matches!(gemm, Gemm::Registers { .. }),
-        "the lowering folds grouped rows for every GEMM but the register one"
-    );
-    assert!(
-        fold_experts.is_none() || a_tail.is_none(),
-        "folded rows read A through their slots' offsets, not in two parts"
-    );
     let batch = convert::batching(batch.len(), grouped);
     let epilogue = epilogue.map(|e| (convert::ops(&e.program), e.program.outputs[0].0 as usize));
-    assert!(
-        split_k.is_none() || (gemm.stages_tiles() && batch.rank == 0 && epilogue.is_none() && fold_experts.is_none()),
-        "the lowering splits k for shared-tile and tensor-core GEMMs without batch, epilogue or grouping"
-    );
+    // The variants' rules (which take a k split, a normalised A, A in two parts, folded rows)
+    // were checked on the plan: `KernelPlan::check_launches`.
     let io = GemmIo { batch, epilogue, a_tail, fold_experts, a_norm, split_k };
     let mut extra = SequenceArg::new();
     for (_, x) in extras {
