@@ -114,6 +114,43 @@ fn bad_inputs_are_one_line_errors() {
 }
 
 #[test]
+fn the_backend_is_chosen_said_and_logged() {
+    let home = tempfile::tempdir().unwrap();
+    let train = crehate("train");
+    // 10 samples, a step an epoch, 2 epochs.
+    let tiny = ["train", "--train", &train, "--backbone", "tiny", "--preset", "tiny", "--limit", "2", "--epochs", "2"];
+    let one_step = [&tiny[..], &["--max-steps", "1"]].concat();
+    // --backend cuda trains on CUDA where it starts; elsewhere it is a one-line error.
+    let cuda_out = home.path().join("cuda");
+    let (cuda, stdout, stderr) =
+        calm(home.path(), &[&one_step[..], &["--backend", "cuda", "--out", s(&cuda_out), "-q"]].concat());
+    if cuda {
+        assert!(stdout.contains("steps on cuda"), "{stdout}");
+    } else {
+        assert!(
+            stderr.starts_with("calm: error: --backend cuda: ") && stderr.contains("CUDA did not start"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(!cuda_out.exists(), "nothing written");
+    }
+    // `auto` (the default) picks CUDA, else Flex, and says which and why on stderr and in the log.
+    let want = if cuda { "cuda" } else { "flex" };
+    let (out, log) = (home.path().join("auto"), home.path().join("auto.jsonl"));
+    let (ok, stdout, stderr) = calm(home.path(), &[&one_step[..], &["--out", s(&out), "--json", s(&log)]].concat());
+    assert!(ok && stdout.contains(&format!("1 of 2 steps on {want} (highest precision")), "{stdout}{stderr}");
+    assert!(stderr.contains(&format!("calm: backend {want}: ")), "{stderr}");
+    assert!(cuda || stderr.contains("CUDA did not start"), "why auto passed CUDA over: {stderr}");
+    let first = std::fs::read_to_string(&log).unwrap();
+    let start: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert_eq!((start["event"].as_str(), start["backend"].as_str()), (Some("start"), Some(want)), "{first}");
+    // A resumed run keeps its checkpoint's backend unless told; --precision is recorded.
+    let resumed = [&tiny[..], &["--resume", "--precision", "default", "--out", s(&out)]].concat();
+    let (ok, stdout, stderr) = calm(home.path(), &resumed[..]);
+    assert!(ok && stdout.contains(&format!("2 of 2 steps on {want} (default precision")), "{stdout}{stderr}");
+}
+
+#[test]
 fn a_smoke_study_writes_its_table_and_chart_and_resumes() {
     let home = tempfile::tempdir().unwrap();
     let out = home.path().join("study");

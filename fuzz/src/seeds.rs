@@ -117,6 +117,8 @@ fn checkpoint() -> Vec<Vec<u8>> {
         warmup_fraction: 0.1,
         seed: 1,
         backend: Backend::Flex,
+        // Not the default, so the seed's state holds the field.
+        precision: calm_passes::plan::Precision::Default,
         max_tokens: 16,
     };
     let state = RunState {

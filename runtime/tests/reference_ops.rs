@@ -203,6 +203,62 @@ fn matmul_with_transposes_and_batch_broadcast() {
     close(&out, &[2, 3, 3, 2], &want);
 }
 
+/// `x` rounded to `significant` bits as mixed precision rounds an operand (Veltkamp's split in
+/// f32), checked here to be the nearest such number.
+fn rounded(x: f32, significant: u32) -> f32 {
+    let sigma = ((1u32 << (24 - significant)) + 1) as f32;
+    let gamma = x * sigma;
+    let hi = gamma + (x - gamma);
+    let dropped = 24 - significant;
+    assert_eq!(hi.to_bits() & ((1 << dropped) - 1), 0, "{x} kept more than {significant} bits: {hi}");
+    // x's power of two (sign and exponent bits alone), over 2^significant.
+    let half_step = f32::from_bits(x.to_bits() & 0x7F80_0000) * 2f32.powi(-(significant as i32));
+    assert!((hi - x).abs() <= half_step, "{x} rounded to {hi}, not the nearest {significant}-bit number");
+    hi
+}
+
+#[test]
+fn mixed_precision_products_round_their_operands_to_tf32_or_bf16() {
+    use calm_passes::plan::Precision;
+    use calm_runtime::reference::Compute;
+    let (m, k, n) = (37, 70, 45);
+    let a: Vec<f32> = philox::uniform(11, 0, 1, m * k).iter().map(|u| u * 4.0 - 2.0).collect();
+    let b: Vec<f32> = philox::uniform(11, 0, 2, k * n).iter().map(|u| u * 4.0 - 2.0).collect();
+    let mut builder = GraphBuilder::new("t");
+    let x = builder.input("a", DType::F32, shape![m as u64, k as u64]).unwrap();
+    let y = builder.input("b", DType::F32, shape![k as u64, n as u64]).unwrap();
+    let c = builder.matmul(x, y, false, false).unwrap();
+    builder.output("c", c);
+    let g = builder.finish().unwrap();
+    let inputs = BTreeMap::from([
+        ("a".to_string(), HostTensor::f32(vec![m, k], a.clone())),
+        ("b".to_string(), HostTensor::f32(vec![k, n], b.clone())),
+    ]);
+    let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    let exact = matmul_ref(&wide(&a), &wide(&b), m, k, n);
+    let scale: Vec<f64> = matmul_ref(
+        &wide(&a).iter().map(|x| x.abs()).collect::<Vec<_>>(),
+        &wide(&b).iter().map(|x| x.abs()).collect::<Vec<_>>(),
+        m,
+        k,
+        n,
+    );
+    for (products, significant) in [(Precision::High, 11), (Precision::Default, 8)] {
+        let exec = Reference::<Flex>::new(FlexDevice, Compute { float: FloatDType::F32, products });
+        let out = exec.run(&g, &ParamStore::default(), &inputs).unwrap().remove("c").unwrap().data.to_f64();
+        let round = |v: &[f32]| v.iter().map(|&x| rounded(x, significant) as f64).collect::<Vec<f64>>();
+        let want = matmul_ref(&round(&a), &round(&b), m, k, n);
+        let (mut off_rounded, mut off_exact) = (0f64, 0f64);
+        for i in 0..m * n {
+            off_rounded = off_rounded.max((out[i] - want[i]).abs() / scale[i]);
+            off_exact = off_exact.max((out[i] - exact[i]).abs() / scale[i]);
+        }
+        // f32 sums of rounded operands' products; far from the exact products.
+        assert!(off_rounded < 1e-6, "{products:?}: {off_rounded} from the rounded operands' product");
+        assert!(off_exact > 2f64.powi(-(significant as i32) - 4), "{products:?}: {off_exact} from the exact product");
+    }
+}
+
 #[test]
 fn softmax_log_softmax_and_masking() {
     let x = f(&[2, 3], &[1.0, 2.0, 3.0, 0.0, f64::NEG_INFINITY, 0.0]);

@@ -33,9 +33,28 @@ pub struct Args {
     /// Also write the results as JSON.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Instead of the device benchmarks: time `calm train`'s step (forward, backward, AdamW)
+    /// at these sizes, e.g. `batch=64,tokens=128`, on random states, for each of
+    /// --train-backends and --train-precisions side by side (median of --iters after one
+    /// untimed step).
+    #[arg(long, value_name = "BINDINGS")]
+    pub train_step: Option<String>,
+    /// Preset of the trained model (states of width 384, as MiniLM's; 5 cultures, 2 classes).
+    #[arg(long, default_value = "paper")]
+    pub train_preset: String,
+    /// Backends of the training step, comma-separated: `flex`, `wgpu`, `cuda`. Default: CUDA
+    /// where it starts, and Flex.
+    #[arg(long, value_delimiter = ',')]
+    pub train_backends: Vec<super::train::BackendArg>,
+    /// Precisions of the steps' products, comma-separated (see `calm train --precision`).
+    #[arg(long, value_delimiter = ',', default_value = "highest,default")]
+    pub train_precisions: Vec<PrecisionArg>,
 }
 
 pub fn run(args: &Args) -> Result<(), CliError> {
+    if let Some(sizes) = &args.train_step {
+        return super::train::bench_train_step(args, sizes);
+    }
     let gemms = args.gemm.iter().map(|g| parse_gemm(g)).collect::<Result<Vec<_>, _>>()?;
     let (bindings, iters): (Bindings, usize) = (args.head.parse()?, args.iters);
     let device = Device::open(args.device.into())?;

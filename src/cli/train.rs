@@ -4,18 +4,19 @@
 use std::path::{Path, PathBuf};
 
 use calm_models::{Backbone, CalmConfig};
-use calm_passes::plan::FloatType;
+use calm_passes::plan::{FloatType, Precision};
 use calm_runtime::device::select::Device;
 use calm_train::backbone::{minilm_dir, Encoder};
+use calm_train::backend::{Backend, BackendChoice};
 use calm_train::batch::Split;
 use calm_train::checkpoint::{params_for, Checkpoint};
 use calm_train::model::{ModelKind, ModelSpec};
 use calm_train::progress::Progress;
 use calm_train::study;
-use calm_train::trainer::{self, predict, score, Backend, Executor, Outputs, RunOptions, Settings, Start};
+use calm_train::trainer::{self, predict, score, Executor, Outputs, RunOptions, Settings, Start};
 use clap::{Args, ValueEnum};
 
-use super::compile::Float;
+use super::compile::{Float, PrecisionArg};
 use super::data::Columns;
 use super::error::{write_file, CliError, OtherError};
 use super::run::DeviceArg;
@@ -31,10 +32,50 @@ pub enum BackboneArg {
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
+    /// CUDA if a driver and GPU answer, else Flex.
+    Auto,
     /// Burn Flex on the CPU.
     Flex,
     /// Burn wgpu on the Vulkan device.
     Wgpu,
+    /// Burn's CUDA backend (with fusion) on an NVIDIA GPU.
+    Cuda,
+}
+
+impl BackendArg {
+    fn choice(self) -> BackendChoice {
+        match self {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::Flex => BackendChoice::Only(Backend::Flex),
+            BackendArg::Wgpu => BackendChoice::Only(Backend::Wgpu),
+            BackendArg::Cuda => BackendChoice::Only(Backend::Cuda),
+        }
+    }
+}
+
+/// The backend a command runs on: the one asked for (an error if it does not start), else the
+/// checkpoint's where one is given and it starts, else `auto`'s. The choice is said on stderr.
+fn start_backend(
+    asked: Option<BackendArg>,
+    recorded: Option<Backend>,
+    progress: &Progress,
+) -> Result<Backend, CliError> {
+    let (backend, why) = match (asked, recorded) {
+        (Some(a), _) => Backend::resolve(a.choice())?,
+        (None, Some(b)) => match Backend::resolve(BackendChoice::Only(b)) {
+            Ok(found) => found,
+            Err(e) => {
+                let (backend, _) = Backend::resolve(BackendChoice::Auto)?;
+                (backend, Some(format!("the checkpoint's backend did not start ({e})")))
+            }
+        },
+        (None, None) => Backend::resolve(BackendChoice::Auto)?,
+    };
+    match why {
+        Some(why) => progress.note(&format!("backend {}: {} ({why})", backend.name(), backend.describe())),
+        None => progress.note(&format!("backend {}: {}", backend.name(), backend.describe())),
+    }
+    Ok(backend)
 }
 
 /// Where samples come from and how their texts are encoded.
@@ -147,13 +188,22 @@ pub struct OptimArgs {
     /// Seed of the weights, batch order, dropout and Gumbel noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Burn backend of the training steps.
-    #[arg(long, value_enum, default_value_t = BackendArg::Flex)]
-    pub backend: BackendArg,
+    /// Burn backend of the training steps, the validation and the encoding of texts: `auto`
+    /// (CUDA if it starts, else Flex) unless given; a resumed run keeps its checkpoint's where
+    /// that starts. The choice is printed and logged.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+    /// Mixed precision of the training steps' matrix products: `highest` f32, `high` TF32,
+    /// `default` bf16 operands (f32 products, sums, master weights and AdamW state whatever
+    /// it says). On CUDA bf16 operands are cast (tensor cores); on Flex and wgpu their rounding
+    /// is emulated in f32 (same losses, no speed-up). A resumed run keeps its checkpoint's
+    /// unless given.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
 }
 
 impl OptimArgs {
-    fn settings(&self, c: &CalmConfig, max_tokens: usize) -> Result<Settings, CliError> {
+    fn settings(&self, c: &CalmConfig, max_tokens: usize, backend: Backend) -> Result<Settings, CliError> {
         let s = Settings {
             epochs: self.epochs,
             batch_size: self.batch.unwrap_or(c.training.batch_size as usize),
@@ -161,10 +211,8 @@ impl OptimArgs {
             weight_decay: self.weight_decay.unwrap_or(c.training.weight_decay),
             warmup_fraction: self.warmup.unwrap_or(c.training.warmup_fraction),
             seed: self.seed,
-            backend: match self.backend {
-                BackendArg::Flex => Backend::Flex,
-                BackendArg::Wgpu => Backend::Wgpu,
-            },
+            backend,
+            precision: self.precision.map_or(Default::default(), Into::into),
             max_tokens,
         };
         if s.epochs == 0 || s.batch_size == 0 {
@@ -247,7 +295,9 @@ pub fn train(args: TrainArgs) -> Result<(), CliError> {
     let outputs = Outputs { dir: args.out.clone(), log: args.json.clone() };
     let (start, enc, train, valid) = if args.resume {
         let ck = Checkpoint::load(&outputs.last())?;
-        let enc = encoder_of(&ck.state.backbone)?;
+        let backend = start_backend(args.optim.backend, Some(ck.state.settings.backend), &progress)?;
+        let precision = args.optim.precision.map_or(ck.state.settings.precision, Into::into);
+        let enc = encoder_of(&ck.state.backbone)?.on(backend);
         let data = DataArgs { max_tokens: ck.state.settings.max_tokens, ..args.data.clone() };
         let train = load_split(&args.train, &data, &enc, Some((&ck.state.cultures, &ck.state.classes)), &progress)?;
         let valid = match &args.valid {
@@ -260,9 +310,10 @@ pub fn train(args: TrainArgs) -> Result<(), CliError> {
             ck.state.step,
             ck.state.total_steps
         ));
-        (Start::Resume(outputs.last()), enc, train, valid)
+        (Start::Resume { path: outputs.last(), backend, precision }, enc, train, valid)
     } else {
-        let enc = encoder(args.backbone, args.optim.seed)?;
+        let backend = start_backend(args.optim.backend, None, &progress)?;
+        let enc = encoder(args.backbone, args.optim.seed)?.on(backend);
         let train = load_split(&args.train, &args.data, &enc, None, &progress)?;
         let valid = match &args.valid {
             Some(v) => {
@@ -284,15 +335,17 @@ pub fn train(args: TrainArgs) -> Result<(), CliError> {
             return Err(OtherError(format!("--variant {}: use --model {} instead", model.name(), model.name())).into());
         }
         model.kind = kind;
-        let settings = args.optim.settings(&config, args.data.max_tokens)?;
+        let settings = args.optim.settings(&config, args.data.max_tokens, backend)?;
         (Start::Fresh { model: Box::new(model), settings }, enc, train, valid)
     };
     let options = RunOptions { stop_after: args.max_steps, check_numerics: args.check_numerics };
     let summary = trainer::train(start, &train, valid.as_ref(), &enc.fingerprint, &outputs, &options, &progress)?;
     println!(
-        "trained {} of {} steps ({:.2} s/step, {:.1} samples/s); last loss {:.4}; checkpoints in {}",
+        "trained {} of {} steps on {} ({} precision; {:.2} s/step, {:.1} samples/s); last loss {:.4}; checkpoints in {}",
         summary.steps,
         summary.total_steps,
+        summary.backend.name(),
+        summary.precision.name(),
         summary.seconds_per_step,
         summary.samples_per_second,
         summary.last_loss,
@@ -327,6 +380,10 @@ pub struct EvalArgs {
     pub data_args: DataArgs,
     #[arg(long, value_enum, default_value_t = ExecutorArg::Reference)]
     pub executor: ExecutorArg,
+    /// Burn backend of the reference executor and of the encoding of texts: the
+    /// checkpoint's where it starts, else `auto` (CUDA, then Flex), unless given.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
     /// Device of the fused executor.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
@@ -349,21 +406,26 @@ pub struct EvalArgs {
 pub fn eval(args: EvalArgs) -> Result<(), CliError> {
     let progress = progress(args.quiet);
     let ck = Checkpoint::load(&args.checkpoint)?;
-    let enc = encoder_of(&ck.state.backbone)?;
+    let backend = start_backend(args.backend, Some(ck.state.settings.backend), &progress)?;
+    let enc = encoder_of(&ck.state.backbone)?.on(backend);
     let data = DataArgs { max_tokens: ck.state.settings.max_tokens, ..args.data_args.clone() };
     let split = load_split(&args.data, &data, &enc, Some((&ck.state.cultures, &ck.state.classes)), &progress)?;
     let g = ck.state.model.inference_graph()?;
     let weights = params_for(&g, &ck.params, &args.checkpoint)?;
     let batch = args.batch.max(1);
-    let reference = || predict(&g, &weights, &split, Executor::Reference(ck.state.settings.backend), batch, &progress);
+    let reference = || -> Result<Vec<u32>, CliError> {
+        Ok(predict(&g, &weights, &split, Executor::Reference(backend), batch, &progress)?.classes)
+    };
     let fused = || -> Result<(Vec<u32>, String), CliError> {
         let device = Device::open(args.device.into())?;
         let float: FloatType = args.float.plan_type();
         let preds = predict(&g, &weights, &split, Executor::Fused { device: &device, float }, batch, &progress)?;
-        Ok((preds, device.name()))
+        Ok((preds.classes, device.name()))
     };
     let (preds, how, agreement) = match (args.executor, args.compare) {
-        (ExecutorArg::Reference, false) => (reference()?, "the reference executor".to_string(), None),
+        (ExecutorArg::Reference, false) => {
+            (reference()?, format!("the reference executor on {}", backend.name()), None)
+        }
         (ExecutorArg::Fused, false) => {
             let (p, name) = fused()?;
             (p, format!("the fused plan on {name}"), None)
@@ -424,7 +486,8 @@ pub struct StudyArgs {
 
 pub fn study(args: StudyArgs) -> Result<(), CliError> {
     let progress = progress(args.quiet);
-    let enc = encoder(args.backbone, 0)?;
+    let backend = start_backend(args.optim.backend, None, &progress)?;
+    let enc = encoder(args.backbone, 0)?.on(backend);
     let train = load_split(&args.train, &args.data, &enc, None, &progress)?;
     let valid =
         load_split(&args.valid, &args.data, &enc, Some((&train.data.cultures, &train.data.classes)), &progress)?;
@@ -442,7 +505,7 @@ pub fn study(args: StudyArgs) -> Result<(), CliError> {
     if args.seeds == 0 {
         return Err(OtherError("--seeds must be at least 1".into()).into());
     }
-    let settings = args.optim.settings(&config, args.data.max_tokens)?;
+    let settings = args.optim.settings(&config, args.data.max_tokens, backend)?;
     let seeds: Vec<u64> = (0..args.seeds).collect();
     std::fs::create_dir_all(&args.out).map_err(|source| CliError::Write { path: args.out.clone(), source })?;
     let plan = study::Plan {
@@ -481,5 +544,67 @@ pub fn study(args: StudyArgs) -> Result<(), CliError> {
         svg.display(),
         json.display()
     );
+    Ok(())
+}
+
+/// `calm bench --train-step`: the training step on each backend and precision, side by side.
+pub fn bench_train_step(args: &super::bench::Args, sizes: &str) -> Result<(), CliError> {
+    let bindings: calm_ir::Bindings = sizes.parse()?;
+    let size = |name: &str| {
+        bindings
+            .get(name)
+            .ok_or_else(|| OtherError(format!("--train-step `{sizes}`: give {name}=N (batch and tokens)")))
+    };
+    let (batch, tokens) = (size("batch")? as usize, size("tokens")? as usize);
+    if batch == 0 || tokens == 0 {
+        return Err(OtherError("--train-step: batch and tokens must be at least 1".into()).into());
+    }
+    let mut config = CalmConfig::preset(&args.train_preset)?;
+    (config.backbone, config.states_width, config.cultures, config.classes) = (Backbone::States, 384, 5, 2);
+    config.validate()?;
+    let model = ModelSpec::variant("full", &config)?;
+    let progress = Progress::stderr();
+    let backends = if args.train_backends.is_empty() {
+        let mut found = vec![Backend::Flex];
+        if Backend::resolve(BackendChoice::Only(Backend::Cuda)).is_ok() {
+            found.insert(0, Backend::Cuda);
+        }
+        found
+    } else {
+        let mut found = Vec::new();
+        for a in &args.train_backends {
+            found.push(start_backend(Some(*a), None, &progress)?);
+        }
+        found
+    };
+    let split = calm_train::bench::random_split(&model, batch, tokens, 1);
+    println!(
+        "training step of CALM ({} preset, d = 384), batch {batch}, tokens {tokens}, median of {} after one untimed:",
+        args.train_preset,
+        args.iters.max(1)
+    );
+    let mut rows = Vec::new();
+    for &backend in &backends {
+        for &precision in &args.train_precisions {
+            progress.note(&format!("timing {} at {} precision...", backend.name(), Precision::from(precision).name()));
+            let t = calm_train::bench::train_step(&model, &split, backend, precision.into(), args.iters)?;
+            let first = rows.first().map_or(t.step, |r: &calm_train::bench::StepTime| r.step);
+            println!(
+                "  {:<5} {:<8} {:>10.1} ms a step ({:>9.1} ms forward+backward, {:>8.1} ms AdamW) {:>6.2}x the first row, loss {:.4}",
+                backend.name(),
+                Precision::from(precision).name(),
+                t.step * 1e3,
+                t.gradients * 1e3,
+                t.optimizer * 1e3,
+                t.step / first,
+                t.loss
+            );
+            rows.push(t);
+        }
+    }
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({"train_step": {"preset": args.train_preset, "batch": batch, "tokens": tokens, "rows": rows}});
+        write_file(path, serde_json::to_string_pretty(&doc).expect("json").as_bytes())?;
+    }
     Ok(())
 }

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::backend::flex::{Flex, FlexDevice};
 use burn::tensor::FloatDType;
 use calm_ir::{DType, Graph, GraphBuilder};
 use calm_models::minilm::{self, BertConfig};
@@ -18,6 +17,8 @@ use calm_runtime::reference::Reference;
 use calm_runtime::safetensors;
 use sha2::{Digest, Sha256};
 
+use crate::backend::Backend;
+use crate::on_backend;
 use crate::progress::Progress;
 use crate::TrainError;
 
@@ -39,6 +40,8 @@ pub struct Encoder {
     tokenizer_path: PathBuf,
     /// Identifies the weights and tokenizer (a hash of their files); part of cache keys.
     pub fingerprint: String,
+    /// Where texts are encoded (Flex unless [`on`](Self::on) says otherwise).
+    backend: Backend,
 }
 
 /// The encoder alone as a graph: `input_ids: i32[batch,tokens]` and `mask: f32[batch,tokens]`
@@ -91,7 +94,7 @@ impl Encoder {
         hash_file(&mut h, &model)?;
         hash_file(&mut h, &tok)?;
         let fingerprint = format!("minilm-l6:{}", hex(&h.finalize()[..12]));
-        Ok(Encoder { bert, graph, params, tokenizer, tokenizer_path: tok, fingerprint })
+        Ok(Encoder { bert, graph, params, tokenizer, tokenizer_path: tok, fingerprint, backend: Backend::Flex })
     }
 
     /// A tiny BERT with random weights (from `seed`) and a character-level WordPiece tokenizer:
@@ -102,7 +105,14 @@ impl Encoder {
         let params = ParamStore::init(&graph, seed);
         let tokenizer: tokenizers::Tokenizer = tiny_tokenizer_json().parse().expect("the tiny tokenizer parses");
         let (tokenizer_path, fingerprint) = (PathBuf::from("<tiny tokenizer>"), format!("tiny-bert:{seed}"));
-        Encoder { bert, graph, params, tokenizer, tokenizer_path, fingerprint }
+        Encoder { bert, graph, params, tokenizer, tokenizer_path, fingerprint, backend: Backend::Flex }
+    }
+
+    /// The encoder running on `backend` (the training run's: states computed on the GPU when
+    /// training runs there). The states, and so their cache, are the same to f32 rounding.
+    pub fn on(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
     }
 
     /// d, the width of the states.
@@ -138,31 +148,35 @@ impl Encoder {
         order.sort_by_key(|&i| (ids[i].len(), i));
         let mut states = States { width, tokens, lengths: ids.iter().map(Vec::len).collect(), data: vec![0.0; 0] };
         states.data = vec![0.0; ids.len() * tokens * width];
-        let exec = Reference::<Flex>::new(FlexDevice, FloatDType::F32);
         let bar = progress.bar(ids.len() as u64, "encoding texts");
-        for chunk in order.chunks(ENCODE_BATCH) {
-            let t = chunk.iter().map(|&i| ids[i].len()).max().expect("chunks are not empty");
-            let mut input_ids = vec![0i32; chunk.len() * t];
-            let mut mask = vec![0f32; chunk.len() * t];
-            for (r, &i) in chunk.iter().enumerate() {
-                for (j, &id) in ids[i].iter().enumerate() {
-                    input_ids[r * t + j] = id as i32;
-                    mask[r * t + j] = 1.0;
+        on_backend!(self.backend, |B, device| {
+            // The weights go to the backend once, for every batch.
+            let exec = Reference::<B>::new(device, FloatDType::F32);
+            let weights = exec.load(&self.graph, &self.params)?;
+            for chunk in order.chunks(ENCODE_BATCH) {
+                let t = chunk.iter().map(|&i| ids[i].len()).max().expect("chunks are not empty");
+                let mut input_ids = vec![0i32; chunk.len() * t];
+                let mut mask = vec![0f32; chunk.len() * t];
+                for (r, &i) in chunk.iter().enumerate() {
+                    for (j, &id) in ids[i].iter().enumerate() {
+                        input_ids[r * t + j] = id as i32;
+                        mask[r * t + j] = 1.0;
+                    }
                 }
+                let inputs = BTreeMap::from([
+                    ("input_ids".to_string(), HostTensor::i32(vec![chunk.len(), t], input_ids)),
+                    ("mask".to_string(), HostTensor::f32(vec![chunk.len(), t], mask)),
+                ]);
+                let out = exec.run_loaded(&self.graph, &weights, &inputs)?;
+                let h = out["states"].to_f32().expect("states are floats");
+                for (r, &i) in chunk.iter().enumerate() {
+                    let n = ids[i].len() * width;
+                    let dst = i * tokens * width;
+                    states.data[dst..dst + n].copy_from_slice(&h[r * t * width..r * t * width + n]);
+                }
+                bar.inc(chunk.len() as u64);
             }
-            let inputs = BTreeMap::from([
-                ("input_ids".to_string(), HostTensor::i32(vec![chunk.len(), t], input_ids)),
-                ("mask".to_string(), HostTensor::f32(vec![chunk.len(), t], mask)),
-            ]);
-            let out = exec.run(&self.graph, &self.params, &inputs)?;
-            let h = out["states"].to_f32().expect("states are floats");
-            for (r, &i) in chunk.iter().enumerate() {
-                let n = ids[i].len() * width;
-                let dst = i * tokens * width;
-                states.data[dst..dst + n].copy_from_slice(&h[r * t * width..r * t * width + n]);
-            }
-            bar.inc(chunk.len() as u64);
-        }
+        });
         bar.finish_and_clear();
         Ok(states)
     }

@@ -18,6 +18,9 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("{0}")]
     Settings(String),
+    /// The backend asked for does not start (one line: what is missing).
+    #[error("{0}")]
+    Backend(String),
     #[error(transparent)]
     Data(#[from] calm_data::DataError),
     #[error(transparent)]

@@ -1,8 +1,10 @@
 //! `calm-train`: trains and evaluates CALM and its baselines on real data.
 //!
+//! - [`backend`]: the Burn backend (Flex, wgpu, CUDA) the reference executor runs on;
 //! - [`backbone`]: all-MiniLM-L6-v2 (or a tiny random BERT), its tokenizer, and the states of a
 //!   dataset's texts, computed once and cached;
 //! - [`model`]: what is trained (CALM with ablations, or a baseline) as graphs;
+//! - [`bench`]: the training step timed on each backend (`calm bench --train-step`);
 //! - [`batch`]: samples as a graph's inputs; deterministic shuffles;
 //! - [`optim`]: AdamW and the learning-rate schedule;
 //! - [`checkpoint`]: weights, optimizer state and run state in one atomic file;
@@ -11,7 +13,9 @@
 //! - [`study`]: every variant and baseline over several seeds, as a table and a chart.
 
 pub mod backbone;
+pub mod backend;
 pub mod batch;
+pub mod bench;
 pub mod checkpoint;
 mod error;
 pub mod metrics;

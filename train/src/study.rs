@@ -85,7 +85,7 @@ pub fn run(plan: &Plan<'_>, train: &Split, valid: &Split, progress: &Progress) -
             let weights = params_for(&g, &best.params, &outputs.best())?;
             let preds =
                 predict(&g, &weights, valid, Executor::Reference(settings.backend), settings.batch_size, progress)?;
-            let report = score(valid, &preds, &best.state);
+            let report = score(valid, &preds.classes, &best.state);
             let result = RunResult {
                 variant: model.name(),
                 seed,

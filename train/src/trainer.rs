@@ -10,36 +10,26 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::backend::flex::{Flex, FlexDevice};
-use burn::backend::wgpu::{Wgpu, WgpuDevice};
 use burn::tensor::FloatDType;
 use calm_ir::Graph;
 use calm_passes::lower::LowerOptions;
-use calm_passes::plan::FloatType;
-use calm_runtime::device::select::Device;
+use calm_passes::plan::{FloatType, Precision};
+use calm_runtime::device::select::{Device, LoadedPlan};
 use calm_runtime::host::HostTensor;
 use calm_runtime::params::ParamStore;
-use calm_runtime::reference::{bind_inputs, gradients, Gradients, LoadedParams, NonFinite, Reference, RunError};
+use calm_runtime::reference::{bind_inputs, gradients, Compute, Gradients, NonFinite, Reference, RunError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::backend::Backend;
 use crate::batch::{self, Split, StepKeys};
 use crate::checkpoint::{params_for, Best, Checkpoint, RunState};
 use crate::metrics::Report;
 use crate::model::ModelSpec;
+use crate::on_backend;
 use crate::optim::{learning_rate, AdamW};
 use crate::progress::Progress;
 use crate::TrainError;
-
-/// The Burn backend of the reference executor.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Backend {
-    /// Burn Flex on the CPU.
-    Flex,
-    /// Burn wgpu (the Vulkan device).
-    Wgpu,
-}
 
 /// Optimisation settings; stored in checkpoints (a resumed run keeps them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,9 +40,20 @@ pub struct Settings {
     pub weight_decay: f64,
     pub warmup_fraction: f64,
     pub seed: u64,
+    /// Where the steps ran (the last run's, for a resumed one: a run may resume elsewhere).
     pub backend: Backend,
+    /// How exactly the steps' matrix products are computed (`--precision`): f32 master weights
+    /// and AdamW state whatever it says. Checkpoints before it trained at `highest`.
+    #[serde(default, skip_serializing_if = "is_exact")]
+    pub precision: Precision,
     /// Texts were truncated to this many tokens (with `[CLS]` and `[SEP]`).
     pub max_tokens: usize,
+}
+
+/// Exact products (written nowhere: checkpoints and study keys of exact runs stay as they were
+/// before `--precision` trained).
+fn is_exact(p: &Precision) -> bool {
+    *p == Precision::Highest
 }
 
 /// Where a run writes: `DIR/last.safetensors` (every epoch and at the end), `DIR/best.safetensors`
@@ -74,6 +75,9 @@ impl Outputs {
 /// What a finished (or stopped) run reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
+    /// Where the steps ran, at what precision of products.
+    pub backend: Backend,
+    pub precision: Precision,
     pub steps: u64,
     pub total_steps: u64,
     pub seconds: f64,
@@ -97,32 +101,38 @@ pub fn fingerprint(split: &Split) -> String {
     h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn step_gradients(
-    backend: Backend,
+/// One step's loss and gradients on the settings' backend, computed in f32 with their
+/// precision of products.
+pub(crate) fn step_gradients(
+    settings: &Settings,
     g: &Graph,
     params: &ParamStore,
     inputs: &BTreeMap<String, HostTensor>,
     check_numerics: bool,
 ) -> Result<Gradients, RunError> {
-    match backend {
-        Backend::Flex => gradients::<Flex>(FlexDevice, FloatDType::F32, g, params, inputs, "loss", check_numerics),
-        Backend::Wgpu => {
-            gradients::<Wgpu>(WgpuDevice::default(), FloatDType::F32, g, params, inputs, "loss", check_numerics)
-        }
-    }
+    let compute = Compute { float: FloatDType::F32, products: settings.precision };
+    on_backend!(settings.backend, |B, device| gradients::<B>(
+        device,
+        compute,
+        g,
+        params,
+        inputs,
+        "loss",
+        check_numerics
+    ))
 }
 
 /// Why a step's loss or gradients are not finite: the first node of the forward pass that made
 /// a NaN or an overflow (found by running the step again with every value checked), or the
 /// parameter whose gradient went bad in the backward pass.
 fn diagnose(
-    backend: Backend,
+    settings: &Settings,
     g: &Graph,
     params: &ParamStore,
     inputs: &BTreeMap<String, HostTensor>,
     grads: &Gradients,
 ) -> String {
-    if let Err(RunError::NonFinite(fault)) = step_gradients(backend, g, params, inputs, true) {
+    if let Err(RunError::NonFinite(fault)) = step_gradients(settings, g, params, inputs, true) {
         return RunError::NonFinite(fault).to_string();
     }
     let bad_grad = grads.grads.iter().find_map(|(name, t)| NonFinite::scan(t).map(|f| (name, f)));
@@ -202,10 +212,11 @@ pub struct RunOptions {
     pub check_numerics: bool,
 }
 
-/// A new run's starting point, or the checkpoint to resume.
+/// A new run's starting point, or the checkpoint to resume on a backend at a precision (its
+/// own or others: the checkpoint holds f32 weights and moments whatever they were).
 pub enum Start {
     Fresh { model: Box<ModelSpec>, settings: Settings },
-    Resume(PathBuf),
+    Resume { path: PathBuf, backend: Backend, precision: Precision },
 }
 
 /// Trains until the schedule's last step or until `options.stop_after` steps in total,
@@ -222,14 +233,15 @@ pub fn train(
     progress: &Progress,
 ) -> Result<Summary, TrainError> {
     let data = format!("{}:{}", fingerprint(train), backbone);
-    let resuming = matches!(start, Start::Resume(_));
+    let resuming = matches!(start, Start::Resume { .. });
     // A run killed while writing leaves temporaries beside its files (never a half file).
     for path in [Some(out.last()), Some(out.best()), out.log.clone()].into_iter().flatten() {
         calm_ir::files::remove_stale_temporaries(&path);
     }
     let Checkpoint { mut state, mut params, optimizer: mut opt } = match start {
-        Start::Resume(path) => {
-            let ck = Checkpoint::load(&path)?;
+        Start::Resume { path, backend, precision } => {
+            let mut ck = Checkpoint::load(&path)?;
+            (ck.state.settings.backend, ck.state.settings.precision) = (backend, precision);
             if ck.state.data != data {
                 let reason = "it was trained on other data or with another backbone than given now".into();
                 return Err(TrainError::Checkpoint { path, reason });
@@ -255,6 +267,8 @@ pub fn train(
     let n = train.data.samples.len();
     let end = options.stop_after.map_or(state.total_steps, |s| s.min(state.total_steps));
     let mut log = Log::open(out.log.as_deref(), resuming.then_some(state.step))?;
+    log.line(serde_json::json!({"event": "start", "step": state.step, "backend": settings.backend,
+        "precision": settings.precision, "resumed": resuming}));
     let bar = progress.bar(state.total_steps, &format!("training {}", state.model.name()));
     bar.set_position(state.step);
     let started = Instant::now();
@@ -285,13 +299,13 @@ pub fn train(
                 Err(e) => e,
             }
         };
-        let grads = match step_gradients(settings.backend, &g, &params, &inputs, options.check_numerics) {
+        let grads = match step_gradients(&settings, &g, &params, &inputs, options.check_numerics) {
             Ok(grads) => grads,
             Err(e @ RunError::NonFinite(_)) => return Err(stopped(e.to_string())),
             Err(e) => return Err(e.into()),
         };
         if !grads.loss.is_finite() || grads.grads.values().any(|t| !t.data.all_finite()) {
-            return Err(stopped(diagnose(settings.backend, &g, &params, &inputs, &grads)));
+            return Err(stopped(diagnose(&settings, &g, &params, &inputs, &grads)));
         }
         let lr = learning_rate(settings.learning_rate, settings.warmup_fraction, step, state.total_steps);
         opt.step(&mut params, &grads.grads, lr);
@@ -331,7 +345,7 @@ pub fn train(
                     settings.batch_size,
                     progress,
                 )?;
-                let report = score(valid, &preds, &state);
+                let report = score(valid, &preds.classes, &state);
                 log.line(
                     serde_json::json!({"event": "valid", "step": state.step, "epoch": epoch + 1, "report": report}),
                 );
@@ -366,6 +380,8 @@ pub fn train(
     let seconds = started.elapsed().as_secs_f64();
     let steps = state.step - first;
     Ok(Summary {
+        backend: settings.backend,
+        precision: settings.precision,
         steps: state.step,
         total_steps: state.total_steps,
         seconds,
@@ -451,15 +467,17 @@ pub enum Executor<'a> {
     },
 }
 
-/// The reference executor with a graph's weights fed once, on one of the backends.
-enum Loaded {
-    Flex(Reference<Flex>, LoadedParams<Flex>),
-    Wgpu(Reference<Wgpu>, LoadedParams<Wgpu>),
+/// A split's predicted classes, and how many times the weights went to the executor for them
+/// (once, however many batches).
+pub struct Predictions {
+    pub classes: Vec<u32>,
+    pub weight_uploads: usize,
 }
 
 /// The predicted class (argmax of the logits) of every sample of `split`, in batches of
-/// `batch_size`. The fused executor runs every batch at one shape (the split's longest text,
-/// the last batch filled with copies of its last sample), so the plan compiles once.
+/// `batch_size`, with the weights given to the executor once. The fused executor runs every
+/// batch at one shape (the split's longest text, the last batch filled with copies of its last
+/// sample), so the plan compiles and its weights upload once.
 pub fn predict(
     g: &Graph,
     params: &ParamStore,
@@ -467,56 +485,57 @@ pub fn predict(
     executor: Executor<'_>,
     batch_size: usize,
     progress: &Progress,
+) -> Result<Predictions, TrainError> {
+    let batch_size = batch_size.max(1);
+    match executor {
+        Executor::Reference(backend) => {
+            let g = ModelSpec::for_reference(g)?;
+            on_backend!(backend, |B, device| {
+                let exec = Reference::<B>::new(device, FloatDType::F32);
+                let loaded = exec.load(&g, params)?;
+                let classes = in_batches(split, batch_size, progress, |real| {
+                    let inputs = batch::inputs(&g, split, real, None, None);
+                    Ok(exec.run_loaded(&g, &loaded, &inputs)?.remove("logits").expect("CALM graphs output logits"))
+                })?;
+                Ok(Predictions { classes, weight_uploads: 1 })
+            })
+        }
+        Executor::Fused { device, float } => {
+            let mut loaded: Option<LoadedPlan> = None;
+            let classes = in_batches(split, batch_size, progress, |real| {
+                let mut idx = real.to_vec();
+                idx.resize(batch_size, *real.last().expect("batches are not empty"));
+                let inputs = batch::inputs(g, split, &idx, Some(split.states.tokens), None);
+                let plan = match &mut loaded {
+                    Some(plan) => plan,
+                    None => {
+                        let bindings = bind_inputs(g, &inputs)?;
+                        let opts = LowerOptions { float, ..device.lower_options() };
+                        let compiled = calm_passes::compile::compile(g, &bindings, true, &opts)?;
+                        loaded.insert(device.load(compiled.plan, params)?)
+                    }
+                };
+                Ok(plan.run(&inputs)?.remove("logits").expect("CALM graphs output logits"))
+            })?;
+            Ok(Predictions { classes, weight_uploads: loaded.as_ref().map_or(0, LoadedPlan::weight_uploads) })
+        }
+    }
+}
+
+/// The argmax of the logits `logits_of` gives for each batch of the split's samples (a batch
+/// given as sample indices; logits may hold padding rows after the real ones).
+fn in_batches(
+    split: &Split,
+    batch_size: usize,
+    progress: &Progress,
+    mut logits_of: impl FnMut(&[usize]) -> Result<HostTensor, TrainError>,
 ) -> Result<Vec<u32>, TrainError> {
     let n = split.data.samples.len();
     let mut preds = Vec::with_capacity(n);
     let bar = progress.bar(n as u64, "predicting");
-    let mut compiled: Option<calm_passes::compile::Compiled> = None;
-    // The reference executor gets the weights once, not every batch.
-    let on_reference = match executor {
-        Executor::Reference(backend) => {
-            let g = ModelSpec::for_reference(g)?;
-            let loaded = match backend {
-                Backend::Flex => {
-                    let exec = Reference::<Flex>::new(FlexDevice, FloatDType::F32);
-                    let params = exec.load(&g, params)?;
-                    Loaded::Flex(exec, params)
-                }
-                Backend::Wgpu => {
-                    let exec = Reference::<Wgpu>::new(WgpuDevice::default(), FloatDType::F32);
-                    let params = exec.load(&g, params)?;
-                    Loaded::Wgpu(exec, params)
-                }
-            };
-            Some((g, loaded))
-        }
-        Executor::Fused { .. } => None,
-    };
-    for start in (0..n).step_by(batch_size.max(1)) {
+    for start in (0..n).step_by(batch_size) {
         let real: Vec<usize> = (start..(start + batch_size).min(n)).collect();
-        let logits = match &executor {
-            Executor::Reference(_) => {
-                let (g, loaded) = on_reference.as_ref().expect("made above for the reference");
-                let inputs = batch::inputs(g, split, &real, None, None);
-                let mut out = match loaded {
-                    Loaded::Flex(exec, params) => exec.run_loaded(g, params, &inputs)?,
-                    Loaded::Wgpu(exec, params) => exec.run_loaded(g, params, &inputs)?,
-                };
-                out.remove("logits").expect("CALM graphs output logits")
-            }
-            Executor::Fused { device, float } => {
-                let mut idx = real.clone();
-                idx.resize(batch_size, *real.last().expect("batches are not empty"));
-                let inputs = batch::inputs(g, split, &idx, Some(split.states.tokens), None);
-                if compiled.is_none() {
-                    let bindings = bind_inputs(g, &inputs)?;
-                    let opts = LowerOptions { float: *float, ..device.lower_options() };
-                    compiled = Some(calm_passes::compile::compile(g, &bindings, true, &opts)?);
-                }
-                let c = compiled.as_ref().expect("compiled above");
-                device.run(c.plan.clone(), params, &inputs)?["logits"].clone()
-            }
-        };
+        let logits = logits_of(&real)?;
         let classes = *logits.shape.last().expect("logits are [batch, classes]");
         let values = logits.data.to_f64();
         for r in 0..real.len() {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use calm_models::{Backbone, CalmConfig};
+use calm_passes::plan::Precision;
 use calm_runtime::params::ParamStore;
 use calm_runtime::reference::gradients;
 use calm_train::backbone::Encoder;
@@ -12,7 +13,7 @@ use calm_train::checkpoint::Checkpoint;
 use calm_train::model::ModelSpec;
 use calm_train::optim::AdamW;
 use calm_train::progress::Progress;
-use calm_train::trainer::{self, Backend, Outputs, RunOptions, Settings, Start};
+use calm_train::trainer::{self, Backend, Executor, Outputs, RunOptions, Settings, Start};
 
 fn crehate(split: &str) -> PathBuf {
     calm_data::crehate_dir().unwrap().join(format!("CREHate_{split}.csv"))
@@ -43,8 +44,14 @@ fn settings(epochs: u64) -> Settings {
         warmup_fraction: 0.1,
         seed: 5,
         backend: Backend::Flex,
+        precision: Precision::Highest,
         max_tokens: 16,
     }
+}
+
+/// Resuming the run whose last checkpoint is `path`, on Flex at f32.
+fn resume_on_flex(path: PathBuf) -> Start {
+    Start::Resume { path, backend: Backend::Flex, precision: Precision::Highest }
 }
 
 #[test]
@@ -93,7 +100,7 @@ fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
     let run = |name: &str, stop: Option<u64>, resume: bool| {
         let out = Outputs { dir: dir.path().join(name), log: Some(dir.path().join(format!("{name}.jsonl"))) };
         let start = if resume {
-            Start::Resume(out.last())
+            resume_on_flex(out.last())
         } else {
             Start::Fresh { model: Box::new(model.clone()), settings: settings(2) }
         };
@@ -133,7 +140,7 @@ fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
     let other = split("train", 5, &enc);
     let out = Outputs { dir: dir.path().join("split"), log: None };
     let err = trainer::train(
-        Start::Resume(out.last()),
+        resume_on_flex(out.last()),
         &other,
         None,
         &enc.fingerprint,
@@ -187,4 +194,104 @@ fn checkpoints_refuse_files_that_are_not_theirs() {
     std::fs::write(&junk, b"not a file").unwrap();
     assert!(Checkpoint::load(&junk).err().unwrap().to_string().contains("junk.safetensors"));
     assert!(Checkpoint::load(&dir.path().join("none.safetensors")).is_err());
+}
+
+/// Every step's loss in a run's JSON-lines log, by step.
+fn logged_losses(log: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "step")
+        .map(|v| (v["step"].as_u64().unwrap(), v["losses"]["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_checkpoint_resumes_on_another_backend_to_the_same_losses() {
+    let enc = Encoder::tiny(1);
+    let train = split("train", 9, &enc);
+    let model = ModelSpec::variant("full", &config(&enc)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, start: Start, stop: u64| {
+        let out = Outputs { dir: dir.path().join(name), log: Some(dir.path().join(format!("{name}.jsonl"))) };
+        let options = RunOptions { stop_after: Some(stop), ..Default::default() };
+        trainer::train(start, &train, None, &enc.fingerprint, &out, &options, &Progress::hidden()).unwrap();
+        out
+    };
+    let fresh =
+        |backend| Start::Fresh { model: Box::new(model.clone()), settings: Settings { backend, ..settings(3) } };
+    let other = |b| if b == Backend::Flex { Backend::Wgpu } else { Backend::Flex };
+    for first in [Backend::Flex, Backend::Wgpu] {
+        // 3 steps on one backend, then 5 on the other, against 8 on the first alone.
+        let whole = run(&format!("{first:?}-whole"), fresh(first), 8);
+        let split_run = run(&format!("{first:?}-split"), fresh(first), 3);
+        let resumed = Start::Resume { path: split_run.last(), backend: other(first), precision: Precision::Highest };
+        let split_run = run(&format!("{first:?}-split"), resumed, 8);
+        let (a, b) = (logged_losses(whole.log.as_ref().unwrap()), logged_losses(split_run.log.as_ref().unwrap()));
+        assert_eq!(b.iter().map(|l| l.0).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+        for ((step, x), (_, y)) in a.iter().zip(&b).skip(3) {
+            assert!((x - y).abs() <= 1e-4, "{first:?} then {:?}, step {step}: {x} against {y}", other(first));
+        }
+        // The log says where each part ran; the checkpoint records the last.
+        let log = std::fs::read_to_string(split_run.log.as_ref().unwrap()).unwrap();
+        assert!(log.contains(&format!("\"backend\":\"{}\"", other(first).name())), "{log}");
+        assert_eq!(Checkpoint::load(&split_run.last()).unwrap().state.settings.backend, other(first));
+    }
+}
+
+#[test]
+fn mixed_precision_stays_within_two_percent_of_f32_with_f32_master_weights() {
+    let enc = Encoder::tiny(1);
+    let train = split("train", 9, &enc);
+    let model = ModelSpec::variant("full", &config(&enc)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |precision: Precision| {
+        let name = precision.name();
+        let out = Outputs { dir: dir.path().join(name), log: Some(dir.path().join(format!("{name}.jsonl"))) };
+        let start = Start::Fresh { model: Box::new(model.clone()), settings: Settings { precision, ..settings(7) } };
+        let options = RunOptions { stop_after: Some(20), ..Default::default() };
+        trainer::train(start, &train, None, &enc.fingerprint, &out, &options, &Progress::hidden()).unwrap();
+        (logged_losses(out.log.as_ref().unwrap()), Checkpoint::load(&out.last()).unwrap())
+    };
+    let (exact, _) = run(Precision::Highest);
+    for precision in [Precision::High, Precision::Default] {
+        let (mixed, ck) = run(precision);
+        assert_eq!(mixed.len(), 20);
+        let (x, y) = (exact[19].1, mixed[19].1);
+        assert!((x - y).abs() <= 0.02 * x.abs(), "{}: loss {y} after 20 steps, f32 {x}", precision.name());
+        // The rounding happened: the losses are not f32's.
+        assert!(exact.iter().zip(&mixed).any(|(a, b)| a.1 != b.1), "{}: same losses as f32", precision.name());
+        // Master weights and AdamW's moments stay f32: values bf16 (or TF32) cannot hold.
+        assert_eq!(ck.state.settings.precision, precision);
+        let mut low_bits = 0;
+        for (name, t) in ck.params.iter() {
+            let values = t.to_f32().unwrap_or_else(|| panic!("`{name}` is not f32"));
+            assert!(matches!(t.data, calm_runtime::host::HostData::F32(_)), "`{name}`");
+            low_bits += values.iter().filter(|v| v.to_bits() & 0x1FFF != 0).count();
+            assert_eq!(ck.optimizer.m[name].len(), values.len());
+        }
+        assert!(low_bits > 0, "{}: the weights hold no bits below TF32's", precision.name());
+    }
+}
+
+#[test]
+fn the_fused_evaluator_uploads_the_weights_once_and_predicts_as_the_reference() {
+    let enc = Encoder::tiny(1);
+    let valid = split("valid", 2, &enc);
+    let model = ModelSpec::variant("full", &config(&enc)).unwrap();
+    let g = model.inference_graph().unwrap();
+    let params = ParamStore::init(&g, 4);
+    // 10 samples in batches of 4: 3 batches, the last padded.
+    assert_eq!(valid.data.samples.len(), 10);
+    let device = calm_runtime::device::select::Device::open(calm_runtime::device::select::DeviceChoice::Wgpu).unwrap();
+    let float = calm_passes::plan::FloatType::F32;
+    let fused =
+        trainer::predict(&g, &params, &valid, Executor::Fused { device: &device, float }, 4, &Progress::hidden())
+            .unwrap();
+    assert_eq!(fused.weight_uploads, 1, "the weights went to the device once for 3 batches");
+    let reference =
+        trainer::predict(&g, &params, &valid, Executor::Reference(Backend::Flex), 4, &Progress::hidden()).unwrap();
+    assert_eq!(reference.weight_uploads, 1);
+    assert_eq!(fused.classes, reference.classes);
 }

@@ -139,6 +139,8 @@ pub struct DeviceExecutor<R: Runtime, F: DeviceFloat> {
     pinned: BTreeMap<BufferId, Handle>,
     /// Each launch's metadata on the device (built once), in launch order.
     metas: Vec<Option<Buf>>,
+    /// Times [`load_params`](Self::load_params) uploaded the weights.
+    weight_uploads: usize,
     _float: std::marker::PhantomData<F>,
 }
 
@@ -159,7 +161,15 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
             }
         }
         let metas = plan.launches.values().map(|l| launch::meta(&l.kernel).map(|m| upload_u32(&client, &m))).collect();
-        DeviceExecutor { client, plan, slots, pinned: BTreeMap::new(), metas, _float: std::marker::PhantomData }
+        DeviceExecutor {
+            client,
+            plan,
+            slots,
+            pinned: BTreeMap::new(),
+            metas,
+            weight_uploads: 0,
+            _float: std::marker::PhantomData,
+        }
     }
 
     /// Fills every temporary slot with NaN (floats) or all-ones bits (integers), so that an
@@ -184,6 +194,11 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
 
     pub fn client(&self) -> &ComputeClient<R> {
         &self.client
+    }
+
+    /// Times the weights were uploaded (each [`load_params`](Self::load_params)).
+    pub fn weight_uploads(&self) -> usize {
+        self.weight_uploads
     }
 
     fn upload(&mut self, what: &'static str, port: &Port, t: &HostTensor) -> Result<(), DeviceError> {
@@ -231,6 +246,7 @@ impl<R: Runtime, F: DeviceFloat> DeviceExecutor<R, F> {
                 }
             }
         }
+        self.weight_uploads += 1;
         Ok(())
     }
 

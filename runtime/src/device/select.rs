@@ -252,16 +252,22 @@ impl Device {
         params: &ParamStore,
         inputs: &BTreeMap<String, HostTensor>,
     ) -> Result<BTreeMap<String, HostTensor>, RunOnDeviceError> {
+        self.load(plan, params)?.run(inputs)
+    }
+
+    /// `plan` ready to run on this device with these weights, uploaded once for every
+    /// [`LoadedPlan::run`] after (an evaluation's batches).
+    pub fn load(&self, plan: KernelPlan, params: &ParamStore) -> Result<LoadedPlan, RunOnDeviceError> {
         self.check_memory(&plan)?;
         macro_rules! go {
-            ($client:expr, $rt:ty, $f:ty) => {{
-                let run = || -> Result<_, DeviceError> {
+            ($client:expr, $rt:ty, $f:ty, $variant:ident) => {{
+                let load = || -> Result<_, DeviceError> {
                     let mut exec = DeviceExecutor::<$rt, $f>::new($client.clone(), plan);
                     exec.load_params(params)?;
                     injected_fault();
-                    exec.run(inputs)
+                    Ok(exec)
                 };
-                Ok(catch_device(run).map_err(DeviceError::from)??)
+                Ok(LoadedPlan::$variant(catch_device(load).map_err(DeviceError::from)??))
             }};
         }
         if let (Device::Wgpu(c), FloatType::F16) = (self, plan.float) {
@@ -271,15 +277,57 @@ impl Device {
             }
         }
         match (self, plan.float) {
-            (Device::Wgpu(c), FloatType::F32) => go!(c, WgpuRuntime, f32),
-            (Device::Wgpu(c), FloatType::F16) => go!(c, WgpuRuntime, half::f16),
-            (Device::Cuda(c), FloatType::F32) => go!(c, CudaRuntime, f32),
-            (Device::Cuda(c), FloatType::F16) => go!(c, CudaRuntime, half::f16),
-            (Device::Cuda(c), FloatType::Bf16) => go!(c, CudaRuntime, half::bf16),
+            (Device::Wgpu(c), FloatType::F32) => go!(c, WgpuRuntime, f32, WgpuF32),
+            (Device::Wgpu(c), FloatType::F16) => go!(c, WgpuRuntime, half::f16, WgpuF16),
+            (Device::Cuda(c), FloatType::F32) => go!(c, CudaRuntime, f32, CudaF32),
+            (Device::Cuda(c), FloatType::F16) => go!(c, CudaRuntime, half::f16, CudaF16),
+            (Device::Cuda(c), FloatType::Bf16) => go!(c, CudaRuntime, half::bf16, CudaBf16),
             (Device::Wgpu(_), FloatType::Bf16) => {
                 Err(SelectError::Float(FloatType::Bf16, "WGSL has no bf16; use --float f32 or f16".into()).into())
             }
         }
+    }
+}
+
+/// A plan on a device with its weights uploaded ([`Device::load`]): runs on any inputs of the
+/// plan's shapes without uploading a weight again.
+pub enum LoadedPlan {
+    WgpuF32(DeviceExecutor<WgpuRuntime, f32>),
+    WgpuF16(DeviceExecutor<WgpuRuntime, half::f16>),
+    CudaF32(DeviceExecutor<CudaRuntime, f32>),
+    CudaF16(DeviceExecutor<CudaRuntime, half::f16>),
+    CudaBf16(DeviceExecutor<CudaRuntime, half::bf16>),
+}
+
+macro_rules! each_loaded {
+    ($loaded:expr, |$exec:ident| $body:expr) => {
+        match $loaded {
+            LoadedPlan::WgpuF32($exec) => $body,
+            LoadedPlan::WgpuF16($exec) => $body,
+            LoadedPlan::CudaF32($exec) => $body,
+            LoadedPlan::CudaF16($exec) => $body,
+            LoadedPlan::CudaBf16($exec) => $body,
+        }
+    };
+}
+
+impl LoadedPlan {
+    /// Runs the plan on `inputs` and reads every output back.
+    pub fn run(
+        &mut self,
+        inputs: &BTreeMap<String, HostTensor>,
+    ) -> Result<BTreeMap<String, HostTensor>, RunOnDeviceError> {
+        let run = || each_loaded!(self, |exec| exec.run(inputs));
+        Ok(catch_device(run).map_err(DeviceError::from)??)
+    }
+
+    /// How many times weights were uploaded to the device for this plan.
+    pub fn weight_uploads(&self) -> usize {
+        each_loaded!(self, |exec| exec.weight_uploads())
+    }
+
+    pub fn plan(&self) -> &KernelPlan {
+        each_loaded!(self, |exec| exec.plan())
     }
 }
 

@@ -10,7 +10,7 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::FloatDType;
 use calm_ir::{Graph, Op};
 
-use super::value::{Ctx, Data, Value};
+use super::value::{Compute, Ctx, Data, Value};
 use super::{bind_inputs, evaluate, feed, to_host, Evaluation, RunError};
 use crate::host::{HostData, HostTensor};
 use crate::params::ParamStore;
@@ -24,10 +24,11 @@ pub struct Gradients {
 
 /// Runs `g` on `Autodiff<B>` and differentiates the scalar output `loss` with respect to every
 /// trainable (not frozen) parameter. Parameters the loss does not depend on get zero gradients.
-/// `check_numerics` checks the forward pass node by node (see [`super::Reference::checking_numerics`]).
+/// Products round their operands as `compute` says (mixed precision); the gradients come back
+/// in its float type. `check_numerics` checks the forward pass node by node (see [`super::Reference::checking_numerics`]).
 pub fn gradients<B: Backend>(
     device: B::Device,
-    float: FloatDType,
+    compute: impl Into<Compute>,
     g: &Graph,
     params: &ParamStore,
     inputs: &BTreeMap<String, HostTensor>,
@@ -35,7 +36,8 @@ pub fn gradients<B: Backend>(
     check_numerics: bool,
 ) -> Result<Gradients, RunError> {
     type Ad<B> = Autodiff<B>;
-    let ctx: Ctx<Ad<B>> = Ctx::new(device, float);
+    let ctx: Ctx<Ad<B>> = Ctx::new(device, compute);
+    let float = ctx.float;
     let bindings = bind_inputs(g, inputs)?;
     let loss_value = g.output(loss).ok_or_else(|| RunError::UnknownOutput(loss.to_string()))?;
     let loss_type = g.value_type(loss_value);

@@ -27,7 +27,7 @@ use crate::params::ParamStore;
 pub use grad::{gradients, Gradients};
 pub use numerics::{describe, Fault, NonFinite};
 pub use ops::OpError;
-pub use value::{Ctx, DeviceError, Value};
+pub use value::{Compute, Ctx, DeviceError, Value};
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -126,9 +126,10 @@ pub struct Reference<B: Backend> {
 }
 
 impl<B: Backend> Reference<B> {
-    /// An executor on `device` computing in `float` (F64 or F32).
-    pub fn new(device: B::Device, float: FloatDType) -> Self {
-        Reference { ctx: Ctx::new(device, float), check_numerics: false }
+    /// An executor on `device` computing in `compute`'s float type (F64 or F32), its matrix
+    /// products as exactly as `compute` says (a float type alone: exactly).
+    pub fn new(device: B::Device, compute: impl Into<Compute>) -> Self {
+        Reference { ctx: Ctx::new(device, compute), check_numerics: false }
     }
 
     /// Checks every node's results as they are computed and stops at the first that holds a NaN,

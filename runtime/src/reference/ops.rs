@@ -12,6 +12,7 @@ use calm_ir::fused::FusedOp;
 use calm_ir::program::{BinaryFn, Instr, Program, UnaryFn};
 use calm_ir::{DType, Dim, Op};
 use calm_kernels::philox;
+use calm_passes::plan::Precision;
 
 use super::value::{physical, Ctx, Data, DeviceError, Value};
 
@@ -133,7 +134,7 @@ pub fn apply<B: Backend>(ctx: &Ctx<B>, op: &Op, args: &[&Value<B>], out: &[Vec<u
             })
         }
         Op::MatMul { transpose_a, transpose_b } => {
-            one(Data::Float(matmul::<B>(args, *transpose_a, *transpose_b, &shape)?))
+            one(Data::Float(matmul::<B>(ctx, args, *transpose_a, *transpose_b, &shape)?))
         }
         Op::Softmax { axis } => {
             let x = f(0)?;
@@ -265,7 +266,7 @@ fn apply_fused<B: Backend>(ctx: &Ctx<B>, f: &FusedOp, args: &[&Value<B>], shape:
         FusedOp::MatMulEpilogue { transpose_a, transpose_b, program } => {
             let product = Value {
                 shape: shape.to_vec(),
-                data: Data::Float(matmul::<B>(args, *transpose_a, *transpose_b, shape)?),
+                data: Data::Float(matmul::<B>(ctx, args, *transpose_a, *transpose_b, shape)?),
             };
             let mut program_args = vec![&product];
             program_args.extend_from_slice(&args[2..]);
@@ -566,11 +567,11 @@ fn flat_indices<B: Backend>(ctx: &Ctx<B>, idx: &Value<B>, rows: usize) -> OpResu
     int(&Value::<B>::from_ints(ctx, vec![n], values))
 }
 
-fn matmul<B: Backend>(args: &[&Value<B>], ta: bool, tb: bool, out: &[usize]) -> OpResult<FloatTensor<B>> {
+fn matmul<B: Backend>(ctx: &Ctx<B>, args: &[&Value<B>], ta: bool, tb: bool, out: &[usize]) -> OpResult<FloatTensor<B>> {
     let (a, b) = (args[0], args[1]);
     let (ra, rb) = (a.rank(), b.rank());
-    let mut ta_t = float(a)?;
-    let mut tb_t = float(b)?;
+    let mut ta_t = product_operand(ctx, float(a)?);
+    let mut tb_t = product_operand(ctx, float(b)?);
     if ta {
         ta_t = B::float_swap_dims(ta_t, ra - 2, ra - 1);
     }
@@ -583,7 +584,7 @@ fn matmul<B: Backend>(args: &[&Value<B>], ta: bool, tb: bool, out: &[usize]) -> 
         // [.., M, K] x [K, N]: one 2-D matmul over the flattened leading dimensions.
         let rows: usize = a.shape[..ra - 2].iter().product::<usize>() * m;
         let lhs = B::float_reshape(ta_t, Shape::new([rows, k]));
-        return Ok(B::float_reshape(B::float_matmul(lhs, tb_t), physical(out)));
+        return Ok(B::float_reshape(product_result(ctx, B::float_matmul(lhs, tb_t)), physical(out)));
     }
     // General case: both operands expanded to the broadcast batch shape.
     let rank = out.len();
@@ -592,7 +593,39 @@ fn matmul<B: Backend>(args: &[&Value<B>], ta: bool, tb: bool, out: &[usize]) -> 
     let rhs_shape: Vec<usize> = aligned_shape(&b.shape[..rb - 2], rank - 2).into_iter().chain([k, n]).collect();
     let lhs = broadcast_to::<B>(ta_t, &lhs_shape, &[batch, &[m, k]].concat());
     let rhs = broadcast_to::<B>(tb_t, &rhs_shape, &[batch, &[k, n]].concat());
-    Ok(B::float_matmul(lhs, rhs))
+    Ok(product_result(ctx, B::float_matmul(lhs, rhs)))
+}
+
+/// A product's operand as the executor's precision rounds it. On a backend with tensor-core
+/// GEMMs (Burn's CUDA backend) the operand is cast to bf16 for `default`, and left in f32 for
+/// `high` (Burn's GEMMs may then use TF32, as they may for `highest`: its autotuner picks).
+/// Elsewhere the unit's rounding is emulated in the float type itself, to TF32's 11 or bf16's
+/// 8 significant bits: the same products, without the native type. The rounding is
+/// Veltkamp's split (`γ = σ·x` with `σ = 2^s + 1`, then `γ + (x − γ)` keeps the top bits, to
+/// nearest), written in multiplies and adds: its derivative is exactly 1, so gradients pass
+/// through unchanged.
+fn product_operand<B: Backend>(ctx: &Ctx<B>, t: FloatTensor<B>) -> FloatTensor<B> {
+    let significant = match ctx.products {
+        Precision::Highest => return t,
+        Precision::High if ctx.native_bf16 => return t,
+        Precision::Default if ctx.native_bf16 => return B::float_cast(t, FloatDType::BF16),
+        Precision::High => 11,
+        Precision::Default => 8,
+    };
+    let float_bits = if ctx.float == FloatDType::F64 { 53 } else { 24 };
+    let sigma = (1u64 << (float_bits - significant)) as f64 + 1.0;
+    let gamma = B::float_mul_scalar(t.clone(), sigma.into());
+    let delta = B::float_sub(t, gamma.clone());
+    B::float_add(gamma, delta)
+}
+
+/// A product of operands cast by [`product_operand`], back in the executor's float type.
+fn product_result<B: Backend>(ctx: &Ctx<B>, t: FloatTensor<B>) -> FloatTensor<B> {
+    if ctx.products == Precision::Default && ctx.native_bf16 {
+        B::float_cast(t, ctx.float)
+    } else {
+        t
+    }
 }
 
 /// `t` reshaped to `aligned` (same elements, batch axes aligned to the result's rank) and

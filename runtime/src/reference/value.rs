@@ -6,6 +6,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor, IntTensor};
 use burn::tensor::{get_device_settings, read_sync, BoolDType, DType, FloatDType, IntDType, Shape, TensorData};
+use calm_passes::plan::Precision;
 
 use crate::host::{HostData, HostTensor};
 
@@ -20,11 +21,34 @@ fn read<F: std::future::Future<Output = Result<TensorData, E>>, E: std::fmt::Deb
     read_sync(f).map_err(|e| DeviceError(format!("{e:?}")))
 }
 
+/// What an executor computes in: its float type, and how exactly its matrix products are
+/// computed (mixed precision for training: `--precision`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Compute {
+    /// F64 or F32 (anything else is taken as F32).
+    pub float: FloatDType,
+    /// `Highest`: products of the float type. `High`: operands rounded to TF32 (11 significant
+    /// bits), `Default`: to bf16 (8), with products and sums in the float type, as tensor cores
+    /// compute them; values outside products stay in the float type (f32 master weights).
+    pub products: Precision,
+}
+
+impl From<FloatDType> for Compute {
+    fn from(float: FloatDType) -> Compute {
+        Compute { float, products: Precision::Highest }
+    }
+}
+
 /// Device, and the element types the executor computes in.
 pub struct Ctx<B: Backend> {
     pub device: B::Device,
     /// f64 on CPU backends (the oracle), f32 where the device has no f64.
     pub float: FloatDType,
+    /// How matrix products round their operands ([`Compute::products`]).
+    pub products: Precision,
+    /// The backend computes bf16 products natively (Burn's CUDA backend, on tensor cores):
+    /// operands are cast to bf16 there; elsewhere their rounding is emulated in f32.
+    pub native_bf16: bool,
     pub int: IntDType,
     pub bool: BoolDType,
     /// On Burn Flex (or autodiff over it), whose kernels some ops use differently: broadcasts
@@ -36,15 +60,17 @@ pub struct Ctx<B: Backend> {
 impl<B: Backend> Ctx<B> {
     /// `float` is normalised to F64 or F32. Computing in f64 (the CPU oracle), integers are i64,
     /// so every u32 and i32 value is exact; otherwise they use the device's integer type.
-    pub fn new(device: B::Device, float: FloatDType) -> Self {
+    pub fn new(device: B::Device, compute: impl Into<Compute>) -> Self {
+        let Compute { float, products } = compute.into();
         let settings = get_device_settings::<B>(&device);
         let (float, int) = match float {
             FloatDType::F64 => (FloatDType::F64, IntDType::I64),
             _ => (FloatDType::F32, settings.int_dtype),
         };
         // `autodiff<flex>` as well: the backward pass runs on Flex too.
-        let on_flex = B::name(&device).contains("flex");
-        Ctx { device, float, int, bool: settings.bool_dtype, on_flex }
+        let name = B::name(&device);
+        let (on_flex, native_bf16) = (name.contains("flex"), name.contains("cuda"));
+        Ctx { device, float, products, native_bf16, int, bool: settings.bool_dtype, on_flex }
     }
 
     fn float_dtype(&self) -> DType {
