@@ -4,7 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, synced and then
 /// renamed over the target, and the directory synced so the rename survives a power cut. On
@@ -43,12 +43,26 @@ fn create_temporary(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
             Ok(f) => {
                 // Held until the file is closed (renamed or not); a killed writer's lock goes
                 // with its process.
-                let _ = f.try_lock();
-                return Ok((f, tmp));
+                f.lock()?;
+                // Between the creation and the lock the file was unlocked, and a sweep
+                // (`remove_stale_temporaries`, which removes only files it holds the lock of)
+                // may have taken it for a dead writer's and removed it: then start again.
+                if same_file(&f, &tmp) {
+                    return Ok((f, tmp));
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Whether `path` still names the open file `f`.
+fn same_file(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
@@ -77,13 +91,11 @@ fn dir_of(path: &Path) -> &Path {
 /// What separates a target's name from the rest of its temporaries' names.
 const TEMPORARY: &str = ".tmp-";
 
-/// How old an unlocked temporary must be before it counts as a killed writer's: a writer
-/// locks its file just after creating it, and this covers that instant.
-const STALE_AFTER: Duration = Duration::from_secs(60);
-
 /// Removes the temporary files that [`write_atomic`] left beside `path` when its process was
-/// killed mid-write: those no process holds a lock on, older than a minute. A live writer's
-/// file is locked, whatever PID namespace it runs in, and stays.
+/// killed mid-write: those no process holds a lock on. A live writer's file is locked,
+/// whatever PID namespace it runs in, and stays; the lock is taken here before the removal, so
+/// a writer that had created its file but not yet locked it finds it gone once it has, and
+/// makes another (`create_temporary`).
 pub fn remove_stale_temporaries(path: &Path) {
     let Some(name) = path.file_name() else { return };
     let dir = dir_of(path);
@@ -93,10 +105,8 @@ pub fn remove_stale_temporaries(path: &Path) {
         if !entry.file_name().to_string_lossy().starts_with(&prefix) {
             continue;
         }
-        let old =
-            entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|a| a >= STALE_AFTER));
         let Ok(f) = OpenOptions::new().write(true).open(entry.path()) else { continue };
-        if old && f.try_lock().is_ok() {
+        if f.try_lock().is_ok() && same_file(&f, &entry.path()) {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -117,23 +127,30 @@ mod tests {
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
         // A directory that does not exist fails without creating anything.
         assert!(write_atomic(&dir.join("missing/g.json"), b"x").is_err());
-        // What a killed writer leaves (old, unlocked) is removed; a live writer's file (locked,
-        // whatever its PID says) and a file just created are not.
-        let at = |secs| SystemTime::now() - Duration::from_secs(secs);
-        let dead = dir.join(".g.json.tmp-7-1-0");
-        let live = dir.join(".g.json.tmp-7-2-0");
-        let fresh = dir.join(".g.json.tmp-7-3-0");
-        for p in [&dead, &live, &fresh] {
-            fs::write(p, b"half").unwrap();
-        }
+        // What a killed writer leaves (unlocked, however new) is removed; a live writer's file
+        // (locked, whatever its PID says) is not.
+        let (dead, live) = (dir.join(".g.json.tmp-7-1-0"), dir.join(".g.json.tmp-7-2-0"));
         for p in [&dead, &live] {
-            File::options().write(true).open(p).unwrap().set_modified(at(3600)).unwrap();
+            fs::write(p, b"half").unwrap();
         }
         let writer = File::options().write(true).open(&live).unwrap();
         writer.try_lock().unwrap();
         remove_stale_temporaries(&path);
-        assert!(!dead.exists() && live.exists() && fresh.exists());
+        assert!(!dead.exists() && live.exists());
         drop(writer);
+        // A writer's file swept between its creation and its lock: the writer, once it holds
+        // the lock, sees its path no longer names its file (and `create_temporary` makes
+        // another).
+        let racing = dir.join(".g.json.tmp-7-3-0");
+        let f = File::options().write(true).create_new(true).open(&racing).unwrap();
+        remove_stale_temporaries(&path);
+        f.lock().unwrap();
+        assert!(!racing.exists() && !same_file(&f, &racing));
+        drop(f);
+        let (f, tmp) = create_temporary(&dir, "g.json").unwrap();
+        assert!(same_file(&f, &tmp) && tmp.exists());
+        drop(f);
+        fs::remove_file(&tmp).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 

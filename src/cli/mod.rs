@@ -146,7 +146,7 @@ pub enum Command {
     ///
     /// Texts are encoded once by all-MiniLM-L6-v2 (scripts/fetch-minilm installs it) and the
     /// states cached in $CALM_HOME/states. Each step runs the training graph under Burn's
-    /// autodiff (Flex on the CPU by default) with every loss term of the spec, then AdamW with
+    /// autodiff (on Burn's CUDA backend where a GPU answers, else Flex; --backend) with every loss term of the spec, then AdamW with
     /// warm-up and linear decay. After every epoch: validation, OUT/last.safetensors and, when
     /// better, OUT/best.safetensors (weights, optimizer state and step in one file, written
     /// atomically). --resume continues exactly where a run stopped.

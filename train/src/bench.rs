@@ -1,7 +1,7 @@
 //! The training step as `calm bench --train-step` times it: the training graph's forward and
-//! backward on a backend (gradients read back to the host), then AdamW on the host, at a given
-//! batch and text length, on random states. What a `calm train` step costs, without a dataset
-//! or an encoder in the way.
+//! backward on a backend, then AdamW there (the weights and moments stay on the backend, as in
+//! `calm train`), at a given batch and text length, on random states. What a `calm train` step
+//! costs, without a dataset or an encoder in the way.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use crate::backend::Backend;
 use crate::batch::{self, Split, StepKeys};
 use crate::model::ModelSpec;
 use crate::optim::AdamW;
-use crate::trainer::{step_gradients, Settings};
+use crate::resident::{Resident, Step};
 use crate::TrainError;
 
 /// `batch` samples of texts `tokens` long, with random states of the model's width, cultures
@@ -53,11 +53,8 @@ pub fn random_split(model: &ModelSpec, batch: usize, tokens: usize, seed: u64) -
 pub struct StepTime {
     pub backend: Backend,
     pub precision: Precision,
-    /// Forward, backward and gradients read back, in seconds.
-    pub gradients: f64,
-    /// AdamW over every parameter (on the host).
-    pub optimizer: f64,
-    /// Both: a step of `calm train`.
+    /// Forward, backward and AdamW on the backend, the loss terms read back: a step of
+    /// `calm train`, in seconds.
     pub step: f64,
     pub steps_timed: usize,
     /// The last step's loss, to see the steps were real.
@@ -75,43 +72,22 @@ pub fn train_step(
 ) -> Result<StepTime, TrainError> {
     let g = ModelSpec::for_reference(&model.training_graph()?)?;
     let mut params = ParamStore::try_init(&g, 0)?;
-    let mut optimizer = AdamW::new(0.01);
-    let settings = Settings {
-        epochs: 1,
-        batch_size: split.data.samples.len(),
-        learning_rate: 1e-5,
-        weight_decay: 0.01,
-        warmup_fraction: 0.0,
-        seed: 0,
-        backend,
-        precision,
-        max_tokens: split.states.tokens,
-    };
+    let mut adam = AdamW::new(0.01);
+    let mut resident = Resident::upload(backend, precision, &g, &params, &mut adam)?;
     let idx: Vec<usize> = (0..split.data.samples.len()).collect();
-    let (mut gradients, mut optimizing, mut loss) = (Vec::new(), Vec::new(), f64::NAN);
+    let (mut times, mut loss) = (Vec::new(), f64::NAN);
     for step in 0..=iters.max(1) {
         let keys = StepKeys { temperature: 1.0, seed: 0, offset: step as u32 };
         let inputs = batch::inputs(&g, split, &idx, Some(split.states.tokens), Some(keys));
         let began = Instant::now();
-        let grads = step_gradients(&settings, &g, &params, &inputs, false)?;
-        let computed = Instant::now();
-        optimizer.step(&mut params, &grads.grads, settings.learning_rate);
+        loss = match resident.step(&g, &inputs, (1e-5, false), &mut params, &mut adam)? {
+            Step::Done { loss, .. } | Step::NotFinite { loss } => loss,
+        };
         if step > 0 {
-            gradients.push(computed - began);
-            optimizing.push(computed.elapsed());
+            times.push(began.elapsed());
         }
-        loss = grads.loss;
     }
-    let steps: Vec<Duration> = gradients.iter().zip(&optimizing).map(|(a, b)| *a + *b).collect();
-    Ok(StepTime {
-        backend,
-        precision,
-        gradients: median(gradients),
-        optimizer: median(optimizing),
-        step: median(steps),
-        steps_timed: iters.max(1),
-        loss,
-    })
+    Ok(StepTime { backend, precision, step: median(times), steps_timed: iters.max(1), loss })
 }
 
 /// The median, in seconds.

@@ -7,6 +7,7 @@
 //! - [`bench`]: the training step timed on each backend (`calm bench --train-step`);
 //! - [`batch`]: samples as a graph's inputs; deterministic shuffles;
 //! - [`optim`]: AdamW and the learning-rate schedule;
+//! - [`resident`]: a run's weights and AdamW's moments kept on the backend between steps;
 //! - [`checkpoint`]: weights, optimizer state and run state in one atomic file;
 //! - [`trainer`]: the training loop and prediction on either executor;
 //! - [`metrics`]: accuracy and macro-F1, overall and per culture;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod progress;
+pub mod resident;
 pub mod study;
 pub mod trainer;
 

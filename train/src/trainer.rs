@@ -1,9 +1,10 @@
 //! The training loop (`calm train`) and prediction (`calm eval`).
 //!
-//! Each step runs the training graph on the reference executor under Burn's autodiff (Flex on
-//! the CPU by default, f32), then AdamW. Batch order, dropout and Gumbel noise are functions
-//! of (seed, epoch, step), and checkpoints hold the weights, the optimizer's moments and the
-//! step, so `--resume` continues a run exactly where it stopped.
+//! Each step runs the training graph on the reference executor under Burn's autodiff (on the
+//! run's backend, `crate::backend`; f32, products as `--precision` says), then AdamW, with the
+//! weights and moments kept on a GPU between steps (`crate::resident`). Batch order, dropout and Gumbel noise are functions of (seed, epoch, step), and
+//! checkpoints hold the weights, the optimizer's moments and the step, so `--resume` continues
+//! a run exactly where it stopped.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -29,6 +30,7 @@ use crate::model::ModelSpec;
 use crate::on_backend;
 use crate::optim::{learning_rate, AdamW};
 use crate::progress::Progress;
+use crate::resident::{Resident, Step};
 use crate::TrainError;
 
 /// Optimisation settings; stored in checkpoints (a resumed run keeps them).
@@ -103,7 +105,7 @@ pub fn fingerprint(split: &Split) -> String {
 
 /// One step's loss and gradients on the settings' backend, computed in f32 with their
 /// precision of products.
-pub(crate) fn step_gradients(
+fn step_gradients(
     settings: &Settings,
     g: &Graph,
     params: &ParamStore,
@@ -271,6 +273,9 @@ pub fn train(
         "precision": settings.precision, "resumed": resuming}));
     let bar = progress.bar(state.total_steps, &format!("training {}", state.model.name()));
     bar.set_position(state.step);
+    // The weights and moments live on the backend from here; the host's copies are refreshed
+    // when a checkpoint or a validation needs them.
+    let mut resident = Resident::upload(settings.backend, settings.precision, &g, &params, &mut opt)?;
     let started = Instant::now();
     let first = state.step;
     let mut order: Option<(u64, Vec<usize>)> = None;
@@ -291,35 +296,41 @@ pub fn train(
             offset: step as u32,
         };
         let inputs = batch::inputs(&g, train, idx, None, Some(keys));
-        let stopped = |what: String| -> TrainError {
+        let stopped = |params: &ParamStore, opt: &AdamW, what: String| -> TrainError {
             // The weights and moments are still those before this step, all finite: keep them,
             // so the failing step can be replayed (`--resume --check-numerics`).
-            match Checkpoint::write(&out.last(), &state, &params, &opt) {
+            match Checkpoint::write(&out.last(), &state, params, opt) {
                 Ok(()) => TrainError::NonFinite { step: step + 1, what, checkpoint: out.last() },
                 Err(e) => e,
             }
         };
-        let grads = match step_gradients(&settings, &g, &params, &inputs, options.check_numerics) {
-            Ok(grads) => grads,
-            Err(e @ RunError::NonFinite(_)) => return Err(stopped(e.to_string())),
+        let lr = learning_rate(settings.learning_rate, settings.warmup_fraction, step, state.total_steps);
+        let (loss, outputs) = match resident.step(&g, &inputs, (lr, options.check_numerics), &mut params, &mut opt) {
+            Ok(Step::Done { loss, outputs }) => (loss, outputs),
+            Ok(Step::NotFinite { .. }) => {
+                resident.download(&mut params, &mut opt)?;
+                // Found on the host's path: the step again with every value checked, else the
+                // gradient that went bad.
+                let grads = step_gradients(&settings, &g, &params, &inputs, false)?;
+                return Err(stopped(&params, &opt, diagnose(&settings, &g, &params, &inputs, &grads)));
+            }
+            Err(e @ RunError::NonFinite(_)) => {
+                resident.download(&mut params, &mut opt)?;
+                return Err(stopped(&params, &opt, e.to_string()));
+            }
             Err(e) => return Err(e.into()),
         };
-        if !grads.loss.is_finite() || grads.grads.values().any(|t| !t.data.all_finite()) {
-            return Err(stopped(diagnose(&settings, &g, &params, &inputs, &grads)));
-        }
-        let lr = learning_rate(settings.learning_rate, settings.warmup_fraction, step, state.total_steps);
-        opt.step(&mut params, &grads.grads, lr);
         state.step += 1;
         samples_seen += idx.len();
-        last_loss = grads.loss;
-        let terms = loss_terms(&grads.outputs);
+        last_loss = loss;
+        let terms = loss_terms(&outputs);
         let elapsed = started.elapsed().as_secs_f64();
         let rate = samples_seen as f64 / elapsed.max(1e-9);
         bar.set_position(state.step);
         bar.set_message(format!(
             "epoch {} loss {:.4} ({}) {:.1} samples/s",
             epoch + 1,
-            grads.loss,
+            loss,
             terms
                 .iter()
                 .filter(|(k, _)| *k != "loss")
@@ -332,6 +343,9 @@ pub fn train(
             "losses": terms, "samples": idx.len(), "elapsed_s": elapsed}));
         let epoch_done = state.step % state.steps_per_epoch == 0;
         if epoch_done || state.step == end {
+            // The host's weights and moments are brought up to date for the validation and
+            // the checkpoints.
+            resident.download(&mut params, &mut opt)?;
             // Without a validation split the last checkpoint is the best; with one, only an
             // epoch that improved the validation macro-F1 is.
             let mut better = valid.is_none();

@@ -161,21 +161,25 @@ fn a_nan_stops_training_with_a_checkpoint_and_names_where_it_began() {
     let model = ModelSpec::variant("full", &config(&enc)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = Outputs { dir: dir.path().join("nan"), log: None };
-    let fresh = || Start::Fresh { model: Box::new(model.clone()), settings: settings(2) };
+    let fresh =
+        |backend| Start::Fresh { model: Box::new(model.clone()), settings: Settings { backend, ..settings(2) } };
     for t in 0..train.data.texts.len() {
         let at = t * train.states.tokens * train.states.width;
         train.states.data[at] = f32::NAN;
     }
-    for check_numerics in [false, true] {
+    // Weights on the host (Flex) and on the device (wgpu), where one scalar finds the NaN.
+    for (backend, check_numerics) in
+        [(Backend::Flex, false), (Backend::Flex, true), (Backend::Wgpu, false), (Backend::Wgpu, true)]
+    {
         let _ = std::fs::remove_file(out.last());
         let options = RunOptions { check_numerics, ..Default::default() };
-        let err = trainer::train(fresh(), &train, None, &enc.fingerprint, &out, &options, &Progress::hidden())
+        let err = trainer::train(fresh(backend), &train, None, &enc.fingerprint, &out, &options, &Progress::hidden())
             .err()
             .unwrap()
             .to_string();
         // Found where the NaN entered (the states input), whether checked from the start or
         // after the loss went bad; the run's state before the step is saved and resumable.
-        assert!(err.starts_with("step 1: input `states` holds "), "{err}");
+        assert!(err.starts_with("step 1: input `states` holds "), "{backend:?}: {err}");
         assert!(err.contains("NaN") && err.contains("last.safetensors"), "{err}");
         let saved = Checkpoint::load(&out.last()).unwrap();
         assert_eq!(saved.state.step, 0);
@@ -294,4 +298,43 @@ fn the_fused_evaluator_uploads_the_weights_once_and_predicts_as_the_reference() 
         trainer::predict(&g, &params, &valid, Executor::Reference(Backend::Flex), 4, &Progress::hidden()).unwrap();
     assert_eq!(reference.weight_uploads, 1);
     assert_eq!(fused.classes, reference.classes);
+}
+
+#[test]
+fn weights_kept_on_the_backend_train_as_the_hosts_adamw_does() {
+    use calm_train::resident::{Resident, Step};
+    let enc = Encoder::tiny(1);
+    let train = split("train", 4, &enc);
+    let model = ModelSpec::variant("full", &config(&enc)).unwrap();
+    let g = ModelSpec::for_reference(&model.training_graph().unwrap()).unwrap();
+    let (mut host, mut host_adam) = (ParamStore::init(&g, 2), AdamW::new(0.01));
+    // On the device even for Flex (whose runs keep their weights on the host), to compare.
+    let (mut unused, mut adam) = (ParamStore::default(), AdamW::new(0.01));
+    let mut resident = Resident::on_device(Backend::Flex, Precision::Highest, &g, &host, &mut adam).unwrap();
+    let idx: Vec<usize> = (0..train.data.samples.len()).collect();
+    for step in 0..3 {
+        let keys = StepKeys { temperature: 1.0, seed: 3, offset: step };
+        let inputs = batch::inputs(&g, &train, &idx, None, Some(keys));
+        let f32s = burn::tensor::FloatDType::F32;
+        let grads = gradients::<burn::backend::flex::Flex>(Default::default(), f32s, &g, &host, &inputs, "loss", false)
+            .unwrap();
+        host_adam.step(&mut host, &grads.grads, 1e-3);
+        let Step::Done { loss, .. } = resident.step(&g, &inputs, (1e-3, false), &mut unused, &mut adam).unwrap() else {
+            panic!("finite")
+        };
+        assert_eq!(loss, grads.loss, "step {step}: the same weights give the same loss");
+    }
+    let mut on_backend = ParamStore::init(&g, 9);
+    resident.download(&mut on_backend, &mut adam).unwrap();
+    assert_eq!(adam.steps, 3);
+    let (mut moved, start) = (0, ParamStore::init(&g, 2));
+    for (name, w) in host.iter() {
+        let (a, b) = (w.to_f32().unwrap(), on_backend.get(name).unwrap().to_f32().unwrap());
+        let init = start.get(name).unwrap().to_f32().unwrap();
+        moved += a.iter().zip(&init).filter(|(x, y)| x != y).count();
+        assert_eq!(a, b, "`{name}` after 3 steps on the backend and on the host");
+        assert_eq!(adam.m[name], host_adam.m[name], "first moment of `{name}`");
+        assert_eq!(adam.v[name], host_adam.v[name], "second moment of `{name}`");
+    }
+    assert!(moved > 0, "the steps changed the weights");
 }

@@ -14,6 +14,7 @@ mod value;
 use std::collections::BTreeMap;
 
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::FloatDType;
 use calm_ir::entity::SecondaryMap;
 use calm_ir::fused::FusedOp;
@@ -24,7 +25,7 @@ use thiserror::Error;
 use crate::host::HostTensor;
 use crate::params::ParamStore;
 
-pub use grad::{gradients, Gradients};
+pub use grad::{gradients, gradients_loaded, DeviceGradients, Gradients};
 pub use numerics::{describe, Fault, NonFinite};
 pub use ops::OpError;
 pub use value::{Compute, Ctx, DeviceError, Value};
@@ -196,17 +197,42 @@ impl<B: Backend> Reference<B> {
         let bindings = bind_inputs(g, inputs)?;
         let how = Evaluation { check_numerics: self.check_numerics, autodiff: false };
         let outputs = evaluate(&self.ctx, g, &bindings, how, &mut |op| match op {
-            Op::Param { name, shape, .. } => {
-                let value = params.values.get(name).ok_or_else(|| RunError::Param {
-                    name: name.clone(),
-                    reason: "not among the loaded weights (loaded for another graph)".into(),
-                })?;
-                check_param_shape(name, shape, &value.shape, "loaded with")?;
-                Ok(value.clone())
-            }
+            Op::Param { .. } => Ok(params.get(op)?.clone()),
             op => feed(&self.ctx, op, &ParamStore::default(), inputs),
         })?;
         to_host(g, outputs)
+    }
+}
+
+impl<B: Backend> LoadedParams<B> {
+    /// The loaded value of a parameter node, checked against the shape the graph declares.
+    pub(crate) fn get(&self, param: &Op) -> Result<&Value<B>, RunError> {
+        let Op::Param { name, shape, .. } = param else { unreachable!("a parameter node") };
+        let value = self.values.get(name).ok_or_else(|| RunError::Param {
+            name: name.clone(),
+            reason: "not among the loaded weights (loaded for another graph)".into(),
+        })?;
+        check_param_shape(name, shape, &value.shape, "loaded with")?;
+        Ok(value)
+    }
+
+    /// Every loaded parameter's name, shape and tensor (all parameters are floats).
+    pub fn floats(&self) -> impl Iterator<Item = (&str, &[usize], &FloatTensor<B>)> {
+        self.values.iter().map(|(name, v)| match &v.data {
+            value::Data::Float(t) => (name.as_str(), v.shape.as_slice(), t),
+            _ => unreachable!("parameters are floats"),
+        })
+    }
+
+    /// Replaces a loaded parameter's tensor (same shape): an optimizer's update on the backend.
+    pub fn set(&mut self, name: &str, t: FloatTensor<B>) {
+        let v = self.values.get_mut(name).expect("a loaded parameter");
+        v.data = value::Data::Float(t);
+    }
+
+    /// A loaded parameter read back to the host.
+    pub fn to_host(&self, name: &str) -> Result<HostTensor, RunError> {
+        Ok(self.values.get(name).expect("a loaded parameter").to_host()?)
     }
 }
 
