@@ -151,6 +151,29 @@ fn the_backend_is_chosen_said_and_logged() {
 }
 
 #[test]
+fn a_backend_failing_mid_step_is_a_one_line_error() {
+    let home = tempfile::tempdir().unwrap();
+    let (train, out) = (crehate("train"), home.path().join("run"));
+    let args = ["train", "--train", &train, "--backbone", "tiny", "--preset", "tiny", "--limit", "2", "--out", s(&out)];
+    // The device lost in the first step (injected: the runtime panics, as it does on a lost GPU).
+    let o = Command::new(env!("CARGO_BIN_EXE_calm"))
+        .env("CALM_HOME", home.path())
+        .env("CALM_INJECT_FAULT", "train-step")
+        .args(args)
+        .arg("-q")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with("calm: error: step 1: the flex backend failed: the device failed mid-run: device lost"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no checkpoint was written yet") && !stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
 fn a_smoke_study_writes_its_table_and_chart_and_resumes() {
     let home = tempfile::tempdir().unwrap();
     let out = home.path().join("study");

@@ -103,6 +103,12 @@ impl Resident {
         params: &mut ParamStore,
         adam: &mut AdamW,
     ) -> Result<Step, RunError> {
+        // Fault injection for the test of the fault path: the device failing mid-step, as a
+        // lost GPU makes the runtime panic.
+        if std::env::var_os("CALM_INJECT_FAULT").is_some_and(|v| v == "train-step") {
+            let lost = "device lost (injected by CALM_INJECT_FAULT=train-step)";
+            std::panic::panic_any(calm_runtime::device::select::DeviceFailure(lost.into()));
+        }
         match self {
             Resident::Host { products } => {
                 let compute = Compute { float: FloatDType::F32, products: *products };

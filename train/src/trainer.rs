@@ -305,7 +305,21 @@ pub fn train(
             }
         };
         let lr = learning_rate(settings.learning_rate, settings.warmup_fraction, step, state.total_steps);
-        let (loss, outputs) = match resident.step(&g, &inputs, (lr, options.check_numerics), &mut params, &mut opt) {
+        // A device lost or out of memory panics inside the runtime: a one-line error naming the
+        // step, not a crash (the host's copies are the last checkpoint's).
+        let stepped = calm_runtime::device::select::catch_device(|| {
+            resident.step(&g, &inputs, (lr, options.check_numerics), &mut params, &mut opt)
+        })
+        .map_err(|caught| TrainError::BackendFault {
+            step: step + 1,
+            backend: settings.backend.name(),
+            source: caught.into(),
+            then: match out.last().exists() {
+                true => format!("`calm train --resume` continues from {}", out.last().display()),
+                false => "no checkpoint was written yet".into(),
+            },
+        })?;
+        let (loss, outputs) = match stepped {
             Ok(Step::Done { loss, outputs }) => (loss, outputs),
             Ok(Step::NotFinite { .. }) => {
                 resident.download(&mut params, &mut opt)?;
