@@ -44,7 +44,7 @@ pub enum TrainError {
     /// The backend failed during a step (a device lost, out of memory); `then` says what the
     /// user can do next.
     #[error("step {step}: the {backend} backend failed: {source}; {then}")]
-    BackendFault { step: u64, backend: &'static str, source: calm_runtime::device::DeviceError, then: String },
+    BackendFault { step: u64, backend: &'static str, source: Box<calm_runtime::device::DeviceError>, then: String },
     #[error("step {step}: {what}; training stopped and saved the state before this step to {} (`calm train --resume --check-numerics` replays it)", checkpoint.display())]
     NonFinite { step: u64, what: String, checkpoint: PathBuf },
 }

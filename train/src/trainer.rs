@@ -313,7 +313,7 @@ pub fn train(
         .map_err(|caught| TrainError::BackendFault {
             step: step + 1,
             backend: settings.backend.name(),
-            source: caught.into(),
+            source: Box::new(caught.into()),
             then: match out.last().exists() {
                 true => format!("`calm train --resume` continues from {}", out.last().display()),
                 false => "no checkpoint was written yet".into(),
