@@ -18,7 +18,7 @@ use calm_ir::Graph;
 use calm_passes::plan::Precision;
 use calm_runtime::host::HostTensor;
 use calm_runtime::params::ParamStore;
-use calm_runtime::reference::{gradients_loaded, Compute, LoadedParams, Reference, RunError};
+use calm_runtime::reference::{gradients, gradients_loaded, Compute, Gradients, LoadedParams, Reference, RunError};
 
 use crate::backend::Backend as Which;
 use crate::optim::AdamW;
@@ -111,17 +111,7 @@ impl Resident {
         }
         match self {
             Resident::Host { products } => {
-                let compute = Compute { float: FloatDType::F32, products: *products };
-                let flex = burn::backend::flex::FlexDevice;
-                let grads = calm_runtime::reference::gradients::<burn::backend::flex::Flex>(
-                    flex,
-                    compute,
-                    g,
-                    params,
-                    inputs,
-                    "loss",
-                    check_numerics,
-                )?;
+                let grads = gradients_on(Which::Flex, *products, g, params, inputs, check_numerics)?;
                 if !grads.loss.is_finite() || grads.grads.values().any(|t| !t.data.all_finite()) {
                     return Ok(Step::NotFinite { loss: grads.loss });
                 }
@@ -144,6 +134,20 @@ impl Resident {
             Resident::Cuda(state) => state.download(params, adam),
         }
     }
+}
+
+/// One step's loss and gradients of `g`'s `loss` on `backend`, in f32 with `products`
+/// precision, read back to the host (whose `params` they are of).
+pub(crate) fn gradients_on(
+    backend: Which,
+    products: Precision,
+    g: &Graph,
+    params: &ParamStore,
+    inputs: &BTreeMap<String, HostTensor>,
+    check_numerics: bool,
+) -> Result<Gradients, RunError> {
+    let compute = Compute { float: FloatDType::F32, products };
+    crate::on_backend!(backend, |B, device| gradients::<B>(device, compute, g, params, inputs, "loss", check_numerics))
 }
 
 macro_rules! from_state {
@@ -175,9 +179,7 @@ impl<B: Backend> OnBackend<B> {
                 calm_ir::Op::Param { name, frozen: false, .. } => Some(name.as_str()),
                 _ => None,
             })
-            .filter_map(|name| {
-                weights.floats().find(|(n, _, _)| *n == name).map(|(n, s, _)| (n.to_string(), s.to_vec()))
-            })
+            .filter_map(|name| weights.float(name).map(|(shape, _)| (name.to_string(), shape.to_vec())))
             .collect();
         for (name, shape) in trainable {
             let n: usize = shape.iter().product();
@@ -225,9 +227,8 @@ impl<B: Backend> OnBackend<B> {
         let rate = (lr / (1.0 - self.adam.beta1.powi(t))) as f32;
         let v_scale = (1.0 / (1.0 - self.adam.beta2.powi(t))) as f32;
         for (name, (shape, grad)) in d.grads {
-            let Some(w) = self.weights.floats().find(|(n, _, _)| *n == name).map(|(_, _, w)| w.clone()) else {
-                continue;
-            };
+            let Some((_, w)) = self.weights.float(&name) else { continue };
+            let w = w.clone();
             // The loss does not depend on it: a zero gradient, as the host's AdamW gets.
             let g = grad.unwrap_or_else(|| B::float_zeros(shape.clone().into(), &self.device, FloatDType::F32));
             let decay = if shape.len() >= 2 { (lr * self.adam.weight_decay) as f32 } else { 0.0 };
@@ -252,11 +253,10 @@ impl<B: Backend> OnBackend<B> {
     }
 
     fn download(&self, params: &mut ParamStore, adam: &mut AdamW) -> Result<(), TrainError> {
-        for (name, _, _) in self.weights.floats() {
-            if self.m.contains_key(name) {
-                let t = self.weights.to_host(name)?;
-                params.set(name, t.to_f32().expect("weights are floats"));
-            }
+        // The trained weights: those with moments.
+        for name in self.m.keys() {
+            let t = self.weights.to_host(name)?;
+            params.set(name, t.to_f32().expect("weights are floats"));
         }
         for (moments, host) in [(&self.m, &mut adam.m), (&self.v, &mut adam.v)] {
             for (name, t) in moments {

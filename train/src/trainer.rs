@@ -2,9 +2,9 @@
 //!
 //! Each step runs the training graph on the reference executor under Burn's autodiff (on the
 //! run's backend, `crate::backend`; f32, products as `--precision` says), then AdamW, with the
-//! weights and moments kept on a GPU between steps (`crate::resident`). Batch order, dropout and Gumbel noise are functions of (seed, epoch, step), and
-//! checkpoints hold the weights, the optimizer's moments and the step, so `--resume` continues
-//! a run exactly where it stopped.
+//! weights and moments kept on a GPU between steps (`crate::resident`). Batch order, dropout
+//! and Gumbel noise are functions of (seed, epoch, step), and checkpoints hold the weights, the
+//! optimizer's moments and the step, so `--resume` continues a run exactly where it stopped.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,7 +18,7 @@ use calm_passes::plan::{FloatType, Precision};
 use calm_runtime::device::select::{Device, LoadedPlan};
 use calm_runtime::host::HostTensor;
 use calm_runtime::params::ParamStore;
-use calm_runtime::reference::{bind_inputs, gradients, Compute, Gradients, NonFinite, Reference, RunError};
+use calm_runtime::reference::{bind_inputs, Gradients, NonFinite, Reference, RunError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -30,7 +30,7 @@ use crate::model::ModelSpec;
 use crate::on_backend;
 use crate::optim::{learning_rate, AdamW};
 use crate::progress::Progress;
-use crate::resident::{Resident, Step};
+use crate::resident::{gradients_on, Resident, Step};
 use crate::TrainError;
 
 /// Optimisation settings; stored in checkpoints (a resumed run keeps them).
@@ -103,27 +103,6 @@ pub fn fingerprint(split: &Split) -> String {
     h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One step's loss and gradients on the settings' backend, computed in f32 with their
-/// precision of products.
-fn step_gradients(
-    settings: &Settings,
-    g: &Graph,
-    params: &ParamStore,
-    inputs: &BTreeMap<String, HostTensor>,
-    check_numerics: bool,
-) -> Result<Gradients, RunError> {
-    let compute = Compute { float: FloatDType::F32, products: settings.precision };
-    on_backend!(settings.backend, |B, device| gradients::<B>(
-        device,
-        compute,
-        g,
-        params,
-        inputs,
-        "loss",
-        check_numerics
-    ))
-}
-
 /// Why a step's loss or gradients are not finite: the first node of the forward pass that made
 /// a NaN or an overflow (found by running the step again with every value checked), or the
 /// parameter whose gradient went bad in the backward pass.
@@ -134,7 +113,8 @@ fn diagnose(
     inputs: &BTreeMap<String, HostTensor>,
     grads: &Gradients,
 ) -> String {
-    if let Err(RunError::NonFinite(fault)) = step_gradients(settings, g, params, inputs, true) {
+    if let Err(RunError::NonFinite(fault)) = gradients_on(settings.backend, settings.precision, g, params, inputs, true)
+    {
         return RunError::NonFinite(fault).to_string();
     }
     let bad_grad = grads.grads.iter().find_map(|(name, t)| NonFinite::scan(t).map(|f| (name, f)));
@@ -325,7 +305,7 @@ pub fn train(
                 resident.download(&mut params, &mut opt)?;
                 // Found on the host's path: the step again with every value checked, else the
                 // gradient that went bad.
-                let grads = step_gradients(&settings, &g, &params, &inputs, false)?;
+                let grads = gradients_on(settings.backend, settings.precision, &g, &params, &inputs, false)?;
                 return Err(stopped(&params, &opt, diagnose(&settings, &g, &params, &inputs, &grads)));
             }
             Err(e @ RunError::NonFinite(_)) => {

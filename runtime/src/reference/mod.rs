@@ -216,10 +216,10 @@ impl<B: Backend> LoadedParams<B> {
         Ok(value)
     }
 
-    /// Every loaded parameter's name, shape and tensor (all parameters are floats).
-    pub fn floats(&self) -> impl Iterator<Item = (&str, &[usize], &FloatTensor<B>)> {
-        self.values.iter().map(|(name, v)| match &v.data {
-            value::Data::Float(t) => (name.as_str(), v.shape.as_slice(), t),
+    /// A loaded parameter's shape and tensor (all parameters are floats).
+    pub fn float(&self, name: &str) -> Option<(&[usize], &FloatTensor<B>)> {
+        self.values.get(name).map(|v| match &v.data {
+            value::Data::Float(t) => (v.shape.as_slice(), t),
             _ => unreachable!("parameters are floats"),
         })
     }
